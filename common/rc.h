@@ -1,0 +1,32 @@
+/* rc.h — the one status type of the project.
+ *
+ * Fallible functions return rc_t and hand results back through out-parameters. Codes are
+ * negative; RC_OK is zero so `if (rc)` reads as "if it failed". The same numbers travel on
+ * the wire (proto/recall.proto mirrors them in Status.code), so never renumber. */
+#ifndef RECALL_COMMON_RC_H
+#define RECALL_COMMON_RC_H
+
+typedef enum rc {
+    RC_OK = 0,
+    RC_ERR_INVALID = -1,     /* bad argument or input from a caller */
+    RC_ERR_NOMEM = -2,       /* allocation failed */
+    RC_ERR_IO = -3,          /* file system or socket error */
+    RC_ERR_NOT_FOUND = -4,   /* unknown session, missing file or tensor */
+    RC_ERR_EXISTS = -5,      /* duplicate create */
+    RC_ERR_FORMAT = -6,      /* malformed file, frame or message */
+    RC_ERR_LIMIT = -7,       /* over a configured limit (chunk size, sessions, budget) */
+    RC_ERR_UNSUPPORTED = -8, /* valid but not implemented here (dtype, device) */
+    RC_ERR_BUSY = -9,        /* try again later (flow control, queue full) */
+    RC_ERR_SEQUENCE = -10,   /* ingest chunk out of order */
+    RC_ERR_SHUTDOWN = -11,   /* daemon is stopping */
+    RC_ERR_DEVICE = -12,     /* GPU or backend failure */
+    RC_ERR_INTERNAL = -13,   /* a bug: an invariant that should have held did not */
+} rc_t;
+
+/* Static, human-readable name of a code ("invalid argument"); never NULL. */
+const char *rc_strerror(rc_t rc);
+
+/* Short stable identifier of a code ("INVALID"), as shown by --json output. */
+const char *rc_name(rc_t rc);
+
+#endif

@@ -1,0 +1,64 @@
+/* cpu.h — the CPU reference kernels (fp32).
+ *
+ * These define what every op computes; the CUDA kernels (kernels/cuda.h) are tested
+ * against them. Buffers are row-major; shapes are written next to each argument. Matrix
+ * products go through OpenBLAS; the rest is plain C, parallel over rows with OpenMP. */
+#ifndef RECALL_KERNELS_CPU_H
+#define RECALL_KERNELS_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+
+/* y[m, n] = x[m, k] · w[n, k]ᵀ  (a Linear layer with HF's [out, in] weight layout). */
+void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k);
+
+/* out[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) ⊙ g.  out may equal x. */
+void cpu_rmsnorm(float *out, const float *x, const float *g, int n_tok, int dim, float eps);
+
+/* In-place RoPE, rotate-half layout: for each token t, head h and pair (p, p + d/2),
+ * angle = pos[t] · inv_freq[p]; (x_p, x_{p+d/2}) ← (x_p c − x_{p+d/2} s, x_{p+d/2} c + x_p s)
+ * with c = cos(angle) · mscale, s = sin(angle) · mscale.
+ * x [n_tok, n_heads, head_dim]; pos [n_tok]; inv_freq [head_dim / 2]. Angles are computed
+ * in double and rounded to float, as HF does with fp32 cos/sin tables. */
+void cpu_rope(float *x, int n_tok, int n_heads, int head_dim, const int32_t *pos,
+              const float *inv_freq, float mscale);
+
+/* inv_freq[p] = 1 / theta^(2p / head_dim), p < head_dim / 2. */
+void cpu_rope_inv_freq(float *inv_freq, int head_dim, float theta);
+
+/* out[i] = silu(gate[i]) · up[i].  out may equal gate or up. */
+void cpu_swiglu(float *out, const float *gate, const float *up, size_t n);
+
+/* Attention of a chunk of queries over the local keys and, for FoT memory layers, over
+ * memory keys, in one softmax (fp32):
+ *   s_local(i, j) = q_i · k_j · scale   for j ≤ q_offset + i (causal), else excluded
+ *   s_mem(i, m)   = q_i · K_m · scale   for every memory row m
+ *   out_i = Σ softmax(s)_j v_j + Σ softmax(s)_m V_m
+ * Scores are clamped below at −1e6 (LongLLaMA). Query head h uses key head
+ * h / (n_heads / n_kv_heads) (grouped-query attention). */
+typedef struct attn_args {
+    int n_q;               /* queries in this chunk */
+    int n_k;               /* local keys visible to the chunk (cache + chunk) */
+    int n_heads, n_kv_heads, head_dim;
+    int q_offset;          /* local index of query 0: query i sees keys 0..q_offset+i */
+    const float *q;        /* [n_q, n_heads, head_dim]    rotated at local positions */
+    const float *k;        /* [n_k, n_kv_heads, head_dim] rotated at local positions */
+    const float *v;        /* [n_k, n_kv_heads, head_dim] */
+    size_t n_mem;          /* memory rows; 0 for non-memory layers */
+    dtype_t mem_dtype;
+    const void *mem_k;     /* [n_mem, n_kv_heads, head_dim] unrotated, mem_dtype */
+    const void *mem_v;     /* [n_mem, n_kv_heads, head_dim] mem_dtype */
+    float scale;           /* 1 / sqrt(head_dim) */
+    float *out;            /* [n_q, n_heads, head_dim] */
+} attn_args_t;
+void cpu_attention(const attn_args_t *a);
+
+/* out[t, :] = log_softmax(logits[t, :]), computed in double for the normalizer. */
+void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab);
+
+/* Index of the largest element (the first one on ties). */
+int cpu_argmax(const float *x, int n);
+
+#endif

@@ -1,0 +1,36 @@
+/* model.h — a loaded checkpoint: config, weights and tokenizer.
+ *
+ * A checkpoint directory holds config.json, model.safetensors (or shards listed in
+ * model.safetensors.index.json) and tokenizer.model. Tensors are memory-mapped; F32, F16
+ * and BF16 are accepted and held as fp32 for the CPU backend. The model is immutable after
+ * load and may be shared by any number of threads and streams. */
+#ifndef RECALL_MODEL_MODEL_H
+#define RECALL_MODEL_MODEL_H
+
+#include <stddef.h>
+
+#include "common/rc.h"
+#include "model/config.h"
+
+typedef struct model model_t;
+typedef struct tokenizer tokenizer_t;
+typedef struct model_weights model_weights_t;
+
+/* Loads the checkpoint in dir. On failure returns a status and writes a sentence naming
+ * the offending file, tensor or config field into err (always NUL-terminated); nothing is
+ * left allocated. A missing tokenizer.model is an error unless allow_no_tokenizer is set
+ * (then model_tokenizer returns NULL and only token ids can be used). */
+rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err,
+                size_t errlen);
+
+/* NULL-safe; sets *m to NULL. */
+void model_destroy(model_t **m);
+
+const model_config_t *model_get_config(const model_t *m);
+const model_weights_t *model_get_weights(const model_t *m);
+/* Borrowed; lives as long as the model. NULL when loaded without a tokenizer. */
+const tokenizer_t *model_get_tokenizer(const model_t *m);
+/* One line for humans: "longllama 4 layers, hidden 64, mem layers [1,2], vocab 512 (DIR)". */
+const char *model_describe(const model_t *m);
+
+#endif

@@ -1,0 +1,73 @@
+/* stream.h — one token stream through the model: FoT memory plus a local window cache.
+ *
+ * This is where LongLLaMA's inference semantics live (REFERENCE.md):
+ *   - the local context is at most `window` tokens; every layer attends causally inside it,
+ *     with RoPE at positions relative to the window's first token;
+ *   - memory layers also attend to every memory key (unrotated, position 0) in the same
+ *     fp32 softmax;
+ *   - when the local cache would exceed `window`, the whole cache moves: memory layers
+ *     append its unrotated keys and values to memory (in mem_dtype), other layers drop it.
+ *
+ * model_stream_feed splits its input at window boundaries counted from the stream's first
+ * token, so feeding a session's tokens in any grouping gives the same result. */
+#ifndef RECALL_MODEL_STREAM_H
+#define RECALL_MODEL_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rc.h"
+#include "memory/store.h"
+#include "model/model.h"
+
+typedef struct model_stream model_stream_t;
+
+typedef struct model_stream_opts {
+    int window;         /* tokens per window; 0: the model's max_pos */
+    int last_context;   /* LongLLaMA's last_context_length; 0: config value */
+    int mem_dtype_set;  /* use mem_dtype below instead of the config's */
+    dtype_t mem_dtype;
+    int use_memory;     /* 0: memory layers ignore memory (an ablation for tests) */
+} model_stream_opts_t;
+
+/* Fills defaults from the model's config into a zero-initialized opts and checks them. */
+rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *err,
+                               size_t errlen);
+
+/* Creates an empty stream. The model must outlive it. The stream owns a memory store
+ * (model_stream_memory) unless one is given with model_stream_create_with_memory. */
+rc_t model_stream_create(const model_t *m, const model_stream_opts_t *o, model_stream_t **out);
+void model_stream_destroy(model_stream_t **s);
+
+/* Feeds n tokens. Outputs are optional:
+ *   logprobs [n]: logprobs[i] = log p(tok[i+1] | everything before it); the last entry is
+ *                 left untouched (its next token is not known yet);
+ *   last_logits [vocab]: the logits after the last token (for sampling).
+ * Token ids out of range are RC_ERR_INVALID and leave the stream unchanged. */
+rc_t model_stream_feed(model_stream_t *s, const int32_t *tok, size_t n, float *logprobs,
+                       float *last_logits);
+
+/* Moves the local cache into memory now (memory layers) and empties it, as happens
+ * implicitly when the cache would overflow. Sessions call it after each full window so
+ * that committed windows are in memory. */
+rc_t model_stream_flush(model_stream_t *s);
+
+/* Tokens in the local cache, and tokens fed in total. */
+size_t model_stream_local_len(const model_stream_t *s);
+uint64_t model_stream_tokens(const model_stream_t *s);
+int model_stream_window(const model_stream_t *s);
+
+/* The stream's memory (borrowed). */
+memory_store_t *model_stream_memory(model_stream_t *s);
+
+/* A rewind point: the memory length and token count. model_stream_rewind truncates the
+ * memory back to it and empties the local cache. Used so a question leaves the session
+ * as it was. */
+typedef struct model_stream_mark {
+    size_t mem_rows;
+    uint64_t tokens;
+} model_stream_mark_t;
+model_stream_mark_t model_stream_get_mark(const model_stream_t *s);
+void model_stream_rewind(model_stream_t *s, model_stream_mark_t mark);
+
+#endif

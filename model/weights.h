@@ -1,0 +1,32 @@
+/* weights.h — a loaded checkpoint's tensors as the CPU forward pass reads them.
+ *
+ * Internal to model/ and the backends: other modules hold a model_t (model.h). Every
+ * matrix is fp32, row-major in Hugging Face's [out_features, in_features] layout, so a
+ * projection is y = x · Wᵀ. Pointers either point into the checkpoint's memory map (F32
+ * tensors whose data is 4-byte aligned) or into buffers the loader owns; both live until
+ * model_destroy. */
+#ifndef RECALL_MODEL_WEIGHTS_H
+#define RECALL_MODEL_WEIGHTS_H
+
+#include "model/config.h"
+
+typedef struct model_layer {
+    const float *attn_norm; /* [hidden]                        input_layernorm */
+    const float *wq;        /* [n_heads * head_dim, hidden]    q_proj */
+    const float *wk;        /* [n_kv_heads * head_dim, hidden] k_proj */
+    const float *wv;        /* [n_kv_heads * head_dim, hidden] v_proj */
+    const float *wo;        /* [hidden, n_heads * head_dim]    o_proj */
+    const float *ffn_norm;  /* [hidden]                        post_attention_layernorm */
+    const float *w_gate;    /* [ffn, hidden]                   mlp.gate_proj */
+    const float *w_up;      /* [ffn, hidden]                   mlp.up_proj */
+    const float *w_down;    /* [hidden, ffn]                   mlp.down_proj */
+} model_layer_t;
+
+typedef struct model_weights {
+    const float *tok_emb;   /* [vocab, hidden]  model.embed_tokens */
+    model_layer_t *layers;  /* [n_layers] */
+    const float *norm;      /* [hidden]         model.norm */
+    const float *lm_head;   /* [vocab, hidden]  lm_head (= tok_emb when tied) */
+} model_weights_t;
+
+#endif

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that recall builds, tests and runs with. Idempotent: packages
+# already present are skipped, so a warm machine pays nothing.
+set -euo pipefail
+pkgs=(cmake make gcc g++ pkg-config
+      libzmq3-dev libprotobuf-c-dev protobuf-c-compiler liblmdb-dev lmdb-utils
+      libfaiss-dev libopenblas-dev libsentencepiece-dev sentencepiece libcjson-dev
+      python3 python3-numpy python3-torch python3-sentencepiece)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "deps: all ${#pkgs[@]} packages present"
+    exit 0
+fi
+echo "deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
