@@ -27,7 +27,7 @@ typedef struct model_stream_opts {
     int last_context;   /* LongLLaMA's last_context_length; 0: config value */
     int mem_dtype_set;  /* use mem_dtype below instead of the config's */
     dtype_t mem_dtype;
-    int use_memory;     /* 0: memory layers ignore memory (an ablation for tests) */
+    int disable_memory; /* memory layers ignore memory (an ablation for tests); 0 = normal */
 } model_stream_opts_t;
 
 /* Fills defaults from the model's config into a zero-initialized opts and checks them. */
@@ -67,6 +67,7 @@ typedef struct model_stream_mark {
     size_t mem_rows;
     uint64_t tokens;
 } model_stream_mark_t;
+/* Take marks only with an empty local cache (after a flush, or on a fresh stream). */
 model_stream_mark_t model_stream_get_mark(const model_stream_t *s);
 void model_stream_rewind(model_stream_t *s, model_stream_mark_t mark);
 
