@@ -65,92 +65,86 @@ void cpu_swiglu(float *out, const float *gate, const float *up, size_t n)
     }
 }
 
-/* Converts rows [from, from + n) of a memory block to fp32 [n, row] — the memory is read in
- * blocks so a bf16 memory is never expanded whole. */
-static void mem_rows_f32(float *dst, const void *src, dtype_t t, size_t from, size_t n, int row)
-{
-    const char *p = (const char *)src + from * (size_t)row * dtype_size(t);
-    dtype_to_f32(dst, p, t, n * (size_t)row);
-}
+/* Query rows per block: the score block is QB × (n_k + n_mem) floats per head. */
+#define QB 64
 
-
-
+/* Attention is computed per (head, block of queries) with matrix products: scores for
+ * local and memory keys side by side in one row, a row-wise softmax, then the weighted
+ * sums. Heads are slices of the interleaved [token, head, dim] rows, read with strides,
+ * so nothing is copied except a bf16/f16 memory, which is widened to fp32 once per call. */
 void cpu_attention(const attn_args_t *a)
 {
     const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
     const int group = nh / nkv;
-    const int kv_row = nkv * hd;
-    const size_t n_score = (size_t)a->n_k + a->n_mem;
+    const int kv_row = nkv * hd, q_row = nh * hd;
+    const size_t n_mem = a->n_mem;
 
-    /* One task per (query, head); every task walks local keys then memory keys into one
-     * score row, then softmax and the weighted sum. Memory is converted block by block. */
-    float *memk = NULL, *memv = NULL;
-    if (a->n_mem && a->mem_dtype != DTYPE_F32) {
-        memk = malloc(a->n_mem * (size_t)kv_row * sizeof(float));
-        memv = malloc(a->n_mem * (size_t)kv_row * sizeof(float));
-        if (!memk || !memv) abort();
-        mem_rows_f32(memk, a->mem_k, a->mem_dtype, 0, a->n_mem, kv_row);
-        mem_rows_f32(memv, a->mem_v, a->mem_dtype, 0, a->n_mem, kv_row);
+    float *wide_k = NULL, *wide_v = NULL;
+    const float *mk = a->mem_k, *mv = a->mem_v;
+    if (n_mem && a->mem_dtype != DTYPE_F32) {
+        wide_k = malloc(n_mem * (size_t)kv_row * sizeof(float));
+        wide_v = malloc(n_mem * (size_t)kv_row * sizeof(float));
+        if (!wide_k || !wide_v) abort();
+        dtype_to_f32(wide_k, a->mem_k, a->mem_dtype, n_mem * (size_t)kv_row);
+        dtype_to_f32(wide_v, a->mem_v, a->mem_dtype, n_mem * (size_t)kv_row);
+        mk = wide_k;
+        mv = wide_v;
     }
-    const float *mk = a->n_mem ? (memk ? memk : a->mem_k) : NULL;
-    const float *mv = a->n_mem ? (memv ? memv : a->mem_v) : NULL;
 
-#pragma omp parallel
-    {
-        float *score = malloc(n_score * sizeof(float));
-        if (!score) abort();
-#pragma omp for collapse(2) schedule(static)
-        for (int i = 0; i < a->n_q; i++) {
-            for (int h = 0; h < nh; h++) {
-                const float *q = a->q + ((size_t)i * nh + h) * hd;
-                const int kh = h / group;
-                const int n_vis = a->q_offset + i + 1; /* causal: keys 0 .. q_offset + i */
+    const size_t row_len = (size_t)a->n_k + n_mem;
+    float *S = malloc((size_t)QB * row_len * sizeof(float)); /* [QB, n_k + n_mem] */
+    float *O = malloc((size_t)QB * hd * sizeof(float));      /* [QB, hd] */
+    if (!S || !O) abort();
+
+    for (int h = 0; h < nh; h++) {
+        const int kh = h / group;
+        const float *kl = a->k + (size_t)kh * hd, *vl = a->v + (size_t)kh * hd;
+        for (int i0 = 0; i0 < a->n_q; i0 += QB) {
+            const int nb = a->n_q - i0 < QB ? a->n_q - i0 : QB;
+            const float *qb = a->q + (size_t)i0 * q_row + (size_t)h * hd;
+            /* Local keys visible to the block's last query; earlier rows mask the rest. */
+            const int n_loc = a->q_offset + i0 + nb;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n_loc, hd, a->scale, qb,
+                        q_row, kl, kv_row, 0.0f, S, (int)row_len);
+            if (n_mem)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_mem, hd,
+                            a->scale, qb, q_row, mk + (size_t)kh * hd, kv_row, 0.0f,
+                            S + a->n_k, (int)row_len);
+#pragma omp parallel for if ((size_t)nb * row_len > 65536)
+            for (int r = 0; r < nb; r++) {
+                float *sr = S + (size_t)r * row_len;
+                const int n_vis = a->q_offset + i0 + r + 1; /* causal */
                 float mx = -INFINITY;
                 for (int j = 0; j < n_vis; j++) {
-                    const float *k = a->k + (size_t)j * kv_row + (size_t)kh * hd;
-                    float d = 0;
-                    for (int e = 0; e < hd; e++) d += q[e] * k[e];
-                    d *= a->scale;
-                    if (d < -1e6f) d = -1e6f;
-                    score[j] = d;
-                    if (d > mx) mx = d;
+                    if (sr[j] < -1e6f) sr[j] = -1e6f;
+                    if (sr[j] > mx) mx = sr[j];
                 }
-                for (size_t m = 0; m < a->n_mem; m++) {
-                    const float *k = mk + m * (size_t)kv_row + (size_t)kh * hd;
-                    float d = 0;
-                    for (int e = 0; e < hd; e++) d += q[e] * k[e];
-                    d *= a->scale;
-                    if (d < -1e6f) d = -1e6f;
-                    score[n_vis + m] = d;
-                    if (d > mx) mx = d;
+                for (size_t m = 0; m < n_mem; m++) {
+                    float *x = sr + a->n_k + m;
+                    if (*x < -1e6f) *x = -1e6f;
+                    if (*x > mx) mx = *x;
                 }
-                const size_t n_tot = (size_t)n_vis + a->n_mem;
                 double sum = 0;
-                for (size_t j = 0; j < n_tot; j++) {
-                    score[j] = expf(score[j] - mx);
-                    sum += score[j];
-                }
+                for (int j = 0; j < n_vis; j++) sum += (sr[j] = expf(sr[j] - mx));
+                for (int j = n_vis; j < a->n_k; j++) sr[j] = 0.0f; /* masked */
+                for (size_t m = 0; m < n_mem; m++) sum += (sr[a->n_k + m] = expf(sr[a->n_k + m] - mx));
                 const float inv = (float)(1.0 / sum);
-                float *o = a->out + ((size_t)i * nh + h) * hd;
-                float acc[512];
-                for (int e = 0; e < hd; e++) acc[e] = 0;
-                for (int j = 0; j < n_vis; j++) {
-                    const float *v = a->v + (size_t)j * kv_row + (size_t)kh * hd;
-                    const float p = score[j] * inv;
-                    for (int e = 0; e < hd; e++) acc[e] += p * v[e];
-                }
-                for (size_t m = 0; m < a->n_mem; m++) {
-                    const float *v = mv + m * (size_t)kv_row + (size_t)kh * hd;
-                    const float p = score[n_vis + m] * inv;
-                    for (int e = 0; e < hd; e++) acc[e] += p * v[e];
-                }
-                for (int e = 0; e < hd; e++) o[e] = acc[e];
+                for (size_t j = 0; j < row_len; j++) sr[j] *= inv;
             }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n_loc, 1.0f, S,
+                        (int)row_len, vl, kv_row, 0.0f, O, hd);
+            if (n_mem)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, (int)n_mem, 1.0f,
+                            S + a->n_k, (int)row_len, mv + (size_t)kh * hd, kv_row, 1.0f, O, hd);
+            for (int r = 0; r < nb; r++)
+                memcpy(a->out + (size_t)(i0 + r) * q_row + (size_t)h * hd, O + (size_t)r * hd,
+                       hd * sizeof(float));
         }
-        free(score);
     }
-    free(memk);
-    free(memv);
+    free(S);
+    free(O);
+    free(wide_k);
+    free(wide_v);
 }
 
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab)
