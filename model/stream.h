@@ -18,6 +18,7 @@
 
 #include "common/rc.h"
 #include "memory/store.h"
+#include "model/backend.h"
 #include "model/model.h"
 
 typedef struct model_stream model_stream_t;
@@ -34,9 +35,14 @@ typedef struct model_stream_opts {
 rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *err,
                                size_t errlen);
 
-/* Creates an empty stream. The model must outlive it. The stream owns a memory store
- * (model_stream_memory) unless one is given with model_stream_create_with_memory. */
+/* Creates an empty stream on the CPU backend. The model must outlive it. The stream owns
+ * its memory store (model_stream_memory). */
 rc_t model_stream_create(const model_t *m, const model_stream_opts_t *o, model_stream_t **out);
+
+/* The same on a backend opened with model_backend_open (backend.h), which must outlive
+ * the stream. */
+rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t *o,
+                            model_stream_t **out);
 void model_stream_destroy(model_stream_t **s);
 
 /* Feeds n tokens. Outputs are optional:
