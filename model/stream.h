@@ -23,8 +23,23 @@
 
 typedef struct model_stream model_stream_t;
 
+/* How local attention places tokens (REFERENCE.md): plain RoPE, Self-Extend's grouped
+ * positions, or Dual Chunk Attention. */
+typedef enum positional {
+    POSITIONAL_ROPE = 0,
+    POSITIONAL_SELF_EXTEND = 1,
+    POSITIONAL_DCA = 2,
+} positional_t;
+
 typedef struct model_stream_opts {
     int window;         /* tokens per window; 0: the model's max_pos */
+    positional_t positional;
+    int group, neighbor;          /* self-extend: group size G, neighbour window W */
+    int chunk_size, local_window; /* dca: chunk size S, local window w; 0: 3L/4 and L/8 */
+    int dca_no_scale;             /* dca: skip ChunkLlama's cos/sin scaling for windows > L */
+    int rope_scaling_set;         /* use the two fields below instead of the config's */
+    rope_scaling_type_t rope_scaling;
+    float rope_factor;
     int last_context;   /* LongLLaMA's last_context_length; 0: config value */
     int mem_dtype_set;  /* use mem_dtype below instead of the config's */
     dtype_t mem_dtype;
