@@ -10,6 +10,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef enum dtype { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 2 } dtype_t;
 
 static inline size_t dtype_size(dtype_t t)
@@ -49,5 +54,9 @@ uint16_t f32_to_f16(float f);
 void dtype_to_f32(float *dst, const void *src, dtype_t t, size_t n);
 /* Converts n fp32 elements to type t (rounding as above). */
 void dtype_from_f32(void *dst, dtype_t t, const float *src, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

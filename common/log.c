@@ -54,7 +54,7 @@ void log_msg(log_level_t l, const char *fmt, ...)
     va_end(ap);
 }
 
-void log_abort(const char *file, int line, const char *fmt, ...)
+RECALL_NORETURN void log_abort(const char *file, int line, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

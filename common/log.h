@@ -7,6 +7,17 @@
 
 #include <stdarg.h>
 
+#ifdef __cplusplus
+#define RECALL_NORETURN [[noreturn]]
+#else
+#define RECALL_NORETURN _Noreturn
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 } log_level_t;
 
 /* Messages below this level are dropped. Default LOG_INFO; RECALL_LOG=debug|info|warn|error
@@ -21,12 +32,16 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 
-_Noreturn void log_abort(const char *file, int line, const char *fmt, ...)
+RECALL_NORETURN void log_abort(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define ASSERT(cond)                                                                           \
     do {                                                                                       \
         if (!(cond)) log_abort(__FILE__, __LINE__, "assertion failed: %s", #cond);            \
     } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,11 @@
 #ifndef RECALL_COMMON_RC_H
 #define RECALL_COMMON_RC_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef enum rc {
     RC_OK = 0,
     RC_ERR_INVALID = -1,     /* bad argument or input from a caller */
@@ -28,5 +33,9 @@ const char *rc_strerror(rc_t rc);
 
 /* Short stable identifier of a code ("INVALID"), as shown by --json output. */
 const char *rc_name(rc_t rc);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,0 +1,161 @@
+/* cuda.h — the CUDA backend's kernels behind a C interface.
+ *
+ * Every op computes what its CPU twin in kernels/cpu.h computes (tests/test_cuda_kernels.c
+ * holds each one against it): weights are stored in bf16, activations in bf16 or fp32 as the
+ * caller chooses, and all arithmetic accumulates in fp32. No CUDA type appears here: device
+ * buffers are plain pointers obtained from cuda_alloc, streams are `void *` (a cudaStream_t;
+ * NULL is the legacy default stream).
+ *
+ * Errors: every entry point checks its arguments (RC_ERR_INVALID, or RC_ERR_UNSUPPORTED for a
+ * valid but unimplemented dtype or head size), then every CUDA and cuBLAS call and the launch
+ * itself (RC_ERR_DEVICE, with the CUDA error logged). Kernels run asynchronously on the given
+ * stream, so a fault inside a kernel surfaces at the next synchronizing call
+ * (cuda_stream_sync, cuda_download) as RC_ERR_DEVICE.
+ *
+ * Dtypes: "act" arguments take DTYPE_F32 or DTYPE_BF16; DTYPE_F16 is RC_ERR_UNSUPPORTED.
+ * Weights (embedding table, norm gains, projection matrices) are bf16, passed as uint16_t *. */
+#ifndef RECALL_KERNELS_CUDA_H
+#define RECALL_KERNELS_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+#include "common/rc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- devices ------------------------------------------------------------------------- */
+
+typedef struct cuda_device_info {
+    char name[256];
+    int cc_major, cc_minor; /* compute capability: 9.0 for H100/H200 */
+    int sm_count;
+    size_t mem_total, mem_free; /* bytes */
+    size_t l2_bytes;
+    size_t smem_per_block_optin; /* the most shared memory one block may ask for */
+    int driver_version, runtime_version; /* 13000 = 13.0 */
+} cuda_device_info_t;
+
+/* Number of usable GPUs. No driver, no device or a driver too old all give *n = 0 and RC_OK:
+ * "no GPU" is an answer, not an error (the reason is logged at debug level). */
+rc_t cuda_device_count(int *n);
+
+/* Properties of device `device` (0-based). */
+rc_t cuda_device_info(int device, cuda_device_info_t *info);
+
+/* Per-device state: the device index, a cuBLAS handle and its workspace. One context serves
+ * one stream at a time (cuBLAS's workspace is not shared safely between concurrent streams);
+ * make one per concurrently used stream. The context makes its device current on the calling
+ * thread at creation; ops assume the current device is the context's. */
+typedef struct cuda_ctx cuda_ctx_t;
+rc_t cuda_ctx_create(cuda_ctx_t **out, int device);
+void cuda_ctx_destroy(cuda_ctx_t **ctx); /* NULL-safe; nulls *ctx */
+int cuda_ctx_device(const cuda_ctx_t *ctx);
+
+rc_t cuda_stream_create(void **stream);
+void cuda_stream_destroy(void **stream); /* NULL-safe; nulls *stream */
+rc_t cuda_stream_sync(void *stream);     /* waits; reports errors of kernels run on it */
+
+/* ---- memory -------------------------------------------------------------------------- */
+
+/* Device memory (cudaMalloc). bytes == 0 gives *p = NULL and RC_OK. The caller owns the
+ * buffer until cuda_free, which is NULL-safe and nulls *p. */
+rc_t cuda_alloc(void **p, size_t bytes);
+void cuda_free(void **p);
+
+/* Host <-> device copies, ordered on `stream` and complete when they return. */
+rc_t cuda_upload(void *dst_dev, const void *src_host, size_t bytes, void *stream);
+rc_t cuda_download(void *dst_host, const void *src_dev, size_t bytes, void *stream);
+/* Device -> device and byte fill, asynchronous on `stream`. */
+rc_t cuda_copy(void *dst_dev, const void *src_dev, size_t bytes, void *stream);
+rc_t cuda_memset(void *dst_dev, int byte, size_t bytes, void *stream);
+
+/* dst[i] = src[i] converted (fp32 -> bf16 rounds to nearest even, like f32_to_bf16).
+ * dst [n] dst_t; src [n] src_t; F32 and BF16 only. dst and src must not overlap unless
+ * equal with equal dtypes. */
+rc_t cuda_convert(void *dst, dtype_t dst_t, const void *src, dtype_t src_t, size_t n,
+                  void *stream);
+
+/* ---- ops ----------------------------------------------------------------------------- */
+
+/* out[t, :] = table[ids[t], :].  out [n_tok, dim] out_t; table [vocab, dim] bf16;
+ * ids [n_tok] int32 on the device. An id outside [0, vocab) cannot be reported from the
+ * kernel, so its row is written as NaN: the bug shows up downstream instead of reading out
+ * of bounds. Callers check ids on the host (the tokenizer's ids are in range). */
+rc_t cuda_embedding(void *out, dtype_t out_t, const uint16_t *table, const int32_t *ids,
+                    int n_tok, int vocab, int dim, void *stream);
+
+/* cpu_rmsnorm: out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * g.
+ * out [n_tok, dim] out_t; x [n_tok, dim] x_t; g [dim] bf16. out may equal x (same dtype). */
+rc_t cuda_rmsnorm(void *out, dtype_t out_t, const void *x, dtype_t x_t, const uint16_t *g,
+                  int n_tok, int dim, float eps, void *stream);
+
+/* cpu_rope, in place, rotate-half layout, any even head_dim up to 1024.
+ * x [n_tok, n_heads, head_dim] x_t; pos [n_tok] int32; inv_freq [head_dim / 2] fp32 (from
+ * cpu_rope_inv_freq), both on the device. Angles are rounded to fp32 as HF does; cos/sin are
+ * taken in double and rounded to fp32, matching the reference. */
+rc_t cuda_rope(void *x, dtype_t x_t, int n_tok, int n_heads, int head_dim, const int32_t *pos,
+               const float *inv_freq, float mscale, void *stream);
+
+/* cpu_swiglu: out[i] = silu(gate[i]) * up[i].  gate, up [n] in_t; out [n] out_t; out may
+ * equal gate or up when out_t == in_t. */
+rc_t cuda_swiglu(void *out, dtype_t out_t, const void *gate, const void *up, dtype_t in_t,
+                 size_t n, void *stream);
+
+/* cpu_matmul_nt through cuBLAS, bf16 operands, fp32 accumulation:
+ *   y[m, n] = x[m, k] * w[n, k]^T + beta * y[m, n]
+ * x [m, k] bf16; w [n, k] bf16 (HF's [out, in] layout); y [m, n] y_t. beta = 1 adds the
+ * product to y (a residual connection); beta = 0 ignores y's old contents (NaN included). */
+rc_t cuda_matmul_nt(cuda_ctx_t *ctx, void *y, dtype_t y_t, const uint16_t *x,
+                    const uint16_t *w, int m, int n, int k, float beta, void *stream);
+
+/* cpu_attention on the GPU: local causal keys and FoT memory keys in one softmax, scores
+ * clamped below at -1e6, grouped-query heads; flash-style (online softmax over key tiles, no
+ * [n_q, n_k] matrix). head_dim 64, 100 or 128. q, k, v and out share `dtype` (F32 or BF16);
+ * memory is F32 or BF16. All pointers are device pointers.
+ *
+ * With a workspace the key range (memory rows, then local keys) is split across blocks,
+ * each writing a partial output and its log-sum-exp, merged by a second kernel: that keeps
+ * the GPU busy when there are few queries (decode) or many memory rows. Without one (NULL or
+ * too small for two splits) each block walks every key itself; the result is the same up to
+ * fp32 rounding. */
+typedef struct cuda_attn_args {
+    int n_q, n_k;               /* as attn_args_t; requires q_offset + n_q <= n_k */
+    int n_heads, n_kv_heads, head_dim;
+    int q_offset;               /* query i sees local keys 0 .. q_offset + i */
+    dtype_t dtype;              /* of q, k, v, out */
+    const void *q;              /* [n_q, n_heads, head_dim]    rotated at local positions */
+    const void *k;              /* [n_k, n_kv_heads, head_dim] rotated at local positions */
+    const void *v;              /* [n_k, n_kv_heads, head_dim] */
+    size_t n_mem;               /* memory rows; 0 for non-memory layers */
+    dtype_t mem_dtype;
+    const void *mem_k;          /* [n_mem, n_kv_heads, head_dim] unrotated */
+    const void *mem_v;          /* [n_mem, n_kv_heads, head_dim] */
+    float scale;                /* 1 / sqrt(head_dim) */
+    void *out;                  /* [n_q, n_heads, head_dim]; must not overlap q, k, v */
+    void *workspace;            /* optional device scratch, see cuda_attention_workspace */
+    size_t workspace_bytes;
+} cuda_attn_args_t;
+
+/* Bytes of workspace for which cuda_attention splits the key range as far as it would like
+ * on this device (0 when splitting would not help). Any smaller workspace also works. Reads
+ * only the shapes and dtypes of *a: its buffers may still be NULL. */
+rc_t cuda_attention_workspace(const cuda_attn_args_t *a, size_t *bytes);
+rc_t cuda_attention(const cuda_attn_args_t *a, void *stream);
+
+/* cpu_log_softmax: out[t, :] = logits[t, :] - logsumexp(logits[t, :]) (normalizer summed
+ * in double).  out, logits [n_tok, vocab] fp32; out may equal logits. */
+rc_t cuda_log_softmax(float *out, const float *logits, int n_tok, int vocab, void *stream);
+
+/* cpu_argmax per row: out[t] = index of the largest logits[t, :], the first one on ties.
+ * out [n_tok] int32 on the device; logits [n_tok, vocab] fp32. */
+rc_t cuda_argmax(int32_t *out, const float *logits, int n_tok, int vocab, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
