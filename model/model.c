@@ -1,0 +1,281 @@
+/* model.c — loading a checkpoint directory into fp32 weights for the CPU backend.
+ *
+ * Order: config.json (so every later check has something to check against), the
+ * safetensors set and tokenizer.model (cheap, so a wrong file fails before any conversion),
+ * then each expected tensor with its shape checked against the config. F32 tensors that the mapping
+ * leaves 4-byte aligned are used in place; everything else is converted into buffers this model
+ * owns (one allocation per tensor, in parallel with OpenMP, since a bf16 3B checkpoint is billions
+ * of elements). */
+#include "model/model.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/dtype.h"
+#include "common/log.h"
+#include "model/safetensors.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+#define CONVERT_CHUNK ((size_t)1 << 20) /* elements per OpenMP task */
+
+struct model {
+    model_config_t config;
+    model_weights_t weights; /* points into `st` or into owned[] */
+    safetensors_t *st;       /* kept mapped: in-place F32 tensors live in it */
+    tokenizer_t *tok;        /* NULL when loaded without one */
+    float **owned;           /* [n_owned] converted tensors */
+    int n_owned, cap_owned;
+    char *dir;
+    dtype_t weight_dtype; /* as stored in the file (of the embeddings), for describe */
+    char describe[512];
+};
+
+static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static void convert(float *dst, const void *src, dtype_t t, size_t n)
+{
+    /* Chunks rather than elements: each task is a plain loop the compiler vectorizes. */
+    long n_chunks = (long)((n + CONVERT_CHUNK - 1) / CONVERT_CHUNK);
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+    for (long c = 0; c < n_chunks; c++) {
+        size_t b = (size_t)c * CONVERT_CHUNK;
+        size_t m = n - b < CONVERT_CHUNK ? n - b : CONVERT_CHUNK;
+        dtype_to_f32(dst + b, (const char *)src + b * dtype_size(t), t, m);
+    }
+}
+
+/* Finds prefix+name, checks it is [rows] (cols == 0) or [rows, cols], and returns fp32. */
+static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t rows, int64_t cols,
+                       const char *why, const float **out, char *err, size_t errlen)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const st_tensor_t *t = safetensors_find(m->st, full);
+    if (!t) return fail(RC_ERR_NOT_FOUND, err, errlen, "%s: missing tensor %s", m->dir, full);
+    int64_t want[2] = {rows, cols};
+    int want_nd = cols ? 2 : 1;
+    int ok = t->ndim == want_nd && t->shape[0] == rows && (want_nd == 1 || t->shape[1] == cols);
+    if (!ok) {
+        char a[128], b[128];
+        return fail(RC_ERR_FORMAT, err, errlen,
+                    "%s: tensor %s has shape %s, expected %s (%s from config.json)", t->file, full,
+                    safetensors_shape_str(t->shape, t->ndim, a, sizeof a),
+                    safetensors_shape_str(want, want_nd, b, sizeof b), why);
+    }
+    if (t->dtype == DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
+        *out = t->data;
+        return RC_OK;
+    }
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
+        if (!p) return fail(RC_ERR_NOMEM, err, errlen, "out of memory loading %s", full);
+        m->owned = p;
+        m->cap_owned = cap;
+    }
+    float *buf = malloc((t->numel ? t->numel : 1) * sizeof(float));
+    if (!buf)
+        return fail(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)", full,
+                    t->numel);
+    m->owned[m->n_owned++] = buf;
+    convert(buf, t->data, t->dtype, t->numel);
+    *out = buf;
+    return RC_OK;
+}
+
+/* A checkpoint with more layers than config.json says would load "fine" and run a
+ * different, truncated model; refuse it. */
+static rc_t check_no_extra_layers(const model_t *m, const char *prefix, char *err, size_t errlen)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "%slayers.", prefix);
+    size_t pl = strlen(pat);
+    for (size_t i = 0; i < safetensors_count(m->st); i++) {
+        const st_tensor_t *t = safetensors_at(m->st, i);
+        if (strncmp(t->name, pat, pl)) continue;
+        char *end;
+        long l = strtol(t->name + pl, &end, 10);
+        if (end != t->name + pl && *end == '.' && l >= m->config.n_layers)
+            return fail(RC_ERR_FORMAT, err, errlen,
+                        "%s: checkpoint has tensor %s but config.json says num_hidden_layers "
+                        "is %d",
+                        m->dir, t->name, m->config.n_layers);
+    }
+    return RC_OK;
+}
+
+static rc_t load_weights(model_t *m, char *err, size_t errlen)
+{
+    const model_config_t *c = &m->config;
+    model_weights_t *w = &m->weights;
+    const int64_t H = c->hidden, V = c->vocab_size, F = c->ffn;
+    const int64_t QD = (int64_t)c->n_heads * c->head_dim,
+                  KVD = (int64_t)c->n_kv_heads * c->head_dim;
+    rc_t rc;
+
+    /* HF checkpoints name the decoder "model."; bare LlamaModel saves do not. */
+    const char *p = "model.";
+    if (!safetensors_find(m->st, "model.embed_tokens.weight") &&
+        safetensors_find(m->st, "embed_tokens.weight"))
+        p = "";
+    if ((rc = check_no_extra_layers(m, p, err, errlen))) return rc;
+    char emb[64];
+    snprintf(emb, sizeof emb, "%sembed_tokens.weight", p);
+    const st_tensor_t *et = safetensors_find(m->st, emb);
+    m->weight_dtype = et ? et->dtype : c->torch_dtype;
+
+    if ((rc = get_tensor(m, p, "embed_tokens.weight", V, H, "vocab_size x hidden_size", &w->tok_emb,
+                         err, errlen)))
+        return rc;
+    w->layers = calloc((size_t)c->n_layers, sizeof(*w->layers));
+    if (!w->layers) return fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        model_layer_t *L = &w->layers[l];
+        char n[128];
+#define T(field, suffix, rows, cols, why)                                                          \
+    snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                                              \
+    if ((rc = get_tensor(m, p, n, rows, cols, why, &L->field, err, errlen))) return rc
+        T(attn_norm, "input_layernorm.weight", H, 0, "hidden_size");
+        T(wq, "self_attn.q_proj.weight", QD, H, "num_attention_heads*head_dim x hidden_size");
+        T(wk, "self_attn.k_proj.weight", KVD, H, "num_key_value_heads*head_dim x hidden_size");
+        T(wv, "self_attn.v_proj.weight", KVD, H, "num_key_value_heads*head_dim x hidden_size");
+        T(wo, "self_attn.o_proj.weight", H, QD, "hidden_size x num_attention_heads*head_dim");
+        T(ffn_norm, "post_attention_layernorm.weight", H, 0, "hidden_size");
+        T(w_gate, "mlp.gate_proj.weight", F, H, "intermediate_size x hidden_size");
+        T(w_up, "mlp.up_proj.weight", F, H, "intermediate_size x hidden_size");
+        T(w_down, "mlp.down_proj.weight", H, F, "hidden_size x intermediate_size");
+#undef T
+    }
+    if ((rc = get_tensor(m, p, "norm.weight", H, 0, "hidden_size", &w->norm, err, errlen)))
+        return rc;
+    if (c->tie_embeddings) {
+        w->lm_head = w->tok_emb; /* HF ties the output to the input embedding */
+    } else if (!safetensors_find(m->st, "lm_head.weight")) {
+        return fail(RC_ERR_NOT_FOUND, err, errlen,
+                    "%s: missing tensor lm_head.weight (and config.json has no "
+                    "tie_word_embeddings: true)",
+                    m->dir);
+    } else if ((rc = get_tensor(m, "", "lm_head.weight", V, H, "vocab_size x hidden_size",
+                                &w->lm_head, err, errlen))) {
+        return rc;
+    }
+    return RC_OK;
+}
+
+static rc_t load_tokenizer(model_t *m, int allow_none, char *err, size_t errlen)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/tokenizer.model", m->dir) >= (int)sizeof path)
+        return fail(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", m->dir);
+    if (access(path, F_OK) != 0) {
+        if (allow_none) return RC_OK;
+        return fail(RC_ERR_NOT_FOUND, err, errlen,
+                    "%s has no tokenizer.model (needed to turn text into tokens)", m->dir);
+    }
+    rc_t rc = tokenizer_load(path, &m->tok, err, errlen);
+    if (rc) return rc;
+    int tv = tokenizer_vocab_size(m->tok);
+    if (tv > m->config.vocab_size)
+        return fail(RC_ERR_FORMAT, err, errlen,
+                    "%s has %d pieces but config.json vocab_size is %d: the tokenizer does "
+                    "not belong to this checkpoint",
+                    path, tv, m->config.vocab_size);
+    if (tokenizer_bos_id(m->tok) != m->config.bos_id ||
+        tokenizer_eos_id(m->tok) != m->config.eos_id)
+        log_warn("%s: tokenizer bos/eos ids %d/%d differ from config.json's %d/%d", m->dir,
+                 tokenizer_bos_id(m->tok), tokenizer_eos_id(m->tok), m->config.bos_id,
+                 m->config.eos_id);
+    return RC_OK;
+}
+
+static void make_description(model_t *m)
+{
+    const model_config_t *c = &m->config;
+    char mem[300] = "";
+    if (c->is_longllama) {
+        size_t o = (size_t)snprintf(mem, sizeof mem, ", mem layers [");
+        for (int i = 0; i < c->n_mem_layers && o < sizeof mem; i++)
+            o += (size_t)snprintf(mem + o, sizeof mem - o, "%s%d", i ? "," : "", c->mem_layers[i]);
+        if (o < sizeof mem) snprintf(mem + o, sizeof mem - o, "] (%s)", dtype_name(c->mem_dtype));
+    }
+    snprintf(m->describe, sizeof m->describe,
+             "%s %d layers, hidden %d, %d heads of %d (%d kv), ffn %d%s, vocab %d, %s (%s)",
+             c->is_longllama ? "longllama" : "llama", c->n_layers, c->hidden, c->n_heads,
+             c->head_dim, c->n_kv_heads, c->ffn, mem, c->vocab_size, dtype_name(m->weight_dtype),
+             m->dir);
+}
+
+rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    *out = NULL;
+    rc_t rc;
+    model_t *m = calloc(1, sizeof(*m));
+    if (!m || !(m->dir = strdup(dir))) {
+        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+        goto fail;
+    }
+    if ((rc = model_config_load(dir, &m->config, err, errlen))) goto fail;
+    if ((rc = safetensors_open_dir(dir, &m->st, err, errlen))) goto fail;
+    if ((rc = load_tokenizer(m, allow_no_tokenizer, err, errlen))) goto fail;
+    if ((rc = load_weights(m, err, errlen))) goto fail;
+    make_description(m);
+    *out = m;
+    return RC_OK;
+fail:
+    model_destroy(&m);
+    return rc;
+}
+
+void model_destroy(model_t **pm)
+{
+    if (!pm || !*pm) return;
+    model_t *m = *pm;
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    free(m->weights.layers);
+    tokenizer_destroy(&m->tok);
+    safetensors_destroy(&m->st);
+    free(m->dir);
+    free(m);
+    *pm = NULL;
+}
+
+const model_config_t *model_get_config(const model_t *m)
+{
+    return &m->config;
+}
+
+const model_weights_t *model_get_weights(const model_t *m)
+{
+    return &m->weights;
+}
+
+const tokenizer_t *model_get_tokenizer(const model_t *m)
+{
+    return m->tok;
+}
+
+const char *model_describe(const model_t *m)
+{
+    return m->describe;
+}
