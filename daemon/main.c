@@ -1,0 +1,355 @@
+/* main.c — recalld: flags, start-up checks, the signal path and shutdown.
+ *
+ * Start-up checks everything that can fail before writing anything: the flags, the data
+ * directory's permissions, the checkpoint, the listen address. Only then is the data
+ * directory created and the LMDB environment opened. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "daemon/daemon.h"
+
+static volatile sig_atomic_t g_stop; /* set by SIGTERM / SIGINT */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+/* clang-format off */
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: recalld --model DIR [options]\n"
+"\n"
+"recalld keeps named sessions of up to millions of tokens for a LongLLaMA (Focused\n"
+"Transformer) or LLaMA checkpoint and answers questions about them over ZeroMQ.\n"
+"Sessions are stored in an LMDB environment in the data directory and survive restarts:\n"
+"an Ingest chunk is acknowledged only once it is on disk.\n"
+"\n"
+"options:\n"
+"  --model DIR            checkpoint directory: config.json, model.safetensors (or shards),\n"
+"                         tokenizer.model (required)\n"
+"  --data DIR             data directory, created if missing (default ./recall-data); one\n"
+"                         recalld per data directory\n"
+"  --listen ENDPOINT      ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555; also\n"
+"                         ipc:///path/to/socket). Binding beyond loopback exposes the daemon.\n"
+"  --max-chunk-bytes N    largest Ingest chunk, question or Score text in bytes (text bytes,\n"
+"                         or 4 per token id); default 1M. Suffixes K, M, G are accepted.\n"
+"  --max-frame-bytes N    largest request frame; default max(8M, 4 x max-chunk-bytes + 64K).\n"
+"                         Larger frames get an error reply; frames over twice this size make\n"
+"                         ZeroMQ drop the connection without reading them.\n"
+"  --max-sessions N       most sessions at a time (default 1024)\n"
+"  --threads N            compute threads for the CPU backend (default: all cores)\n"
+"  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
+"  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
+"  --help                 this text\n"
+"\n"
+"%s.\n"
+"SIGTERM or SIGINT stop the daemon: it stops accepting requests, finishes or rolls back the\n"
+"running job (unacknowledged work is never half-written) and exits 0.\n"
+"\n"
+"example:\n"
+"  recalld --model ~/models/long_llama_3b --data ~/recall-data --listen tcp://127.0.0.1:5555\n"
+"  recall ingest notes ~/notes/*.txt && recall ask notes \"What did I decide about X?\"\n",
+            SESSION_NAME_RULE);
+}
+/* clang-format on */
+
+/* Parses "123", "64K", "1M", "2G" (binary units). Returns 0 on success. */
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-') return -1;
+    unsigned long long mul = 1;
+    if (*end == 'k' || *end == 'K')
+        mul = 1ull << 10;
+    else if (*end == 'm' || *end == 'M')
+        mul = 1ull << 20;
+    else if (*end == 'g' || *end == 'G')
+        mul = 1ull << 30;
+    else if (*end)
+        return -1;
+    if (mul > 1 && end[1] && strcmp(end + 1, "iB") != 0 && strcmp(end + 1, "B") != 0) return -1;
+    if (v > ULLONG_MAX / mul) return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Checks the data directory without creating it. *exists says whether it is there. */
+static int check_data_dir(const char *dir, int *exists)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        *exists = 1;
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "recalld: --data %s is not a directory\n", dir);
+            return -1;
+        }
+        if (access(dir, W_OK | X_OK) != 0) {
+            fprintf(stderr, "recalld: data directory %s is not writable: %s\n", dir,
+                    strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    *exists = 0;
+    if (errno != ENOENT) {
+        fprintf(stderr, "recalld: cannot use data directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", dir);
+    size_t l = strlen(parent);
+    while (l > 1 && parent[l - 1] == '/')
+        parent[--l] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        parent[1] = 0;
+    else
+        *slash = 0;
+    if (access(parent, W_OK | X_OK) != 0) {
+        fprintf(stderr,
+                "recalld: data directory %s does not exist and cannot be created in %s: %s\n", dir,
+                parent, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void fingerprint(const model_config_t *c, char *buf, size_t n)
+{
+    int off =
+        snprintf(buf, n, "layers %d hidden %d heads %d/%d head_dim %d vocab %d mem [", c->n_layers,
+                 c->hidden, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size);
+    for (int i = 0; i < c->n_mem_layers && off < (int)n; i++)
+        off += snprintf(buf + off, n - (size_t)off, "%s%d", i ? "," : "", c->mem_layers[i]);
+    if (off < (int)n) snprintf(buf + off, n - (size_t)off, "]");
+}
+
+int main(int argc, char **argv)
+{
+    daemon_config_t cfg = {
+        .data_dir = "./recall-data",
+        .listen = "tcp://127.0.0.1:5555",
+        .max_chunk_bytes = 1u << 20,
+        .max_sessions = 1024,
+    };
+    enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, O_MODEL},
+        {"data", required_argument, 0, O_DATA},
+        {"listen", required_argument, 0, O_LISTEN},
+        {"max-chunk-bytes", required_argument, 0, O_CHUNK},
+        {"max-frame-bytes", required_argument, 0, O_FRAME},
+        {"max-sessions", required_argument, 0, O_SESS},
+        {"threads", required_argument, 0, O_THREADS},
+        {"log-level", required_argument, 0, O_LOG},
+        {"db-map-size", required_argument, 0, O_MAP},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (opt) {
+        case O_MODEL:
+            cfg.model_dir = optarg;
+            break;
+        case O_DATA:
+            cfg.data_dir = optarg;
+            break;
+        case O_LISTEN:
+            cfg.listen = optarg;
+            break;
+        case O_CHUNK:
+            bad = parse_size(optarg, &cfg.max_chunk_bytes) || !cfg.max_chunk_bytes;
+            break;
+        case O_FRAME:
+            bad = parse_size(optarg, &cfg.max_frame_bytes) || cfg.max_frame_bytes < 256;
+            break;
+        case O_SESS:
+            bad = parse_int(optarg, 1, 1 << 24, &cfg.max_sessions);
+            break;
+        case O_THREADS:
+            bad = parse_int(optarg, 0, 4096, &cfg.threads);
+            break;
+        case O_MAP:
+            bad = parse_size(optarg, &cfg.map_size) || cfg.map_size < 65536;
+            break;
+        case O_LOG:
+            if (!strcmp(optarg, "debug"))
+                log_set_level(LOG_DEBUG);
+            else if (!strcmp(optarg, "info"))
+                log_set_level(LOG_INFO);
+            else if (!strcmp(optarg, "warn"))
+                log_set_level(LOG_WARN);
+            else if (!strcmp(optarg, "error"))
+                log_set_level(LOG_ERROR);
+            else
+                bad = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "recalld: unknown option or missing value: %s\n", argv[optind - 1]);
+            fprintf(stderr, "run 'recalld --help' for the options\n");
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "recalld: bad value '%s' for %s (see recalld --help)\n", optarg,
+                    argv[optind - 2 >= 0 ? optind - 2 : 0]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "recalld: unexpected argument '%s' (see recalld --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!cfg.model_dir) {
+        fprintf(stderr, "recalld: --model DIR is required (a checkpoint directory with "
+                        "config.json, model.safetensors and tokenizer.model)\n"
+                        "run 'recalld --help' for the options\n");
+        return 2;
+    }
+    if (!cfg.max_frame_bytes) {
+        cfg.max_frame_bytes = 4 * cfg.max_chunk_bytes + (64u << 10);
+        if (cfg.max_frame_bytes < (8u << 20)) cfg.max_frame_bytes = 8u << 20;
+    }
+    if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+
+    int existed;
+    if (check_data_dir(cfg.data_dir, &existed)) return 1;
+
+    static daemon_t dd;
+    daemon_t *d = &dd;
+    d->cfg = cfg;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    d->start_time = now_s();
+    int exit_code = 1;
+    void *router = NULL;
+    int worker_started = 0;
+    char err[1024] = "";
+
+    rc_t rc = model_load(cfg.model_dir, 0, &d->model, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "recalld: cannot load the model in %s: %s\n", cfg.model_dir, err);
+        goto out;
+    }
+    d->mc = model_get_config(d->model);
+    d->tok = model_get_tokenizer(d->model);
+    d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
+    fingerprint(d->mc, d->fingerprint, sizeof d->fingerprint);
+
+    d->zctx = zmq_ctx_new();
+    router = zmq_socket(d->zctx, ZMQ_ROUTER);
+    int linger = 1000, hwm = 100000;
+    int64_t maxmsg = (int64_t)cfg.max_frame_bytes * 2 + 1024;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_bind(router, cfg.listen) != 0) {
+        int e = errno;
+        if (e == EADDRINUSE)
+            fprintf(stderr,
+                    "recalld: cannot listen on %s: the address is already in use "
+                    "(another recalld?)\n",
+                    cfg.listen);
+        else
+            fprintf(stderr, "recalld: cannot listen on %s: %s\n", cfg.listen, zmq_strerror(e));
+        goto out;
+    }
+
+    if (!existed && mkdir(cfg.data_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "recalld: cannot create data directory %s: %s\n", cfg.data_dir,
+                strerror(errno));
+        goto out;
+    }
+    memory_db_opts_t dbo = {.map_size = cfg.map_size};
+    rc = memory_db_open(cfg.data_dir, &dbo, &d->db, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "recalld: %s\n", err);
+        goto out;
+    }
+    rc = session_load_all(d, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "recalld: cannot load the sessions in %s: %s\n", cfg.data_dir, err);
+        goto out;
+    }
+
+    d->pair_main = zmq_socket(d->zctx, ZMQ_PAIR);
+    d->pair_worker = zmq_socket(d->zctx, ZMQ_PAIR);
+    zmq_setsockopt(d->pair_main, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(d->pair_worker, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (zmq_bind(d->pair_main, "inproc://recalld-worker") != 0 ||
+        zmq_connect(d->pair_worker, "inproc://recalld-worker") != 0) {
+        fprintf(stderr, "recalld: cannot set up the worker pipe: %s\n", zmq_strerror(errno));
+        goto out;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: zmq_poll returns EINTR at once */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (pthread_create(&d->worker, NULL, worker_main, d) != 0) {
+        fprintf(stderr, "recalld: cannot start the worker thread\n");
+        goto out;
+    }
+    worker_started = 1;
+    log_info("recalld listening on %s; model %s; data %s; %zu sessions", cfg.listen,
+             model_describe(d->model), cfg.data_dir, d->n_sessions);
+
+    rc = server_run(d, router, &g_stop);
+    exit_code = rc == RC_OK ? 0 : 1;
+    log_info("recalld stopped");
+
+out:
+    if (worker_started) {
+        pthread_mutex_lock(&d->mu);
+        d->stopping = 1;
+        d->worker_stop_now = 1;
+        pthread_cond_broadcast(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        pthread_join(d->worker, NULL);
+    }
+    if (router) zmq_close(router);
+    if (d->pair_main) zmq_close(d->pair_main);
+    if (d->pair_worker) zmq_close(d->pair_worker);
+    if (d->zctx) zmq_ctx_term(d->zctx);
+    for (size_t i = 0; i < d->n_sessions; i++)
+        session_free(d->sessions[i]);
+    free(d->sessions);
+    memory_db_close(&d->db); /* after every commit has returned */
+    model_destroy(&d->model);
+    return exit_code;
+}

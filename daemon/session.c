@@ -1,0 +1,329 @@
+/* session.c — the session table, session options, records and loading at start-up. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "daemon/daemon.h"
+
+const char SESSION_NAME_RULE[] =
+    "a session name is 1 to 128 bytes of letters, digits and . _ - : @ + and does not "
+    "start with '.'";
+
+const char *session_name_problem(const char *name)
+{
+    if (!name || !name[0]) return "the session name is empty";
+    size_t n = strlen(name);
+    if (n > SESSION_NAME_MAX) return "the session name is longer than 128 bytes";
+    if (name[0] == '.') return "the session name starts with '.'";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) continue;
+        if (strchr("._-:@+", c)) continue;
+        if (c == '/' || c == '\\') return "the session name contains a path separator";
+        if (c < 0x20 || c == 0x7f) return "the session name contains a control character";
+        return "the session name contains a character outside letters, digits and ._-:@+";
+    }
+    return "";
+}
+
+rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_stream_opts_t *o,
+                          char *err, size_t errlen)
+{
+    memset(o, 0, sizeof *o);
+    if (in) {
+        const char *pos = in->positional ? in->positional : "";
+        if (pos[0] && strcmp(pos, "rope") != 0) {
+            snprintf(err, errlen,
+                     "positional scheme '%s' is not supported yet (this build has \"rope\" only)",
+                     pos);
+            return strcmp(pos, "self-extend") == 0 || strcmp(pos, "dca") == 0 ? RC_ERR_UNSUPPORTED
+                                                                              : RC_ERR_INVALID;
+        }
+        const char *mem = in->memory ? in->memory : "";
+        if (mem[0] && strcmp(mem, "exact") != 0) {
+            snprintf(err, errlen,
+                     "memory mode '%s' is not supported yet (this build has \"exact\" only)", mem);
+            return strcmp(mem, "knn") == 0 ? RC_ERR_UNSUPPORTED : RC_ERR_INVALID;
+        }
+        if (in->window > 1u << 30 || in->last_context > 1u << 30) {
+            snprintf(err, errlen, "window or last_context is absurdly large");
+            return RC_ERR_INVALID;
+        }
+        o->window = (int)in->window;
+        o->last_context = (int)in->last_context;
+        if (in->mem_dtype && in->mem_dtype[0]) {
+            if (dtype_parse(in->mem_dtype, &o->mem_dtype) != 0) {
+                snprintf(err, errlen, "unknown mem_dtype '%s' (use f32, bf16 or f16)",
+                         in->mem_dtype);
+                return RC_ERR_INVALID;
+            }
+            o->mem_dtype_set = 1;
+        }
+    }
+    return model_stream_opts_resolve(d->model, o, err, errlen);
+}
+
+void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out)
+{
+    recall__session_options__init(out);
+    out->window = (uint32_t)o->window;
+    out->positional = (char *)"rope";
+    out->memory = (char *)"exact";
+    out->last_context = (uint32_t)o->last_context;
+    out->mem_dtype = (char *)dtype_name(o->mem_dtype);
+}
+
+void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *info,
+                       Recall__SessionOptions *opts)
+{
+    (void)d;
+    recall__session_info__init(info);
+    session_opts_to_wire(&s->opts, opts);
+    info->name = (char *)s->name;
+    info->options = opts;
+    info->tokens = s->n_tokens;
+    info->windows = s->windows;
+    info->pending_tokens = s->n_tokens - s->windows * (uint64_t)s->window;
+    info->memory_tokens = s->mem_tokens;
+    info->memory_bytes_device = 0; /* the CPU backend keeps memory in host memory */
+    info->memory_bytes_host = s->mem_bytes_host;
+    info->memory_bytes_disk = s->disk_bytes;
+    info->last_seq = s->last_seq;
+    info->created_unix = s->created_unix;
+    info->ingest_chunks = s->ingest_chunks;
+}
+
+session_t *session_find(daemon_t *d, const char *name)
+{
+    for (size_t i = 0; i < d->n_sessions; i++)
+        if (strcmp(d->sessions[i]->name, name) == 0) return d->sessions[i];
+    return NULL;
+}
+
+rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, session_t **out)
+{
+    *out = NULL;
+    session_t *s = calloc(1, sizeof *s);
+    if (!s) return RC_ERR_NOMEM;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->opts = *o;
+    s->window = o->window;
+    s->refs = 1;
+    s->created_unix = (int64_t)time(NULL);
+    rc_t rc = model_stream_create(d->model, o, &s->stream);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return RC_OK;
+}
+
+void session_free(session_t *s)
+{
+    if (!s) return;
+    model_stream_destroy(&s->stream);
+    free(s->tokens);
+    free(s);
+}
+
+void session_unref_locked(session_t *s, session_t **to_free)
+{
+    *to_free = NULL;
+    if (--s->refs == 0) *to_free = s;
+}
+
+void session_unref(daemon_t *d, session_t *s)
+{
+    if (!s) return;
+    session_t *f;
+    pthread_mutex_lock(&d->mu);
+    session_unref_locked(s, &f);
+    pthread_mutex_unlock(&d->mu);
+    session_free(f); /* outside the lock: freeing a large memory takes a while */
+}
+
+rc_t session_table_add(daemon_t *d, session_t *s)
+{
+    if (d->n_sessions == d->cap_sessions) {
+        size_t nc = d->cap_sessions ? 2 * d->cap_sessions : 16;
+        session_t **ns = realloc(d->sessions, nc * sizeof *ns);
+        if (!ns) return RC_ERR_NOMEM;
+        d->sessions = ns;
+        d->cap_sessions = nc;
+    }
+    d->sessions[d->n_sessions++] = s;
+    return RC_OK;
+}
+
+void session_table_remove(daemon_t *d, session_t *s)
+{
+    for (size_t i = 0; i < d->n_sessions; i++)
+        if (d->sessions[i] == s) {
+            d->sessions[i] = d->sessions[--d->n_sessions];
+            return;
+        }
+}
+
+rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uint64_t windows,
+                         uint64_t last_seq, uint64_t ingest_chunks, uint64_t next_chunk,
+                         uint8_t **buf, size_t *len)
+{
+    Recall__SessionRecord r = RECALL__SESSION_RECORD__INIT;
+    Recall__SessionInfo info;
+    Recall__SessionOptions opts;
+    session_info_fill(d, s, &info, &opts);
+    info.tokens = n_tokens;
+    info.windows = windows;
+    info.pending_tokens = n_tokens - windows * (uint64_t)s->window;
+    info.last_seq = last_seq;
+    info.ingest_chunks = ingest_chunks;
+    info.memory_tokens = 0;
+    info.memory_bytes_host = info.memory_bytes_disk = info.memory_bytes_device = 0;
+    r.version = SESSION_RECORD_VERSION;
+    r.info = &info;
+    r.next_chunk = next_chunk;
+    r.model_fingerprint = (char *)d->fingerprint;
+    r.row_dim = (uint32_t)d->row_dim;
+    size_t n = recall__session_record__get_packed_size(&r);
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b) return RC_ERR_NOMEM;
+    recall__session_record__pack(&r, b);
+    *buf = b;
+    *len = n;
+    return RC_OK;
+}
+
+/* ---- loading ------------------------------------------------------------------------- */
+
+typedef struct load_ctx {
+    memory_store_t *mem;
+    int layer;
+    size_t want_bytes;
+} load_ctx_t;
+
+static rc_t load_window_cb(void *ctx, const void *keys, const void *values, size_t bytes)
+{
+    load_ctx_t *c = ctx;
+    if (bytes != c->want_bytes) return RC_ERR_FORMAT;
+    size_t rows =
+        bytes / ((size_t)memory_store_row_dim(c->mem) * dtype_size(memory_store_dtype(c->mem)));
+    return memory_store_append_raw(c->mem, c->layer, keys, values, rows);
+}
+
+static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size_t errlen)
+{
+    const char *bad = session_name_problem(rec->name);
+    if (bad[0]) {
+        snprintf(err, errlen, "the database holds a session with an unsafe name: %s", bad);
+        return RC_ERR_FORMAT;
+    }
+    Recall__SessionRecord *r =
+        recall__session_record__unpack(NULL, rec->len, (const uint8_t *)rec->data);
+    if (!r || !r->info) {
+        if (r) recall__session_record__free_unpacked(r, NULL);
+        snprintf(err, errlen, "session '%s': its record in the database is malformed", rec->name);
+        return RC_ERR_FORMAT;
+    }
+    rc_t rc = RC_OK;
+    session_t *s = NULL;
+    int32_t *toks = NULL;
+    if (r->version != SESSION_RECORD_VERSION) {
+        snprintf(err, errlen, "session '%s': record version %u is not %d", rec->name, r->version,
+                 SESSION_RECORD_VERSION);
+        rc = RC_ERR_FORMAT;
+        goto out;
+    }
+    if (strcmp(r->model_fingerprint, d->fingerprint) != 0 || (int)r->row_dim != d->row_dim) {
+        snprintf(err, errlen,
+                 "session '%s' was built with another model (%s); the loaded model is %s. "
+                 "Start recalld with that model or use another --data directory",
+                 rec->name, r->model_fingerprint, d->fingerprint);
+        rc = RC_ERR_FORMAT;
+        goto out;
+    }
+    model_stream_opts_t o;
+    char oerr[256];
+    rc = session_opts_resolve(d, r->info->options, &o, oerr, sizeof oerr);
+    if (rc) {
+        snprintf(err, errlen, "session '%s': its options no longer resolve: %s", rec->name, oerr);
+        goto out;
+    }
+    rc = session_new(d, rec->name, &o, &s);
+    if (rc) {
+        snprintf(err, errlen, "session '%s': cannot create its stream: %s", rec->name,
+                 rc_strerror(rc));
+        goto out;
+    }
+    size_t n = 0;
+    uint64_t chunks = 0, next = 0;
+    rc = memory_db_load_tokens(d->db, rec->name, &toks, &n, &chunks, &next);
+    if (rc || n != r->info->tokens || r->info->windows * (uint64_t)o.window > n) {
+        snprintf(err, errlen,
+                 "session '%s': the database holds %zu tokens but its record says %llu "
+                 "(with %llu windows of %d)",
+                 rec->name, n, (unsigned long long)r->info->tokens,
+                 (unsigned long long)r->info->windows, o.window);
+        if (!rc) rc = RC_ERR_FORMAT;
+        goto out;
+    }
+    s->tokens = toks;
+    s->tokens_cap = n;
+    toks = NULL;
+    s->n_tokens = n;
+    s->windows = r->info->windows;
+    s->last_seq = r->info->last_seq;
+    s->ingest_chunks = r->info->ingest_chunks;
+    s->next_chunk = r->next_chunk > next ? r->next_chunk : next;
+    s->created_unix = r->info->created_unix;
+
+    /* Memory rows as they were computed: no forward pass at start-up. */
+    memory_store_t *mem = model_stream_memory(s->stream);
+    int layers = memory_store_layers(mem);
+    load_ctx_t lc = {mem, 0,
+                     (size_t)o.window * (size_t)memory_store_row_dim(mem) *
+                         dtype_size(memory_store_dtype(mem))};
+    for (uint64_t w = 0; w < s->windows; w++) {
+        for (int l = 0; l < layers; l++) {
+            lc.layer = l;
+            rc = memory_db_read_window(d->db, rec->name, (uint32_t)l, w, load_window_cb, &lc);
+            if (rc) {
+                snprintf(err, errlen, "session '%s': memory window %llu of memory layer %d is %s",
+                         rec->name, (unsigned long long)w, l,
+                         rc == RC_ERR_NOT_FOUND ? "missing" : "unreadable or of the wrong size");
+                goto out;
+            }
+        }
+    }
+    s->mem_tokens = memory_store_len(mem);
+    s->mem_bytes_host = memory_store_bytes(mem);
+    memory_db_session_bytes(d->db, rec->name, &s->disk_bytes);
+    rc = session_table_add(d, s);
+    if (rc) goto out;
+    log_info("session '%s': %llu tokens, %llu windows, last seq %llu", s->name,
+             (unsigned long long)s->n_tokens, (unsigned long long)s->windows,
+             (unsigned long long)s->last_seq);
+    s = NULL;
+out:
+    free(toks);
+    session_free(s);
+    recall__session_record__free_unpacked(r, NULL);
+    return rc;
+}
+
+rc_t session_load_all(daemon_t *d, char *err, size_t errlen)
+{
+    memory_db_record_t *recs;
+    size_t n;
+    rc_t rc = memory_db_list(d->db, &recs, &n);
+    if (rc) {
+        snprintf(err, errlen, "cannot list sessions in the database: %s", rc_strerror(rc));
+        return rc;
+    }
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = load_one(d, &recs[i], err, errlen);
+    memory_db_records_free(recs, n);
+    return rc;
+}

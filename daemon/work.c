@@ -1,0 +1,654 @@
+/* work.c — the worker thread: Ingest, Ask and Score, one job at a time.
+ *
+ * The worker owns every session's stream and token array. It takes a mark before touching
+ * a stream and rewinds to it on any failure, so a failed or rolled-back job leaves the
+ * session exactly as it was. A chunk's tokens, the memory rows of every window it
+ * completed and the new session record go to LMDB in one transaction; the chunk is
+ * acknowledged only after that commit returned. */
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "daemon/daemon.h"
+#include "model/sample.h"
+#include <zmq.h>
+
+static void wsend(daemon_t *d, job_t *j, Recall__Response *resp)
+{
+    resp->id = j->req->id;
+    server_send(d->pair_worker, &j->route, resp);
+}
+
+static void wsend_ok(daemon_t *d, job_t *j, Recall__Response *resp)
+{
+    Recall__Status st = RECALL__STATUS__INIT;
+    st.message = (char *)"ok";
+    resp->status = &st;
+    wsend(d, j, resp);
+}
+
+static void wsend_err(daemon_t *d, job_t *j, rc_t code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void wsend_err(daemon_t *d, job_t *j, rc_t code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&d->mu);
+    d->errors++;
+    pthread_mutex_unlock(&d->mu);
+    server_send_status(d->pair_worker, &j->route, j->req->id, code, "%s", msg);
+}
+
+static void wsend_progress(daemon_t *d, job_t *j, uint64_t done, uint64_t total)
+{
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__Progress p = RECALL__PROGRESS__INIT;
+    p.done = done;
+    p.total = total;
+    resp.more = 1;
+    resp.body_case = RECALL__RESPONSE__BODY_PROGRESS;
+    resp.progress = &p;
+    wsend_ok(d, j, &resp);
+}
+
+/* ---- durable append: the commit unit ------------------------------------------------- */
+
+typedef struct append_result {
+    uint64_t tokens, windows;
+} append_result_t;
+
+/* Appends nn tokens to s, runs every window they complete through the stream, and commits
+ * tokens, windows and record in one transaction. seq > 0 marks an Ingest chunk (last_seq
+ * and ingest_chunks advance). On failure the session is unchanged and err says why. */
+static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *newt, size_t nn,
+                           uint64_t seq, append_result_t *res, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&d->mu);
+    uint64_t n_old = s->n_tokens, win_old = s->windows, last_seq = s->last_seq;
+    uint64_t chunks = s->ingest_chunks, next_chunk = s->next_chunk;
+    pthread_mutex_unlock(&d->mu);
+
+    const uint64_t W = (uint64_t)s->window;
+    if (n_old + nn > s->tokens_cap) {
+        size_t cap = s->tokens_cap ? s->tokens_cap : 4096;
+        while (cap < n_old + nn)
+            cap *= 2;
+        int32_t *nt = realloc(s->tokens, cap * sizeof *nt);
+        if (!nt) {
+            snprintf(err, errlen, "out of memory for %zu more tokens", nn);
+            return RC_ERR_NOMEM;
+        }
+        s->tokens = nt;
+        s->tokens_cap = cap;
+    }
+    /* Past n_tokens, so invisible until the commit makes it count. */
+    if (nn) memcpy(s->tokens + n_old, newt, nn * sizeof *newt);
+    uint64_t n_new = n_old + nn;
+    uint64_t win_new = n_new / W;
+    uint64_t nwin = win_new - win_old;
+
+    memory_store_t *mem = model_stream_memory(s->stream);
+    model_stream_mark_t mark = model_stream_get_mark(s->stream);
+    memory_db_window_t *wins = NULL;
+    uint8_t *rec = NULL;
+    size_t rec_len = 0;
+    rc_t rc = RC_OK;
+    for (uint64_t w = 0; w < nwin; w++) {
+        if (d->worker_stop_now) {
+            snprintf(err, errlen, "the daemon is stopping; the chunk was rolled back");
+            rc = RC_ERR_SHUTDOWN;
+            goto fail;
+        }
+        rc = model_stream_feed(s->stream, s->tokens + (win_old + w) * W, (size_t)W, NULL, NULL);
+        if (!rc) rc = model_stream_flush(s->stream);
+        if (rc) {
+            snprintf(err, errlen, "the forward pass failed on window %llu: %s",
+                     (unsigned long long)(win_old + w), rc_strerror(rc));
+            goto fail;
+        }
+        if (nwin > 1 && w + 1 < nwin) wsend_progress(d, j, (w + 1) * W, nwin * W);
+    }
+
+    int layers = memory_store_layers(mem);
+    size_t row_bytes = (size_t)memory_store_row_dim(mem) * dtype_size(memory_store_dtype(mem));
+    if (layers && memory_store_len(mem) != mark.mem_rows + nwin * W) {
+        snprintf(err, errlen, "memory holds %zu rows after %llu windows, expected %llu",
+                 memory_store_len(mem), (unsigned long long)nwin,
+                 (unsigned long long)(mark.mem_rows + nwin * W));
+        rc = RC_ERR_INTERNAL;
+        goto fail;
+    }
+    size_t n_w = layers ? (size_t)nwin * (size_t)layers : 0;
+    if (n_w && !(wins = calloc(n_w, sizeof *wins))) {
+        snprintf(err, errlen, "out of memory");
+        rc = RC_ERR_NOMEM;
+        goto fail;
+    }
+    uint64_t disk_add = 0;
+    for (uint64_t w = 0; w < nwin && layers; w++)
+        for (int l = 0; l < layers; l++) {
+            memory_db_window_t *x = &wins[w * layers + l];
+            size_t off = (mark.mem_rows + (size_t)(w * W)) * row_bytes;
+            x->layer = (uint32_t)l;
+            x->window = win_old + w;
+            x->keys = (const uint8_t *)memory_store_keys(mem, l) + off;
+            x->values = (const uint8_t *)memory_store_values(mem, l) + off;
+            x->bytes = (size_t)W * row_bytes;
+            disk_add += 2 * x->bytes;
+        }
+    uint64_t new_seq = seq ? seq : last_seq;
+    uint64_t new_chunks = seq ? chunks + 1 : chunks;
+    uint64_t new_next = nn ? next_chunk + 1 : next_chunk;
+    pthread_mutex_lock(&d->mu);
+    rc = session_record_pack(d, s, n_new, win_new, new_seq, new_chunks, new_next, &rec, &rec_len);
+    if (rc) {
+        pthread_mutex_unlock(&d->mu);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (s->dropped) {
+        pthread_mutex_unlock(&d->mu);
+        snprintf(err, errlen, "session '%s' was dropped", s->name);
+        rc = RC_ERR_NOT_FOUND;
+        goto fail;
+    }
+    memory_db_commit_t c = {.session = s->name,
+                            .record = rec,
+                            .record_len = rec_len,
+                            .chunk_index = next_chunk,
+                            .tokens = newt,
+                            .n_tokens = nn,
+                            .windows = wins,
+                            .n_windows = n_w};
+    rc = memory_db_commit(d->db, &c, err, errlen);
+    if (rc) {
+        pthread_mutex_unlock(&d->mu);
+        goto fail;
+    }
+    /* Durable: now the session may say so. */
+    disk_add += nn * 4;
+    s->n_tokens = n_new;
+    s->windows = win_new;
+    s->last_seq = new_seq;
+    s->ingest_chunks = new_chunks;
+    s->next_chunk = new_next;
+    s->mem_tokens = memory_store_len(mem);
+    s->mem_bytes_host = memory_store_bytes(mem);
+    s->disk_bytes += disk_add;
+    d->tokens_ingested += nn;
+    pthread_mutex_unlock(&d->mu);
+    res->tokens = n_new;
+    res->windows = win_new;
+    free(wins);
+    free(rec);
+    return RC_OK;
+fail:
+    model_stream_rewind(s->stream, mark);
+    free(wins);
+    free(rec);
+    return rc;
+}
+
+/* ---- Ingest -------------------------------------------------------------------------- */
+
+static void ingest_done(daemon_t *d, session_t *s)
+{
+    pthread_mutex_lock(&d->mu);
+    s->queued_ingest--;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void do_ingest(daemon_t *d, job_t *j)
+{
+    Recall__IngestRequest *q = j->req->ingest;
+    session_t *s = j->sess;
+    char err[1024];
+    pthread_mutex_lock(&d->mu);
+    int dropped = s->dropped;
+    uint64_t last_seq = s->last_seq, n_tok = s->n_tokens, windows = s->windows;
+    pthread_mutex_unlock(&d->mu);
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__IngestResponse ir = RECALL__INGEST_RESPONSE__INIT;
+    ir.seq = q->seq;
+    ir.credit = DAEMON_CREDIT;
+    resp.body_case = RECALL__RESPONSE__BODY_INGEST;
+    resp.ingest = &ir;
+    if (dropped) {
+        ingest_done(d, s);
+        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        return;
+    }
+    if (q->seq <= last_seq) {
+        ir.duplicate = 1;
+        ir.tokens = n_tok;
+        ir.windows = windows;
+        ingest_done(d, s);
+        wsend_ok(d, j, &resp);
+        return;
+    }
+    if (q->seq != last_seq + 1) {
+        ingest_done(d, s);
+        wsend_err(d, j, RC_ERR_SEQUENCE,
+                  "Ingest seq %llu for session '%s' leaves a gap: expected seq %llu (the last "
+                  "acknowledged is %llu)",
+                  (unsigned long long)q->seq, s->name, (unsigned long long)(last_seq + 1),
+                  (unsigned long long)last_seq);
+        return;
+    }
+    int32_t *toks = NULL;
+    size_t nn = 0;
+    rc_t rc = RC_OK;
+    size_t tl = strlen(q->text);
+    if (tl) {
+        int bos = n_tok == 0 && tokenizer_bos_id(d->tok) >= 0;
+        rc = tokenizer_encode(d->tok, q->text, tl, bos, &toks, &nn);
+        if (rc) {
+            ingest_done(d, s);
+            wsend_err(d, j, rc, "cannot tokenize the chunk: %s", rc_strerror(rc));
+            return;
+        }
+    }
+    append_result_t res = {0};
+    rc = append_durable(d, j, s, tl ? toks : q->tokens, tl ? nn : q->n_tokens, q->seq, &res, err,
+                        sizeof err);
+    free(toks);
+    ingest_done(d, s);
+    if (rc) {
+        wsend_err(d, j, rc, "Ingest seq %llu into '%s' failed, nothing changed: %s",
+                  (unsigned long long)q->seq, s->name, err);
+        return;
+    }
+    ir.tokens_added = res.tokens - n_tok;
+    ir.tokens = res.tokens;
+    ir.windows = res.windows;
+    wsend_ok(d, j, &resp);
+}
+
+/* ---- Ask ----------------------------------------------------------------------------- */
+
+/* Length of the prefix of t[0..n) that is safe to send: no trailing U+FFFD (SentencePiece's
+ * stand-in for a multi-byte character whose other bytes are still to come) and no
+ * incomplete UTF-8 sequence. */
+static size_t stable_len(const char *t, size_t n)
+{
+    while (n >= 3 && (unsigned char)t[n - 3] == 0xEF && (unsigned char)t[n - 2] == 0xBF &&
+           (unsigned char)t[n - 1] == 0xBD)
+        n -= 3;
+    size_t i = n;
+    int back = 0;
+    while (i > 0 && back < 4 && ((unsigned char)t[i - 1] & 0xC0) == 0x80) {
+        i--;
+        back++;
+    }
+    if (i > 0) {
+        unsigned char lead = (unsigned char)t[i - 1];
+        size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+        if (need > 1 && (size_t)back + 1 < need) n = i - 1;
+    }
+    return n;
+}
+
+/* Streams the answer's text without splitting a character and without decoding the whole
+ * answer at every token. SentencePiece text is the concatenation of its pieces' text except
+ * that the very first piece loses its leading space, so the text after token `anchor` is
+ * decode(gen[anchor..]) minus decode(gen[anchor]). The anchor moves up whenever everything
+ * decoded so far has been sent, which keeps each decode short. */
+typedef struct text_stream {
+    long anchor;       /* -1: decode from the first token */
+    size_t anchor_len; /* bytes of decode(gen[anchor]) */
+    size_t sent;       /* bytes sent past the anchor's text */
+} text_stream_t;
+
+/* The new text (malloc'ed, maybe empty). final sends everything left. */
+static char *text_delta(daemon_t *d, text_stream_t *ts, const int32_t *gen, size_t ng, int final)
+{
+    size_t from = ts->anchor < 0 ? 0 : (size_t)ts->anchor;
+    char *txt = NULL;
+    size_t len = 0;
+    if (ng <= from || tokenizer_decode(d->tok, gen + from, ng - from, &txt, &len) != RC_OK)
+        return strdup("");
+    size_t base = ts->anchor < 0 ? 0 : ts->anchor_len;
+    if (base > len) base = len;
+    size_t end = final ? len : stable_len(txt, len);
+    char *out;
+    if (end > base + ts->sent) {
+        out = strndup(txt + base + ts->sent, end - base - ts->sent);
+        ts->sent = end - base;
+    } else {
+        out = strdup("");
+    }
+    if (!final && end == len && len > base) {
+        /* All sent: anchor on the last token. */
+        char *last = NULL;
+        size_t ll = 0;
+        if (tokenizer_decode(d->tok, gen + ng - 1, 1, &last, &ll) == RC_OK) {
+            ts->anchor = (long)ng - 1;
+            ts->anchor_len = ll;
+            ts->sent = 0;
+        }
+        free(last);
+    }
+    free(txt);
+    return out;
+}
+
+static void do_ask(daemon_t *d, job_t *j)
+{
+    Recall__AskRequest *q = j->req->ask;
+    session_t *s = j->sess;
+    const int vocab = d->mc->vocab_size;
+    char err[1024];
+    pthread_mutex_lock(&d->mu);
+    int dropped = s->dropped;
+    uint64_t n_tok = s->n_tokens, windows = s->windows;
+    pthread_mutex_unlock(&d->mu);
+    if (dropped) {
+        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        return;
+    }
+    int32_t *qt = NULL, *prompt = NULL, *gen = NULL, *app = NULL;
+    float *logits = NULL;
+    size_t nq = 0;
+    rc_t rc = RC_OK;
+    size_t ql = strlen(q->question);
+    if (ql) {
+        /* An empty session: the question is its first token, so BOS comes first. */
+        int bos = n_tok == 0 && tokenizer_bos_id(d->tok) >= 0;
+        rc = tokenizer_encode(d->tok, q->question, ql, bos, &qt, &nq);
+        if (rc) {
+            wsend_err(d, j, rc, "cannot tokenize the question: %s", rc_strerror(rc));
+            return;
+        }
+    } else if (q->n_question_tokens) {
+        nq = q->n_question_tokens;
+        qt = malloc(nq * sizeof *qt);
+        if (qt) memcpy(qt, q->question_tokens, nq * sizeof *qt);
+    }
+    uint64_t tail_start = windows * (uint64_t)s->window;
+    size_t ntail = (size_t)(n_tok - tail_start);
+    size_t np = ntail + nq;
+    uint32_t max_tokens = q->max_tokens ? q->max_tokens : ASK_DEFAULT_TOKENS;
+    if (max_tokens > ASK_MAX_TOKENS) max_tokens = ASK_MAX_TOKENS;
+    prompt = malloc((np ? np : 1) * sizeof *prompt);
+    gen = malloc(max_tokens * sizeof *gen);
+    logits = malloc((size_t)vocab * sizeof *logits);
+    if ((nq && !qt) || !prompt || !gen || !logits) {
+        wsend_err(d, j, RC_ERR_NOMEM, "out of memory for the question");
+        goto out;
+    }
+    if (np == 0) {
+        wsend_err(d, j, RC_ERR_INVALID,
+                  "nothing to answer from: session '%s' is empty and the question is empty",
+                  s->name);
+        goto out;
+    }
+    if (ntail) memcpy(prompt, s->tokens + tail_start, ntail * sizeof *prompt);
+    if (nq) memcpy(prompt + ntail, qt, nq * sizeof *prompt);
+
+    sampler_t sm;
+    sampler_init(&sm, q->temperature, q->top_p, q->seed);
+    int eos = tokenizer_eos_id(d->tok);
+    if (eos < 0) eos = d->mc->eos_id;
+    model_stream_mark_t mark = model_stream_get_mark(s->stream);
+    double t0 = now_s();
+    rc = model_stream_feed(s->stream, prompt, np, NULL, logits);
+    double t1 = now_s();
+    if (rc) {
+        model_stream_rewind(s->stream, mark);
+        wsend_err(d, j, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
+        goto out;
+    }
+    size_t ng = 0;
+    text_stream_t ts = {-1, 0, 0};
+    const char *reason = "length";
+    while (ng < max_tokens) {
+        if (d->worker_stop_now) {
+            model_stream_rewind(s->stream, mark);
+            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; the answer was cut short");
+            goto out;
+        }
+        int tok = sampler_sample(&sm, logits, vocab);
+        if (tok == eos && !q->ignore_eos) {
+            reason = "eos";
+            break;
+        }
+        gen[ng++] = tok;
+        Recall__Response resp = RECALL__RESPONSE__INIT;
+        Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
+        char *delta = text_delta(d, &ts, gen, ng, 0);
+        ar.token = tok;
+        ar.text = delta ? delta : (char *)"";
+        resp.more = 1;
+        resp.body_case = RECALL__RESPONSE__BODY_ASK;
+        resp.ask = &ar;
+        wsend_ok(d, j, &resp);
+        free(delta);
+        if (ng == max_tokens) break;
+        int32_t t32 = tok;
+        rc = model_stream_feed(s->stream, &t32, 1, NULL, logits);
+        if (rc) {
+            model_stream_rewind(s->stream, mark);
+            wsend_err(d, j, rc, "the forward pass failed while generating: %s", rc_strerror(rc));
+            goto out;
+        }
+    }
+    double t2 = now_s();
+    /* The question leaves the session as it was... */
+    model_stream_rewind(s->stream, mark);
+    pthread_mutex_lock(&d->mu);
+    d->tokens_generated += ng;
+    pthread_mutex_unlock(&d->mu);
+    /* ...unless the client asked to keep it: question and answer become a durable chunk. */
+    if (q->append && nq + ng > 0) {
+        app = malloc((nq + ng) * sizeof *app);
+        if (!app) {
+            wsend_err(d, j, RC_ERR_NOMEM, "out of memory appending the answer");
+            goto out;
+        }
+        if (nq) memcpy(app, qt, nq * sizeof *app);
+        if (ng) memcpy(app + nq, gen, ng * sizeof *app);
+        append_result_t res;
+        rc = append_durable(d, j, s, app, nq + ng, 0, &res, err, sizeof err);
+        if (rc) {
+            wsend_err(d, j, rc, "the answer was generated but appending it to '%s' failed: %s",
+                      s->name, err);
+            goto out;
+        }
+    }
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
+    char *rest = text_delta(d, &ts, gen, ng, 1);
+    ar.token = -1;
+    ar.text = rest ? rest : (char *)"";
+    ar.done = 1;
+    ar.prompt_tokens = (uint32_t)np;
+    ar.generated = (uint32_t)ng;
+    ar.prefill_ms = (t1 - t0) * 1e3;
+    ar.decode_ms = (t2 - t1) * 1e3;
+    ar.stop_reason = (char *)reason;
+    resp.body_case = RECALL__RESPONSE__BODY_ASK;
+    resp.ask = &ar;
+    wsend_ok(d, j, &resp);
+    free(rest);
+out:
+    free(qt);
+    free(prompt);
+    free(gen);
+    free(logits);
+    free(app);
+}
+
+/* ---- Score --------------------------------------------------------------------------- */
+
+static void do_score(daemon_t *d, job_t *j)
+{
+    Recall__ScoreRequest *q = j->req->score;
+    session_t *s = j->sess;
+    const int vocab = d->mc->vocab_size;
+    char err[1024];
+    model_stream_opts_t o;
+    const int32_t *toks = NULL;
+    int32_t *owned = NULL;
+    size_t n = 0;
+    float *lp = NULL, *logits = NULL;
+    model_stream_t *st = NULL;
+    rc_t rc;
+    if (s) {
+        pthread_mutex_lock(&d->mu);
+        int dropped = s->dropped;
+        n = (size_t)s->n_tokens;
+        o = s->opts;
+        pthread_mutex_unlock(&d->mu);
+        if (dropped) {
+            wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+            return;
+        }
+        toks = s->tokens; /* only this thread appends to it */
+    } else {
+        rc = session_opts_resolve(d, q->options, &o, err, sizeof err);
+        if (rc) {
+            wsend_err(d, j, rc, "score options: %s", err);
+            return;
+        }
+        size_t tl = strlen(q->text);
+        if (tl) {
+            rc = tokenizer_encode(d->tok, q->text, tl, q->add_bos && tokenizer_bos_id(d->tok) >= 0,
+                                  &owned, &n);
+            if (rc) {
+                wsend_err(d, j, rc, "cannot tokenize the text: %s", rc_strerror(rc));
+                return;
+            }
+            toks = owned;
+        } else {
+            toks = q->tokens;
+            n = q->n_tokens;
+        }
+    }
+    if (n < 2) {
+        wsend_err(d, j, RC_ERR_INVALID, "scoring needs at least 2 tokens; got %zu", n);
+        goto out;
+    }
+    lp = malloc(n * sizeof *lp);
+    logits = malloc((size_t)vocab * sizeof *logits);
+    if (!lp || !logits) {
+        wsend_err(d, j, RC_ERR_NOMEM, "out of memory for %zu log-probabilities", n);
+        goto out;
+    }
+    rc = model_stream_create(d->model, &o, &st);
+    if (rc) {
+        wsend_err(d, j, rc, "cannot create a stream: %s", rc_strerror(rc));
+        goto out;
+    }
+    /* Window by window (aligned to the first token), so long texts report progress; the
+     * last logprob of each piece is left by feed for want of its next token, so it is
+     * filled here from the piece's last logits. */
+    const size_t W = (size_t)o.window;
+    for (size_t pos = 0; pos < n; pos += W) {
+        if (d->worker_stop_now) {
+            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; scoring was abandoned");
+            goto out;
+        }
+        size_t piece = n - pos < W ? n - pos : W;
+        rc = model_stream_feed(st, toks + pos, piece, lp + pos, logits);
+        if (rc) {
+            wsend_err(d, j, rc, "the forward pass failed at token %zu: %s", pos, rc_strerror(rc));
+            goto out;
+        }
+        if (pos + piece < n) {
+            float mx = -INFINITY;
+            for (int v = 0; v < vocab; v++)
+                if (logits[v] > mx) mx = logits[v];
+            double sum = 0;
+            for (int v = 0; v < vocab; v++)
+                sum += exp((double)(logits[v] - mx));
+            lp[pos + piece - 1] = (float)((double)(logits[toks[pos + piece]] - mx) - log(sum));
+            wsend_progress(d, j, pos + piece, n);
+        }
+    }
+    double nll = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        nll -= (double)lp[i];
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__ScoreResponse sr = RECALL__SCORE_RESPONSE__INIT;
+    sr.tokens = n;
+    sr.scored = n - 1;
+    sr.nll = nll;
+    sr.ppl = exp(nll / (double)(n - 1));
+    if (q->want_logprobs) {
+        sr.n_logprobs = n - 1;
+        sr.logprobs = lp;
+    }
+    resp.body_case = RECALL__RESPONSE__BODY_SCORE;
+    resp.score = &sr;
+    wsend_ok(d, j, &resp);
+out:
+    model_stream_destroy(&st);
+    free(owned);
+    free(lp);
+    free(logits);
+}
+
+/* ---- the thread ---------------------------------------------------------------------- */
+
+static void job_free(daemon_t *d, job_t *j)
+{
+    recall__request__free_unpacked(j->req, NULL);
+    session_unref(d, j->sess);
+    free(j);
+}
+
+void *worker_main(void *arg)
+{
+    daemon_t *d = arg;
+    /* Signals go to the main thread, which owns shutdown. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (d->cfg.threads > 0) omp_set_num_threads(d->cfg.threads);
+
+    for (;;) {
+        pthread_mutex_lock(&d->mu);
+        while (!d->head && !d->stopping)
+            pthread_cond_wait(&d->cv, &d->mu);
+        job_t *j = d->head;
+        if (j) {
+            d->head = j->next;
+            if (!d->head) d->tail = NULL;
+            d->queued--;
+        }
+        int stopping = d->stopping;
+        pthread_mutex_unlock(&d->mu);
+        if (!j) break; /* stopping and nothing left */
+        if (stopping) {
+            if (j->req->body_case == RECALL__REQUEST__BODY_INGEST) ingest_done(d, j->sess);
+            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; the request was not run");
+        } else {
+            switch (j->req->body_case) {
+            case RECALL__REQUEST__BODY_INGEST:
+                do_ingest(d, j);
+                break;
+            case RECALL__REQUEST__BODY_ASK:
+                do_ask(d, j);
+                break;
+            case RECALL__REQUEST__BODY_SCORE:
+                do_score(d, j);
+                break;
+            default:
+                wsend_err(d, j, RC_ERR_INTERNAL, "the worker got a request it cannot run");
+            }
+        }
+        job_free(d, j);
+    }
+    zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */
+    return NULL;
+}

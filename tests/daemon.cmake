@@ -1,0 +1,14 @@
+# Daemon tests: the LMDB layer, and recalld end to end over raw ZeroMQ + protobuf.
+add_library(recall_rpc_test_util STATIC ${CMAKE_CURRENT_LIST_DIR}/rpc_test_util.c)
+target_link_libraries(recall_rpc_test_util PUBLIC recall_proto PkgConfig::ZMQ)
+target_compile_definitions(recall_rpc_test_util PRIVATE RECALLD_PATH="$<TARGET_FILE:recalld>")
+
+recall_add_test(test_db SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_db.c
+                LIBS recall_memory recall_rpc_test_util LABELS daemon TIMEOUT 120)
+
+foreach(t test_daemon test_daemon_badinput)
+  recall_add_test(${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/${t}.c
+                  LIBS recall_rpc_test_util recall_model recall_proto recall_common
+                  FIXTURES tiny_models LABELS daemon TIMEOUT 600)
+  add_dependencies(${t} recalld)
+endforeach()
