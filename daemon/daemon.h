@@ -12,9 +12,11 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common/rc.h"
 #include "memory/db.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "model/stream.h"
 #include "model/tokenizer.h"
@@ -31,6 +33,7 @@ typedef struct daemon_config {
     const char *model_dir;
     const char *data_dir;
     const char *listen;
+    const char *device; /* "cpu", "cuda", "cuda:N" or NULL for auto */
     size_t max_chunk_bytes;
     size_t max_frame_bytes;
     int max_sessions;
@@ -80,6 +83,7 @@ typedef struct job {
 typedef struct daemon {
     daemon_config_t cfg;
     model_t *model;
+    model_backend_t *backend; /* where every stream computes */
     const model_config_t *mc;
     const tokenizer_t *tok;
     char fingerprint[256];
@@ -146,5 +150,11 @@ int server_send_status(void *sock, const route_t *route, uint64_t id, rc_t code,
 rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
 
 double now_s(void);
+
+/* Non-zero when the backend keeps session memory on a GPU (a mirror of the host store). */
+static inline int daemon_memory_on_device(const daemon_t *d)
+{
+    return strncmp(model_backend_describe(d->backend), "cuda", 4) == 0;
+}
 
 #endif

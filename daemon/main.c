@@ -50,6 +50,8 @@ static void usage(FILE *f)
 "                         Larger frames get an error reply; frames over twice this size make\n"
 "                         ZeroMQ drop the connection without reading them.\n"
 "  --max-sessions N       most sessions at a time (default 1024)\n"
+"  --device DEV           cpu, cuda or cuda:N (default: cuda when this build has it and a\n"
+"                         GPU is present, else cpu)\n"
 "  --threads N            compute threads for the CPU backend (default: all cores)\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
@@ -159,7 +161,7 @@ int main(int argc, char **argv)
         .max_chunk_bytes = 1u << 20,
         .max_sessions = 1024,
     };
-    enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP };
+    enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -167,6 +169,7 @@ int main(int argc, char **argv)
         {"max-chunk-bytes", required_argument, 0, O_CHUNK},
         {"max-frame-bytes", required_argument, 0, O_FRAME},
         {"max-sessions", required_argument, 0, O_SESS},
+        {"device", required_argument, 0, O_DEVICE},
         {"threads", required_argument, 0, O_THREADS},
         {"log-level", required_argument, 0, O_LOG},
         {"db-map-size", required_argument, 0, O_MAP},
@@ -186,6 +189,9 @@ int main(int argc, char **argv)
             break;
         case O_LISTEN:
             cfg.listen = optarg;
+            break;
+        case O_DEVICE:
+            cfg.device = optarg;
             break;
         case O_CHUNK:
             bad = parse_size(optarg, &cfg.max_chunk_bytes) || !cfg.max_chunk_bytes;
@@ -263,6 +269,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: cannot load the model in %s: %s\n", cfg.model_dir, err);
         goto out;
     }
+    rc = model_backend_open(d->model, cfg.device, &d->backend, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "recalld: cannot use device %s: %s\n", cfg.device ? cfg.device : "auto",
+                err);
+        goto out;
+    }
     d->mc = model_get_config(d->model);
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
@@ -326,8 +338,9 @@ int main(int argc, char **argv)
         goto out;
     }
     worker_started = 1;
-    log_info("recalld listening on %s; model %s; data %s; %zu sessions", cfg.listen,
-             model_describe(d->model), cfg.data_dir, d->n_sessions);
+    log_info("recalld listening on %s; model %s; device %s; data %s; %zu sessions", cfg.listen,
+             model_describe(d->model), model_backend_describe(d->backend), cfg.data_dir,
+             d->n_sessions);
 
     rc = server_run(d, router, &g_stop);
     exit_code = rc == RC_OK ? 0 : 1;
@@ -350,6 +363,7 @@ out:
         session_free(d->sessions[i]);
     free(d->sessions);
     memory_db_close(&d->db); /* after every commit has returned */
+    model_backend_close(&d->backend); /* after every stream on it is gone */
     model_destroy(&d->model);
     return exit_code;
 }

@@ -315,8 +315,9 @@ static void do_stats(daemon_t *d, void *router, const route_t *route, uint64_t i
         sr.memory_bytes_host += d->sessions[i]->mem_bytes_host;
         sr.memory_bytes_disk += d->sessions[i]->disk_bytes;
     }
+    if (daemon_memory_on_device(d)) sr.memory_bytes_device = sr.memory_bytes_host;
     pthread_mutex_unlock(&d->mu);
-    sr.device = (char *)"cpu";
+    sr.device = (char *)model_backend_describe(d->backend);
     sr.model = (char *)model_describe(d->model);
     resp.body_case = RECALL__RESPONSE__BODY_STATS;
     resp.stats = &sr;
@@ -331,7 +332,7 @@ static void do_health(daemon_t *d, void *router, const route_t *route, uint64_t 
     hr.ok = 1;
     hr.version = (char *)RECALL_VERSION_STR;
     hr.model = (char *)model_describe(d->model);
-    hr.device = (char *)"cpu";
+    hr.device = (char *)model_backend_describe(d->backend);
     resp.body_case = RECALL__RESPONSE__BODY_HEALTH;
     resp.health = &hr;
     send_reply(d, router, route, id, &r, &resp);

@@ -78,7 +78,6 @@ void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *
 void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *info,
                        Recall__SessionOptions *opts)
 {
-    (void)d;
     recall__session_info__init(info);
     session_opts_to_wire(&s->opts, opts);
     info->name = (char *)s->name;
@@ -87,7 +86,8 @@ void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *inf
     info->windows = s->windows;
     info->pending_tokens = s->n_tokens - s->windows * (uint64_t)s->window;
     info->memory_tokens = s->mem_tokens;
-    info->memory_bytes_device = 0; /* the CPU backend keeps memory in host memory */
+    /* The host store is the durable copy; a GPU backend mirrors all of it on the device. */
+    info->memory_bytes_device = daemon_memory_on_device(d) ? s->mem_bytes_host : 0;
     info->memory_bytes_host = s->mem_bytes_host;
     info->memory_bytes_disk = s->disk_bytes;
     info->last_seq = s->last_seq;
@@ -112,7 +112,7 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, se
     s->window = o->window;
     s->refs = 1;
     s->created_unix = (int64_t)time(NULL);
-    rc_t rc = model_stream_create(d->model, o, &s->stream);
+    rc_t rc = model_stream_create_on(d->backend, o, &s->stream);
     if (rc) {
         free(s);
         return rc;

@@ -542,7 +542,7 @@ static void do_score(daemon_t *d, job_t *j)
         wsend_err(d, j, RC_ERR_NOMEM, "out of memory for %zu log-probabilities", n);
         goto out;
     }
-    rc = model_stream_create(d->model, &o, &st);
+    rc = model_stream_create_on(d->backend, &o, &st);
     if (rc) {
         wsend_err(d, j, rc, "cannot create a stream: %s", rc_strerror(rc));
         goto out;
