@@ -62,6 +62,7 @@ typedef struct session {
     uint64_t mem_tokens;
     uint64_t mem_bytes_host;
     uint64_t disk_bytes;
+    uint64_t record_bytes; /* the session record's share of disk_bytes */
     unsigned queued_ingest; /* Ingest jobs queued or running */
 } session_t;
 

@@ -178,7 +178,7 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
         set_reply(&r, rc, "cannot store the new session: %s", err);
         goto out;
     }
-    s->disk_bytes = rec_len;
+    s->disk_bytes = s->record_bytes = rec_len;
     session_info_fill(d, s, &info, &opts);
     cr.info = &info;
     cr.created = 1;

@@ -300,6 +300,7 @@ static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size
     s->mem_tokens = memory_store_len(mem);
     s->mem_bytes_host = memory_store_bytes(mem);
     memory_db_session_bytes(d->db, rec->name, &s->disk_bytes);
+    s->record_bytes = rec->len;
     rc = session_table_add(d, s);
     if (rc) goto out;
     log_info("session '%s': %llu tokens, %llu windows, last seq %llu", s->name,

@@ -12,3 +12,9 @@ foreach(t test_daemon test_daemon_badinput)
                   FIXTURES tiny_models LABELS daemon TIMEOUT 600)
   add_dependencies(${t} recalld)
 endforeach()
+
+# Issue 3: ingest A, restart (SIGTERM and kill -9), ingest B == A then B in one lifetime.
+recall_add_test(test_continuation SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_continuation.c
+                LIBS recall_rpc_test_util recall_proto recall_common
+                FIXTURES tiny_models LABELS daemon TIMEOUT 300)
+add_dependencies(test_continuation recalld)
