@@ -1,0 +1,299 @@
+/* client.c — the DEALER side of recall's RPC: see client.h for the contract. */
+#include "clients/client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+struct recall_client {
+    void *ctx;
+    void *sock;
+    char *endpoint;
+    uint64_t next_id;
+    int timeout_ms;
+    int connect_timeout_ms;
+    char err[512];
+    int err_remote;
+};
+
+static _Thread_local char create_err[512];
+
+void recall_client_set_error(recall_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    c->err_remote = 0;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    va_end(ap);
+}
+
+/* Ids start at a random point so that two clients sharing nothing (or one client run
+ * twice against a daemon that still holds an old answer) never reuse each other's ids. */
+static uint64_t first_id(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40);
+    /* splitmix64 finaliser; keep it well below 2^53 so JSON tools show it exactly. */
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return (x & ((1ull << 48) - 1)) + 1;
+}
+
+rc_t recall_client_create(const char *endpoint, recall_client **out, const char **err_out)
+{
+    *out = NULL;
+    create_err[0] = 0;
+    if (err_out) *err_out = create_err;
+    if (!endpoint || (strncmp(endpoint, "tcp://", 6) && strncmp(endpoint, "ipc://", 6))) {
+        snprintf(create_err, sizeof create_err,
+                 "bad endpoint '%s': expected tcp://HOST:PORT or ipc://PATH",
+                 endpoint ? endpoint : "(null)");
+        return RC_ERR_INVALID;
+    }
+    recall_client *c = calloc(1, sizeof *c);
+    if (!c) return RC_ERR_NOMEM;
+    rc_t rc = RC_ERR_IO;
+    c->endpoint = strdup(endpoint);
+    if (!c->endpoint) {
+        rc = RC_ERR_NOMEM;
+        goto fail;
+    }
+    c->timeout_ms = RECALL_CLIENT_DEFAULT_TIMEOUT_MS;
+    c->connect_timeout_ms = RECALL_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
+    c->next_id = first_id();
+    c->ctx = zmq_ctx_new();
+    if (!c->ctx) goto fail;
+    c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
+    if (!c->sock) goto fail;
+    int zero = 0, one = 1;
+    /* LINGER 0: a CLI killed by a timeout must exit at once, not flush to a dead peer.
+     * IMMEDIATE: queue only to a completed connection, so a send to a dead endpoint
+     * times out (ZMQ_SNDTIMEO) instead of sitting in a queue forever. */
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &one, sizeof one);
+    int max_ivl = 1000;
+    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL_MAX, &max_ivl, sizeof max_ivl);
+    if (zmq_connect(c->sock, endpoint) != 0) {
+        snprintf(create_err, sizeof create_err, "cannot connect to '%s': %s", endpoint,
+                 zmq_strerror(zmq_errno()));
+        rc = RC_ERR_INVALID; /* zmq_connect only fails synchronously on a bad address */
+        goto fail;
+    }
+    *out = c;
+    return RC_OK;
+fail:
+    if (rc == RC_ERR_IO && !create_err[0])
+        snprintf(create_err, sizeof create_err, "cannot create a ZeroMQ socket: %s",
+                 zmq_strerror(zmq_errno()));
+    recall_client_destroy(&c);
+    return rc;
+}
+
+void recall_client_destroy(recall_client **cp)
+{
+    if (!cp || !*cp) return;
+    recall_client *c = *cp;
+    if (c->sock) zmq_close(c->sock);
+    if (c->ctx) zmq_ctx_term(c->ctx);
+    free(c->endpoint);
+    free(c);
+    *cp = NULL;
+}
+
+void recall_client_set_timeout(recall_client *c, int timeout_ms)
+{
+    c->timeout_ms = timeout_ms;
+}
+
+void recall_client_set_connect_timeout(recall_client *c, int timeout_ms)
+{
+    c->connect_timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+}
+
+const char *recall_client_endpoint(const recall_client *c)
+{
+    return c->endpoint;
+}
+const char *recall_client_error(const recall_client *c)
+{
+    return c->err;
+}
+int recall_client_error_remote(const recall_client *c)
+{
+    return c->err_remote;
+}
+
+static void fmt_seconds(char *buf, size_t n, int ms)
+{
+    if (ms % 1000 == 0)
+        snprintf(buf, n, "%d s", ms / 1000);
+    else
+        snprintf(buf, n, "%.1f s", ms / 1000.0);
+}
+
+rc_t recall_client_send(recall_client *c, Recall__Request *req, uint64_t *id_out)
+{
+    c->err[0] = 0;
+    c->err_remote = 0;
+    req->id = c->next_id++;
+    if (id_out) *id_out = req->id;
+    size_t n = recall__request__get_packed_size(req);
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, n) != 0) return RC_ERR_NOMEM;
+    recall__request__pack(req, zmq_msg_data(&msg));
+    zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &c->connect_timeout_ms, sizeof c->connect_timeout_ms);
+    for (;;) {
+        if (zmq_msg_send(&msg, c->sock, 0) >= 0) return RC_OK;
+        if (zmq_errno() == EINTR) continue;
+        int e = zmq_errno();
+        zmq_msg_close(&msg);
+        if (e == EAGAIN) {
+            char t[32];
+            fmt_seconds(t, sizeof t, c->connect_timeout_ms);
+            recall_client_set_error(c, "cannot connect to %s within %s (is recalld running?)",
+                                    c->endpoint, t);
+        } else {
+            recall_client_set_error(c, "cannot send to %s: %s", c->endpoint, zmq_strerror(e));
+        }
+        return RC_ERR_IO;
+    }
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+rc_t recall_client_recv(recall_client *c, const uint64_t *ids, int n_ids, Recall__Response **out)
+{
+    *out = NULL;
+    c->err[0] = 0;
+    c->err_remote = 0;
+    /* The timeout is for the next *matching* response: stale answers must not extend it. */
+    double deadline = c->timeout_ms > 0 ? now_ms() + c->timeout_ms : 0;
+    for (;;) {
+        int wait = -1;
+        if (c->timeout_ms > 0) {
+            double left = deadline - now_ms();
+            wait = left > 0 ? (int)left + 1 : 0;
+        }
+        zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
+        int n = zmq_poll(&item, 1, wait);
+        if (n < 0) {
+            if (zmq_errno() == EINTR) continue;
+            recall_client_set_error(c, "cannot receive from %s: %s", c->endpoint,
+                                    zmq_strerror(zmq_errno()));
+            return RC_ERR_IO;
+        }
+        if (n == 0) {
+            char t[32];
+            fmt_seconds(t, sizeof t, c->timeout_ms);
+            recall_client_set_error(c, "no answer from %s within %s (is recalld running?)",
+                                    c->endpoint, t);
+            return RC_ERR_IO;
+        }
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, c->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            if (zmq_errno() == EAGAIN || zmq_errno() == EINTR) continue;
+            recall_client_set_error(c, "cannot receive from %s: %s", c->endpoint,
+                                    zmq_strerror(zmq_errno()));
+            return RC_ERR_IO;
+        }
+        int more_frames = zmq_msg_more(&msg);
+        Recall__Response *r =
+            recall__response__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
+        zmq_msg_close(&msg);
+        /* The protocol is one frame per message; drain any extra frames of a bad peer. */
+        while (more_frames) {
+            zmq_msg_init(&msg);
+            if (zmq_msg_recv(&msg, c->sock, 0) < 0)
+                more_frames = 0;
+            else
+                more_frames = zmq_msg_more(&msg);
+            zmq_msg_close(&msg);
+        }
+        if (!r) {
+            recall_client_set_error(c, "malformed response from %s (not a recall.Response)",
+                                    c->endpoint);
+            return RC_ERR_FORMAT;
+        }
+        for (int i = 0; i < n_ids; i++) {
+            if (r->id == ids[i]) {
+                *out = r;
+                return RC_OK;
+            }
+        }
+        recall__response__free_unpacked(r, NULL); /* stale: an abandoned request's answer */
+    }
+}
+
+/* Turns a Response's non-zero status into the client error and returns its code. A code
+ * outside rc_t's range would confuse callers that map codes to exit statuses, so it is
+ * reported as an internal error with the daemon's message kept. */
+static rc_t take_status(recall_client *c, const Recall__Response *r)
+{
+    if (!r->status || r->status->code == 0) return RC_OK;
+    int code = r->status->code;
+    const char *msg =
+        r->status->message && r->status->message[0] ? r->status->message : rc_strerror((rc_t)code);
+    recall_client_set_error(c, "%s", msg);
+    c->err_remote = 1;
+    if (code > 0 || code < RC_ERR_INTERNAL) return RC_ERR_INTERNAL;
+    return (rc_t)code;
+}
+
+rc_t recall_client_call(recall_client *c, Recall__Request *req, Recall__Response **out,
+                        recall_client_cb on_more, void *arg)
+{
+    *out = NULL;
+    uint64_t id;
+    rc_t rc = recall_client_send(c, req, &id);
+    if (rc) return rc;
+    for (;;) {
+        Recall__Response *r;
+        rc = recall_client_recv(c, &id, 1, &r);
+        if (rc) return rc;
+        rc = take_status(c, r);
+        if (rc) {
+            recall__response__free_unpacked(r, NULL);
+            return rc;
+        }
+        if (!r->more) {
+            *out = r;
+            return RC_OK;
+        }
+        if (on_more) rc = on_more(r, arg);
+        recall__response__free_unpacked(r, NULL);
+        if (rc) return rc;
+    }
+}
+
+rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_cb cb, void *arg)
+{
+    uint64_t id;
+    rc_t rc = recall_client_send(c, req, &id);
+    if (rc) return rc;
+    for (;;) {
+        Recall__Response *r;
+        rc = recall_client_recv(c, &id, 1, &r);
+        if (rc) return rc;
+        rc = take_status(c, r);
+        int more = r->more;
+        if (!rc) rc = cb(r, arg);
+        recall__response__free_unpacked(r, NULL);
+        if (rc || !more) return rc;
+    }
+}

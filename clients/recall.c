@@ -1,0 +1,1560 @@
+/* recall.c — the command-line client of recalld.
+ *
+ * Every command is one or a few RPCs (proto/recall.proto) through clients/client.h. Output
+ * is for people by default and exactly one JSON object on stdout with --json. Exit codes:
+ * 0 ok, 1 the daemon answered with an error, 2 usage error, 3 cannot connect or timeout. */
+#include <cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clients/chunker.h"
+#include "clients/client.h"
+#include "common/rc.h"
+
+enum { EXIT_OK = 0, EXIT_REMOTE = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
+
+#define DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
+#define DEFAULT_CHUNK_BYTES (64 * 1024)
+
+/* ---------------------------------------------------------------------------------------
+ * Commands and options */
+
+typedef enum cmd {
+    CMD_NONE = -1,
+    CMD_INGEST,
+    CMD_ASK,
+    CMD_PPL,
+    CMD_SESSIONS,
+    CMD_INFO,
+    CMD_DROP,
+    CMD_HEALTH,
+    CMD_STATS,
+    CMD_HELP,
+    CMD_PASSKEY,
+    CMD_BENCH,
+    CMD_COUNT
+} cmd_t;
+
+#define B(c) (1u << (c))
+#define ALL_CMDS 0xFFFFFFFFu
+#define SESSION_OPT_CMDS (B(CMD_INGEST) | B(CMD_PPL))
+
+typedef struct cmd_desc {
+    const char *name;
+    const char *synopsis;
+    const char *summary;
+    const char *help; /* details and examples */
+} cmd_desc;
+
+static const cmd_desc cmds[CMD_COUNT] = {
+    [CMD_INGEST] = {"ingest", "recall ingest SESSION FILE... [session options] [--chunk-bytes N]",
+                    "stream text files into a session (created if needed)",
+                    "Reads each FILE (- for standard input), cuts it into chunks at line\n"
+                    "boundaries of at most --chunk-bytes (default 64K; K and M suffixes), and\n"
+                    "streams them to the daemon. Chunks are numbered, so a session grows in order\n"
+                    "and a chunk is counted once; a chunk is acknowledged only when it and every\n"
+                    "window it completed are on disk. The session is created on first use with\n"
+                    "the session options below; an existing session keeps its own options.\n"
+                    "On a terminal, a progress bar shows bytes, tokens/s and the time left.\n"
+                    "\n"
+                    "Examples:\n"
+                    "  recall ingest books war-and-peace.txt anna-karenina.txt\n"
+                    "  cat notes/*.md | recall ingest notes -\n"
+                    "  recall ingest long --window 4096 --positional self-extend --group 4 "
+                    "--neighbor 1024 big.txt\n"
+                    "  recall ingest code --memory knn --k 128 src.txt\n"},
+    [CMD_ASK] = {"ask", "recall ask SESSION QUESTION [--max-tokens N] [--temperature T] ...",
+                 "ask a question about a session; the answer streams to stdout",
+                 "The question is processed after the session's text, with the memory of all\n"
+                 "of it; the session does not change unless --append is given.\n"
+                 "  --max-tokens N    stop after N generated tokens (default: the daemon's)\n"
+                 "  --temperature T   0 is greedy and deterministic (default 0)\n"
+                 "  --top-p P         nucleus sampling (0 or 1: off)\n"
+                 "  --seed N          sampling seed\n"
+                 "  --append          append the question and the answer to the session\n"
+                 "  --ignore-eos      keep generating past the end-of-sequence token\n"
+                 "\n"
+                 "Examples:\n"
+                 "  recall ask books \"Who is Pierre Bezukhov?\"\n"
+                 "  recall ask notes \"Summarise the last meeting.\" --max-tokens 200 "
+                 "--temperature 0.7 --seed 1\n"},
+    [CMD_PPL] = {"ppl", "recall ppl SESSION | recall ppl --text FILE [session options]",
+                 "perplexity of a session's text, or of a file",
+                 "With SESSION, scores the tokens already in the session. With --text FILE\n"
+                 "(- for standard input), scores the file from an empty memory: BOS first and\n"
+                 "windows aligned to it, with the session options given here.\n"
+                 "Prints \"ppl P over N tokens\".\n"
+                 "\n"
+                 "Examples:\n"
+                 "  recall ppl books\n"
+                 "  recall ppl --text pg19-sample.txt --window 2048 --json\n"},
+    [CMD_SESSIONS] = {"sessions", "recall sessions", "list the sessions",
+                      "One line per session: tokens, windows, memory and options.\n"
+                      "\n"
+                      "Example:\n"
+                      "  recall sessions --json\n"},
+    [CMD_INFO] = {"info", "recall info SESSION", "everything known about one session",
+                  "Shows the session's resolved options, token and window counts, memory use\n"
+                  "per tier and the last acknowledged ingest chunk.\n"
+                  "\n"
+                  "Example:\n"
+                  "  recall info books --json\n"},
+    [CMD_DROP] = {"drop", "recall drop SESSION", "delete a session and its memory",
+                  "Removes the session from the daemon and from disk. There is no undo.\n"
+                  "\n"
+                  "Example:\n"
+                  "  recall drop scratch\n"},
+    [CMD_HEALTH] = {"health", "recall health", "is the daemon up? version, model, device",
+                    "Exits 0 when the daemon answers and is healthy, 3 when it cannot be\n"
+                    "reached.\n"
+                    "\n"
+                    "Example:\n"
+                    "  recall health --connect ipc:///run/recall.sock\n"},
+    [CMD_STATS] = {"stats", "recall stats", "daemon counters: requests, tokens, memory",
+                   "Example:\n"
+                   "  recall stats --json\n"},
+    [CMD_HELP] = {"help", "recall help [COMMAND]", "this help, or a command's",
+                  "Example:\n"
+                  "  recall help ingest\n"},
+    [CMD_PASSKEY] = {"passkey", "recall passkey ...", "(not yet available)",
+                     "The LongLLaMA passkey retrieval test is not implemented yet.\n"},
+    [CMD_BENCH] = {"bench", "recall bench ...", "(not yet available)",
+                   "Benchmarks are not implemented yet.\n"},
+};
+
+typedef enum opt_id {
+    O_CONNECT,
+    O_JSON,
+    O_TIMEOUT,
+    O_QUIET,
+    O_HELP,
+    O_WINDOW,
+    O_POSITIONAL,
+    O_GROUP,
+    O_NEIGHBOR,
+    O_CHUNK_SIZE,
+    O_LOCAL_WINDOW,
+    O_MEMORY,
+    O_K,
+    O_LAST_CONTEXT,
+    O_MEM_DTYPE,
+    O_CHUNK_BYTES,
+    O_MAX_TOKENS,
+    O_TEMPERATURE,
+    O_TOP_P,
+    O_SEED,
+    O_APPEND,
+    O_IGNORE_EOS,
+    O_TEXT,
+    O_COUNT
+} opt_id;
+
+typedef struct opt_spec {
+    const char *name; /* without the leading "--" */
+    char short_name;
+    int has_arg;
+    unsigned cmds; /* commands that accept it */
+} opt_spec;
+
+static const opt_spec opt_specs[O_COUNT] = {
+    [O_CONNECT] = {"connect", 'c', 1, ALL_CMDS},
+    [O_JSON] = {"json", 0, 0, ALL_CMDS},
+    [O_TIMEOUT] = {"timeout", 't', 1, ALL_CMDS},
+    [O_QUIET] = {"quiet", 'q', 0, ALL_CMDS},
+    [O_HELP] = {"help", 'h', 0, ALL_CMDS},
+    [O_WINDOW] = {"window", 0, 1, SESSION_OPT_CMDS},
+    [O_POSITIONAL] = {"positional", 0, 1, SESSION_OPT_CMDS},
+    [O_GROUP] = {"group", 0, 1, SESSION_OPT_CMDS},
+    [O_NEIGHBOR] = {"neighbor", 0, 1, SESSION_OPT_CMDS},
+    [O_CHUNK_SIZE] = {"chunk-size", 0, 1, SESSION_OPT_CMDS},
+    [O_LOCAL_WINDOW] = {"local-window", 0, 1, SESSION_OPT_CMDS},
+    [O_MEMORY] = {"memory", 0, 1, SESSION_OPT_CMDS},
+    [O_K] = {"k", 0, 1, SESSION_OPT_CMDS},
+    [O_LAST_CONTEXT] = {"last-context", 0, 1, SESSION_OPT_CMDS},
+    [O_MEM_DTYPE] = {"mem-dtype", 0, 1, SESSION_OPT_CMDS},
+    [O_CHUNK_BYTES] = {"chunk-bytes", 0, 1, B(CMD_INGEST)},
+    [O_MAX_TOKENS] = {"max-tokens", 'n', 1, B(CMD_ASK)},
+    [O_TEMPERATURE] = {"temperature", 0, 1, B(CMD_ASK)},
+    [O_TOP_P] = {"top-p", 0, 1, B(CMD_ASK)},
+    [O_SEED] = {"seed", 0, 1, B(CMD_ASK)},
+    [O_APPEND] = {"append", 0, 0, B(CMD_ASK)},
+    [O_IGNORE_EOS] = {"ignore-eos", 0, 0, B(CMD_ASK)},
+    [O_TEXT] = {"text", 0, 1, B(CMD_PPL)},
+};
+
+static const char session_opts_help[] =
+    "Session options (when ingest creates a session, and for ppl --text; 0 or absent = the\n"
+    "checkpoint's default):\n"
+    "  --window N              tokens per window\n"
+    "  --positional SCHEME     rope | self-extend | dca\n"
+    "  --group G --neighbor W  self-extend group size and neighbour window\n"
+    "  --chunk-size S --local-window w   dca chunk size and local window\n"
+    "  --memory MODE           exact | knn\n"
+    "  --k K                   knn: memory keys per query and head\n"
+    "  --last-context N        last_context_length\n"
+    "  --mem-dtype T           f32 | bf16 | f16 (memory storage type)\n";
+
+static const char global_opts_help[] =
+    "Global options (before or after the command):\n"
+    "  --connect ENDPOINT  daemon address (default $RECALL_CONNECT, else " DEFAULT_ENDPOINT ")\n"
+    "                      tcp://HOST:PORT or ipc://PATH\n"
+    "  --json              print exactly one JSON object on stdout\n"
+    "  --timeout S         seconds to wait for each answer (default 600); a daemon that\n"
+    "                      cannot be reached at all fails after 3 s (or S, if shorter)\n"
+    "  --quiet, -q         no progress bar or summary\n"
+    "  --help, -h          help (also: recall help COMMAND)\n";
+
+typedef struct args {
+    cmd_t cmd;
+    const char *vals[O_COUNT]; /* value, or "1" for flags; NULL when absent */
+    const char *pos[64];       /* positional arguments after the command */
+    int n_pos;
+} args;
+
+/* ---------------------------------------------------------------------------------------
+ * Output: one place for errors, text or JSON */
+
+static int g_json;
+static int g_quiet;
+static cJSON *g_err_extra; /* extra members for the JSON error object (ingest progress) */
+
+static void json_print(cJSON *o)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) {
+        fputs(s, stdout);
+        fputc('\n', stdout);
+        free(s);
+    }
+    cJSON_Delete(o);
+    fflush(stdout);
+}
+
+/* Reports an error and returns the exit code. code is an rc_t (the daemon's, or local). */
+static int report(int exit_code, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int report(int exit_code, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+        cJSON_AddNumberToObject(e, "code", code);
+        cJSON_AddStringToObject(e, "name", rc_name((rc_t)code));
+        cJSON_AddStringToObject(e, "message", msg);
+        if (g_err_extra) {
+            cJSON_AddItemToObject(o, "partial", g_err_extra);
+            g_err_extra = NULL;
+        }
+        json_print(o);
+    }
+    /* Usage and connection errors also go to stderr under --json: a person may be there. */
+    if (!g_json || exit_code != EXIT_REMOTE) fprintf(stderr, "recall: %s\n", msg);
+    return exit_code;
+}
+
+static int usage_error(cmd_t cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(cmd_t cmd, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    report(EXIT_USAGE, RC_ERR_INVALID, "%s", msg);
+    if (cmd > CMD_NONE && cmd < CMD_COUNT)
+        fprintf(stderr, "usage: %s\nSee 'recall help %s'.\n", cmds[cmd].synopsis, cmds[cmd].name);
+    else
+        fprintf(stderr, "See 'recall --help'.\n");
+    return EXIT_USAGE;
+}
+
+/* The client's error: the daemon's verdict (exit 1) or the transport's (exit 3). */
+static int client_error(recall_client *c, rc_t rc)
+{
+    if (recall_client_error_remote(c)) return report(EXIT_REMOTE, rc, "%s", recall_client_error(c));
+    const char *m = recall_client_error(c);
+    if (!m[0]) m = rc_strerror(rc);
+    return report(rc == RC_ERR_NOMEM || rc == RC_ERR_INVALID ? EXIT_REMOTE : EXIT_CONNECT, rc, "%s",
+                  m);
+}
+
+static void print_overall_help(FILE *f)
+{
+    fprintf(f, "recall — client of the recalld long-context memory daemon\n\n"
+               "usage: recall [global options] COMMAND [arguments] [options]\n\nCommands:\n");
+    for (int i = 0; i < CMD_COUNT; i++)
+        fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+    fprintf(f, "\n%s\n", global_opts_help);
+    fprintf(f, "Examples:\n"
+               "  recall health\n"
+               "  recall ingest books war-and-peace.txt\n"
+               "  recall ask books \"Who marries Natasha in the end?\"\n"
+               "  recall ppl books --json\n"
+               "  recall --connect ipc:///tmp/recall.sock sessions\n\n"
+               "Exit status: 0 ok, 1 the daemon reported an error, 2 usage error,\n"
+               "3 cannot connect or no answer in time.\n"
+               "'recall help COMMAND' or 'recall COMMAND --help' shows a command's details.\n");
+}
+
+static void print_cmd_help(cmd_t c)
+{
+    printf("usage: %s\n\n%s\n\n%s", cmds[c].synopsis, cmds[c].summary, cmds[c].help);
+    if (B(c) & SESSION_OPT_CMDS) printf("\n%s", session_opts_help);
+    if (c == CMD_INGEST)
+        printf("  --chunk-bytes N         largest chunk sent at once (default 64K)\n");
+    printf("\n%s", global_opts_help);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Argument parsing */
+
+static cmd_t find_cmd(const char *s)
+{
+    for (int i = 0; i < CMD_COUNT; i++)
+        if (!strcmp(s, cmds[i].name)) return (cmd_t)i;
+    return CMD_NONE;
+}
+
+/* Parses argv: options may come before or after the command; "--" ends options. Returns
+ * -1 on success, else the exit code (a usage error has been printed). */
+static int parse_args(int argc, char **argv, args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->cmd = CMD_NONE;
+    const char *unknown_cmd = NULL;
+    int opt_at[O_COUNT] = {0};
+    int only_pos = 0;
+    /* --json first, so that even an early usage error comes out as a JSON object. */
+    for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+        if (!strcmp(argv[i], "--json")) g_json = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        if (only_pos || s[0] != '-' || !strcmp(s, "-")) {
+            if (a->cmd == CMD_NONE && !unknown_cmd) {
+                a->cmd = find_cmd(s);
+                if (a->cmd == CMD_NONE) unknown_cmd = s;
+            } else if (a->n_pos < (int)(sizeof a->pos / sizeof a->pos[0])) {
+                a->pos[a->n_pos++] = s;
+            } else {
+                return usage_error(a->cmd, "too many arguments");
+            }
+            continue;
+        }
+        if (!strcmp(s, "--")) {
+            only_pos = 1;
+            continue;
+        }
+        int id = -1;
+        const char *val = NULL;
+        if (s[1] == '-') {
+            const char *name = s + 2, *eq = strchr(name, '=');
+            size_t n = eq ? (size_t)(eq - name) : strlen(name);
+            for (int o = 0; o < O_COUNT; o++)
+                if (strlen(opt_specs[o].name) == n && !strncmp(opt_specs[o].name, name, n)) id = o;
+            if (id >= 0 && eq) {
+                if (!opt_specs[id].has_arg)
+                    return usage_error(a->cmd, "option --%s takes no value", opt_specs[id].name);
+                val = eq + 1;
+            }
+        } else if (s[1] && !s[2]) {
+            for (int o = 0; o < O_COUNT; o++)
+                if (opt_specs[o].short_name == s[1]) id = o;
+        }
+        if (id < 0 && (a->cmd == CMD_PASSKEY || a->cmd == CMD_BENCH)) continue; /* stubs */
+        if (id < 0) return usage_error(a->cmd, "unknown option '%s'", s);
+        if (opt_specs[id].has_arg && !val) {
+            if (i + 1 >= argc) return usage_error(a->cmd, "option %s needs a value", s);
+            val = argv[++i];
+        }
+        a->vals[id] = opt_specs[id].has_arg ? val : "1";
+        opt_at[id] = i;
+    }
+    if (a->vals[O_JSON]) g_json = 1;
+    if (a->vals[O_QUIET]) g_quiet = 1;
+    if (unknown_cmd) return usage_error(CMD_NONE, "unknown command '%s'", unknown_cmd);
+    if (a->cmd != CMD_NONE) {
+        for (int o = 0; o < O_COUNT; o++)
+            if (a->vals[o] && !(opt_specs[o].cmds & B(a->cmd)))
+                return usage_error(a->cmd, "option --%s does not apply to '%s'", opt_specs[o].name,
+                                   cmds[a->cmd].name);
+    } else {
+        for (int o = 0; o < O_COUNT; o++)
+            if (a->vals[o] && opt_specs[o].cmds != ALL_CMDS)
+                return usage_error(CMD_NONE, "option '%s' given without a command",
+                                   argv[opt_at[o]]);
+    }
+    return -1;
+}
+
+/* Numbers: whole strings only, with a range, so "--window 4k" or "--k -3" is a usage
+ * error that names the option instead of a silent zero. */
+static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out,
+                     cmd_t cmd, int allow_suffix)
+{
+    char *end;
+    errno = 0;
+    if (!s || !*s || s[0] == '-') goto bad;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) goto bad;
+    if (allow_suffix && *end) {
+        unsigned long long m = 0;
+        if (!strcmp(end, "K") || !strcmp(end, "k") || !strcmp(end, "KiB"))
+            m = 1024;
+        else if (!strcmp(end, "M") || !strcmp(end, "m") || !strcmp(end, "MiB"))
+            m = 1024 * 1024;
+        if (!m || v > ULLONG_MAX / m) goto bad;
+        v *= m;
+        end += strlen(end);
+    }
+    if (*end) goto bad;
+    if (v < lo || v > hi) {
+        usage_error(cmd, "--%s must be between %llu and %llu (got %s)", opt, (unsigned long long)lo,
+                    (unsigned long long)hi, s);
+        return 0;
+    }
+    *out = v;
+    return 1;
+bad:
+    usage_error(cmd, "--%s needs a whole number%s, not '%s'", opt,
+                allow_suffix ? " (K and M suffixes allowed)" : "", s ? s : "");
+    return 0;
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *out,
+                        cmd_t cmd)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) {
+        usage_error(cmd, "--%s needs a number, not '%s'", opt, s);
+        return 0;
+    }
+    if (v < lo || v > hi) {
+        usage_error(cmd, "--%s must be between %g and %g (got %s)", opt, lo, hi, s);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int one_of(const char *opt, const char *s, const char *const *choices, cmd_t cmd)
+{
+    for (int i = 0; choices[i]; i++)
+        if (!strcmp(s, choices[i])) return 1;
+    char list[128] = "";
+    for (int i = 0; choices[i]; i++) {
+        strcat(list, i ? " | " : "");
+        strcat(list, choices[i]);
+    }
+    usage_error(cmd, "--%s must be %s, not '%s'", opt, list, s);
+    return 0;
+}
+
+/* Session options from the command line into opts (zeros where not given). 1 on success. */
+static int parse_session_opts(const args *a, Recall__SessionOptions *so, int *any)
+{
+    static const char *const positional[] = {"rope", "self-extend", "dca", NULL};
+    static const char *const memory[] = {"exact", "knn", NULL};
+    static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
+    struct {
+        opt_id id;
+        uint32_t *field;
+    } nums[] = {{O_WINDOW, &so->window},
+                {O_GROUP, &so->group},
+                {O_NEIGHBOR, &so->neighbor},
+                {O_CHUNK_SIZE, &so->chunk_size},
+                {O_LOCAL_WINDOW, &so->local_window},
+                {O_K, &so->k},
+                {O_LAST_CONTEXT, &so->last_context}};
+    *any = 0;
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        const char *v = a->vals[nums[i].id];
+        if (!v) continue;
+        uint64_t x;
+        if (!parse_u64(opt_specs[nums[i].id].name, v, 1, UINT32_MAX, &x, a->cmd, 0)) return 0;
+        *nums[i].field = (uint32_t)x;
+        *any = 1;
+    }
+    if (a->vals[O_POSITIONAL]) {
+        if (!one_of("positional", a->vals[O_POSITIONAL], positional, a->cmd)) return 0;
+        so->positional = (char *)a->vals[O_POSITIONAL];
+        *any = 1;
+    }
+    if (a->vals[O_MEMORY]) {
+        if (!one_of("memory", a->vals[O_MEMORY], memory, a->cmd)) return 0;
+        so->memory = (char *)a->vals[O_MEMORY];
+        *any = 1;
+    }
+    if (a->vals[O_MEM_DTYPE]) {
+        if (!one_of("mem-dtype", a->vals[O_MEM_DTYPE], dtypes, a->cmd)) return 0;
+        so->mem_dtype = (char *)a->vals[O_MEM_DTYPE];
+        *any = 1;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Small helpers */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static const char *str_or(const char *s, const char *dflt)
+{
+    return s && s[0] ? s : dflt;
+}
+
+static void human_bytes(char *buf, size_t n, double b)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4)
+        b /= 1024, i++;
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void human_duration(char *buf, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0) {
+        snprintf(buf, n, "--:--");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+static cJSON *options_json(const Recall__SessionOptions *o)
+{
+    cJSON *j = cJSON_CreateObject();
+    if (!o) return j;
+    cJSON_AddNumberToObject(j, "window", o->window);
+    cJSON_AddStringToObject(j, "positional", str_or(o->positional, ""));
+    cJSON_AddNumberToObject(j, "group", o->group);
+    cJSON_AddNumberToObject(j, "neighbor", o->neighbor);
+    cJSON_AddNumberToObject(j, "chunk_size", o->chunk_size);
+    cJSON_AddNumberToObject(j, "local_window", o->local_window);
+    cJSON_AddStringToObject(j, "memory", str_or(o->memory, ""));
+    cJSON_AddNumberToObject(j, "k", o->k);
+    cJSON_AddNumberToObject(j, "last_context", o->last_context);
+    cJSON_AddStringToObject(j, "mem_dtype", str_or(o->mem_dtype, ""));
+    return j;
+}
+
+static cJSON *info_json(const Recall__SessionInfo *i)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "name", str_or(i->name, ""));
+    cJSON_AddItemToObject(j, "options", options_json(i->options));
+    cJSON_AddNumberToObject(j, "tokens", (double)i->tokens);
+    cJSON_AddNumberToObject(j, "windows", (double)i->windows);
+    cJSON_AddNumberToObject(j, "pending_tokens", (double)i->pending_tokens);
+    cJSON_AddNumberToObject(j, "memory_tokens", (double)i->memory_tokens);
+    cJSON_AddNumberToObject(j, "memory_bytes_device", (double)i->memory_bytes_device);
+    cJSON_AddNumberToObject(j, "memory_bytes_host", (double)i->memory_bytes_host);
+    cJSON_AddNumberToObject(j, "memory_bytes_disk", (double)i->memory_bytes_disk);
+    cJSON_AddNumberToObject(j, "last_seq", (double)i->last_seq);
+    cJSON_AddNumberToObject(j, "created_unix", (double)i->created_unix);
+    cJSON_AddNumberToObject(j, "ingest_chunks", (double)i->ingest_chunks);
+    return j;
+}
+
+static void format_time(char *buf, size_t n, int64_t unix_s)
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+    if (unix_s <= 0 || !localtime_r(&t, &tm) || !strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm))
+        snprintf(buf, n, "-");
+}
+
+static Recall__Request new_request(void)
+{
+    Recall__Request r = RECALL__REQUEST__INIT;
+    return r;
+}
+
+/* Reads a whole file (or stdin for "-") as a NUL-terminated string that must be valid
+ * UTF-8. Returns an exit code (-1 ok) after reporting any problem. */
+static int read_text_file(const char *path, char **out, size_t *len)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f)
+        return report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) break;
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb, cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - 1 - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    if (f != stdin) fclose(f);
+    if (!buf) return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory reading %s", path);
+    if (err) {
+        free(buf);
+        return report(EXIT_USAGE, RC_ERR_IO, "cannot read %s", path);
+    }
+    buf[n] = 0;
+    size_t bad;
+    if (!recall_utf8_valid(buf, n, &bad)) {
+        free(buf);
+        return report(EXIT_USAGE, RC_ERR_INVALID, "%s: not UTF-8 text (bad byte at offset %zu)",
+                      path, bad);
+    }
+    *out = buf;
+    *len = n;
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Progress bar (stderr, only on a terminal) */
+
+typedef struct progress {
+    int on;
+    double t0, last_draw;
+} progress;
+
+static void progress_init(progress *p)
+{
+    p->on = !g_quiet && isatty(STDERR_FILENO);
+    p->t0 = now_s();
+    p->last_draw = 0;
+}
+
+/* done/total in bytes (total 0: unknown), tokens so far for the rate. */
+static void progress_draw(progress *p, const char *what, double done, double total, double tokens,
+                          int force)
+{
+    if (!p->on) return;
+    double t = now_s();
+    if (!force && t - p->last_draw < 0.1) return;
+    p->last_draw = t;
+    double el = t - p->t0;
+    char d[32], tot[32], eta[32], bar[32];
+    human_bytes(d, sizeof d, done);
+    int width = 24;
+    if (total > 0) {
+        human_bytes(tot, sizeof tot, total);
+        double frac = done / total;
+        if (frac > 1) frac = 1;
+        int fill = (int)(frac * width);
+        for (int i = 0; i < width; i++)
+            bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
+        bar[width] = 0;
+        human_duration(eta, sizeof eta, done > 0 ? el * (total - done) / done : NAN);
+        fprintf(stderr, "\r\033[K%s [%s] %s/%s  %.0f tokens/s  ETA %s", what, bar, d, tot,
+                el > 0 ? tokens / el : 0.0, eta);
+    } else {
+        fprintf(stderr, "\r\033[K%s %s  %.0f tokens/s", what, d, el > 0 ? tokens / el : 0.0);
+    }
+    fflush(stderr);
+}
+
+static void progress_clear(progress *p)
+{
+    if (p->on) fprintf(stderr, "\r\033[K"), fflush(stderr);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * ingest */
+
+typedef struct chunk {
+    uint64_t seq;
+    uint64_t req_id; /* 0: not awaiting an answer (to be resent) */
+    char *text;
+    size_t len;
+    int sends;
+} chunk;
+
+typedef struct ingest_state {
+    const char *session;
+    uint64_t acked_seq, tokens, windows, tokens_before, tokens_added, chunks_acked;
+    double bytes_acked;
+} ingest_state;
+
+static void ingest_partial(const ingest_state *st)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "session", st->session);
+    cJSON_AddNumberToObject(p, "last_seq", (double)st->acked_seq);
+    cJSON_AddNumberToObject(p, "tokens", (double)st->tokens);
+    cJSON_AddNumberToObject(p, "windows", (double)st->windows);
+    cJSON_AddNumberToObject(p, "tokens_added", (double)st->tokens_added);
+    cJSON_AddNumberToObject(p, "chunks_acked", (double)st->chunks_acked);
+    g_err_extra = p;
+    if (!g_json)
+        fprintf(stderr,
+                "recall: ingest stopped; acknowledged so far: %llu chunks, session '%s' at "
+                "%llu tokens (last_seq %llu)\n",
+                (unsigned long long)st->chunks_acked, st->session, (unsigned long long)st->tokens,
+                (unsigned long long)st->acked_seq);
+}
+
+/* Reads a file through once to find bytes that are not UTF-8 before anything is sent (bad
+ * input changes nothing). Standard input cannot be read twice; it is checked as it goes.
+ * Returns -1 when the file is fine, else the exit code of the reported problem. */
+static int check_utf8_file(const char *path, size_t chunk_bytes)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", path, strerror(errno));
+    recall_chunker *ch;
+    int result = -1;
+    if (recall_chunker_create(f, chunk_bytes, &ch)) {
+        fclose(f);
+        return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
+    }
+    for (;;) {
+        char *text;
+        size_t len, off, bad;
+        if (recall_chunker_next(ch, &text, &len, &off)) {
+            result = report(EXIT_USAGE, RC_ERR_IO, "cannot read %s", path);
+            break;
+        }
+        if (!text) break;
+        int ok = recall_utf8_valid(text, len, &bad);
+        free(text);
+        if (!ok) {
+            result = report(EXIT_USAGE, RC_ERR_INVALID,
+                            "%s: not UTF-8 text (bad byte at offset %zu); nothing was sent", path,
+                            off + bad);
+            break;
+        }
+    }
+    recall_chunker_destroy(&ch);
+    fclose(f);
+    return result;
+}
+
+static int cmd_ingest(recall_client *c, const args *a)
+{
+    if (a->n_pos < 2)
+        return usage_error(CMD_INGEST, "ingest needs a SESSION and at least one FILE");
+    const char *session = a->pos[0];
+    Recall__SessionOptions so = RECALL__SESSION_OPTIONS__INIT;
+    int any_opt;
+    if (!parse_session_opts(a, &so, &any_opt)) return EXIT_USAGE;
+    uint64_t chunk_bytes = DEFAULT_CHUNK_BYTES;
+    if (a->vals[O_CHUNK_BYTES] &&
+        !parse_u64("chunk-bytes", a->vals[O_CHUNK_BYTES], 16, 256u << 20, &chunk_bytes, a->cmd, 1))
+        return EXIT_USAGE;
+
+    /* Every file is checked before anything is sent: a typo in the last name must not
+     * leave the session half-fed. */
+    const char **files = (const char **)a->pos + 1;
+    int n_files = a->n_pos - 1, n_stdin = 0;
+    double total = 0;
+    for (int i = 0; i < n_files; i++) {
+        struct stat stt;
+        if (!strcmp(files[i], "-")) {
+            if (++n_stdin > 1) return usage_error(CMD_INGEST, "'-' (stdin) given twice");
+            if (fstat(STDIN_FILENO, &stt) == 0 && S_ISREG(stt.st_mode))
+                total += stt.st_size;
+            else
+                total = -1e300; /* unknown */
+            continue;
+        }
+        if (stat(files[i], &stt) != 0 || access(files[i], R_OK) != 0)
+            return report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot read %s: %s", files[i],
+                          strerror(errno));
+        if (S_ISDIR(stt.st_mode))
+            return report(EXIT_USAGE, RC_ERR_INVALID, "%s is a directory", files[i]);
+        total += stt.st_size;
+        int e = check_utf8_file(files[i], (size_t)chunk_bytes);
+        if (e >= 0) return e;
+    }
+    if (total < 0) total = 0;
+
+    Recall__Request req = new_request();
+    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
+    cs.session = (char *)session;
+    cs.options = &so;
+    cs.if_not_exists = 1;
+    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
+    req.create_session = &cs;
+    Recall__Response *r;
+    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (rc) return client_error(c, rc);
+    if (r->body_case != RECALL__RESPONSE__BODY_CREATE_SESSION || !r->create_session->info) {
+        recall__response__free_unpacked(r, NULL);
+        return report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to CreateSession");
+    }
+    int created = r->create_session->created;
+    ingest_state st = {.session = session};
+    st.acked_seq = r->create_session->info->last_seq;
+    st.tokens = st.tokens_before = r->create_session->info->tokens;
+    st.windows = r->create_session->info->windows;
+    recall__response__free_unpacked(r, NULL);
+    if (!created && any_opt && !g_quiet)
+        fprintf(stderr, "recall: session '%s' exists; it keeps its own options\n", session);
+
+    /* Pipelining: at most `credit` chunks unacknowledged. The daemon says how many it
+     * accepts in every ack; until the first one, send one at a time. A chunk refused as
+     * BUSY (or refused for a gap behind a refused one) is resent, in order, once nothing is
+     * in flight; an acknowledged chunk is never sent again. */
+    enum { MAX_WINDOW = 256 };
+    chunk win[MAX_WINDOW];
+    int n_win = 0;
+    uint32_t credit = 1;
+    uint64_t next_seq = st.acked_seq + 1;
+    int file_i = 0, busy_retries = 0, result = -1;
+    FILE *f = NULL;
+    recall_chunker *ch = NULL;
+    progress pg;
+    progress_init(&pg);
+    double t0 = now_s();
+    const char *file_name = NULL;
+
+    for (;;) {
+        /* Fill the window with new chunks. */
+        while (n_win < (int)credit && n_win < MAX_WINDOW && file_i <= n_files) {
+            int awaiting_resend = 0;
+            for (int i = 0; i < n_win; i++)
+                awaiting_resend |= !win[i].req_id;
+            if (awaiting_resend) break;
+            if (!ch) {
+                if (file_i == n_files) {
+                    file_i++;
+                    break;
+                }
+                file_name = files[file_i];
+                f = strcmp(file_name, "-") ? fopen(file_name, "rb") : stdin;
+                if (!f) {
+                    ingest_partial(&st);
+                    result = report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", file_name,
+                                    strerror(errno));
+                    goto done;
+                }
+                if (recall_chunker_create(f, chunk_bytes, &ch)) {
+                    result = report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
+                    goto done;
+                }
+            }
+            char *text;
+            size_t len, off;
+            rc = recall_chunker_next(ch, &text, &len, &off);
+            if (rc) {
+                ingest_partial(&st);
+                result = report(EXIT_USAGE, rc, "cannot read %s", file_name);
+                goto done;
+            }
+            if (!text) { /* end of this file */
+                recall_chunker_destroy(&ch);
+                if (f != stdin) fclose(f);
+                f = NULL;
+                file_i++;
+                continue;
+            }
+            size_t bad;
+            if (!recall_utf8_valid(text, len, &bad)) {
+                free(text);
+                ingest_partial(&st);
+                result = report(EXIT_USAGE, RC_ERR_INVALID,
+                                "%s: not UTF-8 text (bad byte at offset %zu); nothing after it "
+                                "was sent",
+                                file_name, off + bad);
+                goto done;
+            }
+            win[n_win++] = (chunk){.seq = next_seq++, .text = text, .len = len};
+            chunk *k = &win[n_win - 1];
+            Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
+            ir.session = (char *)session;
+            ir.seq = k->seq;
+            ir.text = k->text;
+            req = new_request();
+            req.body_case = RECALL__REQUEST__BODY_INGEST;
+            req.ingest = &ir;
+            rc = recall_client_send(c, &req, &k->req_id);
+            k->sends = 1;
+            if (rc) {
+                ingest_partial(&st);
+                result = client_error(c, rc);
+                goto done;
+            }
+        }
+        if (n_win == 0) break; /* all sent and acknowledged */
+
+        /* Resend refused chunks once nothing is awaited. */
+        int awaited = 0;
+        for (int i = 0; i < n_win; i++)
+            awaited += win[i].req_id != 0;
+        if (!awaited) {
+            if (++busy_retries > 200) {
+                ingest_partial(&st);
+                result = report(EXIT_REMOTE, RC_ERR_BUSY, "daemon stayed busy; giving up");
+                goto done;
+            }
+            usleep((useconds_t)(busy_retries < 10 ? 20000 * busy_retries : 200000));
+            for (int i = 0; i < n_win && i < (int)credit; i++) {
+                Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
+                ir.session = (char *)session;
+                ir.seq = win[i].seq;
+                ir.text = win[i].text;
+                req = new_request();
+                req.body_case = RECALL__REQUEST__BODY_INGEST;
+                req.ingest = &ir;
+                rc = recall_client_send(c, &req, &win[i].req_id);
+                win[i].sends++;
+                if (rc) {
+                    ingest_partial(&st);
+                    result = client_error(c, rc);
+                    goto done;
+                }
+            }
+            continue;
+        }
+
+        uint64_t ids[MAX_WINDOW];
+        int n_ids = 0;
+        for (int i = 0; i < n_win; i++)
+            if (win[i].req_id) ids[n_ids++] = win[i].req_id;
+        rc = recall_client_recv(c, ids, n_ids, &r);
+        if (rc) {
+            progress_clear(&pg);
+            ingest_partial(&st);
+            result = client_error(c, rc);
+            goto done;
+        }
+        int wi = 0;
+        while (win[wi].req_id != r->id)
+            wi++;
+        int code = r->status ? r->status->code : 0;
+        if (code == RC_ERR_BUSY || (code == RC_ERR_SEQUENCE && win[wi].seq > win[0].seq)) {
+            /* Not taken: resend later. A gap error behind a refused chunk is the daemon
+             * seeing our pipeline out of order, not a real conflict. */
+            win[wi].req_id = 0;
+            if (code == RC_ERR_BUSY && credit > 1) credit = (uint32_t)(n_win > 1 ? n_win - 1 : 1);
+            recall__response__free_unpacked(r, NULL);
+            continue;
+        }
+        if (code) {
+            progress_clear(&pg);
+            ingest_partial(&st);
+            result = report(EXIT_REMOTE, code, "%s (chunk %llu of %s)",
+                            str_or(r->status->message, rc_strerror((rc_t)code)),
+                            (unsigned long long)win[wi].seq, session);
+            recall__response__free_unpacked(r, NULL);
+            goto done;
+        }
+        if (r->more) { /* progress inside a large chunk */
+            if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && r->progress->total > 0)
+                progress_draw(&pg, "ingest",
+                              st.bytes_acked +
+                                  (double)win[wi].len * r->progress->done / r->progress->total,
+                              total, (double)st.tokens_added, 0);
+            recall__response__free_unpacked(r, NULL);
+            continue;
+        }
+        if (r->body_case != RECALL__RESPONSE__BODY_INGEST) {
+            recall__response__free_unpacked(r, NULL);
+            ingest_partial(&st);
+            result = report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to an ingest chunk");
+            goto done;
+        }
+        Recall__IngestResponse *ack = r->ingest;
+        if (ack->duplicate && win[wi].sends == 1) {
+            /* We sent this seq once and it was already taken: someone else is writing to
+             * this session, and our chunk was not ingested. Stop rather than lose text. */
+            recall__response__free_unpacked(r, NULL);
+            ingest_partial(&st);
+            result = report(EXIT_REMOTE, RC_ERR_SEQUENCE,
+                            "chunk %llu of session '%s' was already written by another client; "
+                            "stopping (ingest into one session from one client at a time)",
+                            (unsigned long long)win[wi].seq, session);
+            goto done;
+        }
+        if (ack->seq > st.acked_seq) {
+            st.acked_seq = ack->seq;
+            st.tokens = ack->tokens;
+            st.windows = ack->windows;
+        }
+        if (!ack->duplicate) st.tokens_added += ack->tokens_added;
+        st.chunks_acked++;
+        st.bytes_acked += (double)win[wi].len;
+        if (ack->credit > 0) credit = ack->credit > MAX_WINDOW ? MAX_WINDOW : ack->credit;
+        busy_retries = 0;
+        recall__response__free_unpacked(r, NULL);
+        free(win[wi].text);
+        memmove(&win[wi], &win[wi + 1], (size_t)(n_win - wi - 1) * sizeof win[0]);
+        n_win--;
+        progress_draw(&pg, "ingest", st.bytes_acked, total, (double)st.tokens_added, 0);
+    }
+    progress_draw(&pg, "ingest", st.bytes_acked, total, (double)st.tokens_added, 1);
+    progress_clear(&pg);
+
+    double secs = now_s() - t0;
+    double rate = secs > 0 ? st.tokens_added / secs : 0;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "session", session);
+        cJSON_AddBoolToObject(o, "created", created);
+        cJSON_AddNumberToObject(o, "tokens_added", (double)st.tokens_added);
+        cJSON_AddNumberToObject(o, "tokens", (double)st.tokens);
+        cJSON_AddNumberToObject(o, "windows", (double)st.windows);
+        cJSON_AddNumberToObject(o, "chunks", (double)st.chunks_acked);
+        cJSON_AddNumberToObject(o, "last_seq", (double)st.acked_seq);
+        cJSON_AddNumberToObject(o, "bytes", st.bytes_acked);
+        cJSON_AddNumberToObject(o, "seconds", secs);
+        cJSON_AddNumberToObject(o, "tokens_per_s", rate);
+        json_print(o);
+    } else if (!g_quiet) {
+        char b[32];
+        human_bytes(b, sizeof b, st.bytes_acked);
+        fprintf(stderr,
+                "ingested %llu tokens (%s, %llu chunks) into '%s' in %.2f s, %.0f tokens/s; "
+                "session now %llu tokens, %llu windows\n",
+                (unsigned long long)st.tokens_added, b, (unsigned long long)st.chunks_acked,
+                session, secs, rate, (unsigned long long)st.tokens, (unsigned long long)st.windows);
+    }
+    result = EXIT_OK;
+done:
+    for (int i = 0; i < n_win; i++)
+        free(win[i].text);
+    recall_chunker_destroy(&ch);
+    if (f && f != stdin) fclose(f);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * ask */
+
+typedef struct ask_state {
+    cJSON *tokens;
+    char *answer;
+    size_t len, cap;
+    Recall__AskResponse final;
+    char stop_reason[32];
+    int got_final;
+} ask_state;
+
+static rc_t ask_cb(const Recall__Response *r, void *arg)
+{
+    ask_state *s = arg;
+    if (r->body_case != RECALL__RESPONSE__BODY_ASK) return RC_OK; /* progress of the prefill */
+    const Recall__AskResponse *a = r->ask;
+    const char *t = a->text ? a->text : "";
+    size_t n = strlen(t);
+    if (n) {
+        if (s->len + n + 1 > s->cap) {
+            size_t cap = (s->cap ? s->cap * 2 : 1024) + n;
+            char *nb = realloc(s->answer, cap);
+            if (!nb) return RC_ERR_NOMEM;
+            s->answer = nb, s->cap = cap;
+        }
+        memcpy(s->answer + s->len, t, n + 1);
+        s->len += n;
+        if (!g_json) {
+            fwrite(t, 1, n, stdout);
+            fflush(stdout); /* tokens are shown as they arrive */
+        }
+    }
+    if (a->done) {
+        s->final = *a;
+        snprintf(s->stop_reason, sizeof s->stop_reason, "%s", str_or(a->stop_reason, ""));
+        s->got_final = 1;
+    } else {
+        cJSON_AddItemToArray(s->tokens, cJSON_CreateNumber(a->token));
+    }
+    return RC_OK;
+}
+
+/* A copy of s in which every byte that does not start a valid UTF-8 sequence is replaced
+ * by U+FFFD: JSON must be UTF-8, and a token may end in the middle of a character when the
+ * daemon does not hold the bytes back. Caller frees. */
+static char *utf8_sanitize(const char *s)
+{
+    size_t n = strlen(s), o = 0;
+    char *out = malloc(3 * n + 1);
+    if (!out) return NULL;
+    while (*s) {
+        size_t bad, len = strlen(s);
+        if (recall_utf8_valid(s, len, &bad)) bad = len;
+        memcpy(out + o, s, bad);
+        o += bad;
+        s += bad;
+        if (*s) {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            s++;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+static int cmd_ask(recall_client *c, const args *a)
+{
+    if (a->n_pos != 2)
+        return usage_error(CMD_ASK, a->n_pos < 2 ? "ask needs a SESSION and a QUESTION"
+                                                 : "ask takes one QUESTION (quote it)");
+    Recall__AskRequest ar = RECALL__ASK_REQUEST__INIT;
+    ar.session = (char *)a->pos[0];
+    ar.question = (char *)a->pos[1];
+    size_t bad;
+    if (!recall_utf8_valid(ar.question, strlen(ar.question), &bad))
+        return usage_error(CMD_ASK, "the question is not UTF-8 text");
+    uint64_t u;
+    double d;
+    if (a->vals[O_MAX_TOKENS]) {
+        if (!parse_u64("max-tokens", a->vals[O_MAX_TOKENS], 1, UINT32_MAX, &u, a->cmd, 0))
+            return EXIT_USAGE;
+        ar.max_tokens = (uint32_t)u;
+    }
+    if (a->vals[O_TEMPERATURE]) {
+        if (!parse_double("temperature", a->vals[O_TEMPERATURE], 0, 100, &d, a->cmd))
+            return EXIT_USAGE;
+        ar.temperature = (float)d;
+    }
+    if (a->vals[O_TOP_P]) {
+        if (!parse_double("top-p", a->vals[O_TOP_P], 0, 1, &d, a->cmd)) return EXIT_USAGE;
+        ar.top_p = (float)d;
+    }
+    if (a->vals[O_SEED]) {
+        if (!parse_u64("seed", a->vals[O_SEED], 0, UINT64_MAX, &u, a->cmd, 0)) return EXIT_USAGE;
+        ar.seed = u;
+    }
+    ar.append = a->vals[O_APPEND] != NULL;
+    ar.ignore_eos = a->vals[O_IGNORE_EOS] != NULL;
+
+    Recall__Request req = new_request();
+    req.body_case = RECALL__REQUEST__BODY_ASK;
+    req.ask = &ar;
+    ask_state s = {.tokens = cJSON_CreateArray()};
+    rc_t rc = recall_client_stream(c, &req, ask_cb, &s);
+    int result;
+    if (rc) {
+        if (!g_json && s.len) fputc('\n', stdout); /* end the partial answer's line */
+        fflush(stdout);
+        result =
+            rc == RC_ERR_NOMEM ? report(EXIT_REMOTE, rc, "out of memory") : client_error(c, rc);
+    } else if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "session", ar.session);
+        cJSON_AddStringToObject(o, "question", ar.question);
+        char *clean = utf8_sanitize(s.answer ? s.answer : "");
+        cJSON_AddStringToObject(o, "answer", clean ? clean : "");
+        free(clean);
+        cJSON_AddItemToObject(o, "tokens", s.tokens);
+        s.tokens = NULL;
+        cJSON_AddNumberToObject(o, "generated", s.final.generated);
+        cJSON_AddStringToObject(o, "stop_reason", s.stop_reason);
+        cJSON_AddNumberToObject(o, "prompt_tokens", s.final.prompt_tokens);
+        cJSON_AddNumberToObject(o, "prefill_ms", s.final.prefill_ms);
+        cJSON_AddNumberToObject(o, "decode_ms", s.final.decode_ms);
+        json_print(o);
+        result = EXIT_OK;
+    } else {
+        fputc('\n', stdout);
+        fflush(stdout);
+        if (!g_quiet && isatty(STDERR_FILENO) && s.got_final)
+            fprintf(stderr, "[%u tokens, %s; prefill %.0f ms, decode %.0f ms]\n", s.final.generated,
+                    s.stop_reason, s.final.prefill_ms, s.final.decode_ms);
+        result = EXIT_OK;
+    }
+    cJSON_Delete(s.tokens);
+    free(s.answer);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * ppl */
+
+static rc_t score_progress(const Recall__Response *r, void *arg)
+{
+    progress *p = arg;
+    if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && p->on && r->progress->total) {
+        double el = now_s() - p->t0, done = (double)r->progress->done,
+               tot = (double)r->progress->total;
+        char eta[32];
+        human_duration(eta, sizeof eta, done > 0 ? el * (tot - done) / done : NAN);
+        fprintf(stderr, "\r\033[Kscoring %.0f/%.0f  ETA %s", done, tot, eta);
+        fflush(stderr);
+    }
+    return RC_OK;
+}
+
+static int cmd_ppl(recall_client *c, const args *a)
+{
+    const char *text_path = a->vals[O_TEXT];
+    if (text_path && a->n_pos)
+        return usage_error(CMD_PPL, "give either SESSION or --text FILE, not both");
+    if (!text_path && a->n_pos != 1)
+        return usage_error(CMD_PPL, a->n_pos ? "ppl takes one SESSION"
+                                             : "ppl needs a SESSION or --text FILE");
+    Recall__ScoreRequest sr = RECALL__SCORE_REQUEST__INIT;
+    Recall__SessionOptions so = RECALL__SESSION_OPTIONS__INIT;
+    int any_opt;
+    if (!parse_session_opts(a, &so, &any_opt)) return EXIT_USAGE;
+    if (!text_path && any_opt)
+        return usage_error(CMD_PPL, "session options apply to ppl --text only (a session keeps "
+                                    "the options it was created with)");
+    char *text = NULL;
+    size_t len;
+    if (text_path) {
+        int e = read_text_file(text_path, &text, &len);
+        if (e >= 0) return e;
+        sr.text = text;
+        sr.add_bos = 1;
+        sr.options = &so;
+    } else {
+        sr.session = (char *)a->pos[0];
+    }
+    Recall__Request req = new_request();
+    req.body_case = RECALL__REQUEST__BODY_SCORE;
+    req.score = &sr;
+    progress pg;
+    progress_init(&pg);
+    Recall__Response *r;
+    rc_t rc = recall_client_call(c, &req, &r, score_progress, &pg);
+    progress_clear(&pg);
+    free(text);
+    if (rc) return client_error(c, rc);
+    if (r->body_case != RECALL__RESPONSE__BODY_SCORE) {
+        recall__response__free_unpacked(r, NULL);
+        return report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to Score");
+    }
+    const Recall__ScoreResponse *s = r->score;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        if (text_path)
+            cJSON_AddStringToObject(o, "text", text_path);
+        else
+            cJSON_AddStringToObject(o, "session", sr.session);
+        cJSON_AddNumberToObject(o, "ppl", s->ppl); /* cJSON writes null for a non-finite ppl */
+        cJSON_AddNumberToObject(o, "tokens", (double)s->tokens);
+        cJSON_AddNumberToObject(o, "scored", (double)s->scored);
+        cJSON_AddNumberToObject(o, "nll", s->nll);
+        json_print(o);
+    } else {
+        printf("ppl %.2f over %llu tokens\n", s->ppl, (unsigned long long)s->tokens);
+    }
+    recall__response__free_unpacked(r, NULL);
+    return EXIT_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * sessions, info, drop, health, stats */
+
+static int simple_call(recall_client *c, Recall__Request *req, Recall__Response__BodyCase want,
+                       Recall__Response **out)
+{
+    rc_t rc = recall_client_call(c, req, out, NULL, NULL);
+    if (rc) return client_error(c, rc);
+    if ((*out)->body_case != want) {
+        recall__response__free_unpacked(*out, NULL);
+        *out = NULL;
+        return report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer from the daemon");
+    }
+    return -1;
+}
+
+static int cmd_sessions(recall_client *c, const args *a)
+{
+    if (a->n_pos) return usage_error(CMD_SESSIONS, "sessions takes no arguments");
+    Recall__Request req = new_request();
+    Recall__ListSessionsRequest lr = RECALL__LIST_SESSIONS_REQUEST__INIT;
+    req.body_case = RECALL__REQUEST__BODY_LIST_SESSIONS;
+    req.list_sessions = &lr;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_LIST_SESSIONS, &r);
+    if (e >= 0) return e;
+    const Recall__ListSessionsResponse *l = r->list_sessions;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "sessions");
+        for (size_t i = 0; i < l->n_sessions; i++)
+            cJSON_AddItemToArray(arr, info_json(l->sessions[i]));
+        json_print(o);
+    } else if (!l->n_sessions) {
+        printf("no sessions\n");
+    } else {
+        int w = 7;
+        for (size_t i = 0; i < l->n_sessions; i++) {
+            int n = (int)strlen(str_or(l->sessions[i]->name, ""));
+            if (n > w) w = n;
+        }
+        printf("%-*s %12s %9s %7s %-11s %-6s %11s %8s  %s\n", w, "SESSION", "TOKENS", "WINDOWS",
+               "WINDOW", "POSITIONAL", "MEMORY", "MEM_BYTES", "LAST_SEQ", "CREATED");
+        for (size_t i = 0; i < l->n_sessions; i++) {
+            const Recall__SessionInfo *s = l->sessions[i];
+            const Recall__SessionOptions *o = s->options;
+            char b[32], t[32];
+            human_bytes(b, sizeof b, (double)(s->memory_bytes_device + s->memory_bytes_host));
+            format_time(t, sizeof t, s->created_unix);
+            printf("%-*s %12llu %9llu %7u %-11s %-6s %11s %8llu  %s\n", w, str_or(s->name, ""),
+                   (unsigned long long)s->tokens, (unsigned long long)s->windows, o ? o->window : 0,
+                   o ? str_or(o->positional, "-") : "-", o ? str_or(o->memory, "-") : "-", b,
+                   (unsigned long long)s->last_seq, t);
+        }
+    }
+    recall__response__free_unpacked(r, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_info(recall_client *c, const args *a)
+{
+    if (a->n_pos != 1) return usage_error(CMD_INFO, "info needs exactly one SESSION");
+    Recall__Request req = new_request();
+    Recall__SessionInfoRequest ir = RECALL__SESSION_INFO_REQUEST__INIT;
+    ir.session = (char *)a->pos[0];
+    req.body_case = RECALL__REQUEST__BODY_SESSION_INFO;
+    req.session_info = &ir;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_SESSION_INFO, &r);
+    if (e >= 0) return e;
+    const Recall__SessionInfo *s = r->session_info->info;
+    if (!s) {
+        recall__response__free_unpacked(r, NULL);
+        return report(EXIT_REMOTE, RC_ERR_FORMAT, "the daemon sent no session info");
+    }
+    if (g_json) {
+        json_print(info_json(s));
+    } else {
+        const Recall__SessionOptions *o = s->options;
+        char t[32], bd[32], bh[32], bk[32];
+        format_time(t, sizeof t, s->created_unix);
+        human_bytes(bd, sizeof bd, (double)s->memory_bytes_device);
+        human_bytes(bh, sizeof bh, (double)s->memory_bytes_host);
+        human_bytes(bk, sizeof bk, (double)s->memory_bytes_disk);
+        printf("session        %s\n", str_or(s->name, ""));
+        printf("created        %s\n", t);
+        printf("tokens         %llu\n", (unsigned long long)s->tokens);
+        printf("windows        %llu\n", (unsigned long long)s->windows);
+        printf("pending tokens %llu\n", (unsigned long long)s->pending_tokens);
+        printf("memory tokens  %llu\n", (unsigned long long)s->memory_tokens);
+        printf("memory bytes   device %s, host %s, disk %s\n", bd, bh, bk);
+        printf("last seq       %llu\n", (unsigned long long)s->last_seq);
+        printf("ingest chunks  %llu\n", (unsigned long long)s->ingest_chunks);
+        if (o) {
+            printf("window         %u\n", o->window);
+            printf("positional     %s", str_or(o->positional, "-"));
+            if (o->positional && !strcmp(o->positional, "self-extend"))
+                printf(" (group %u, neighbor %u)", o->group, o->neighbor);
+            else if (o->positional && !strcmp(o->positional, "dca"))
+                printf(" (chunk size %u, local window %u)", o->chunk_size, o->local_window);
+            printf("\nmemory         %s", str_or(o->memory, "-"));
+            if (o->memory && !strcmp(o->memory, "knn")) printf(" (k %u)", o->k);
+            printf("\nlast context   %u\n", o->last_context);
+            printf("mem dtype      %s\n", str_or(o->mem_dtype, "-"));
+        }
+    }
+    recall__response__free_unpacked(r, NULL);
+    return EXIT_OK;
+}
+
+static int cmd_drop(recall_client *c, const args *a)
+{
+    if (a->n_pos != 1) return usage_error(CMD_DROP, "drop needs exactly one SESSION");
+    Recall__Request req = new_request();
+    Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
+    dr.session = (char *)a->pos[0];
+    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
+    req.drop_session = &dr;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_DROP_SESSION, &r);
+    if (e >= 0) return e;
+    recall__response__free_unpacked(r, NULL);
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "dropped", dr.session);
+        json_print(o);
+    } else if (!g_quiet) {
+        printf("dropped session '%s'\n", dr.session);
+    }
+    return EXIT_OK;
+}
+
+static int cmd_health(recall_client *c, const args *a)
+{
+    if (a->n_pos) return usage_error(CMD_HEALTH, "health takes no arguments");
+    Recall__Request req = new_request();
+    Recall__HealthRequest hr = RECALL__HEALTH_REQUEST__INIT;
+    req.body_case = RECALL__REQUEST__BODY_HEALTH;
+    req.health = &hr;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_HEALTH, &r);
+    if (e >= 0) return e;
+    const Recall__HealthResponse *h = r->health;
+    int ok = h->ok;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", ok);
+        cJSON_AddStringToObject(o, "version", str_or(h->version, ""));
+        cJSON_AddStringToObject(o, "model", str_or(h->model, ""));
+        cJSON_AddStringToObject(o, "device", str_or(h->device, ""));
+        cJSON_AddStringToObject(o, "endpoint", recall_client_endpoint(c));
+        json_print(o);
+    } else {
+        printf("%s: recalld %s at %s\nmodel:  %s\ndevice: %s\n", ok ? "ok" : "NOT OK",
+               str_or(h->version, "?"), recall_client_endpoint(c), str_or(h->model, "?"),
+               str_or(h->device, "?"));
+    }
+    recall__response__free_unpacked(r, NULL);
+    return ok ? EXIT_OK : EXIT_REMOTE;
+}
+
+static int cmd_stats(recall_client *c, const args *a)
+{
+    if (a->n_pos) return usage_error(CMD_STATS, "stats takes no arguments");
+    Recall__Request req = new_request();
+    Recall__StatsRequest sr = RECALL__STATS_REQUEST__INIT;
+    req.body_case = RECALL__REQUEST__BODY_STATS;
+    req.stats = &sr;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_STATS, &r);
+    if (e >= 0) return e;
+    const Recall__StatsResponse *s = r->stats;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "uptime_s", s->uptime_s);
+        cJSON_AddNumberToObject(o, "sessions", s->sessions);
+        cJSON_AddNumberToObject(o, "requests", (double)s->requests);
+        cJSON_AddNumberToObject(o, "errors", (double)s->errors);
+        cJSON_AddNumberToObject(o, "tokens_ingested", (double)s->tokens_ingested);
+        cJSON_AddNumberToObject(o, "tokens_generated", (double)s->tokens_generated);
+        cJSON_AddNumberToObject(o, "memory_tokens", (double)s->memory_tokens);
+        cJSON_AddNumberToObject(o, "memory_bytes_device", (double)s->memory_bytes_device);
+        cJSON_AddNumberToObject(o, "memory_bytes_host", (double)s->memory_bytes_host);
+        cJSON_AddNumberToObject(o, "memory_bytes_disk", (double)s->memory_bytes_disk);
+        cJSON_AddStringToObject(o, "device", str_or(s->device, ""));
+        cJSON_AddStringToObject(o, "model", str_or(s->model, ""));
+        json_print(o);
+    } else {
+        char up[32], bd[32], bh[32], bk[32];
+        human_duration(up, sizeof up, s->uptime_s);
+        human_bytes(bd, sizeof bd, (double)s->memory_bytes_device);
+        human_bytes(bh, sizeof bh, (double)s->memory_bytes_host);
+        human_bytes(bk, sizeof bk, (double)s->memory_bytes_disk);
+        printf("uptime           %s\n", up);
+        printf("model            %s\n", str_or(s->model, "?"));
+        printf("device           %s\n", str_or(s->device, "?"));
+        printf("sessions         %u\n", s->sessions);
+        printf("requests         %llu (%llu errors)\n", (unsigned long long)s->requests,
+               (unsigned long long)s->errors);
+        printf("tokens ingested  %llu\n", (unsigned long long)s->tokens_ingested);
+        printf("tokens generated %llu\n", (unsigned long long)s->tokens_generated);
+        printf("memory tokens    %llu\n", (unsigned long long)s->memory_tokens);
+        printf("memory bytes     device %s, host %s, disk %s\n", bd, bh, bk);
+    }
+    recall__response__free_unpacked(r, NULL);
+    return EXIT_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * main */
+
+int main(int argc, char **argv)
+{
+    args a;
+    int e = parse_args(argc, argv, &a);
+    if (e >= 0) return e;
+
+    if (a.cmd == CMD_HELP) {
+        if (a.n_pos > 1) return usage_error(CMD_HELP, "help takes at most one COMMAND");
+        if (a.n_pos == 1) {
+            cmd_t c = find_cmd(a.pos[0]);
+            if (c == CMD_NONE) return usage_error(CMD_HELP, "no command '%s'", a.pos[0]);
+            print_cmd_help(c);
+        } else {
+            print_overall_help(stdout);
+        }
+        return EXIT_OK;
+    }
+    if (a.vals[O_HELP]) {
+        if (a.cmd == CMD_NONE)
+            print_overall_help(stdout);
+        else
+            print_cmd_help(a.cmd);
+        return EXIT_OK;
+    }
+    if (a.cmd == CMD_NONE) {
+        print_overall_help(stderr);
+        return usage_error(CMD_NONE, "no command given");
+    }
+    if (a.cmd == CMD_PASSKEY || a.cmd == CMD_BENCH)
+        return report(EXIT_USAGE, RC_ERR_UNSUPPORTED,
+                      "'%s' is not yet available in this version of recall", cmds[a.cmd].name);
+
+    const char *endpoint = a.vals[O_CONNECT];
+    if (!endpoint) endpoint = getenv("RECALL_CONNECT");
+    if (!endpoint || !*endpoint) endpoint = DEFAULT_ENDPOINT;
+    int timeout_ms = RECALL_CLIENT_DEFAULT_TIMEOUT_MS;
+    if (a.vals[O_TIMEOUT]) {
+        double t;
+        if (!parse_double("timeout", a.vals[O_TIMEOUT], 0.001, 86400 * 365, &t, a.cmd))
+            return EXIT_USAGE;
+        timeout_ms = (int)(t * 1000 + 0.5);
+        if (timeout_ms < 1) timeout_ms = 1;
+    }
+    recall_client *c;
+    const char *err;
+    rc_t rc = recall_client_create(endpoint, &c, &err);
+    if (rc)
+        return rc == RC_ERR_INVALID ? usage_error(a.cmd, "%s", err)
+                                    : report(EXIT_CONNECT, rc, "%s", err);
+    recall_client_set_timeout(c, timeout_ms);
+    recall_client_set_connect_timeout(c, timeout_ms < RECALL_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS
+                                             ? timeout_ms
+                                             : RECALL_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS);
+
+    switch (a.cmd) {
+    case CMD_INGEST:
+        e = cmd_ingest(c, &a);
+        break;
+    case CMD_ASK:
+        e = cmd_ask(c, &a);
+        break;
+    case CMD_PPL:
+        e = cmd_ppl(c, &a);
+        break;
+    case CMD_SESSIONS:
+        e = cmd_sessions(c, &a);
+        break;
+    case CMD_INFO:
+        e = cmd_info(c, &a);
+        break;
+    case CMD_DROP:
+        e = cmd_drop(c, &a);
+        break;
+    case CMD_HEALTH:
+        e = cmd_health(c, &a);
+        break;
+    case CMD_STATS:
+        e = cmd_stats(c, &a);
+        break;
+    default:
+        e = EXIT_USAGE;
+        break;
+    }
+    recall_client_destroy(&c);
+    return e;
+}
