@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,17 +68,56 @@ void cpu_swiglu(float *out, const float *gate, const float *up, size_t n)
 
 /* Query rows per block: the score block is QB × (n_k + n_mem) floats per head. */
 #define QB 64
+/* Score variants a layout can have (DCA: intra, successive, inter). */
+#define MAX_VARIANTS 3
+
+/* The key ranges [lo[v], hi[v]) whose scores query i takes from variant v; together they
+ * are exactly [0, i]. Returns the layout's number of variants. */
+static int row_segments(const attn_ext_args_t *e, int i, int lo[MAX_VARIANTS],
+                        int hi[MAX_VARIANTS])
+{
+    switch (e->layout) {
+    case CPU_ATTN_SELF_EXTEND: {
+        const int b = i - e->neighbor + 1 > 0 ? i - e->neighbor + 1 : 0;
+        lo[0] = b, hi[0] = i + 1; /* neighbours: i − j < W */
+        lo[1] = 0, hi[1] = b;     /* grouped */
+        return 2;
+    }
+    case CPU_ATTN_DCA: {
+        const int c = e->chunk_len, s0 = i / c * c, s1 = s0 - c > 0 ? s0 - c : 0;
+        lo[0] = s0, hi[0] = i + 1; /* intra: i's own chunk */
+        lo[1] = s1, hi[1] = s0;    /* successive: the chunk just before */
+        lo[2] = 0, hi[2] = s1;     /* inter: older chunks */
+        return 3;
+    }
+    case CPU_ATTN_PLAIN:
+    default:
+        lo[0] = 0, hi[0] = i + 1;
+        return 1;
+    }
+}
 
 /* Attention is computed per (head, block of queries) with matrix products: scores for
  * local and memory keys side by side in one row, a row-wise softmax, then the weighted
  * sums. Heads are slices of the interleaved [token, head, dim] rows, read with strides,
- * so nothing is copied except a bf16/f16 memory, which is widened to fp32 once per call. */
-void cpu_attention(const attn_args_t *a)
+ * so nothing is copied except a bf16/f16 memory, which is widened to fp32 once per call.
+ * A layout with several variants computes each over the union of the ranges the block's
+ * rows take from it, the first straight into the score rows, the others into a side buffer
+ * from which each row copies its own range; the plain layout is exactly one product. */
+void cpu_attention_ext(const attn_ext_args_t *e)
 {
+    const attn_args_t *a = &e->a;
     const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
     const int group = nh / nkv;
     const int kv_row = nkv * hd, q_row = nh * hd;
     const size_t n_mem = a->n_mem;
+    const float mem_scale = e->mem_scale != 0.0f ? e->mem_scale : a->scale;
+    const float *q_mem = e->q_mem ? e->q_mem : a->q;
+
+    /* Each variant's queries and keys (layout order of row_segments). */
+    const float *vq[MAX_VARIANTS] = {a->q, e->q_alt[0], e->q_alt[1]};
+    const float *vk[MAX_VARIANTS] = {a->k, e->layout == CPU_ATTN_SELF_EXTEND ? e->k_alt : a->k,
+                                     a->k};
 
     float *wide_k = NULL, *wide_v = NULL;
     const float *mk = a->mem_k, *mv = a->mem_v;
@@ -94,22 +134,52 @@ void cpu_attention(const attn_args_t *a)
     const size_t row_len = (size_t)a->n_k + n_mem;
     float *S = malloc((size_t)QB * row_len * sizeof(float)); /* [QB, n_k + n_mem] */
     float *O = malloc((size_t)QB * hd * sizeof(float));      /* [QB, hd] */
+    float *T = NULL; /* [QB, n_k] scores of a second or third variant */
+    if (e->layout != CPU_ATTN_PLAIN && !(T = malloc((size_t)QB * a->n_k * sizeof(float))))
+        abort();
     if (!S || !O) abort();
 
     for (int h = 0; h < nh; h++) {
         const int kh = h / group;
-        const float *kl = a->k + (size_t)kh * hd, *vl = a->v + (size_t)kh * hd;
+        const float *vl = a->v + (size_t)kh * hd;
         for (int i0 = 0; i0 < a->n_q; i0 += QB) {
             const int nb = a->n_q - i0 < QB ? a->n_q - i0 : QB;
-            const float *qb = a->q + (size_t)i0 * q_row + (size_t)h * hd;
             /* Local keys visible to the block's last query; earlier rows mask the rest. */
             const int n_loc = a->q_offset + i0 + nb;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n_loc, hd, a->scale, qb,
-                        q_row, kl, kv_row, 0.0f, S, (int)row_len);
+
+            /* Per variant, the union of the block's row ranges. */
+            int blo[MAX_VARIANTS], bhi[MAX_VARIANTS], n_var = 1;
+            for (int v = 0; v < MAX_VARIANTS; v++) blo[v] = INT_MAX, bhi[v] = 0;
+            for (int r = 0; r < nb; r++) {
+                int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
+                n_var = row_segments(e, a->q_offset + i0 + r, lo, hi);
+                for (int v = 0; v < n_var; v++) {
+                    if (lo[v] >= hi[v]) continue;
+                    if (lo[v] < blo[v]) blo[v] = lo[v];
+                    if (hi[v] > bhi[v]) bhi[v] = hi[v];
+                }
+            }
+            for (int v = 0; v < n_var; v++) {
+                if (blo[v] >= bhi[v]) continue;
+                const float *qb = vq[v] + (size_t)i0 * q_row + (size_t)h * hd;
+                const float *kb = vk[v] + (size_t)blo[v] * kv_row + (size_t)kh * hd;
+                const int ld = v == 0 ? (int)row_len : a->n_k;
+                float *dst = (v == 0 ? S : T) + blo[v];
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, bhi[v] - blo[v], hd,
+                            a->scale, qb, q_row, kb, kv_row, 0.0f, dst, ld);
+                if (v == 0) continue;
+                for (int r = 0; r < nb; r++) {
+                    int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
+                    row_segments(e, a->q_offset + i0 + r, lo, hi);
+                    if (lo[v] < hi[v])
+                        memcpy(S + (size_t)r * row_len + lo[v], T + (size_t)r * a->n_k + lo[v],
+                               (size_t)(hi[v] - lo[v]) * sizeof(float));
+                }
+            }
             if (n_mem)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_mem, hd,
-                            a->scale, qb, q_row, mk + (size_t)kh * hd, kv_row, 0.0f,
-                            S + a->n_k, (int)row_len);
+                            mem_scale, q_mem + (size_t)i0 * q_row + (size_t)h * hd, q_row,
+                            mk + (size_t)kh * hd, kv_row, 0.0f, S + a->n_k, (int)row_len);
 #pragma omp parallel for if ((size_t)nb * row_len > 65536)
             for (int r = 0; r < nb; r++) {
                 float *sr = S + (size_t)r * row_len;
@@ -143,8 +213,15 @@ void cpu_attention(const attn_args_t *a)
     }
     free(S);
     free(O);
+    free(T);
     free(wide_k);
     free(wide_v);
+}
+
+void cpu_attention(const attn_args_t *a)
+{
+    attn_ext_args_t e = {.a = *a, .layout = CPU_ATTN_PLAIN};
+    cpu_attention_ext(&e);
 }
 
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab)

@@ -55,6 +55,36 @@ typedef struct attn_args {
 } attn_args_t;
 void cpu_attention(const attn_args_t *a);
 
+/* Local attention whose (query, key) pairs take positions by distance (Self-Extend, Dual
+ * Chunk Attention; model/positional.h says what the positions are). The caller rotates the
+ * queries and keys each way the layout needs; every pair takes its score from exactly one
+ * variant, chosen by the query's local index i = q_offset + row and the key's index j:
+ *   CPU_ATTN_PLAIN        (q, k) for all j ≤ i: cpu_attention itself
+ *   CPU_ATTN_SELF_EXTEND  i − j < neighbor: (q, k);  else (q_alt[0], k_alt)
+ *   CPU_ATTN_DCA          j // chunk_len == i // chunk_len: (q, k); one chunk before:
+ *                         (q_alt[0], k); older chunks: (q_alt[1], k)
+ * and all chosen scores, with the memory scores s_mem(i, m) = q_mem_i · K_m · mem_scale, go
+ * through one fp32 softmax as in cpu_attention (same clamp, same grouped-query heads). Scores
+ * of each variant are computed with matrix products over the key range some row of a query
+ * block needs, so the cost stays near one product per key, whatever the layout. */
+typedef enum cpu_attn_layout {
+    CPU_ATTN_PLAIN = 0,
+    CPU_ATTN_SELF_EXTEND = 1,
+    CPU_ATTN_DCA = 2,
+} cpu_attn_layout_t;
+
+typedef struct attn_ext_args {
+    attn_args_t a;         /* as for cpu_attention; a.q and a.k form the first variant */
+    cpu_attn_layout_t layout;
+    int neighbor;          /* self-extend: W (≥ 1) */
+    int chunk_len;         /* dca: c (≥ 1) */
+    const float *q_alt[2]; /* [n_q, n_heads, head_dim] each: the queries of variants 2, 3 */
+    const float *k_alt;    /* [n_k, n_kv_heads, head_dim] self-extend: keys of variant 2 */
+    const float *q_mem;    /* [n_q, n_heads, head_dim] queries for memory scores; NULL: a.q */
+    float mem_scale;       /* factor of memory scores; 0: a.scale */
+} attn_ext_args_t;
+void cpu_attention_ext(const attn_ext_args_t *e);
+
 /* out[t, :] = log_softmax(logits[t, :]), computed in double for the normalizer. */
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab);
 

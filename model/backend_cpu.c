@@ -3,7 +3,13 @@
  * Per layer a stream keeps a local cache of at most `window` tokens: rotated keys and
  * values for local attention, and for memory layers also the unrotated keys, which is
  * what moves into memory when the window is complete. Positions inside the window start
- * at 0 because the whole cache is dropped at once, never shifted. */
+ * at 0 because the whole cache is dropped at once, never shifted.
+ *
+ * Positional schemes (model/positional.h): a key has one position per scheme, except under
+ * Self-Extend where it is cached rotated twice (at j and at j // G); each query is rotated
+ * every way its scheme can pair it (Self-Extend 2, DCA 3, plus the position it takes against
+ * memory keys), and cpu_attention_ext picks per (query, key) pair which score to use. All
+ * positions depend only on the index inside the window, so grouping does not matter. */
 #define BACKEND_INTERNAL
 #include "model/backend.h"
 
@@ -13,6 +19,7 @@
 #include <string.h>
 
 #include "kernels/cpu.h"
+#include "model/positional.h"
 #include "model/stream.h"
 #include "model/weights.h"
 
@@ -26,6 +33,7 @@ typedef struct cpu_ctx {
 typedef struct layer_cache {
     float *k_rot;  /* [window, kv_dim] keys rotated at their local position */
     float *k_raw;  /* [window, kv_dim] unrotated keys (memory layers only, else NULL) */
+    float *k_grp;  /* [window, kv_dim] self-extend: keys rotated at j // G, else NULL */
     float *v;      /* [window, kv_dim] */
     int mem_layer; /* index into the memory store, or -1 */
 } layer_cache_t;
@@ -38,7 +46,10 @@ struct backend_stream {
     int q_dim, kv_dim;
     int local;             /* tokens in the local cache during a forward */
     layer_cache_t *layers; /* [n_layers] */
-    float *inv_freq;       /* [head_dim / 2] */
+    float *inv_freq;       /* [head_dim / 2] RoPE frequencies after any scaling */
+    float mscale;          /* cos/sin multiplier: YaRN's attention factor, DCA's chunk scale */
+    positional_params_t pp;
+    int need_qmem;         /* memory queries need their own rotation (not rope) */
 
     /* Scratch for one chunk of up to `window` tokens. */
     float *x;      /* [window, hidden] residual stream */
@@ -49,7 +60,14 @@ struct backend_stream {
     float *att;    /* [window, q_dim] */
     float *gate;   /* [window, ffn] */
     float *up;     /* [window, ffn] */
-    int32_t *pos;  /* [window] */
+    int32_t *pos;  /* [window] the chunk's window indices: rope's positions */
+    /* Extended schemes only (else NULL): the chunk's other positions and query rotations. */
+    int32_t *kpos;     /* [window] the cached key's position (dca: j mod c) */
+    int32_t *kpos_grp; /* [window] self-extend: j // G */
+    int32_t *qpos[3];  /* [window] each: query position per variant (cpu_attention_ext order) */
+    int32_t *mpos;     /* [window] query position against memory keys */
+    float *q_alt[2];   /* [window, q_dim] each: queries of variants 2 and 3 */
+    float *q_mem;      /* [window, q_dim] queries against memory (FoT models) */
     float *logits; /* [LOGIT_ROWS, vocab] */
 };
 
@@ -83,6 +101,7 @@ static void cpu_stream_destroy(backend_stream_t *s)
         for (int l = 0; l < s->c->n_layers; l++) {
             free(s->layers[l].k_rot);
             free(s->layers[l].k_raw);
+            free(s->layers[l].k_grp);
             free(s->layers[l].v);
         }
     }
@@ -97,6 +116,13 @@ static void cpu_stream_destroy(backend_stream_t *s)
     free(s->gate);
     free(s->up);
     free(s->pos);
+    free(s->kpos);
+    free(s->kpos_grp);
+    for (int v = 0; v < 3; v++) free(s->qpos[v]);
+    free(s->mpos);
+    free(s->q_alt[0]);
+    free(s->q_alt[1]);
+    free(s->q_mem);
     free(s->logits);
     free(s);
 }
@@ -129,6 +155,9 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         L->v = malloc(W * s->kv_dim * sizeof(float));
         if (!L->k_rot || !L->v) goto fail;
         if (L->mem_layer >= 0 && !(L->k_raw = malloc(W * s->kv_dim * sizeof(float)))) goto fail;
+        if (o->positional == POSITIONAL_SELF_EXTEND &&
+            !(L->k_grp = malloc(W * s->kv_dim * sizeof(float))))
+            goto fail;
     }
     s->inv_freq = malloc((size_t)c->head_dim / 2 * sizeof(float));
     s->x = malloc(W * c->hidden * sizeof(float));
@@ -144,12 +173,38 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     if (!s->inv_freq || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate ||
         !s->up || !s->pos || !s->logits)
         goto fail;
-    cpu_rope_inv_freq(s->inv_freq, c->head_dim, c->rope_theta);
+
+    /* Opts come resolved (model_stream_opts_resolve): scaling, factor and DCA sizes are set. */
+    s->pp = positional_params(c, o);
+    positional_rope_freqs(c, o->rope_scaling, o->rope_factor, o->window, s->inv_freq,
+                          &s->mscale);
+    if (o->positional == POSITIONAL_DCA && !o->dca_no_scale)
+        s->mscale = positional_dca_scale(o->window, c->max_pos);
+    if (o->positional == POSITIONAL_DCA && s->pp.chunk_len < 1) goto invalid; /* unresolved */
+    if (o->positional == POSITIONAL_SELF_EXTEND && (s->pp.group < 1 || s->pp.neighbor < 1))
+        goto invalid;
+    if (o->positional != POSITIONAL_ROPE) {
+        const int n_alt = o->positional == POSITIONAL_DCA ? 2 : 1;
+        s->need_qmem = c->n_mem_layers > 0;
+        s->kpos = malloc(W * sizeof(int32_t));
+        s->mpos = malloc(W * sizeof(int32_t));
+        if (!s->kpos || !s->mpos) goto fail;
+        if (o->positional == POSITIONAL_SELF_EXTEND && !(s->kpos_grp = malloc(W * sizeof(int32_t))))
+            goto fail;
+        for (int v = 0; v <= n_alt; v++)
+            if (!(s->qpos[v] = malloc(W * sizeof(int32_t)))) goto fail;
+        for (int v = 0; v < n_alt; v++)
+            if (!(s->q_alt[v] = malloc(W * s->q_dim * sizeof(float)))) goto fail;
+        if (s->need_qmem && !(s->q_mem = malloc(W * s->q_dim * sizeof(float)))) goto fail;
+    }
     *out = s;
     return RC_OK;
 fail:
     cpu_stream_destroy(s);
     return RC_ERR_NOMEM;
+invalid:
+    cpu_stream_destroy(s);
+    return RC_ERR_INVALID;
 }
 
 /* One layer over a chunk of n tokens already in s->x. */
@@ -166,12 +221,42 @@ static void layer_forward(backend_stream_t *s, int l, int n)
     cpu_matmul_nt(s->k, s->xn, W->wk, n, s->kv_dim, c->hidden);
     cpu_matmul_nt(s->v, s->xn, W->wv, n, s->kv_dim, c->hidden);
     if (L->k_raw) memcpy(L->k_raw + (size_t)s->local * s->kv_dim, s->k, n * kvb);
-    cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->inv_freq, 1.0f);
-    cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->inv_freq, 1.0f);
+    const int use_mem = L->mem_layer >= 0 && !s->o.disable_memory &&
+                        memory_store_rows(s->mem, L->mem_layer) > 0;
+    const size_t qb = (size_t)n * s->q_dim * sizeof(float);
+    attn_ext_args_t e = {.layout = CPU_ATTN_PLAIN};
+    if (s->pp.kind == POSITIONAL_ROPE) {
+        cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->inv_freq, s->mscale);
+        cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->inv_freq, s->mscale);
+    } else {
+        /* Every extra rotation starts from the unrotated projections. */
+        const int n_alt = s->pp.kind == POSITIONAL_DCA ? 2 : 1;
+        for (int v = 0; v < n_alt; v++) {
+            memcpy(s->q_alt[v], s->q, qb);
+            cpu_rope(s->q_alt[v], n, c->n_heads, hd, s->qpos[v + 1], s->inv_freq, s->mscale);
+            e.q_alt[v] = s->q_alt[v];
+        }
+        if (use_mem) {
+            memcpy(s->q_mem, s->q, qb);
+            cpu_rope(s->q_mem, n, c->n_heads, hd, s->mpos, s->inv_freq, s->mscale);
+            e.q_mem = s->q_mem;
+        }
+        if (L->k_grp) {
+            float *kg = L->k_grp + (size_t)s->local * s->kv_dim;
+            memcpy(kg, s->k, n * kvb);
+            cpu_rope(kg, n, c->n_kv_heads, hd, s->kpos_grp, s->inv_freq, s->mscale);
+            e.k_alt = L->k_grp;
+        }
+        cpu_rope(s->q, n, c->n_heads, hd, s->qpos[0], s->inv_freq, s->mscale);
+        cpu_rope(s->k, n, c->n_kv_heads, hd, s->kpos, s->inv_freq, s->mscale);
+        e.layout = s->pp.kind == POSITIONAL_DCA ? CPU_ATTN_DCA : CPU_ATTN_SELF_EXTEND;
+        e.neighbor = s->pp.neighbor;
+        e.chunk_len = s->pp.chunk_len;
+    }
     memcpy(L->k_rot + (size_t)s->local * s->kv_dim, s->k, n * kvb);
     memcpy(L->v + (size_t)s->local * s->kv_dim, s->v, n * kvb);
 
-    attn_args_t a = {
+    e.a = (attn_args_t){
         .n_q = n,
         .n_k = s->local + n,
         .n_heads = c->n_heads,
@@ -184,13 +269,16 @@ static void layer_forward(backend_stream_t *s, int l, int n)
         .scale = 1.0f / sqrtf((float)hd),
         .out = s->att,
     };
-    if (L->mem_layer >= 0 && !s->o.disable_memory) {
-        a.n_mem = memory_store_rows(s->mem, L->mem_layer);
-        a.mem_dtype = memory_store_dtype(s->mem);
-        a.mem_k = memory_store_keys(s->mem, L->mem_layer);
-        a.mem_v = memory_store_values(s->mem, L->mem_layer);
+    if (use_mem) {
+        e.a.n_mem = memory_store_rows(s->mem, L->mem_layer);
+        e.a.mem_dtype = memory_store_dtype(s->mem);
+        e.a.mem_k = memory_store_keys(s->mem, L->mem_layer);
+        e.a.mem_v = memory_store_values(s->mem, L->mem_layer);
+        /* A memory key is scored as a local key at index 0 would be: position 0, but with
+         * the scheme's cos/sin multiplier, which the query's rotation carries only once. */
+        if (s->mscale != 1.0f) e.mem_scale = e.a.scale * s->mscale;
     }
-    cpu_attention(&a);
+    cpu_attention_ext(&e);
     /* x += att · Woᵀ, through xn as the product's output. */
     cpu_matmul_nt(s->xn, s->att, W->wo, n, c->hidden, s->q_dim);
     for (size_t i = 0; i < (size_t)n * c->hidden; i++) s->x[i] += s->xn[i];
@@ -212,6 +300,24 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
         memcpy(s->x + (size_t)t * c->hidden, s->w->tok_emb + (size_t)tok[t] * c->hidden,
                c->hidden * sizeof(float));
         s->pos[t] = local + t;
+    }
+    if (s->pp.kind != POSITIONAL_ROPE) {
+        const positional_params_t *p = &s->pp;
+        for (int t = 0; t < n; t++) {
+            const int i = local + t;
+            s->mpos[t] = positional_mem_query(p, i);
+            if (p->kind == POSITIONAL_SELF_EXTEND) {
+                s->kpos[t] = i;
+                s->kpos_grp[t] = positional_se_key(i, p->group);
+                s->qpos[0][t] = i;
+                s->qpos[1][t] = positional_se_query(i, p->group, p->neighbor);
+            } else {
+                s->kpos[t] = i % p->chunk_len;
+                s->qpos[0][t] = positional_dca_intra(p, i);
+                s->qpos[1][t] = positional_dca_succ(p, i);
+                s->qpos[2][t] = p->chunk_size;
+            }
+        }
     }
     for (int l = 0; l < c->n_layers; l++) layer_forward(s, l, n);
 

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "model/backend.h"
+#include "model/positional.h"
 
 struct model_stream {
     const model_t *model;
@@ -33,14 +34,9 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
         snprintf(err, errlen, "window and last_context must not be negative");
         return RC_ERR_INVALID;
     }
-    if (o->window == 0) o->window = c->max_pos;
-    if (o->window > c->max_pos) {
-        snprintf(err, errlen,
-                 "window %d is longer than the model's trained context of %d tokens "
-                 "(longer windows need a positional scheme such as self-extend or dca)",
-                 o->window, c->max_pos);
-        return RC_ERR_INVALID;
-    }
+    /* The window's default and the length each positional scheme can reach. */
+    rc_t rc = positional_resolve(c, o, err, errlen);
+    if (rc) return rc;
     if (o->last_context == 0)
         o->last_context = c->last_context_length > 0 && c->last_context_length <= o->window
                               ? c->last_context_length

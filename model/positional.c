@@ -1,0 +1,301 @@
+/* positional.c — position maps, RoPE scalings and their parameter checks (positional.h). */
+#include "model/positional.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kernels/cpu.h"
+
+static rc_t fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static rc_t fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return RC_ERR_INVALID;
+}
+
+const char *positional_name(positional_t kind)
+{
+    switch (kind) {
+    case POSITIONAL_ROPE:
+        return "rope";
+    case POSITIONAL_SELF_EXTEND:
+        return "self-extend";
+    case POSITIONAL_DCA:
+        return "dca";
+    }
+    return "unknown";
+}
+
+const char *positional_scaling_name(rope_scaling_type_t type)
+{
+    switch (type) {
+    case ROPE_SCALING_NONE:
+        return "none";
+    case ROPE_SCALING_LINEAR:
+        return "linear";
+    case ROPE_SCALING_NTK:
+        return "ntk";
+    case ROPE_SCALING_DYNAMIC:
+        return "dynamic";
+    case ROPE_SCALING_YARN:
+        return "yarn";
+    }
+    return "unknown";
+}
+
+/* The length a scaled RoPE reaches: factor times the trained length L (the config's
+ * max_position_embeddings, also for YaRN checkpoints that name an original length: recall's
+ * rule), never less than L. */
+static int64_t scaled_reach(const model_config_t *c, float factor)
+{
+    double r = floor((double)factor * (double)c->max_pos);
+    if (r > (double)INT32_MAX) r = (double)INT32_MAX;
+    return (int64_t)r > c->max_pos ? (int64_t)r : c->max_pos;
+}
+
+rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *err, size_t errlen)
+{
+    const int L = c->max_pos;
+    if (o->window < 0) return fail(err, errlen, "window must not be negative (got %d)", o->window);
+    if (o->window == 0) o->window = L;
+
+    if (!o->rope_scaling_set) {
+        o->rope_scaling = c->rope_scaling;
+        o->rope_factor = c->rope_factor;
+        o->rope_scaling_set = 1;
+    }
+    if (o->rope_scaling < ROPE_SCALING_NONE || o->rope_scaling > ROPE_SCALING_YARN)
+        return fail(err, errlen, "unknown RoPE scaling type %d", (int)o->rope_scaling);
+    if (o->rope_scaling == ROPE_SCALING_NONE) {
+        o->rope_factor = 1.0f;
+    } else if (!(o->rope_factor >= 1.0f) || !isfinite(o->rope_factor)) {
+        return fail(err, errlen, "RoPE scaling %s needs a factor of at least 1 (got %g)",
+                    positional_scaling_name(o->rope_scaling), (double)o->rope_factor);
+    }
+    const char *scaling = positional_scaling_name(o->rope_scaling);
+
+    switch (o->positional) {
+    case POSITIONAL_ROPE: {
+        if (o->rope_scaling == ROPE_SCALING_NONE) {
+            if (o->window > L)
+                return fail(err, errlen,
+                            "window %d is longer than the model's trained context of %d tokens "
+                            "(longer windows need a positional scheme such as self-extend or "
+                            "dca, or a RoPE scaling)",
+                            o->window, L);
+            break;
+        }
+        int64_t reach = scaled_reach(c, o->rope_factor);
+        if (o->window > reach)
+            return fail(err, errlen,
+                        "window %d is longer than RoPE scaling %s with factor %g reaches "
+                        "(%lld tokens)",
+                        o->window, scaling, (double)o->rope_factor, (long long)reach);
+        break;
+    }
+    case POSITIONAL_SELF_EXTEND: {
+        if (o->rope_scaling != ROPE_SCALING_NONE)
+            return fail(err, errlen,
+                        "self-extend cannot be combined with RoPE scaling %s (set the RoPE "
+                        "scaling to none)",
+                        scaling);
+        if (o->group < 1 || o->neighbor < 1)
+            return fail(err, errlen,
+                        "self-extend needs a group size G >= 1 and a neighbour window W >= 1 "
+                        "(got G=%d, W=%d)",
+                        o->group, o->neighbor);
+        if (o->neighbor >= L)
+            return fail(err, errlen,
+                        "self-extend neighbour window W=%d must be shorter than the trained "
+                        "context of %d tokens",
+                        o->neighbor, L);
+        int64_t reach = (int64_t)(L - o->neighbor) * o->group + o->neighbor;
+        if (o->window > reach)
+            return fail(err, errlen,
+                        "window %d is longer than self-extend with G=%d, W=%d reaches: "
+                        "(L - W) * G + W = %lld tokens for L=%d",
+                        o->window, o->group, o->neighbor, (long long)reach, L);
+        break;
+    }
+    case POSITIONAL_DCA: {
+        if (o->rope_scaling != ROPE_SCALING_NONE)
+            return fail(err, errlen,
+                        "dca cannot be combined with RoPE scaling %s (set the RoPE scaling to "
+                        "none)",
+                        scaling);
+        if (o->chunk_size < 0 || o->local_window < 0)
+            return fail(err, errlen,
+                        "dca chunk size and local window must be positive (got S=%d, w=%d)",
+                        o->chunk_size, o->local_window);
+        if (o->chunk_size == 0) o->chunk_size = 3 * L / 4;
+        if (o->local_window == 0) o->local_window = L / 8;
+        if (o->local_window < 1 || o->chunk_size > L || o->local_window >= o->chunk_size)
+            return fail(err, errlen,
+                        "dca needs 0 < local window w < chunk size S <= trained context L "
+                        "(got S=%d, w=%d, L=%d)",
+                        o->chunk_size, o->local_window, L);
+        break;
+    }
+    default:
+        return fail(err, errlen, "unknown positional scheme %d", (int)o->positional);
+    }
+    o->dca_no_scale = o->dca_no_scale != 0;
+    return RC_OK;
+}
+
+positional_params_t positional_params(const model_config_t *c, const model_stream_opts_t *o)
+{
+    positional_params_t p = {
+        .kind = o->positional,
+        .trained = c->max_pos,
+        .window = o->window,
+        .group = o->group,
+        .neighbor = o->neighbor,
+        .chunk_size = o->chunk_size,
+        .local_window = o->local_window,
+        .chunk_len = o->chunk_size - o->local_window,
+    };
+    return p;
+}
+
+int positional_se_query(int i, int group, int neighbor)
+{
+    return i / group + neighbor - neighbor / group;
+}
+
+int positional_se_key(int j, int group)
+{
+    return j / group;
+}
+
+int positional_dca_intra(const positional_params_t *p, int i)
+{
+    return i % p->chunk_len;
+}
+
+int positional_dca_succ(const positional_params_t *p, int i)
+{
+    int q = i % p->chunk_len + p->chunk_len;
+    return q < p->chunk_size ? q : p->chunk_size;
+}
+
+void positional_pair(const positional_params_t *p, int i, int j, int *qpos, int *kpos)
+{
+    switch (p->kind) {
+    case POSITIONAL_SELF_EXTEND:
+        if (i - j < p->neighbor) {
+            *qpos = i;
+            *kpos = j;
+        } else {
+            *qpos = positional_se_query(i, p->group, p->neighbor);
+            *kpos = positional_se_key(j, p->group);
+        }
+        return;
+    case POSITIONAL_DCA: {
+        const int c = p->chunk_len, ci = i / c, cj = j / c;
+        *kpos = j % c;
+        *qpos = cj == ci       ? positional_dca_intra(p, i)
+                : cj == ci - 1 ? positional_dca_succ(p, i)
+                               : p->chunk_size;
+        return;
+    }
+    case POSITIONAL_ROPE:
+    default:
+        *qpos = i;
+        *kpos = j;
+        return;
+    }
+}
+
+int positional_mem_query(const positional_params_t *p, int i)
+{
+    switch (p->kind) {
+    case POSITIONAL_SELF_EXTEND:
+        return i < p->neighbor ? i : positional_se_query(i, p->group, p->neighbor);
+    case POSITIONAL_DCA: {
+        const int ci = i / p->chunk_len;
+        return ci == 0   ? positional_dca_intra(p, i)
+               : ci == 1 ? positional_dca_succ(p, i)
+                         : p->chunk_size;
+    }
+    case POSITIONAL_ROPE:
+    default:
+        return i;
+    }
+}
+
+float positional_dca_scale(int n, int trained)
+{
+    if (n <= trained) return 1.0f;
+    return (float)(0.05 * log((double)n / trained) + 1.0);
+}
+
+/* YaRN's find_correction_dim: the dimension whose wavelength makes `rotations` turns over
+ * the original context. */
+static double yarn_correction_dim(double rotations, int dim, double base, int max_pos)
+{
+    return dim * log(max_pos / (rotations * 2.0 * 3.14159265358979323846)) / (2.0 * log(base));
+}
+
+void positional_rope_freqs(const model_config_t *c, rope_scaling_type_t type, float factor,
+                           int window, float *inv_freq, float *mscale)
+{
+    const int d = c->head_dim, L = c->max_pos;
+    const double f = factor;
+    *mscale = 1.0f;
+    switch (type) {
+    case ROPE_SCALING_LINEAR:
+        cpu_rope_inv_freq(inv_freq, d, c->rope_theta);
+        for (int p = 0; p < d / 2; p++)
+            inv_freq[p] = (float)(inv_freq[p] / f);
+        return;
+    case ROPE_SCALING_NTK: {
+        double base = c->rope_theta * pow(f, (double)d / (d - 2));
+        for (int p = 0; p < d / 2; p++)
+            inv_freq[p] = (float)(1.0 / pow(base, 2.0 * p / d));
+        return;
+    }
+    case ROPE_SCALING_DYNAMIC: {
+        if (window <= L) {
+            cpu_rope_inv_freq(inv_freq, d, c->rope_theta);
+            return;
+        }
+        double base = c->rope_theta * pow(f * window / L - (f - 1.0), (double)d / (d - 2));
+        for (int p = 0; p < d / 2; p++)
+            inv_freq[p] = (float)(1.0 / pow(base, 2.0 * p / d));
+        return;
+    }
+    case ROPE_SCALING_YARN: {
+        const double base = c->rope_theta;
+        const int orig = c->rope_original_max_pos > 0 ? c->rope_original_max_pos : L;
+        double low = floor(yarn_correction_dim(32.0, d, base, orig));
+        double high = ceil(yarn_correction_dim(1.0, d, base, orig));
+        if (low < 0) low = 0;
+        if (high > d - 1) high = d - 1;
+        if (low == high) high += 0.001; /* as HF: avoid a zero-width ramp */
+        for (int p = 0; p < d / 2; p++) {
+            double extra = 1.0 / pow(base, 2.0 * p / d);
+            double inter = extra / f;
+            double ramp = (p - low) / (high - low);
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            /* ramp 0: high-frequency dims keep their frequency; 1: interpolated. */
+            inv_freq[p] = (float)(inter * ramp + extra * (1.0 - ramp));
+        }
+        *mscale = f > 1.0 ? (float)(0.1 * log(f) + 1.0) : 1.0f;
+        return;
+    }
+    case ROPE_SCALING_NONE:
+    default:
+        cpu_rope_inv_freq(inv_freq, d, c->rope_theta);
+        return;
+    }
+}

@@ -1,0 +1,97 @@
+/* positional.h — where local attention places queries and keys (REFERENCE.md: Self-Extend,
+ * Dual Chunk Attention, RoPE scalings, memory keys under an extended scheme).
+ *
+ * Indices are 0-based from the window's first token: query i, key j ≤ i. A scheme maps each
+ * (i, j) pair to a query position and a key position; RoPE rotates by those. A key has one
+ * position per scheme except under Self-Extend (j and j // G), so backends cache keys
+ * rotated once (twice for Self-Extend) and rotate each query the few ways its scheme needs.
+ *
+ *   rope         query i, key j. With a RoPE scaling the frequencies change, not positions.
+ *   self-extend  i − j < W: (i, j); else (i // G + W − W // G, j // G)      (integer division)
+ *   dca          key j mod c; query i mod c (same chunk), min(i mod c + c, S) (the chunk just
+ *                before), S (older chunks); c = S − w
+ *
+ * Memory keys (FoT memory layers) are scored as a local key at index 0 would be: unrotated
+ * (position 0) and the query at its position against key index 0 (positional_mem_query).
+ * Where a scheme multiplies cos/sin by a factor (YaRN's attention factor, ChunkLlama's chunk
+ * scale), that factor applies to the query and to the index-0 key alike, so a memory score
+ * is multiplied by it once more than the query's rotation already does — exactly what a
+ * local key at index 0 would get.
+ *
+ * Everything here depends only on the window-local index and on constants of the session
+ * (trained length, window, parameters), so feeding tokens in any grouping gives the same
+ * positions. */
+#ifndef RECALL_MODEL_POSITIONAL_H
+#define RECALL_MODEL_POSITIONAL_H
+
+#include <stddef.h>
+
+#include "common/rc.h"
+#include "model/config.h"
+#include "model/stream.h"
+
+/* A session's resolved positional parameters (all sizes in tokens). */
+typedef struct positional_params {
+    positional_t kind;
+    int trained;      /* L: the config's max_position_embeddings */
+    int window;       /* tokens per window */
+    int group;        /* self-extend: G */
+    int neighbor;     /* self-extend: W */
+    int chunk_size;   /* dca: S */
+    int local_window; /* dca: w */
+    int chunk_len;    /* dca: c = S − w */
+} positional_params_t;
+
+/* Fills the positional defaults of opts (DCA's S = 3L/4 and w = L/8, the window, the RoPE
+ * scaling from the config unless rope_scaling_set) and checks every limit: the window a scheme
+ * can reach (rope: L; rope with a scaling of factor f ≥ 1: f · L; self-extend with
+ * 1 ≤ W < L, G ≥ 1: (L − W) · G + W; dca with 0 < w < S ≤ L: any length), non-positive sizes,
+ * self-extend or dca combined with a RoPE scaling (refused). Idempotent: resolving
+ * resolved opts changes nothing. On failure returns RC_ERR_INVALID with a sentence in err.
+ * Called by model_stream_opts_resolve before its other checks. */
+rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *err, size_t errlen);
+
+/* The parameters of resolved opts. */
+positional_params_t positional_params(const model_config_t *c, const model_stream_opts_t *o);
+
+/* Self-Extend's grouped positions. */
+int positional_se_query(int i, int group, int neighbor); /* i // G + W − W // G */
+int positional_se_key(int j, int group);                 /* j // G */
+
+/* The positions of the pair (i, j), j ≤ i, under p's scheme. */
+void positional_pair(const positional_params_t *p, int i, int j, int *qpos, int *kpos);
+
+/* The position query i takes against a memory key (recall's rule: as against key index 0):
+ * rope i; self-extend i if i < W else i // G + W − W // G; dca i mod c in chunk 0,
+ * min(i mod c + c, S) in chunk 1, S later. */
+int positional_mem_query(const positional_params_t *p, int i);
+
+/* DCA's query positions, the same for every key of a chunk class (see the top). */
+int positional_dca_intra(const positional_params_t *p, int i); /* i mod c */
+int positional_dca_succ(const positional_params_t *p, int i);  /* min(i mod c + c, S) */
+
+/* ChunkLlama's cos/sin scale for a window of n tokens: 0.05 · ln(n / L) + 1 when n > L, else
+ * 1. */
+float positional_dca_scale(int n, int trained);
+
+/* RoPE frequencies and cos/sin multiplier for a scaling (NONE included) with this config,
+ * for a session whose window is `window` tokens (dynamic NTK takes n = window: recall's
+ * rule, so results do not depend on how tokens are grouped):
+ *   none     inv_freq[p] = 1 / θ^(2p/d)                         (cpu_rope_inv_freq)
+ *   linear   inv_freq /= factor
+ *   ntk      θ' = θ · factor^(d/(d−2))
+ *   dynamic  θ' = θ · (factor · n / L − (factor − 1))^(d/(d−2))  when n > L, else θ
+ *   yarn     interpolated (/ factor) and extrapolated frequencies blended by a linear ramp
+ *            over the correction range for beta_fast = 32, beta_slow = 1 at the original
+ *            max positions (config original_max_position_embeddings, else L);
+ *            mscale = 0.1 · ln(factor) + 1 (factor > 1)
+ * mscale is 1 except for YaRN. inv_freq [head_dim / 2]. The scaling type and factor must have
+ * passed positional_resolve. */
+void positional_rope_freqs(const model_config_t *c, rope_scaling_type_t type, float factor,
+                           int window, float *inv_freq, float *mscale);
+
+/* "rope", "self-extend", "dca"; "none", "linear", "ntk", "dynamic", "yarn". */
+const char *positional_name(positional_t kind);
+const char *positional_scaling_name(rope_scaling_type_t type);
+
+#endif
