@@ -5,6 +5,13 @@
  *
  *   recall_score --model DIR --tokens IN.bin [--window W] [--mem-dtype f32|bf16|f16]
  *                [--no-memory] [--logprobs OUT.bin] [--generate N --gen-out OUT.bin]
+ *                [--positional rope|self-extend|dca] [--group G] [--neighbor W]
+ *                [--chunk-size S] [--local-window w] [--no-chunk-scale]
+ *                [--rope-scaling none|linear|ntk|dynamic|yarn] [--rope-factor F]
+ *                [--device cpu|cuda|cuda:N]
+ *
+ * The positional options are those of tests/ref/positional_ref.py (parity_positional.py)
+ * and map one to one onto model_stream_opts_t; longllama_ref.py has only the first line.
  *
  * IN.bin holds int32 little-endian token ids. --logprobs writes n-1 float32 values,
  * logprob[i] = log p(tok[i+1] | tok[..i]); --generate feeds the whole input as a prompt and
@@ -18,13 +25,20 @@
 
 #include "common/dtype.h"
 #include "kernels/cpu.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "model/stream.h"
 
 typedef struct args {
     const char *model, *tokens, *logprobs, *gen_out;
+    const char *device; /* NULL: the CPU, as model_stream_create */
     int window, generate, no_memory, mem_dtype_set;
     dtype_t mem_dtype;
+    positional_t positional;
+    int group, neighbor, chunk_size, local_window, no_chunk_scale;
+    int rope_scaling_set, rope_factor_set;
+    rope_scaling_type_t rope_scaling;
+    float rope_factor;
 } args_t;
 
 static void usage(FILE *f)
@@ -32,7 +46,13 @@ static void usage(FILE *f)
     fprintf(f, "usage: recall_score --model DIR --tokens IN.bin [--window W] "
                "[--mem-dtype f32|bf16|f16]\n"
                "                    [--no-memory] [--logprobs OUT.bin] "
-               "[--generate N --gen-out OUT.bin]\n");
+               "[--generate N --gen-out OUT.bin]\n"
+               "                    [--positional rope|self-extend|dca] [--group G] "
+               "[--neighbor W]\n"
+               "                    [--chunk-size S] [--local-window w] [--no-chunk-scale]\n"
+               "                    [--rope-scaling none|linear|ntk|dynamic|yarn] "
+               "[--rope-factor F]\n"
+               "                    [--device cpu|cuda|cuda:N]\n");
 }
 
 static int parse_int(const char *flag, const char *s, int *out)
@@ -48,6 +68,53 @@ static int parse_int(const char *flag, const char *s, int *out)
     return 0;
 }
 
+static int parse_factor(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v > 0.0f) || v > 1e6f) {
+        fprintf(stderr, "recall_score: --rope-factor wants a positive number, got '%s'\n", s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_positional(const char *s, positional_t *out)
+{
+    if (!strcmp(s, "rope"))
+        *out = POSITIONAL_ROPE;
+    else if (!strcmp(s, "self-extend"))
+        *out = POSITIONAL_SELF_EXTEND;
+    else if (!strcmp(s, "dca"))
+        *out = POSITIONAL_DCA;
+    else {
+        fprintf(stderr, "recall_score: unknown --positional '%s' (rope, self-extend, dca)\n", s);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_scaling(const char *s, rope_scaling_type_t *out)
+{
+    static const struct {
+        const char *name;
+        rope_scaling_type_t t;
+    } names[] = {{"none", ROPE_SCALING_NONE},       {"linear", ROPE_SCALING_LINEAR},
+                 {"ntk", ROPE_SCALING_NTK},         {"dynamic", ROPE_SCALING_DYNAMIC},
+                 {"yarn", ROPE_SCALING_YARN}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].t;
+            return 0;
+        }
+    }
+    fprintf(stderr,
+            "recall_score: unknown --rope-scaling '%s' (none, linear, ntk, dynamic, yarn)\n", s);
+    return -1;
+}
+
 static int parse_args(int argc, char **argv, args_t *a)
 {
     memset(a, 0, sizeof *a);
@@ -56,6 +123,10 @@ static int parse_args(int argc, char **argv, args_t *a)
         int has_val = i + 1 < argc;
         if (!strcmp(f, "--no-memory")) {
             a->no_memory = 1;
+            continue;
+        }
+        if (!strcmp(f, "--no-chunk-scale")) {
+            a->no_chunk_scale = 1;
             continue;
         }
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
@@ -69,6 +140,8 @@ static int parse_args(int argc, char **argv, args_t *a)
         const char *v = argv[++i];
         if (!strcmp(f, "--model")) {
             a->model = v;
+        } else if (!strcmp(f, "--device")) {
+            a->device = v;
         } else if (!strcmp(f, "--tokens")) {
             a->tokens = v;
         } else if (!strcmp(f, "--logprobs")) {
@@ -79,6 +152,22 @@ static int parse_args(int argc, char **argv, args_t *a)
             if (parse_int(f, v, &a->window)) return -1;
         } else if (!strcmp(f, "--generate")) {
             if (parse_int(f, v, &a->generate)) return -1;
+        } else if (!strcmp(f, "--positional")) {
+            if (parse_positional(v, &a->positional)) return -1;
+        } else if (!strcmp(f, "--group")) {
+            if (parse_int(f, v, &a->group)) return -1;
+        } else if (!strcmp(f, "--neighbor")) {
+            if (parse_int(f, v, &a->neighbor)) return -1;
+        } else if (!strcmp(f, "--chunk-size")) {
+            if (parse_int(f, v, &a->chunk_size)) return -1;
+        } else if (!strcmp(f, "--local-window")) {
+            if (parse_int(f, v, &a->local_window)) return -1;
+        } else if (!strcmp(f, "--rope-scaling")) {
+            if (parse_scaling(v, &a->rope_scaling)) return -1;
+            a->rope_scaling_set = 1;
+        } else if (!strcmp(f, "--rope-factor")) {
+            if (parse_factor(v, &a->rope_factor)) return -1;
+            a->rope_factor_set = 1;
         } else if (!strcmp(f, "--mem-dtype")) {
             if (dtype_parse(v, &a->mem_dtype)) {
                 fprintf(stderr, "recall_score: unknown --mem-dtype '%s' (f32, bf16, f16)\n", v);
@@ -92,6 +181,15 @@ static int parse_args(int argc, char **argv, args_t *a)
     }
     if (!a->model || !a->tokens) {
         fprintf(stderr, "recall_score: --model and --tokens are required\n");
+        return -1;
+    }
+    /* A factor alone would silently apply to whatever scaling the config names. */
+    if (a->rope_factor_set && !a->rope_scaling_set) {
+        fprintf(stderr, "recall_score: --rope-factor needs --rope-scaling\n");
+        return -1;
+    }
+    if (a->rope_scaling_set && a->rope_scaling != ROPE_SCALING_NONE && !a->rope_factor_set) {
+        fprintf(stderr, "recall_score: --rope-scaling needs --rope-factor\n");
         return -1;
     }
     if (a->generate && !a->gen_out) {
@@ -174,6 +272,7 @@ int main(int argc, char **argv)
     int ret = 1;
     char err[512] = "";
     model_t *m = NULL;
+    model_backend_t *b = NULL;
     model_stream_t *s = NULL;
     int32_t *tok = NULL, *gen = NULL;
     float *lp = NULL, *logits = NULL;
@@ -191,6 +290,20 @@ int main(int argc, char **argv)
     o.mem_dtype_set = a.mem_dtype_set;
     o.mem_dtype = a.mem_dtype;
     o.disable_memory = a.no_memory;
+    o.positional = a.positional;
+    o.group = a.group;
+    o.neighbor = a.neighbor;
+    o.chunk_size = a.chunk_size;
+    o.local_window = a.local_window;
+    o.dca_no_scale = a.no_chunk_scale;
+    o.rope_scaling_set = a.rope_scaling_set;
+    o.rope_scaling = a.rope_scaling;
+    o.rope_factor = a.rope_scaling_set && a.rope_scaling == ROPE_SCALING_NONE ? 1.0f
+                                                                             : a.rope_factor;
+    if (a.device && (rc = model_backend_open(m, a.device, &b, err, sizeof err))) {
+        fprintf(stderr, "recall_score: %s: %s\n", rc_strerror(rc), err);
+        goto done;
+    }
     rc = model_stream_opts_resolve(m, &o, err, sizeof err);
     if (rc) {
         fprintf(stderr, "recall_score: %s: %s\n", rc_strerror(rc), err);
@@ -209,7 +322,8 @@ int main(int argc, char **argv)
     if (a.logprobs) {
         lp = malloc(n * sizeof *lp); /* [n]; the last entry is not an output */
         if (!lp) goto oom;
-        if ((rc = model_stream_create(m, &o, &s))) goto fail_rc;
+        rc = b ? model_stream_create_on(b, &o, &s) : model_stream_create(m, &o, &s);
+        if (rc) goto fail_rc;
         if (feed(s, tok, n, lp, NULL)) goto done;
         if (write_file(a.logprobs, lp, (n - 1) * sizeof *lp)) goto done;
         model_stream_destroy(&s);
@@ -218,7 +332,8 @@ int main(int argc, char **argv)
         logits = malloc((size_t)vocab * sizeof *logits); /* [vocab] */
         gen = malloc((size_t)a.generate * sizeof *gen);  /* [generate] */
         if (!logits || !gen) goto oom;
-        if ((rc = model_stream_create(m, &o, &s))) goto fail_rc;
+        rc = b ? model_stream_create_on(b, &o, &s) : model_stream_create(m, &o, &s);
+        if (rc) goto fail_rc;
         if (feed(s, tok, n, NULL, logits)) goto done;
         for (int i = 0; i < a.generate; i++) {
             gen[i] = cpu_argmax(logits, vocab);
@@ -235,6 +350,7 @@ oom:
     fprintf(stderr, "recall_score: out of memory\n");
 done:
     model_stream_destroy(&s);
+    model_backend_close(&b);
     model_destroy(&m);
     free(tok);
     free(gen);

@@ -43,7 +43,9 @@ class RefError(Exception):
 # ---------------------------------------------------------------------------------------
 # Checkpoint reading: config.json and safetensors, parsed here with numpy.
 
-def load_config(model_dir):
+def load_config(model_dir, allow_rope_scaling=False):
+    """allow_rope_scaling: the caller (positional_ref.py) reads and applies rope_scaling
+    itself; this module alone implements plain RoPE and refuses it."""
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path) as f:
@@ -65,7 +67,7 @@ def load_config(model_dir):
     c["mem_layers"] = sorted(int(x) for x in (raw.get("mem_layers") or []))
     c["mem_dtype"] = MEM_DTYPES[str(raw.get("mem_dtype", "bfloat16")).replace("torch.", "")]
     c["last_context_length"] = int(raw.get("last_context_length", 1024))
-    if raw.get("rope_scaling"):
+    if raw.get("rope_scaling") and not allow_rope_scaling:
         raise RefError("rope_scaling is not implemented in the reference")
     if raw.get("mem_positionals", True) is False:
         raise RefError("mem_positionals=false is not implemented in the reference")
@@ -125,8 +127,8 @@ def load_tensors(model_dir):
 # The model.
 
 class Model:
-    def __init__(self, model_dir, f64=False):
-        self.cfg = load_config(model_dir)
+    def __init__(self, model_dir, f64=False, allow_rope_scaling=False):
+        self.cfg = load_config(model_dir, allow_rope_scaling)
         self.dt = torch.float64 if f64 else torch.float32
         t = load_tensors(model_dir)
         c = self.cfg
