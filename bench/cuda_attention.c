@@ -3,11 +3,16 @@
  *   <name> <median ms> <TFLOP/s>
  * bench/sdpa_attention.py prints the same names for PyTorch's scaled_dot_product_attention;
  * scripts/gpu_run.sh joins the two into ratios. Timing: 3 warm-up runs, then the median of
- * 20 runs, each between CUDA events. */
+ * 20 runs, each between CUDA events.
+ *
+ * Both kernels are timed: cuda_attention (the plain FMA kernel) as <name>, and
+ * cuda_attention_fast (the tensor-core kernel, attention_mma.cu) as <name>_mma; sdpa prints
+ * its numbers under both names. An argument "plain" or "mma" times only that kernel. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/dtype.h"
 #include "kernels/cuda.h"
@@ -23,7 +28,15 @@ static const shape_t shapes[] = {
     {"prefill_d128_2048", 2048, 2048, 0, 32, 32, 128, 0},
     {"decode_d100_k2048", 1, 2048, 2047, 32, 32, 100, 0},
     {"prefill_d100_2048_mem8192", 2048, 2048, 0, 32, 32, 100, 8192},
+    {"prefill_d64_2048", 2048, 2048, 0, 32, 32, 64, 0},
+    {"prefill_d100_16384", 16384, 16384, 0, 32, 32, 100, 0},
+    {"prefill_d128_16384", 16384, 16384, 0, 32, 32, 128, 0},
+    {"chunk_d100_q512_k2048_mem8192", 512, 2048, 1536, 32, 32, 100, 8192},
+    {"decode_d100_k2048_mem16384", 1, 2048, 2047, 32, 32, 100, 16384},
 };
+
+typedef rc_t (*ws_fn)(const cuda_attn_args_t *, size_t *);
+typedef rc_t (*attn_fn)(const cuda_attn_args_t *, void *);
 
 static int cmp_float(const void *a, const void *b)
 {
@@ -57,8 +70,9 @@ static void *rand_bf16_dev(size_t n)
         }                                                                                      \
     } while (0)
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const char *only = argc > 1 ? argv[1] : "";
     int n_dev = 0;
     if (cuda_device_count(&n_dev) || !n_dev) {
         printf("skipped: no GPU\n");
@@ -84,26 +98,35 @@ int main(void)
             a.mem_v = rand_bf16_dev(nm);
         }
         CK(cuda_alloc(&a.out, nq * 2));
-        CK(cuda_attention_workspace(&a, &a.workspace_bytes));
-        CK(cuda_alloc(&a.workspace, a.workspace_bytes));
-        for (int i = 0; i < 3; i++) CK(cuda_attention(&a, NULL));
-        CK(cuda_stream_sync(NULL));
-        float ms[20];
-        for (int i = 0; i < 20; i++) {
-            CK(cudaEventRecord(e0, 0) != cudaSuccess);
-            CK(cuda_attention(&a, NULL));
-            CK(cudaEventRecord(e1, 0) != cudaSuccess);
-            CK(cudaEventSynchronize(e1) != cudaSuccess);
-            CK(cudaEventElapsedTime(&ms[i], e0, e1) != cudaSuccess);
+        for (int kern = 0; kern < 2; kern++) {
+            if ((kern == 0 && !strcmp(only, "mma")) || (kern == 1 && !strcmp(only, "plain")))
+                continue;
+            const ws_fn ws = kern ? cuda_attention_fast_workspace : cuda_attention_workspace;
+            const attn_fn run = kern ? cuda_attention_fast : cuda_attention;
+            CK(ws(&a, &a.workspace_bytes));
+            CK(cuda_alloc(&a.workspace, a.workspace_bytes));
+            for (int i = 0; i < 3; i++) CK(run(&a, NULL));
+            CK(cuda_stream_sync(NULL));
+            float ms[20];
+            for (int i = 0; i < 20; i++) {
+                CK(cudaEventRecord(e0, 0) != cudaSuccess);
+                CK(run(&a, NULL));
+                CK(cudaEventRecord(e1, 0) != cudaSuccess);
+                CK(cudaEventSynchronize(e1) != cudaSuccess);
+                CK(cudaEventElapsedTime(&ms[i], e0, e1) != cudaSuccess);
+            }
+            CK(cuda_stream_sync(NULL));
+            cuda_free(&a.workspace);
+            qsort(ms, 20, sizeof(float), cmp_float);
+            const float med = (ms[9] + ms[10]) / 2;
+            /* Score and value products over the keys each query sees: 4 · d flops a pair. */
+            double pairs = 0;
+            for (int i = 0; i < s->n_q; i++) pairs += (double)s->n_mem + s->q_offset + i + 1;
+            const double flops = 4.0 * pairs * s->head_dim * s->n_heads;
+            printf("%s%s %.4f %.2f\n", s->name, kern ? "_mma" : "", med,
+                   flops / (med * 1e-3) / 1e12);
+            fflush(stdout);
         }
-        CK(cuda_stream_sync(NULL));
-        qsort(ms, 20, sizeof(float), cmp_float);
-        const float med = (ms[9] + ms[10]) / 2;
-        /* Score and value products over the keys each query sees: 4 · d flops per pair. */
-        double pairs = 0;
-        for (int i = 0; i < s->n_q; i++) pairs += (double)s->n_mem + s->q_offset + i + 1;
-        const double flops = 4.0 * pairs * s->head_dim * s->n_heads;
-        printf("%s %.4f %.2f\n", s->name, med, flops / (med * 1e-3) / 1e12);
         void *p;
         p = (void *)a.q; cuda_free(&p);
         p = (void *)a.k; cuda_free(&p);
@@ -111,7 +134,6 @@ int main(void)
         p = (void *)a.mem_k; cuda_free(&p);
         p = (void *)a.mem_v; cuda_free(&p);
         cuda_free(&a.out);
-        cuda_free(&a.workspace);
     }
     return 0;
 }

@@ -4,7 +4,11 @@ bench/cuda_attention.c (bf16, random data), printing `<name> <median ms> <TFLOP/
 Causal local attention uses is_causal=True (PyTorch picks its flash or memory-efficient
 kernel); with memory keys, memory and local keys are concatenated and a boolean mask does
 the causal part, which is how the FoT reference computes it. Timing: triton's do_bench
-(CUDA events, median) when present, else a CUDA-event loop."""
+(CUDA events, median) when present, else a CUDA-event loop.
+
+Each line is printed twice, as <name> and <name>_mma: bench/cuda_attention.c times the plain
+kernel as <name> and the tensor-core kernel as <name>_mma, and scripts/gpu_run.sh joins lines
+by name, so both get the same baseline."""
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +18,11 @@ SHAPES = [
     ("prefill_d128_2048", 2048, 2048, 0, 32, 32, 128, 0),
     ("decode_d100_k2048", 1, 2048, 2047, 32, 32, 100, 0),
     ("prefill_d100_2048_mem8192", 2048, 2048, 0, 32, 32, 100, 8192),
+    ("prefill_d64_2048", 2048, 2048, 0, 32, 32, 64, 0),
+    ("prefill_d100_16384", 16384, 16384, 0, 32, 32, 100, 0),
+    ("prefill_d128_16384", 16384, 16384, 0, 32, 32, 128, 0),
+    ("chunk_d100_q512_k2048_mem8192", 512, 2048, 1536, 32, 32, 100, 8192),
+    ("decode_d100_k2048_mem16384", 1, 2048, 2047, 32, 32, 100, 16384),
 ]
 
 
@@ -55,7 +64,9 @@ def main():
             fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         ms = bench(fn)
         pairs = sum(n_mem + off + i + 1 for i in range(n_q))
-        print(f"{name} {ms:.4f} {4.0 * pairs * d * h / (ms * 1e-3) / 1e12:.2f}", flush=True)
+        tflops = 4.0 * pairs * d * h / (ms * 1e-3) / 1e12
+        for suffix in ("", "_mma"):
+            print(f"{name}{suffix} {ms:.4f} {tflops:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,24 @@ typedef struct cuda_attn_args {
 rc_t cuda_attention_workspace(const cuda_attn_args_t *a, size_t *bytes);
 rc_t cuda_attention(const cuda_attn_args_t *a, void *stream);
 
+/* The tensor-core attention (kernels/cuda/attention_mma.cu): same arguments, same result as
+ * cuda_attention up to bf16 rounding, many times faster on prefill. A drop-in replacement:
+ * switch both calls together,
+ *     cuda_attention_workspace -> cuda_attention_fast_workspace
+ *     cuda_attention           -> cuda_attention_fast
+ * It takes the mma path (mma.sync bf16, sm_80 and later) when dtype is BF16 and q, k, v (and
+ * bf16 memory) are 16-byte aligned for head_dim 64/128, 8-byte for 100 (fp32 memory:
+ * 16-byte); cudaMalloc'd buffers and whole-row offsets into them always are. Otherwise
+ * (F32 activations, an older GPU, a misaligned view) it calls cuda_attention, with the same
+ * workspace. Differences from cuda_attention on the mma path: the probabilities are rounded
+ * to bf16 before the value product and fp32 memory rows are rounded to bf16 as they are
+ * read, each 2^-9 relative per element, of the order of the bf16 output's own rounding
+ * (tests/test_cuda_attention_mma.c bounds the whole at 5e-3 normalized error). The
+ * workspace works as cuda_attention's does: optional, any size, bigger allows more splits
+ * of the key range (decode, long memories); size it with cuda_attention_fast_workspace. */
+rc_t cuda_attention_fast_workspace(const cuda_attn_args_t *a, size_t *bytes);
+rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream);
+
 /* cpu_log_softmax: out[t, :] = logits[t, :] - logsumexp(logits[t, :]) (normalizer summed
  * in double).  out, logits [n_tok, vocab] fp32; out may equal logits. */
 rc_t cuda_log_softmax(float *out, const float *logits, int n_tok, int vocab, void *stream);
@@ -153,6 +171,26 @@ rc_t cuda_log_softmax(float *out, const float *logits, int n_tok, int vocab, voi
 /* cpu_argmax per row: out[t] = index of the largest logits[t, :], the first one on ties.
  * out [n_tok] int32 on the device; logits [n_tok, vocab] fp32. */
 rc_t cuda_argmax(int32_t *out, const float *logits, int n_tok, int vocab, void *stream);
+
+/* ---- model backend helpers (model/backend_cuda.c) ------------------------------------ */
+
+/* Makes `device` current on the calling thread (a stream may be driven from any thread). */
+rc_t cuda_set_device(int device);
+
+/* Page-locked host memory (cudaMallocHost): copies from it run at full bus speed. The caller
+ * owns it until cuda_host_free, which is NULL-safe and nulls *p. */
+rc_t cuda_host_alloc(void **p, size_t bytes);
+void cuda_host_free(void **p);
+
+/* Device memory in use (total − free, all processes) and the device's total, in bytes, of
+ * the current device. */
+rc_t cuda_memory_used(size_t *used, size_t *total);
+
+/* Score's gather: out[t] = log_softmax(logits[t, :])[targets[t]] (normalizer summed in
+ * double, as the CPU backend does), NaN where targets[t] is outside [0, vocab).
+ * out [n_tok] fp32; logits [n_tok, vocab] fp32; targets [n_tok] int32; all on the device. */
+rc_t cuda_logprob_gather(float *out, const float *logits, const int32_t *targets, int n_tok,
+                         int vocab, void *stream);
 
 #ifdef __cplusplus
 }

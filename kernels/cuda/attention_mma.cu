@@ -1,0 +1,582 @@
+/* attention_mma.cu — tensor-core flash attention with FoT memory keys (cpu_attention's
+ * semantics) for bf16 activations: cuda_attention_fast in kernels/cuda.h.
+ *
+ * Same virtual key sequence as attention.cu: the n_mem memory rows (unrotated, seen by every
+ * query) followed by the n_k local keys (causal: query i sees local keys 0 .. q_offset + i),
+ * one softmax over all of it, scores clamped below at −1e6. What changes is the arithmetic:
+ * FlashAttention-2 on mma.sync.m16n8k16 (bf16 operands, fp32 accumulators), which sm_80 and
+ * later run, Hopper included.
+ *
+ * A block of 4 warps takes MBQ = 64 queries of one head; warp w owns rows 16w .. 16w+15 and
+ * keeps their Q fragments in registers for the whole key walk. Keys and values come in tiles
+ * of MBK = 64 rows, staged in shared memory by cp.async into two buffers (tile j+1 loads
+ * while tile j is computed). Per tile each warp computes S = Q·Kᵀ (16×64, fp32), applies the
+ * scale, clamp and mask, updates the running row maximum and sum (online softmax, in the
+ * log2 domain so that exp is one ex2), rounds P to bf16 (FA-2: the S accumulator layout is
+ * the A-operand layout of the next product, no shuffle) and accumulates O += P·V.
+ *
+ * Head dims: 64 and 128 as they are; 100 is padded to DP = 112 (a multiple of the k step 16)
+ * with zero columns in shared memory, written once and never overwritten, which changes no
+ * dot product. Global rows of 100 bf16 are 200 bytes, 8-byte aligned only, so d100 copies 8
+ * bytes per cp.async (16 for d64/d128).
+ *
+ * Memory rows in fp32 are converted to bf16 while staged (plain loads, not cp.async): the
+ * tensor cores take bf16. That rounding (2^-9 relative per element) is of the order of the
+ * bf16 output's own rounding; tests/test_cuda_attention_mma.c measures it.
+ *
+ * Splitting: with a workspace the virtual key range is cut into n_split pieces (blockIdx.z);
+ * each block writes its partial output normalized by its own sum plus its log2-sum-exp, and
+ * mma_merge_kernel combines them per row, as attention.cu does. Few queries (decode) or
+ * long memories then still fill the GPU.
+ *
+ * Shared memory per block: (MBQ + 4·MBK) rows of DP + 8 bf16 (the 8-element pad puts the 8
+ * rows of each ldmatrix phase on distinct banks: the row stride in 16-byte units, DP/8 + 1,
+ * is odd for DP = 64, 112, 128): 46 KB (d64), 77 KB (d100), 87 KB (d128). Two blocks fit
+ * an SM. */
+#include "kernels/cuda/common.cuh"
+
+namespace {
+
+constexpr int MWARPS = 4;
+constexpr int MTHREADS = MWARPS * 32;
+constexpr int MBQ = MWARPS * 16; /* queries per block: 16 per warp (the mma's M) */
+constexpr int MBK = 64;          /* keys per tile */
+constexpr int M_MAX_SPLITS = 128;
+constexpr int M_MIN_TILES_PER_SPLIT = 4; /* 256 keys: below that the merge costs more */
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <int D>
+struct mcfg {
+    static constexpr int DP = (D + 15) / 16 * 16;      /* padded head dim */
+    static constexpr int LD = DP + 8;                  /* shared row stride, elements */
+    static constexpr int E = D % 8 == 0 ? 8 : 4;       /* elements per copy: 16 or 8 bytes */
+    static constexpr int CPR = D / E;                  /* copies per row */
+    static constexpr int TILE = MBK * LD;              /* elements of one K or V buffer */
+    static constexpr int ROWS = MBQ + 4 * MBK;         /* q, 2 K buffers, 2 V buffers */
+    static constexpr size_t SMEM = (size_t)ROWS * LD * sizeof(bf16_t);
+    static_assert(D % E == 0 && DP % 16 == 0 && (DP / 8) % 2 == 0, "head_dim layout");
+};
+
+struct mma_params {
+    int n_q, n_k, n_heads, group, n_kv, q_offset;
+    long long n_mem;
+    long long keys_per_split; /* multiple of MBK */
+    const bf16_t *q;          /* [n_q, n_heads, D] */
+    const bf16_t *k, *v;      /* [n_k, n_kv, D] */
+    const void *mk, *mv;      /* [n_mem, n_kv, D] bf16 or fp32 */
+    bf16_t *out;              /* [n_q, n_heads, D], when part_o == NULL */
+    float *part_o;            /* [n_split, n_q, n_heads, D] */
+    float *part_lse;          /* [n_split, n_q, n_heads], log2 domain */
+    float scale_log2;         /* scale · log2(e) */
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* Copies BYTES from global to shared, or writes zeros there when !valid (src-size 0: no
+ * global read happens, src need only be a valid address). */
+template <int BYTES>
+__device__ __forceinline__ void cp_async(uint32_t dst, const void *src, bool valid)
+{
+    const int n = valid ? BYTES : 0;
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                     "r"(n));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src),
+                     "r"(n));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                        uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2,
+                                          uint32_t &r3, uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+/* c += a · b, m16n8k16, bf16 in, fp32 accumulate. */
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo → low half: the lower column */
+    return *(uint32_t *)&v;
+}
+
+/* One copy of E elements of a K or V row into shared memory. bf16 sources go through
+ * cp.async; fp32 sources (memory rows only) are loaded, rounded and stored here. */
+template <int E>
+__device__ __forceinline__ void stage(bf16_t *dst, const bf16_t *src, const bf16_t *any, bool ok)
+{
+    cp_async<E * 2>(smem_u32(dst), ok ? src : any, ok);
+}
+
+template <int E>
+__device__ __forceinline__ void stage(bf16_t *dst, const float *src, const bf16_t *, bool ok)
+{
+    if constexpr (E == 8) {
+        uint4 w = make_uint4(0, 0, 0, 0);
+        if (ok) {
+            const float4 a = *(const float4 *)src, b = *(const float4 *)(src + 4);
+            w = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
+                           pack_bf16(b.z, b.w));
+        }
+        *(uint4 *)dst = w;
+    } else {
+        uint2 w = make_uint2(0, 0);
+        if (ok) {
+            const float4 a = *(const float4 *)src;
+            w = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+        }
+        *(uint2 *)dst = w;
+    }
+}
+
+/* Stages virtual keys t0 .. t0 + MBK − 1 of kv head kh (keys ≥ kend as zeros: a masked
+ * key's value must be finite, since its probability 0 still multiplies it). */
+template <int D, typename M>
+__device__ __forceinline__ void load_kv(bf16_t *ks, bf16_t *vs, const mma_params &p,
+                                        long long t0, long long kend, int kh, int tid)
+{
+    using C = mcfg<D>;
+    const M *mk = (const M *)p.mk, *mv = (const M *)p.mv;
+#pragma unroll 4
+    for (int c = tid; c < MBK * C::CPR; c += MTHREADS) {
+        const int r = c / C::CPR, col = (c % C::CPR) * C::E;
+        const long long vk = t0 + r;
+        bf16_t *kd = ks + r * C::LD + col, *vd = vs + r * C::LD + col;
+        if (vk < kend && vk < p.n_mem) {
+            const size_t off = ((size_t)vk * p.n_kv + kh) * D + col;
+            stage<C::E>(kd, mk + off, p.k, true);
+            stage<C::E>(vd, mv + off, p.k, true);
+        } else {
+            const bool ok = vk < kend;
+            const size_t off = ok ? ((size_t)(vk - p.n_mem) * p.n_kv + kh) * D + col : 0;
+            stage<C::E>(kd, p.k + off, p.k, ok);
+            stage<C::E>(vd, p.v + off, p.k, ok);
+        }
+    }
+}
+
+template <int D, typename M>
+__global__ void __launch_bounds__(MTHREADS, 2) mma_attn_kernel(mma_params p)
+{
+    using C = mcfg<D>;
+    constexpr int DP = C::DP, LD = C::LD;
+    constexpr int KSTEPS = DP / 16; /* k steps of Q·Kᵀ */
+    constexpr int NT_S = MBK / 8;   /* 8-key column tiles of S */
+    constexpr int NT_O = DP / 8;    /* 8-dim column tiles of O */
+    constexpr float CLAMP2 = -1e6f * LOG2E;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16_t *q_s = (bf16_t *)smem_raw;  /* [MBQ][LD] */
+    bf16_t *k_s = q_s + MBQ * LD;      /* [2][MBK][LD] */
+    bf16_t *v_s = k_s + 2 * C::TILE;   /* [2][MBK][LD] */
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3; /* the mma fragments' row group and column pair */
+    /* Causal blocks of later queries walk more keys: launch them first. */
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * MBQ, h = blockIdx.y, split = blockIdx.z;
+    const int kh = h / p.group;
+
+    /* The pad columns D .. DP − 1 of every row: zero, and cp.async never writes them. */
+    if constexpr (DP > D) {
+        unsigned short *raw = (unsigned short *)smem_raw;
+        for (int e = tid; e < C::ROWS * (DP - D); e += MTHREADS)
+            raw[(e / (DP - D)) * LD + D + e % (DP - D)] = 0;
+    }
+
+    for (int c = tid; c < MBQ * C::CPR; c += MTHREADS) {
+        const int r = c / C::CPR, col = (c % C::CPR) * C::E, i = q0 + r;
+        const bool ok = i < p.n_q;
+        cp_async<C::E * 2>(smem_u32(q_s + r * LD + col),
+                           ok ? p.q + ((size_t)i * p.n_heads + h) * D + col : p.q, ok);
+    }
+
+    /* This split's keys, cut at the last key any of the block's queries can see. */
+    const long long total = p.n_mem + p.n_k;
+    const long long kbeg = (long long)split * p.keys_per_split;
+    const int q_last = min(q0 + MBQ, p.n_q) - 1;
+    const long long vis = p.n_mem + p.q_offset; /* query i sees virtual keys < vis + i + 1 */
+    const long long kend = min(min(total, kbeg + p.keys_per_split), vis + q_last + 1);
+    const int n_tiles = kend > kbeg ? (int)((kend - kbeg + MBK - 1) / MBK) : 0;
+    if (n_tiles > 0) load_kv<D, M>(k_s, v_s, p, kbeg, kend, kh, tid);
+    cp_async_commit(); /* group: Q and tile 0 */
+
+    const int w0 = q0 + warp * 16; /* the warp's first query */
+    const bool warp_active = w0 < p.n_q;
+    /* Keys every row of the warp sees (no mask below this), and keys none sees (≥ this). */
+    const long long warp_full = min(kend, vis + w0 + 1);
+    const long long warp_end = min(kend, vis + min(w0 + 15, p.n_q - 1) + 1);
+    /* This thread's rows w0 + g and w0 + g + 8: keys < lim are visible. */
+    const long long lim0 = min(kend, vis + w0 + g + 1), lim1 = min(kend, vis + w0 + g + 9);
+
+    uint32_t qf[KSTEPS][4];
+    float o[NT_O][4];
+#pragma unroll
+    for (int n = 0; n < NT_O; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY; /* running maxima, log2 domain */
+    float l0 = 0.0f, l1 = 0.0f;           /* this thread's share of the running sums */
+
+    for (int j = 0; j < n_tiles; j++) {
+        const long long t0 = kbeg + (long long)j * MBK;
+        const int buf = j & 1;
+        if (j + 1 < n_tiles) {
+            /* Buffer buf ^ 1 was last read in iteration j − 1, before its closing barrier. */
+            load_kv<D, M>(k_s + (buf ^ 1) * C::TILE, v_s + (buf ^ 1) * C::TILE, p, t0 + MBK,
+                          kend, kh, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+
+        if (warp_active && j == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+                const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                const int col = kk * 16 + (lane >> 4) * 8;
+                ldsm_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], smem_u32(q_s + row * LD + col));
+            }
+        }
+
+        if (warp_active && t0 < warp_end) {
+            const bf16_t *kb = k_s + buf * C::TILE, *vb = v_s + buf * C::TILE;
+            float s[NT_S][4];
+#pragma unroll
+            for (int n = 0; n < NT_S; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+                for (int np = 0; np < NT_S / 2; np++) {
+                    /* matrices: keys 16np + 0..7 / 8..15 × dims 16kk + 0..7 / 8..15 */
+                    const int key = np * 16 + (lane & 7) + (lane >> 4) * 8;
+                    const int col = kk * 16 + ((lane >> 3) & 1) * 8;
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4(b0, b1, b2, b3, smem_u32(kb + key * LD + col));
+                    mma_bf16(s[2 * np], qf[kk], b0, b1);
+                    mma_bf16(s[2 * np + 1], qf[kk], b2, b3);
+                }
+            }
+
+            /* Scale, clamp, mask; the tile's row maxima. */
+            const bool masked = t0 + MBK > warp_full;
+            const int r0 = (int)max(min(lim0 - t0, (long long)MBK), -1LL);
+            const int r1 = (int)max(min(lim1 - t0, (long long)MBK), -1LL);
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < NT_S; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = fmaxf(s[n][e] * p.scale_log2, CLAMP2);
+                    const int col = n * 8 + 2 * t4 + (e & 1);
+                    if (masked && col >= (e < 2 ? r0 : r1)) x = -INFINITY;
+                    s[n][e] = x;
+                }
+                mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+            /* A row that has seen nothing yet keeps p = 0 (exp2(−inf − 0)). */
+            const float mu0 = mn0 == -INFINITY ? 0.0f : mn0;
+            const float mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+            const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1); /* 0 when m was −inf */
+            m0 = mn0;
+            m1 = mn1;
+            float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NT_S; n++) {
+                s[n][0] = exp2f(s[n][0] - mu0);
+                s[n][1] = exp2f(s[n][1] - mu0);
+                s[n][2] = exp2f(s[n][2] - mu1);
+                s[n][3] = exp2f(s[n][3] - mu1);
+                ps0 += s[n][0] + s[n][1];
+                ps1 += s[n][2] + s[n][3];
+            }
+            l0 = l0 * a0 + ps0;
+            l1 = l1 * a1 + ps1;
+#pragma unroll
+            for (int n = 0; n < NT_O; n++) {
+                o[n][0] *= a0;
+                o[n][1] *= a0;
+                o[n][2] *= a1;
+                o[n][3] *= a1;
+            }
+
+            /* O += P·V: S's accumulator layout is P's A-operand layout. */
+#pragma unroll
+            for (int kk = 0; kk < MBK / 16; kk++) {
+                uint32_t pa[4];
+                pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int np = 0; np < NT_O / 2; np++) {
+                    /* matrices: keys 16kk + 0..7 / 8..15 × dims 16np + 0..7 / 8..15 */
+                    const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                    const int col = np * 16 + (lane >> 4) * 8;
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4_t(b0, b1, b2, b3, smem_u32(vb + key * LD + col));
+                    mma_bf16(o[2 * np], pa, b0, b1);
+                    mma_bf16(o[2 * np + 1], pa, b2, b3);
+                }
+            }
+        }
+        __syncthreads(); /* everyone is done with buffer buf before it is refilled */
+    }
+    cp_async_wait<0>(); /* with no tile, the Q copies are still in flight */
+
+    if (!warp_active) return;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int i = w0 + g + half * 8;
+        if (i >= p.n_q) continue;
+        const float l = half ? l1 : l0, m = half ? m1 : m0;
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const size_t qh = (size_t)i * p.n_heads + h;
+        if (p.part_o) {
+            const size_t sq = (size_t)split * p.n_q * p.n_heads + qh;
+            float *po = p.part_o + sq * D;
+#pragma unroll
+            for (int n = 0; n < NT_O; n++) {
+                const int col = n * 8 + 2 * t4;
+                if (col < D)
+                    *(float2 *)(po + col) =
+                        make_float2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+            }
+            if (t4 == 0) p.part_lse[sq] = l > 0.0f ? m + log2f(l) : -INFINITY;
+        } else {
+            bf16_t *out = p.out + qh * D;
+#pragma unroll
+            for (int n = 0; n < NT_O; n++) {
+                const int col = n * 8 + 2 * t4;
+                if (col < D)
+                    *(__nv_bfloat162 *)(out + col) =
+                        __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+            }
+        }
+    }
+}
+
+/* One block per (query, head): out = Σ_s 2^(lse_s − max) · o_s / Σ_s 2^(lse_s − max). Every
+ * split wrote every row (zeros with lse −inf where it saw no key), so no NaN can leak in. */
+template <int D>
+__global__ void mma_merge_kernel(bf16_t *out, const float *part_o, const float *part_lse,
+                                 int n_split, int n_q, int n_heads)
+{
+    const size_t qh = (size_t)blockIdx.x * n_heads + blockIdx.y;
+    const size_t stride = (size_t)n_q * n_heads;
+    float mx = -INFINITY;
+    for (int s = 0; s < n_split; s++) mx = fmaxf(mx, part_lse[s * stride + qh]);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.0f, w = 0.0f;
+        if (mx != -INFINITY) {
+            for (int s = 0; s < n_split; s++) {
+                const float ws = exp2f(part_lse[s * stride + qh] - mx);
+                o += ws * part_o[(s * stride + qh) * D + d];
+                w += ws;
+            }
+        }
+        out[qh * D + d] = __float2bfloat16_rn(w > 0.0f ? o / w : 0.0f);
+    }
+}
+
+template <int D, typename M>
+rc_t mma_launch(const mma_params &p, int n_split, cudaStream_t s)
+{
+    using C = mcfg<D>;
+    auto kernel = mma_attn_kernel<D, M>;
+    /* Past 48 KB a block's dynamic shared memory must be asked for, once per device. The
+     * mask is only a cache: a race sets the attribute twice, which is harmless. */
+    static unsigned long long raised = 0;
+    int dev = 0;
+    CU_TRY(cudaGetDevice(&dev));
+    const unsigned long long bit = dev < 64 ? 1ull << dev : 0;
+    if (!bit || !(__atomic_load_n(&raised, __ATOMIC_RELAXED) & bit)) {
+        CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)C::SMEM));
+        __atomic_fetch_or(&raised, bit, __ATOMIC_RELAXED);
+    }
+    dim3 grid((p.n_q + MBQ - 1) / MBQ, p.n_heads, n_split);
+    kernel<<<grid, MTHREADS, C::SMEM, s>>>(p);
+    CU_LAUNCHED();
+    if (p.part_o) {
+        mma_merge_kernel<D><<<dim3(p.n_q, p.n_heads), 128, 0, s>>>(p.out, p.part_o, p.part_lse,
+                                                                   n_split, p.n_q, p.n_heads);
+        CU_LAUNCHED();
+    }
+    return RC_OK;
+}
+
+template <int D>
+rc_t mma_dispatch(const mma_params &p, dtype_t mt, int n_split, cudaStream_t s)
+{
+    return mt == DTYPE_F32 ? mma_launch<D, float>(p, n_split, s)
+                           : mma_launch<D, bf16_t>(p, n_split, s);
+}
+
+/* The same argument rules as cuda_attention (attention.cu's attn_check). */
+rc_t mma_check(const cuda_attn_args_t *a)
+{
+    if (!a) return RC_ERR_INVALID;
+    if (a->n_q < 0 || a->n_k < 1 || a->n_heads <= 0 || a->n_kv_heads <= 0 ||
+        a->n_heads % a->n_kv_heads || a->n_heads > 65535 || a->q_offset < 0 ||
+        (long long)a->q_offset + a->n_q > a->n_k || !(a->scale == a->scale))
+        return RC_ERR_INVALID;
+    if (a->head_dim != 64 && a->head_dim != 100 && a->head_dim != 128) {
+        log_error("cuda: attention for head_dim %d is not built (64, 100, 128 are)", a->head_dim);
+        return RC_ERR_UNSUPPORTED;
+    }
+    if (a->n_mem && a->mem_dtype != DTYPE_F32 && a->mem_dtype != DTYPE_BF16)
+        return RC_ERR_UNSUPPORTED;
+    return RC_OK;
+}
+
+/* Whether the shapes and the device take the tensor-core path (pointers aside). */
+rc_t mma_eligible(const cuda_attn_args_t *a, bool *yes)
+{
+    *yes = false;
+    if (a->dtype != DTYPE_BF16) return RC_OK;
+    int dev = 0, major = 0;
+    CU_TRY(cudaGetDevice(&dev));
+    CU_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    *yes = major >= 8;
+    return RC_OK;
+}
+
+/* cp.async copies 16 (d64, d128) or 8 (d100) bytes and fp32 memory is read as float4:
+ * buffers not aligned to that (a view into a larger buffer, say) take the plain kernel. */
+bool mma_aligned(const cuda_attn_args_t *a)
+{
+    const uintptr_t al = a->head_dim % 8 == 0 ? 16 : 8;
+    const uintptr_t mal = a->mem_dtype == DTYPE_F32 ? 16 : al;
+    bool ok = (uintptr_t)a->q % al == 0 && (uintptr_t)a->k % al == 0 &&
+              (uintptr_t)a->v % al == 0 && (uintptr_t)a->out % 4 == 0;
+    if (a->n_mem) ok = ok && (uintptr_t)a->mem_k % mal == 0 && (uintptr_t)a->mem_v % mal == 0;
+    return ok;
+}
+
+size_t mma_split_bytes(const cuda_attn_args_t *a, int n_split)
+{
+    return (size_t)n_split * a->n_q * a->n_heads * (a->head_dim + 1) * sizeof(float);
+}
+
+/* Splits enough for about two waves of blocks (two blocks fit an SM), each split at
+ * least M_MIN_TILES_PER_SPLIT tiles. */
+rc_t mma_plan(const cuda_attn_args_t *a, int *n_split)
+{
+    int dev = 0, sm = 0;
+    CU_TRY(cudaGetDevice(&dev));
+    CU_TRY(cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, dev));
+    const long long base = (long long)((a->n_q + MBQ - 1) / MBQ) * a->n_heads;
+    const long long tiles = ((long long)a->n_mem + a->n_k + MBK - 1) / MBK;
+    long long want = (4LL * sm + base - 1) / base;
+    want = min(want, tiles / M_MIN_TILES_PER_SPLIT);
+    want = min(want, (long long)M_MAX_SPLITS);
+    *n_split = want < 2 ? 1 : (int)want;
+    return RC_OK;
+}
+
+} // namespace
+
+extern "C" rc_t cuda_attention_fast_workspace(const cuda_attn_args_t *a, size_t *bytes)
+{
+    if (!bytes) return RC_ERR_INVALID;
+    *bytes = 0;
+    rc_t rc = mma_check(a);
+    if (rc) return rc;
+    bool fast = false;
+    if ((rc = mma_eligible(a, &fast))) return rc;
+    if (!fast) return cuda_attention_workspace(a, bytes);
+    if (!a->n_q) return RC_OK;
+    int n_split = 1;
+    if ((rc = mma_plan(a, &n_split))) return rc;
+    *bytes = n_split > 1 ? mma_split_bytes(a, n_split) : 0;
+    return RC_OK;
+}
+
+extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
+{
+    rc_t rc = mma_check(a);
+    if (rc) return rc;
+    bool fast = false;
+    if ((rc = mma_eligible(a, &fast))) return rc;
+    if (!fast || !mma_aligned(a)) return cuda_attention(a, stream);
+    if (!a->q || !a->k || !a->v || !a->out || (a->n_mem && (!a->mem_k || !a->mem_v)))
+        return a->n_q ? RC_ERR_INVALID : RC_OK;
+    if (!a->n_q) return RC_OK;
+    int n_split = 1;
+    if ((rc = mma_plan(a, &n_split))) return rc;
+    if (n_split > 1) { /* as many splits as the workspace holds */
+        const size_t per = mma_split_bytes(a, 1);
+        const size_t fit = a->workspace ? a->workspace_bytes / per : 0;
+        if ((size_t)n_split > fit) n_split = fit < 2 ? 1 : (int)fit;
+    }
+    const long long total = (long long)a->n_mem + a->n_k;
+    const long long tiles = (total + MBK - 1) / MBK;
+    mma_params p;
+    p.n_q = a->n_q;
+    p.n_k = a->n_k;
+    p.n_heads = a->n_heads;
+    p.group = a->n_heads / a->n_kv_heads;
+    p.n_kv = a->n_kv_heads;
+    p.q_offset = a->q_offset;
+    p.n_mem = (long long)a->n_mem;
+    p.keys_per_split = (tiles + n_split - 1) / n_split * MBK;
+    n_split = (int)((total + p.keys_per_split - 1) / p.keys_per_split);
+    p.q = (const bf16_t *)a->q;
+    p.k = (const bf16_t *)a->k;
+    p.v = (const bf16_t *)a->v;
+    p.mk = a->mem_k;
+    p.mv = a->mem_v;
+    p.out = (bf16_t *)a->out;
+    p.part_o = NULL;
+    p.part_lse = NULL;
+    if (n_split > 1) {
+        p.part_o = (float *)a->workspace;
+        p.part_lse = p.part_o + (size_t)n_split * a->n_q * a->n_heads * a->head_dim;
+    }
+    p.scale_log2 = a->scale * LOG2E;
+    const dtype_t mt = a->n_mem ? a->mem_dtype : DTYPE_BF16;
+    cudaStream_t s = CU_STREAM(stream);
+    switch (a->head_dim) {
+    case 64: return mma_dispatch<64>(p, mt, n_split, s);
+    case 100: return mma_dispatch<100>(p, mt, n_split, s);
+    default: return mma_dispatch<128>(p, mt, n_split, s);
+    }
+}
