@@ -147,6 +147,9 @@ typedef enum opt_id {
     O_K,
     O_LAST_CONTEXT,
     O_MEM_DTYPE,
+    O_ROPE_SCALING,
+    O_ROPE_FACTOR,
+    O_NO_CHUNK_SCALE,
     O_CHUNK_BYTES,
     O_MAX_TOKENS,
     O_TEMPERATURE,
@@ -181,6 +184,9 @@ static const opt_spec opt_specs[O_COUNT] = {
     [O_K] = {"k", 0, 1, SESSION_OPT_CMDS},
     [O_LAST_CONTEXT] = {"last-context", 0, 1, SESSION_OPT_CMDS},
     [O_MEM_DTYPE] = {"mem-dtype", 0, 1, SESSION_OPT_CMDS},
+    [O_ROPE_SCALING] = {"rope-scaling", 0, 1, SESSION_OPT_CMDS},
+    [O_ROPE_FACTOR] = {"rope-factor", 0, 1, SESSION_OPT_CMDS},
+    [O_NO_CHUNK_SCALE] = {"no-chunk-scale", 0, 0, SESSION_OPT_CMDS},
     [O_CHUNK_BYTES] = {"chunk-bytes", 0, 1, B(CMD_INGEST)},
     [O_MAX_TOKENS] = {"max-tokens", 'n', 1, B(CMD_ASK)},
     [O_TEMPERATURE] = {"temperature", 0, 1, B(CMD_ASK)},
@@ -201,7 +207,10 @@ static const char session_opts_help[] =
     "  --memory MODE           exact | knn\n"
     "  --k K                   knn: memory keys per query and head\n"
     "  --last-context N        last_context_length\n"
-    "  --mem-dtype T           f32 | bf16 | f16 (memory storage type)\n";
+    "  --mem-dtype T           f32 | bf16 | f16 (memory storage type)\n"
+    "  --rope-scaling TYPE --rope-factor F   none | linear | ntk | dynamic | yarn, overriding\n"
+    "                          the checkpoint's rope_scaling (plain rope only)\n"
+    "  --no-chunk-scale        dca: no ChunkLlama cos/sin scaling for windows > trained length\n";
 
 static const char global_opts_help[] =
     "Global options (before or after the command):\n"
@@ -502,6 +511,27 @@ static int parse_session_opts(const args *a, Recall__SessionOptions *so, int *an
     if (a->vals[O_MEM_DTYPE]) {
         if (!one_of("mem-dtype", a->vals[O_MEM_DTYPE], dtypes, a->cmd)) return 0;
         so->mem_dtype = (char *)a->vals[O_MEM_DTYPE];
+        *any = 1;
+    }
+    static const char *const scalings[] = {"none", "linear", "ntk", "dynamic", "yarn", NULL};
+    if (a->vals[O_ROPE_SCALING]) {
+        if (!one_of("rope-scaling", a->vals[O_ROPE_SCALING], scalings, a->cmd)) return 0;
+        so->rope_scaling = (char *)a->vals[O_ROPE_SCALING];
+        *any = 1;
+    }
+    if (a->vals[O_ROPE_FACTOR]) {
+        char *end;
+        double f = strtod(a->vals[O_ROPE_FACTOR], &end);
+        if (*end || !(f >= 1.0 && f <= 1e6)) {
+            usage_error(a->cmd, "--rope-factor must be a number >= 1, not '%s'",
+                        a->vals[O_ROPE_FACTOR]);
+            return 0;
+        }
+        so->rope_factor = (float)f;
+        *any = 1;
+    }
+    if (a->vals[O_NO_CHUNK_SCALE]) {
+        so->no_chunk_scale = 1;
         *any = 1;
     }
     return 1;

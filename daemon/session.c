@@ -34,12 +34,48 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
     memset(o, 0, sizeof *o);
     if (in) {
         const char *pos = in->positional ? in->positional : "";
-        if (pos[0] && strcmp(pos, "rope") != 0) {
-            snprintf(err, errlen,
-                     "positional scheme '%s' is not supported yet (this build has \"rope\" only)",
+        if (!pos[0] || !strcmp(pos, "rope")) {
+            o->positional = POSITIONAL_ROPE;
+        } else if (!strcmp(pos, "self-extend")) {
+            o->positional = POSITIONAL_SELF_EXTEND;
+        } else if (!strcmp(pos, "dca")) {
+            o->positional = POSITIONAL_DCA;
+        } else {
+            snprintf(err, errlen, "unknown positional scheme '%s' (use rope, self-extend or dca)",
                      pos);
-            return strcmp(pos, "self-extend") == 0 || strcmp(pos, "dca") == 0 ? RC_ERR_UNSUPPORTED
-                                                                              : RC_ERR_INVALID;
+            return RC_ERR_INVALID;
+        }
+        if (in->group > 1u << 30 || in->neighbor > 1u << 30 || in->chunk_size > 1u << 30 ||
+            in->local_window > 1u << 30) {
+            snprintf(err, errlen, "a positional size is absurdly large");
+            return RC_ERR_INVALID;
+        }
+        o->group = (int)in->group;
+        o->neighbor = (int)in->neighbor;
+        o->chunk_size = (int)in->chunk_size;
+        o->local_window = (int)in->local_window;
+        o->dca_no_scale = in->no_chunk_scale;
+        if (in->rope_scaling && in->rope_scaling[0]) {
+            static const struct {
+                const char *name;
+                rope_scaling_type_t t;
+            } sc[] = {{"none", ROPE_SCALING_NONE},       {"linear", ROPE_SCALING_LINEAR},
+                      {"ntk", ROPE_SCALING_NTK},         {"dynamic", ROPE_SCALING_DYNAMIC},
+                      {"yarn", ROPE_SCALING_YARN}};
+            size_t i = 0;
+            while (i < sizeof sc / sizeof sc[0] && strcmp(sc[i].name, in->rope_scaling)) i++;
+            if (i == sizeof sc / sizeof sc[0]) {
+                snprintf(err, errlen,
+                         "unknown rope_scaling '%s' (use none, linear, ntk, dynamic or yarn)",
+                         in->rope_scaling);
+                return RC_ERR_INVALID;
+            }
+            o->rope_scaling_set = 1;
+            o->rope_scaling = sc[i].t;
+            o->rope_factor = in->rope_factor;
+        } else if (in->rope_factor != 0.0f) {
+            snprintf(err, errlen, "rope_factor needs rope_scaling");
+            return RC_ERR_INVALID;
         }
         const char *mem = in->memory ? in->memory : "";
         if (mem[0] && strcmp(mem, "exact") != 0) {
@@ -67,9 +103,20 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
 
 void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out)
 {
+    static const char *const pos[] = {"rope", "self-extend", "dca"};
+    static const char *const scal[] = {"none", "linear", "ntk", "dynamic", "yarn"};
     recall__session_options__init(out);
     out->window = (uint32_t)o->window;
-    out->positional = (char *)"rope";
+    out->positional = (char *)pos[o->positional];
+    out->group = (uint32_t)o->group;
+    out->neighbor = (uint32_t)o->neighbor;
+    out->chunk_size = (uint32_t)o->chunk_size;
+    out->local_window = (uint32_t)o->local_window;
+    out->no_chunk_scale = o->dca_no_scale != 0;
+    if (o->rope_scaling_set) {
+        out->rope_scaling = (char *)scal[o->rope_scaling];
+        out->rope_factor = o->rope_factor;
+    }
     out->memory = (char *)"exact";
     out->last_context = (uint32_t)o->last_context;
     out->mem_dtype = (char *)dtype_name(o->mem_dtype);

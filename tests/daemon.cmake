@@ -18,3 +18,9 @@ recall_add_test(test_continuation SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_continu
                 LIBS recall_rpc_test_util recall_proto recall_common
                 FIXTURES tiny_models LABELS daemon TIMEOUT 300)
 add_dependencies(test_continuation recalld)
+
+# Positional options from the wire to the stream, and across a restart.
+recall_add_test(test_daemon_positional SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_daemon_positional.c
+                LIBS recall_rpc_test_util recall_model recall_proto recall_common
+                FIXTURES tiny_models LABELS daemon TIMEOUT 300)
+add_dependencies(test_daemon_positional recalld)

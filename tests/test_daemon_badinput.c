@@ -291,8 +291,9 @@ int main(void)
     EXPECT(rpc_create(&c, "fourth", 0, 0), OK, "ok");
     EXPECT(rpc_create(&c, "fifth", 0, 0), LIMIT, "--max-sessions");
 
-    /* Options this build does not have yet, and impossible ones. */
-    EXPECT(create_opts(&c, "o1", "self-extend", "", 0), UNSUPPORTED, "self-extend");
+    /* Options this build does not have yet, and impossible ones: self-extend without its
+     * group size and neighbour window cannot place any key. */
+    EXPECT(create_opts(&c, "o1", "self-extend", "", 0), INVALID, "group size");
     EXPECT(create_opts(&c, "o2", "", "knn", 0), UNSUPPORTED, "knn");
     EXPECT(create_opts(&c, "o3", "sideways", "", 0), INVALID, "sideways");
     EXPECT(create_opts(&c, "o4", "", "", 100000), INVALID, "window");
