@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The README's main command: builds recall, starts recalld on a fresh data directory,
+# streams a document into a session with `recall ingest`, asks about it with `recall ask`,
+# shows the session, restarts the daemon, and asks again from the persisted session.
+#
+# Until the embedded default model lands, the model is a tiny random LongLLaMA made by
+# tools/make_test_model.py: the pipeline is real (tokenizer, FoT memory, LMDB, ZeroMQ),
+# the answers are not meaningful text.
+#   scripts/demo.sh [MODEL_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" --target recalld recall >/dev/null
+model=${1:-}
+if [ -z "$model" ]; then
+    bash tests/make_tiny_models.sh build/tests/data >/dev/null
+    model=build/tests/data/tiny-fot
+fi
+data=$(mktemp -d /tmp/recall-demo.XXXXXX)
+sock="ipc://$data/recalld.sock"
+cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+start() {
+    build/daemon/recalld --model "$model" --data "$data/db" --listen "$sock" 2>>"$data/recalld.log" &
+    pid=$!
+    for _ in $(seq 50); do build/clients/recall --connect "$sock" health >/dev/null 2>&1 && return; sleep 0.2; done
+    echo "recalld did not start; see $data/recalld.log" >&2
+    exit 1
+}
+r() { build/clients/recall --connect "$sock" "$@"; }
+
+echo "== recalld on $sock (model $model, data $data/db)"
+start
+echo "== recall ingest demo tests/data/corpus.txt"
+r ingest demo tests/data/corpus.txt
+echo "== recall info demo"
+r info demo
+echo "== recall ask demo (greedy)"
+r ask demo "What did the text say about the weather?" --max-tokens 24
+echo "== recall ppl demo"
+r ppl demo
+echo "== restart recalld: the session is read back from LMDB"
+kill "$pid"; wait "$pid" || true
+start
+r sessions
+r ask demo "What did the text say about the weather?" --max-tokens 24
