@@ -19,7 +19,11 @@ if [ -z "$model" ]; then
 fi
 data=$(mktemp -d /tmp/recall-demo.XXXXXX)
 sock="ipc://$data/recalld.sock"
-cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+cleanup() {
+    [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null
+    wait 2>/dev/null || true
+    rm -rf "$data"
+}
 trap cleanup EXIT
 start() {
     build/daemon/recalld --model "$model" --data "$data/db" --listen "$sock" 2>>"$data/recalld.log" &
@@ -32,8 +36,9 @@ r() { build/clients/recall --connect "$sock" "$@"; }
 
 echo "== recalld on $sock (model $model, data $data/db)"
 start
-echo "== recall ingest demo tests/data/corpus.txt"
-r ingest demo tests/data/corpus.txt
+head -c 16000 tests/data/corpus.txt > "$data/document.txt"
+echo "== recall ingest demo document.txt (16 kB of tests/data/corpus.txt)"
+r ingest demo "$data/document.txt"
 echo "== recall info demo"
 r info demo
 echo "== recall ask demo (greedy)"
