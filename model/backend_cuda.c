@@ -1,0 +1,656 @@
+/* backend_cuda.c — the CUDA backend: the forward pass of backend_cpu.c on one GPU.
+ *
+ * Weights: uploaded once at open as bf16 (the model holds fp32 host weights; each tensor goes
+ * up in fp32 through a staging buffer and is rounded on the device, nearest-even like torch).
+ * Projections are cuBLAS GEMMs with bf16 operands and fp32 accumulation (kernels/cuda.h).
+ *
+ * Activations (the choice this backend makes): the residual stream x is fp32 on the device,
+ * and the o-proj and down-proj GEMMs add into it directly (beta = 1), so the residual sums
+ * never round to bf16; everything that feeds a GEMM or attention is bf16 — the normalized
+ * input, q, k, v, the attention output and the SwiGLU product — as in a bf16 PyTorch model.
+ * The local cache (rotated keys, values, and the unrotated keys of memory layers) is bf16;
+ * memory is in the stream's mem_dtype (f32 or bf16). Logits are fp32 and the log-softmax
+ * normalizer is summed in double, as on the CPU.
+ *
+ * Memory: the host store (memory/store.h) is the durable copy. The device holds a mirror of
+ * every memory layer's keys and values; before each forward any rows the host has beyond
+ * the mirror are uploaded (a session restored from disk fills the host store first), a flush
+ * writes the window's rows into the mirror (converted to mem_dtype on the device) and then
+ * copies those same bytes to the host store, and a rewind only shortens the mirror.
+ *
+ * Positional schemes: plain RoPE, with any RoPE scaling whose cos/sin multiplier is 1
+ * (linear, NTK, dynamic: only the frequencies change). Self-Extend, DCA and YaRN are refused
+ * with RC_ERR_UNSUPPORTED in stream_create until the GPU path implements them.
+ *
+ * Threads: each stream has its own CUDA stream and cuBLAS handle (cuBLAS's workspace cannot
+ * be shared by concurrent streams), so streams of one backend may run on different threads;
+ * the weights are read-only. Every call makes the backend's device current first. */
+#ifdef RECALL_HAVE_CUDA
+
+#define BACKEND_INTERNAL
+#include "model/backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "kernels/cuda.h"
+#include "model/positional.h"
+#include "model/stream.h"
+#include "model/weights.h"
+
+/* The attention entry point: 0 the FMA kernel (cuda_attention), 1 the tensor-core kernel
+ * (cuda_attention_fast, kernels/cuda/attention_mma.cu: same arguments, same result up to bf16
+ * rounding). Switching is this one line (or -DBACKEND_CUDA_FAST_ATTENTION=1). */
+#ifndef BACKEND_CUDA_FAST_ATTENTION
+#define BACKEND_CUDA_FAST_ATTENTION 1
+#endif
+#if BACKEND_CUDA_FAST_ATTENTION
+#define BACKEND_CUDA_ATTENTION cuda_attention_fast
+#define BACKEND_CUDA_ATTENTION_WORKSPACE cuda_attention_fast_workspace
+#else
+#define BACKEND_CUDA_ATTENTION cuda_attention
+#define BACKEND_CUDA_ATTENTION_WORKSPACE cuda_attention_workspace
+#endif
+
+/* Rows of logits computed at once: bounds the scratch to LOGIT_ROWS × vocab floats (65 MB at
+ * a 32000 vocabulary) while keeping the lm_head GEMM large enough to run at full rate. */
+#define LOGIT_ROWS 512
+
+/* fp32 elements per staging step when uploading weights (64 MB). */
+#define UPLOAD_CHUNK ((size_t)16 << 20)
+
+#define TRY(expr)                                                                              \
+    do {                                                                                       \
+        rc_t rc_ = (expr);                                                                     \
+        if (rc_) return rc_;                                                                   \
+    } while (0)
+
+typedef struct cuda_layer_w {
+    uint16_t *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down; /* bf16 */
+} cuda_layer_w_t;
+
+typedef struct cuda_backend {
+    const model_t *model;
+    const model_config_t *c;
+    int device;
+    char describe[320];
+    uint16_t *tok_emb;      /* [vocab, hidden] bf16 */
+    uint16_t *norm;         /* [hidden] */
+    uint16_t *lm_head;      /* [vocab, hidden]; == tok_emb when tied */
+    cuda_layer_w_t *layers; /* [n_layers] */
+} cuda_backend_t;
+
+typedef struct cuda_layer_cache {
+    uint16_t *k_rot; /* [window, kv_dim] bf16 keys rotated at their local position */
+    uint16_t *k_raw; /* [window, kv_dim] bf16 unrotated keys (memory layers only, else NULL) */
+    uint16_t *v;     /* [window, kv_dim] bf16 */
+    int mem_layer;   /* index into the memory store, or -1 */
+} cuda_layer_cache_t;
+
+struct backend_stream {
+    cuda_backend_t *b;
+    const model_config_t *c;
+    model_stream_opts_t o;
+    memory_store_t *mem; /* borrowed from the stream: the durable copy of memory */
+    cuda_ctx_t *cx;      /* this stream's cuBLAS handle */
+    void *st;            /* this stream's cudaStream_t */
+    int q_dim, kv_dim, W;
+    float scale;
+    cuda_layer_cache_t *layers; /* [n_layers] */
+
+    float *inv_freq;  /* [head_dim / 2] device: RoPE frequencies after any scaling */
+    int32_t *pos;     /* [window] device: 0, 1, …, window − 1 (a chunk's are pos + local) */
+    int32_t *tok;     /* [window] device: the chunk's token ids */
+    int32_t *tgt;     /* [window] device: the chunk's targets */
+    float *x;         /* [window, hidden] fp32 residual stream */
+    uint16_t *xn;     /* [window, hidden] bf16 normalized input of a GEMM */
+    uint16_t *q;      /* [window, q_dim] bf16 */
+    uint16_t *att;    /* [window, q_dim] bf16 attention output */
+    uint16_t *gate;   /* [window, ffn] bf16; SwiGLU's output in place */
+    uint16_t *up;     /* [window, ffn] bf16 */
+    float *logits;    /* [LOGIT_ROWS, vocab] fp32 */
+    float *lp;        /* [window] device: gathered log-probs */
+    float *lp_host;   /* [window] page-locked */
+    void *ws;         /* attention workspace (splits), grown on demand */
+    size_t ws_bytes;
+
+    /* Device mirror of the host memory store: rows [0, mirror_rows) of every memory layer
+     * equal the host's. */
+    dtype_t mdt;
+    size_t row_bytes;          /* kv_dim × dtype_size(mdt) */
+    size_t mirror_rows, mirror_cap;
+    void **mk, **mv;           /* [n_mem_layers] device, each [mirror_cap, kv_dim] mdt */
+    void *flush_k, *flush_v;   /* [window, kv_dim] mdt, page-locked: a flush's rows */
+};
+
+/* ---- open / close -------------------------------------------------------------------- */
+
+/* Uploads n fp32 host values as bf16 through the fp32 device staging buffer. */
+static rc_t upload_bf16(uint16_t **dst, const float *src, size_t n, float *staging)
+{
+    TRY(cuda_alloc((void **)dst, n * sizeof(uint16_t)));
+    for (size_t off = 0; off < n; off += UPLOAD_CHUNK) {
+        size_t cnt = n - off < UPLOAD_CHUNK ? n - off : UPLOAD_CHUNK;
+        /* cuda_upload waits for its copy, and the previous chunk's conversion ran before it
+         * on the same (default) stream, so the staging buffer is free to overwrite. */
+        TRY(cuda_upload(staging, src + off, cnt * sizeof(float), NULL));
+        TRY(cuda_convert(*dst + off, DTYPE_BF16, staging, DTYPE_F32, cnt, NULL));
+    }
+    return RC_OK;
+}
+
+static void gpu_close(void *ctx)
+{
+    cuda_backend_t *b = ctx;
+    if (!b) return;
+    (void)cuda_set_device(b->device);
+    if (b->layers) {
+        for (int l = 0; l < b->c->n_layers; l++) {
+            cuda_layer_w_t *L = &b->layers[l];
+            uint16_t **all[] = {&L->attn_norm, &L->wq,     &L->wk,   &L->wv,    &L->wo,
+                                &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cuda_free((void **)all[i]);
+        }
+    }
+    free(b->layers);
+    if (b->lm_head == b->tok_emb) b->lm_head = NULL;
+    cuda_free((void **)&b->lm_head);
+    cuda_free((void **)&b->tok_emb);
+    cuda_free((void **)&b->norm);
+    free(b);
+}
+
+static size_t weight_elems(const model_config_t *c, int tied)
+{
+    const size_t h = (size_t)c->hidden, qd = (size_t)c->n_heads * c->head_dim,
+                 kvd = (size_t)c->n_kv_heads * c->head_dim, f = (size_t)c->ffn;
+    size_t per_layer = 2 * h + qd * h + 2 * kvd * h + h * qd + 3 * f * h;
+    return (size_t)c->vocab_size * h * (tied ? 1 : 2) + h + per_layer * c->n_layers;
+}
+
+static rc_t gpu_open(const model_t *m, int device, void **ctx, char *err, size_t errlen)
+{
+    *ctx = NULL;
+    const model_config_t *c = model_get_config(m);
+    const model_weights_t *w = model_get_weights(m);
+    int n = 0;
+    rc_t rc = cuda_device_count(&n);
+    if (rc) {
+        snprintf(err, errlen, "cuda:%d: cannot query CUDA devices (%s)", device,
+                 rc_strerror(rc));
+        return rc;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "cuda:%d: no CUDA GPU found (no device or no driver)", device);
+        return RC_ERR_UNSUPPORTED;
+    }
+    if (device < 0 || device >= n) {
+        snprintf(err, errlen, "cuda:%d: no such GPU (%d present: cuda:0 .. cuda:%d)", device, n,
+                 n - 1);
+        return RC_ERR_INVALID;
+    }
+    if (c->head_dim != 64 && c->head_dim != 100 && c->head_dim != 128) {
+        snprintf(err, errlen, "cuda:%d: head_dim %d is not supported by the GPU attention "
+                 "(64, 100 and 128 are); use --device cpu", device, c->head_dim);
+        return RC_ERR_UNSUPPORTED;
+    }
+    cuda_device_info_t info;
+    if ((rc = cuda_device_info(device, &info))) {
+        snprintf(err, errlen, "cuda:%d: cannot read the device's properties", device);
+        return rc;
+    }
+    const int tied = w->lm_head == w->tok_emb;
+    const size_t need = weight_elems(c, tied) * sizeof(uint16_t);
+    if (need + (UPLOAD_CHUNK * sizeof(float)) > info.mem_free) {
+        snprintf(err, errlen, "cuda:%d (%s): the weights need %.2f GB as bf16, %.2f GB free",
+                 device, info.name, need / 1e9, info.mem_free / 1e9);
+        return RC_ERR_NOMEM;
+    }
+    if ((rc = cuda_set_device(device))) {
+        snprintf(err, errlen, "cuda:%d: cannot select the device", device);
+        return rc;
+    }
+
+    cuda_backend_t *b = calloc(1, sizeof *b);
+    float *staging = NULL;
+    if (!b) return RC_ERR_NOMEM;
+    b->model = m;
+    b->c = c;
+    b->device = device;
+    snprintf(b->describe, sizeof b->describe, "cuda:%d (%s)", device, info.name);
+    b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
+    if (!b->layers) {
+        rc = RC_ERR_NOMEM;
+        goto fail;
+    }
+    if ((rc = cuda_alloc((void **)&staging, UPLOAD_CHUNK * sizeof(float)))) goto fail;
+    const size_t h = (size_t)c->hidden, qd = (size_t)c->n_heads * c->head_dim,
+                 kvd = (size_t)c->n_kv_heads * c->head_dim, f = (size_t)c->ffn;
+    if ((rc = upload_bf16(&b->tok_emb, w->tok_emb, (size_t)c->vocab_size * h, staging)))
+        goto fail;
+    if ((rc = upload_bf16(&b->norm, w->norm, h, staging))) goto fail;
+    if (tied)
+        b->lm_head = b->tok_emb;
+    else if ((rc = upload_bf16(&b->lm_head, w->lm_head, (size_t)c->vocab_size * h, staging)))
+        goto fail;
+    for (int l = 0; l < c->n_layers; l++) {
+        const model_layer_t *S = &w->layers[l];
+        cuda_layer_w_t *D = &b->layers[l];
+        if ((rc = upload_bf16(&D->attn_norm, S->attn_norm, h, staging)) ||
+            (rc = upload_bf16(&D->wq, S->wq, qd * h, staging)) ||
+            (rc = upload_bf16(&D->wk, S->wk, kvd * h, staging)) ||
+            (rc = upload_bf16(&D->wv, S->wv, kvd * h, staging)) ||
+            (rc = upload_bf16(&D->wo, S->wo, h * qd, staging)) ||
+            (rc = upload_bf16(&D->ffn_norm, S->ffn_norm, h, staging)) ||
+            (rc = upload_bf16(&D->w_gate, S->w_gate, f * h, staging)) ||
+            (rc = upload_bf16(&D->w_up, S->w_up, f * h, staging)) ||
+            (rc = upload_bf16(&D->w_down, S->w_down, h * f, staging)))
+            goto fail;
+    }
+    if ((rc = cuda_stream_sync(NULL))) goto fail;
+    cuda_free((void **)&staging);
+    log_info("backend: %s: %.2f GB of bf16 weights uploaded", b->describe, need / 1e9);
+    *ctx = b;
+    return RC_OK;
+fail:
+    snprintf(err, errlen, "cuda:%d (%s): uploading the weights failed: %s", device, info.name,
+             rc_strerror(rc));
+    cuda_free((void **)&staging);
+    gpu_close(b);
+    return rc;
+}
+
+static const char *gpu_describe(void *ctx)
+{
+    return ((cuda_backend_t *)ctx)->describe;
+}
+
+/* ---- streams ------------------------------------------------------------------------- */
+
+static void gpu_stream_destroy(backend_stream_t *s)
+{
+    if (!s) return;
+    (void)cuda_set_device(s->b->device);
+    if (s->st) (void)cuda_stream_sync(s->st);
+    if (s->layers) {
+        for (int l = 0; l < s->c->n_layers; l++) {
+            cuda_free((void **)&s->layers[l].k_rot);
+            cuda_free((void **)&s->layers[l].k_raw);
+            cuda_free((void **)&s->layers[l].v);
+        }
+    }
+    free(s->layers);
+    if (s->mk)
+        for (int i = 0; i < s->c->n_mem_layers; i++) cuda_free(&s->mk[i]);
+    if (s->mv)
+        for (int i = 0; i < s->c->n_mem_layers; i++) cuda_free(&s->mv[i]);
+    free(s->mk);
+    free(s->mv);
+    void **dev[] = {(void **)&s->inv_freq, (void **)&s->pos, (void **)&s->tok,
+                    (void **)&s->tgt,      (void **)&s->x,   (void **)&s->xn,
+                    (void **)&s->q,        (void **)&s->att, (void **)&s->gate,
+                    (void **)&s->up,       (void **)&s->logits, (void **)&s->lp,
+                    &s->ws};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cuda_free(dev[i]);
+    cuda_host_free((void **)&s->lp_host);
+    cuda_host_free(&s->flush_k);
+    cuda_host_free(&s->flush_v);
+    cuda_stream_destroy(&s->st);
+    cuda_ctx_destroy(&s->cx);
+    free(s);
+}
+
+static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_store_t *mem,
+                               backend_stream_t **out)
+{
+    cuda_backend_t *b = ctx;
+    const model_config_t *c = b->c;
+    *out = NULL;
+    if (o->positional != POSITIONAL_ROPE) {
+        log_warn("backend %s: positional scheme '%s' is not implemented on the GPU yet; "
+                 "use --device cpu", b->describe, positional_name(o->positional));
+        return RC_ERR_UNSUPPORTED;
+    }
+    if (c->n_mem_layers && o->mem_dtype != DTYPE_F32 && o->mem_dtype != DTYPE_BF16) {
+        log_warn("backend %s: memory dtype %s is not supported on the GPU (f32, bf16 are)",
+                 b->describe, dtype_name(o->mem_dtype));
+        return RC_ERR_UNSUPPORTED;
+    }
+    if (o->window <= 0) return RC_ERR_INVALID;
+    const int hd = c->head_dim;
+    float *inv_freq = malloc((size_t)hd / 2 * sizeof(float));
+    if (!inv_freq) return RC_ERR_NOMEM;
+    float mscale = 1.0f;
+    /* Opts come resolved (model_stream_opts_resolve): scaling and factor are set. */
+    positional_rope_freqs(c, o->rope_scaling, o->rope_factor, o->window, inv_freq, &mscale);
+    if (mscale != 1.0f) {
+        /* YaRN: memory scores would need their own scale (backend_cpu.c's mem_scale). */
+        log_warn("backend %s: RoPE scaling '%s' is not implemented on the GPU yet; use "
+                 "--device cpu", b->describe, positional_scaling_name(o->rope_scaling));
+        free(inv_freq);
+        return RC_ERR_UNSUPPORTED;
+    }
+    rc_t rc = cuda_set_device(b->device);
+    if (rc) {
+        free(inv_freq);
+        return rc;
+    }
+
+    backend_stream_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        free(inv_freq);
+        return RC_ERR_NOMEM;
+    }
+    s->b = b;
+    s->c = c;
+    s->o = *o;
+    s->mem = mem;
+    s->q_dim = c->n_heads * hd;
+    s->kv_dim = c->n_kv_heads * hd;
+    s->W = o->window;
+    s->scale = 1.0f / sqrtf((float)hd);
+    s->mdt = o->mem_dtype;
+    s->row_bytes = (size_t)s->kv_dim * dtype_size(s->mdt);
+    const size_t W = (size_t)o->window, bf = sizeof(uint16_t);
+    int32_t *iota = NULL;
+
+    if ((rc = cuda_ctx_create(&s->cx, b->device)) || (rc = cuda_stream_create(&s->st))) goto fail;
+    rc = RC_ERR_NOMEM;
+    s->layers = calloc((size_t)c->n_layers, sizeof *s->layers);
+    if (!s->layers) goto fail;
+    for (int l = 0; l < c->n_layers; l++) {
+        cuda_layer_cache_t *L = &s->layers[l];
+        L->mem_layer = -1;
+        for (int i = 0; i < c->n_mem_layers; i++)
+            if (c->mem_layers[i] == l) L->mem_layer = i;
+        if ((rc = cuda_alloc((void **)&L->k_rot, W * s->kv_dim * bf)) ||
+            (rc = cuda_alloc((void **)&L->v, W * s->kv_dim * bf)))
+            goto fail;
+        if (L->mem_layer >= 0 && (rc = cuda_alloc((void **)&L->k_raw, W * s->kv_dim * bf)))
+            goto fail;
+    }
+    if ((rc = cuda_alloc((void **)&s->inv_freq, (size_t)hd / 2 * sizeof(float))) ||
+        (rc = cuda_alloc((void **)&s->pos, W * sizeof(int32_t))) ||
+        (rc = cuda_alloc((void **)&s->tok, W * sizeof(int32_t))) ||
+        (rc = cuda_alloc((void **)&s->tgt, W * sizeof(int32_t))) ||
+        (rc = cuda_alloc((void **)&s->x, W * c->hidden * sizeof(float))) ||
+        (rc = cuda_alloc((void **)&s->xn, W * c->hidden * bf)) ||
+        (rc = cuda_alloc((void **)&s->q, W * s->q_dim * bf)) ||
+        (rc = cuda_alloc((void **)&s->att, W * s->q_dim * bf)) ||
+        (rc = cuda_alloc((void **)&s->gate, W * c->ffn * bf)) ||
+        (rc = cuda_alloc((void **)&s->up, W * c->ffn * bf)) ||
+        (rc = cuda_alloc((void **)&s->logits, (size_t)LOGIT_ROWS * c->vocab_size * sizeof(float))) ||
+        (rc = cuda_alloc((void **)&s->lp, W * sizeof(float))) ||
+        (rc = cuda_host_alloc((void **)&s->lp_host, W * sizeof(float))))
+        goto fail;
+    if (c->n_mem_layers) {
+        s->mk = calloc((size_t)c->n_mem_layers, sizeof *s->mk);
+        s->mv = calloc((size_t)c->n_mem_layers, sizeof *s->mv);
+        if (!s->mk || !s->mv) {
+            rc = RC_ERR_NOMEM;
+            goto fail;
+        }
+        if ((rc = cuda_host_alloc(&s->flush_k, W * s->row_bytes)) ||
+            (rc = cuda_host_alloc(&s->flush_v, W * s->row_bytes)))
+            goto fail;
+    }
+    iota = malloc(W * sizeof *iota);
+    if (!iota) {
+        rc = RC_ERR_NOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < W; i++) iota[i] = (int32_t)i;
+    if ((rc = cuda_upload(s->pos, iota, W * sizeof *iota, s->st)) ||
+        (rc = cuda_upload(s->inv_freq, inv_freq, (size_t)hd / 2 * sizeof(float), s->st)))
+        goto fail;
+    free(iota);
+    free(inv_freq);
+    *out = s;
+    return RC_OK;
+fail:
+    free(iota);
+    free(inv_freq);
+    gpu_stream_destroy(s);
+    return rc;
+}
+
+/* ---- the memory mirror --------------------------------------------------------------- */
+
+/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows. */
+static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
+{
+    if (rows <= s->mirror_cap) return RC_OK;
+    size_t cap = s->mirror_cap * 2;
+    if (cap < rows) cap = rows;
+    if (cap < (size_t)s->W) cap = (size_t)s->W;
+    /* Grow every layer or none: a failure leaves the old buffers in place. */
+    const int nm = s->c->n_mem_layers;
+    void **nk = calloc((size_t)nm, sizeof *nk), **nv = calloc((size_t)nm, sizeof *nv);
+    rc_t rc = nk && nv ? RC_OK : RC_ERR_NOMEM;
+    for (int i = 0; i < nm && !rc; i++) {
+        if ((rc = cuda_alloc(&nk[i], cap * s->row_bytes)) ||
+            (rc = cuda_alloc(&nv[i], cap * s->row_bytes)))
+            break;
+        if ((rc = cuda_copy(nk[i], s->mk[i], s->mirror_rows * s->row_bytes, s->st)) ||
+            (rc = cuda_copy(nv[i], s->mv[i], s->mirror_rows * s->row_bytes, s->st)))
+            break;
+    }
+    if (!rc) rc = cuda_stream_sync(s->st); /* the copies are done before the old go */
+    void **drop_k = rc ? nk : s->mk, **drop_v = rc ? nv : s->mv;
+    for (int i = 0; i < nm; i++) {
+        if (drop_k) cuda_free(&drop_k[i]);
+        if (drop_v) cuda_free(&drop_v[i]);
+    }
+    if (rc) {
+        free(nk);
+        free(nv);
+        return rc;
+    }
+    free(s->mk);
+    free(s->mv);
+    s->mk = nk;
+    s->mv = nv;
+    s->mirror_cap = cap;
+    return RC_OK;
+}
+
+/* Makes the mirror equal the host store: drops rows the host no longer has, uploads rows it
+ * has beyond the mirror (restored sessions, or a flush whose device copy was skipped). */
+static rc_t mirror_sync(backend_stream_t *s)
+{
+    if (!s->c->n_mem_layers) return RC_OK;
+    const size_t host = memory_store_len(s->mem);
+    if (host <= s->mirror_rows) {
+        s->mirror_rows = host;
+        return RC_OK;
+    }
+    TRY(mirror_reserve(s, host));
+    const size_t n = host - s->mirror_rows, off = s->mirror_rows * s->row_bytes;
+    for (int i = 0; i < s->c->n_mem_layers; i++) {
+        const char *hk = memory_store_keys(s->mem, i), *hv = memory_store_values(s->mem, i);
+        TRY(cuda_upload((char *)s->mk[i] + off, hk + off, n * s->row_bytes, s->st));
+        TRY(cuda_upload((char *)s->mv[i] + off, hv + off, n * s->row_bytes, s->st));
+    }
+    s->mirror_rows = host;
+    return RC_OK;
+}
+
+/* ---- forward ------------------------------------------------------------------------- */
+
+/* Attention workspace for these shapes, grown on demand (growing waits for the stream). */
+static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
+{
+    size_t need = 0;
+    TRY(BACKEND_CUDA_ATTENTION_WORKSPACE(a, &need));
+    if (need > s->ws_bytes) {
+        TRY(cuda_stream_sync(s->st));
+        cuda_free(&s->ws);
+        s->ws_bytes = 0;
+        TRY(cuda_alloc(&s->ws, need));
+        s->ws_bytes = need;
+    }
+    a->workspace = s->ws;
+    a->workspace_bytes = s->ws_bytes;
+    return BACKEND_CUDA_ATTENTION(a, s->st);
+}
+
+/* One layer over a chunk of n tokens already in s->x; the cache holds `local` before them. */
+static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
+{
+    const model_config_t *c = s->c;
+    const cuda_layer_w_t *W = &s->b->layers[l];
+    cuda_layer_cache_t *L = &s->layers[l];
+    const int hd = c->head_dim, hid = c->hidden;
+    const size_t kv_off = (size_t)local * s->kv_dim;
+    const int32_t *pos = s->pos + local;
+    void *st = s->st;
+
+    TRY(cuda_rmsnorm(s->xn, DTYPE_BF16, s->x, DTYPE_F32, W->attn_norm, n, hid, c->rms_eps, st));
+    TRY(cuda_matmul_nt(s->cx, s->q, DTYPE_BF16, s->xn, W->wq, n, s->q_dim, hid, 0.0f, st));
+    /* Keys and values land in the cache directly; memory layers keep the unrotated keys. */
+    uint16_t *k_rot = L->k_rot + kv_off;
+    if (L->k_raw) {
+        uint16_t *k_raw = L->k_raw + kv_off;
+        TRY(cuda_matmul_nt(s->cx, k_raw, DTYPE_BF16, s->xn, W->wk, n, s->kv_dim, hid, 0.0f, st));
+        TRY(cuda_copy(k_rot, k_raw, (size_t)n * s->kv_dim * sizeof(uint16_t), st));
+    } else {
+        TRY(cuda_matmul_nt(s->cx, k_rot, DTYPE_BF16, s->xn, W->wk, n, s->kv_dim, hid, 0.0f, st));
+    }
+    TRY(cuda_matmul_nt(s->cx, L->v + kv_off, DTYPE_BF16, s->xn, W->wv, n, s->kv_dim, hid, 0.0f,
+                       st));
+    TRY(cuda_rope(s->q, DTYPE_BF16, n, c->n_heads, hd, pos, s->inv_freq, 1.0f, st));
+    TRY(cuda_rope(k_rot, DTYPE_BF16, n, c->n_kv_heads, hd, pos, s->inv_freq, 1.0f, st));
+
+    cuda_attn_args_t a = {
+        .n_q = n,
+        .n_k = local + n,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = hd,
+        .q_offset = local,
+        .dtype = DTYPE_BF16,
+        .q = s->q,
+        .k = L->k_rot,
+        .v = L->v,
+        .mem_dtype = s->mdt,
+        .scale = s->scale,
+        .out = s->att,
+    };
+    if (L->mem_layer >= 0 && !s->o.disable_memory && s->mirror_rows > 0) {
+        a.n_mem = s->mirror_rows;
+        a.mem_k = s->mk[L->mem_layer];
+        a.mem_v = s->mv[L->mem_layer];
+    }
+    TRY(attention(s, &a));
+    /* x += att · Woᵀ: the GEMM accumulates into the fp32 residual (beta = 1). */
+    TRY(cuda_matmul_nt(s->cx, s->x, DTYPE_F32, s->att, W->wo, n, hid, s->q_dim, 1.0f, st));
+
+    TRY(cuda_rmsnorm(s->xn, DTYPE_BF16, s->x, DTYPE_F32, W->ffn_norm, n, hid, c->rms_eps, st));
+    TRY(cuda_matmul_nt(s->cx, s->gate, DTYPE_BF16, s->xn, W->w_gate, n, c->ffn, hid, 0.0f, st));
+    TRY(cuda_matmul_nt(s->cx, s->up, DTYPE_BF16, s->xn, W->w_up, n, c->ffn, hid, 0.0f, st));
+    TRY(cuda_swiglu(s->gate, DTYPE_BF16, s->gate, s->up, DTYPE_BF16, (size_t)n * c->ffn, st));
+    TRY(cuda_matmul_nt(s->cx, s->x, DTYPE_F32, s->gate, W->w_down, n, hid, c->ffn, 1.0f, st));
+    return RC_OK;
+}
+
+static rc_t gpu_forward(backend_stream_t *s, const int32_t *tok, int n, int local,
+                         const int32_t *targets, float *logprobs, float *last_logits)
+{
+    const model_config_t *c = s->c;
+    if (n <= 0) return n == 0 ? RC_OK : RC_ERR_INVALID;
+    if (local < 0 || local + n > s->W) return RC_ERR_INVALID;
+    TRY(cuda_set_device(s->b->device));
+    TRY(mirror_sync(s));
+    TRY(cuda_upload(s->tok, tok, (size_t)n * sizeof(int32_t), s->st));
+    TRY(cuda_embedding(s->x, DTYPE_F32, s->b->tok_emb, s->tok, n, c->vocab_size, c->hidden,
+                       s->st));
+    for (int l = 0; l < c->n_layers; l++) TRY(layer_forward(s, l, n, local));
+
+    const int want_lp = logprobs && targets;
+    if (!want_lp && !last_logits) return cuda_stream_sync(s->st);
+    if (want_lp) TRY(cuda_upload(s->tgt, targets, (size_t)n * sizeof(int32_t), s->st));
+    /* Only the rows whose outputs are wanted go through the final norm and lm_head. */
+    const int first = want_lp ? 0 : n - 1;
+    for (int r0 = first; r0 < n; r0 += LOGIT_ROWS) {
+        const int rows = n - r0 < LOGIT_ROWS ? n - r0 : LOGIT_ROWS;
+        uint16_t *xr = s->xn + (size_t)r0 * c->hidden;
+        TRY(cuda_rmsnorm(xr, DTYPE_BF16, s->x + (size_t)r0 * c->hidden, DTYPE_F32, s->b->norm,
+                         rows, c->hidden, c->rms_eps, s->st));
+        TRY(cuda_matmul_nt(s->cx, s->logits, DTYPE_F32, xr, s->b->lm_head, rows, c->vocab_size,
+                           c->hidden, 0.0f, s->st));
+        if (want_lp)
+            TRY(cuda_logprob_gather(s->lp + r0, s->logits, s->tgt + r0, rows, c->vocab_size,
+                                    s->st));
+        if (last_logits && r0 + rows == n)
+            TRY(cuda_download(last_logits, s->logits + (size_t)(rows - 1) * c->vocab_size,
+                              (size_t)c->vocab_size * sizeof(float), s->st));
+    }
+    if (want_lp) {
+        TRY(cuda_download(s->lp_host, s->lp, (size_t)n * sizeof(float), s->st));
+        for (int i = 0; i < n; i++)
+            if (targets[i] >= 0) logprobs[i] = s->lp_host[i];
+    }
+    return cuda_stream_sync(s->st);
+}
+
+/* ---- flush / rewind ------------------------------------------------------------------ */
+
+static rc_t gpu_flush(backend_stream_t *s, int local)
+{
+    const model_config_t *c = s->c;
+    if (!c->n_mem_layers || local <= 0) return RC_OK;
+    if (local > s->W) return RC_ERR_INVALID;
+    TRY(cuda_set_device(s->b->device));
+    TRY(mirror_sync(s));
+    const size_t before = memory_store_len(s->mem), n = (size_t)local;
+    TRY(mirror_reserve(s, before + n));
+    /* The rows go into the mirror in mem_dtype first; the host store then gets those exact
+     * bytes, so the two copies agree bit for bit. */
+    const size_t off = before * s->row_bytes, bytes = n * s->row_bytes;
+    rc_t rc = RC_OK;
+    for (int l = 0; l < c->n_layers && !rc; l++) {
+        const cuda_layer_cache_t *L = &s->layers[l];
+        const int i = L->mem_layer;
+        if (i < 0) continue;
+        char *dk = (char *)s->mk[i] + off, *dv = (char *)s->mv[i] + off;
+        const size_t elems = n * s->kv_dim;
+        if ((rc = cuda_convert(dk, s->mdt, L->k_raw, DTYPE_BF16, elems, s->st)) ||
+            (rc = cuda_convert(dv, s->mdt, L->v, DTYPE_BF16, elems, s->st)) ||
+            (rc = cuda_download(s->flush_k, dk, bytes, s->st)) ||
+            (rc = cuda_download(s->flush_v, dv, bytes, s->st)))
+            break;
+        rc = memory_store_append_raw(s->mem, i, s->flush_k, s->flush_v, n);
+    }
+    if (rc) {
+        memory_store_truncate(s->mem, before); /* all layers or none */
+        s->mirror_rows = before < s->mirror_rows ? before : s->mirror_rows;
+        return rc;
+    }
+    s->mirror_rows = before + n;
+    return RC_OK;
+}
+
+static void gpu_memory_truncated(backend_stream_t *s, size_t rows)
+{
+    if (s->mirror_rows > rows) s->mirror_rows = rows;
+}
+
+const backend_ops_t backend_cuda_ops = {
+    .name = "cuda",
+    .open = gpu_open,
+    .close = gpu_close,
+    .describe = gpu_describe,
+    .stream_create = gpu_stream_create,
+    .stream_destroy = gpu_stream_destroy,
+    .forward = gpu_forward,
+    .flush = gpu_flush,
+    .memory_truncated = gpu_memory_truncated,
+};
+
+#else
+/* ISO C forbids an empty translation unit. */
+typedef int backend_cuda_unused_t;
+#endif
