@@ -133,6 +133,9 @@ void session_free(session_t *s);
 rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uint64_t windows,
                          uint64_t last_seq, uint64_t ingest_chunks, uint64_t next_chunk,
                          uint8_t **buf, size_t *len);
+/* Saves a knn session's indexes into the database (derived data, so best effort: a failure
+ * is logged and the index is rebuilt at the next start). Worker stopped or worker only. */
+void session_index_save(daemon_t *d, session_t *s);
 /* Loads every session from the database into the table. */
 rc_t session_load_all(daemon_t *d, char *err, size_t errlen);
 /* Under mu: table insert / remove. */

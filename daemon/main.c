@@ -355,6 +355,10 @@ out:
         pthread_mutex_unlock(&d->mu);
         pthread_join(d->worker, NULL);
     }
+    /* The worker is gone: streams are quiet, so knn indexes can be written out for a fast
+     * next start. */
+    if (d->db)
+        for (size_t i = 0; i < d->n_sessions; i++) session_index_save(d, d->sessions[i]);
     if (router) zmq_close(router);
     if (d->pair_main) zmq_close(d->pair_main);
     if (d->pair_worker) zmq_close(d->pair_worker);

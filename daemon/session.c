@@ -78,11 +78,16 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
             return RC_ERR_INVALID;
         }
         const char *mem = in->memory ? in->memory : "";
-        if (mem[0] && strcmp(mem, "exact") != 0) {
-            snprintf(err, errlen,
-                     "memory mode '%s' is not supported yet (this build has \"exact\" only)", mem);
-            return strcmp(mem, "knn") == 0 ? RC_ERR_UNSUPPORTED : RC_ERR_INVALID;
+        if (mem[0] && strcmp(mem, "exact") != 0 && strcmp(mem, "knn") != 0) {
+            snprintf(err, errlen, "unknown memory mode '%s' (use \"exact\" or \"knn\")", mem);
+            return RC_ERR_INVALID;
         }
+        if (in->k > 1u << 20) {
+            snprintf(err, errlen, "k %u is absurdly large", in->k);
+            return RC_ERR_INVALID;
+        }
+        o->memory_knn = strcmp(mem, "knn") == 0;
+        o->knn_k = o->memory_knn ? (int)in->k : 0; /* 0: the default, 128 */
         if (in->window > 1u << 30 || in->last_context > 1u << 30) {
             snprintf(err, errlen, "window or last_context is absurdly large");
             return RC_ERR_INVALID;
@@ -117,7 +122,8 @@ void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *
         out->rope_scaling = (char *)scal[o->rope_scaling];
         out->rope_factor = o->rope_factor;
     }
-    out->memory = (char *)"exact";
+    out->memory = (char *)(o->memory_knn ? "knn" : "exact");
+    out->k = o->memory_knn ? (uint32_t)o->knn_k : 0;
     out->last_context = (uint32_t)o->last_context;
     out->mem_dtype = (char *)dtype_name(o->mem_dtype);
 }
@@ -260,6 +266,53 @@ static rc_t load_window_cb(void *ctx, const void *keys, const void *values, size
     return memory_store_append_raw(c->mem, c->layer, keys, values, rows);
 }
 
+/* A knn session's indexes as saved at the last shutdown. They are derived from the stored
+ * keys, so any problem only costs time: the index is rebuilt when next needed. */
+static void session_index_restore(daemon_t *d, session_t *s)
+{
+    memory_store_t *mem = model_stream_memory(s->stream);
+    for (int l = 0; l < memory_store_layers(mem); l++) {
+        void *buf = NULL;
+        size_t len = 0;
+        uint64_t rows = 0;
+        rc_t rc = memory_db_get_index(d->db, s->name, (uint32_t)l, &rows, &buf, &len);
+        if (rc == RC_OK) rc = model_stream_index_load(s->stream, l, buf, len, (size_t)rows);
+        free(buf);
+        if (rc == RC_ERR_NOT_FOUND)
+            log_info("session '%s': no saved kNN index for memory layer %d; it will be built "
+                     "from the stored keys",
+                     s->name, l);
+        else if (rc)
+            log_warn("session '%s': the saved kNN index of memory layer %d failed to load (%s); "
+                     "rebuilding it from the stored keys",
+                     s->name, l, rc_strerror(rc));
+    }
+}
+
+void session_index_save(daemon_t *d, session_t *s)
+{
+    if (!s->opts.memory_knn || !s->stream) return;
+    memory_store_t *mem = model_stream_memory(s->stream);
+    for (int l = 0; l < memory_store_layers(mem); l++) {
+        void *buf = NULL;
+        size_t len = 0, rows = 0;
+        char err[256];
+        rc_t rc = model_stream_index_save(s->stream, l, &buf, &len, &rows);
+        if (rc == RC_OK && rows > 0)
+            rc = memory_db_put_index(d->db, s->name, (uint32_t)l, rows, buf, len, err, sizeof err);
+        else if (rc == RC_OK)
+            snprintf(err, sizeof err, "empty");
+        else
+            snprintf(err, sizeof err, "%s", rc_strerror(rc));
+        free(buf);
+        if (rc)
+            log_warn("session '%s': kNN index of memory layer %d not saved: %s", s->name, l, err);
+        else if (rows)
+            log_info("session '%s': kNN index of memory layer %d saved (%zu rows, %zu bytes)",
+                     s->name, l, rows, len);
+    }
+}
+
 static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size_t errlen)
 {
     const char *bad = session_name_problem(rec->name);
@@ -346,6 +399,7 @@ static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size
     }
     s->mem_tokens = memory_store_len(mem);
     s->mem_bytes_host = memory_store_bytes(mem);
+    if (o.memory_knn) session_index_restore(d, s);
     memory_db_session_bytes(d->db, rec->name, &s->disk_bytes);
     s->record_bytes = rec->len;
     rc = session_table_add(d, s);

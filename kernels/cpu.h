@@ -91,4 +91,20 @@ void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab);
 /* Index of the largest element (the first one on ties). */
 int cpu_argmax(const float *x, int n);
 
+/* ---- kNN memory attention (kernels/cpu_knn.c; REFERENCE.md "kNN memory") ---------------- */
+
+/* Attention as cpu_attention_ext, except that query i and head h see, of the memory, only
+ * the rows idx[i, h, 0..k) (any order; −1 entries are skipped), in the same single fp32
+ * softmax with the local keys. The lists come from memory_knn_search (memory/knn.h) or any
+ * exact top-k (a GPU's) in the same layout. With every memory row listed once the result
+ * is cpu_attention_ext's up to fp32 rounding of the sums' order.
+ *   e:   as for cpu_attention_ext; e->a.n_mem / mem_k / mem_v are the whole memory;
+ *   idx: [n_q, n_heads, k] memory row indices. */
+typedef struct attn_knn_args {
+    attn_ext_args_t e;
+    int k;              /* memory rows per (query, head) */
+    const int64_t *idx; /* [n_q, n_heads, k] */
+} attn_knn_args_t;
+void cpu_attention_knn(const attn_knn_args_t *a);
+
 #endif

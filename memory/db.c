@@ -21,7 +21,7 @@
 
 struct memory_db {
     MDB_env *env;
-    MDB_dbi sessions, tokens, memory;
+    MDB_dbi sessions, tokens, memory, index;
     pthread_mutex_t mu; /* serializes every transaction and map resize */
     size_t map_size;
     size_t max_map_size;
@@ -103,7 +103,7 @@ rc_t memory_db_open(const char *dir, const memory_db_opts_t *o, memory_db_t **ou
     }
 
     int e = mdb_env_create(&db->env);
-    if (!e) e = mdb_env_set_maxdbs(db->env, 4);
+    if (!e) e = mdb_env_set_maxdbs(db->env, 8);
     if (!e) e = mdb_env_set_mapsize(db->env, db->map_size);
     if (e) {
         set_err(err, errlen, "LMDB: %s", mdb_strerror(e));
@@ -130,6 +130,7 @@ rc_t memory_db_open(const char *dir, const memory_db_opts_t *o, memory_db_t **ou
     if (!e) e = mdb_dbi_open(txn, "sessions", MDB_CREATE, &db->sessions);
     if (!e) e = mdb_dbi_open(txn, "tokens", MDB_CREATE, &db->tokens);
     if (!e) e = mdb_dbi_open(txn, "memory", MDB_CREATE, &db->memory);
+    if (!e) e = mdb_dbi_open(txn, "index", MDB_CREATE, &db->index);
     if (!e) {
         e = mdb_txn_commit(txn);
         txn = NULL;
@@ -322,6 +323,7 @@ static int try_drop(memory_db_t *db, const char *session, const uint8_t *prefix,
     }
     if (!e) e = del_prefix(txn, db->tokens, prefix, pl);
     if (!e) e = del_prefix(txn, db->memory, prefix, pl);
+    if (!e) e = del_prefix(txn, db->index, prefix, pl);
     if (e) {
         mdb_txn_abort(txn);
         return e;
@@ -557,4 +559,85 @@ rc_t memory_db_session_bytes(memory_db_t *db, const char *session, uint64_t *byt
     if (e) return RC_ERR_IO;
     *bytes = sum;
     return RC_OK;
+}
+
+/* ---- derived index blobs ------------------------------------------------------------- */
+
+static int try_put_index(memory_db_t *db, const uint8_t *kb, size_t kl, uint64_t rows,
+                         const void *data, size_t len)
+{
+    MDB_txn *txn;
+    int e = mdb_txn_begin(db->env, NULL, 0, &txn);
+    if (e) return e;
+    MDB_val k = {kl, (void *)kb}, v = {8 + len, NULL};
+    e = mdb_put(txn, db->index, &k, &v, MDB_RESERVE);
+    if (e) {
+        mdb_txn_abort(txn);
+        return e;
+    }
+    put_be(v.mv_data, rows, 8);
+    memcpy((uint8_t *)v.mv_data + 8, data, len);
+    return mdb_txn_commit(txn);
+}
+
+rc_t memory_db_put_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t rows,
+                         const void *data, size_t len, char *err, size_t errlen)
+{
+    uint8_t kb[KEY_CAP];
+    size_t kl = make_key(kb, sizeof kb, session, 4);
+    if (!kl) {
+        set_err(err, errlen, "session name too long for a key");
+        return RC_ERR_INVALID;
+    }
+    put_be(kb + kl - 4, layer, 4);
+    pthread_mutex_lock(&db->mu);
+    rc_t rc = RC_OK;
+    for (;;) {
+        int e = try_put_index(db, kb, kl, rows, data, len);
+        if (!e) break;
+        if (e != MDB_MAP_FULL) {
+            rc = write_error(e, len, err, errlen);
+            break;
+        }
+        rc = grow_map(db, len + 4096, err, errlen);
+        if (rc) break;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+rc_t memory_db_get_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t *rows,
+                         void **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    *rows = 0;
+    uint8_t kb[KEY_CAP];
+    size_t kl = make_key(kb, sizeof kb, session, 4);
+    if (!kl) return RC_ERR_INVALID;
+    put_be(kb + kl - 4, layer, 4);
+    pthread_mutex_lock(&db->mu);
+    MDB_txn *txn;
+    rc_t rc = RC_OK;
+    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    if (!e) {
+        MDB_val k = {kl, kb}, v;
+        e = mdb_get(txn, db->index, &k, &v);
+        if (e == MDB_NOTFOUND) {
+            rc = RC_ERR_NOT_FOUND;
+        } else if (e || v.mv_size < 8) {
+            rc = e ? RC_ERR_IO : RC_ERR_FORMAT;
+        } else if (!(*data = malloc(v.mv_size - 8 ? v.mv_size - 8 : 1))) {
+            rc = RC_ERR_NOMEM;
+        } else {
+            *rows = get_be(v.mv_data, 8);
+            *len = v.mv_size - 8;
+            memcpy(*data, (const uint8_t *)v.mv_data + 8, *len);
+        }
+        mdb_txn_abort(txn);
+    } else {
+        rc = RC_ERR_IO;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
 }

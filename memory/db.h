@@ -1,13 +1,15 @@
 /* db.h — the durable tier: sessions, their tokens and their memory rows in LMDB.
  *
  * One LMDB environment per data directory (DIR/data.mdb, DIR/lock.mdb), opened by one
- * process at a time (an exclusive lock on DIR/recalld.lock says so). Three named
+ * process at a time (an exclusive lock on DIR/recalld.lock says so). Four named
  * databases:
  *
  *   "sessions"  name                                  -> the caller's session record (opaque)
  *   "tokens"    name \0 be64(chunk)                   -> int32 little-endian token ids
  *   "memory"    name \0 be32(layer) be64(window)      -> key rows then value rows of that
  *                                                        window, as memory_store holds them
+ *   "index"     name \0 be32(layer)                   -> be64(rows) then a kNN index blob
+ *                                                        (derived data; see below)
  *
  * Names never contain '\0' (the daemon only accepts safe names), so "name \0" is a prefix
  * that belongs to exactly one session and big-endian numbers sort in order.
@@ -78,6 +80,16 @@ rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, s
 /* Deletes a session's record, token chunks and memory windows in one transaction.
  * RC_ERR_NOT_FOUND if there was no record (other keys are still removed). */
 rc_t memory_db_drop(memory_db_t *db, const char *session, char *err, size_t errlen);
+
+/* Derived index blobs (a kNN index of one memory layer). They are a cache of what the
+ * stored keys determine: writing one is not part of any commit unit, losing one loses
+ * nothing (the keys rebuild it), and memory_db_drop deletes them with the session.
+ * put stores `rows`, the memory rows the blob covers, beside the bytes; get returns a
+ * malloc'ed copy (RC_ERR_NOT_FOUND when there is none). */
+rc_t memory_db_put_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t rows,
+                         const void *data, size_t len, char *err, size_t errlen);
+rc_t memory_db_get_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t *rows,
+                         void **data, size_t *len);
 
 /* A session record as read back. */
 typedef struct memory_db_record {

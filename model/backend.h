@@ -65,6 +65,14 @@ typedef struct backend_ops {
 
     /* The host store was truncated to `rows` (a rewind): drop any mirrored rows past it. */
     void (*memory_truncated)(backend_stream_t *bs, size_t rows);
+
+    /* Optional (NULL: the backend keeps no kNN index). The kNN index of memory layer
+     * `layer` as a malloc'ed blob covering *rows memory rows, and the reverse. Both return
+     * RC_ERR_UNSUPPORTED when the stream is not in knn mode; load returns RC_ERR_FORMAT
+     * (index unchanged) for a blob that does not fit. */
+    rc_t (*index_save)(backend_stream_t *bs, int layer, void **buf, size_t *len, size_t *rows);
+    rc_t (*index_load)(backend_stream_t *bs, int layer, const void *buf, size_t len,
+                       size_t rows);
 } backend_ops_t;
 
 extern const backend_ops_t backend_cpu_ops;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "kernels/cpu.h"
+#include "memory/knn.h"
 #include "model/positional.h"
 #include "model/stream.h"
 #include "model/weights.h"
@@ -69,6 +70,11 @@ struct backend_stream {
     float *q_alt[2];   /* [window, q_dim] each: queries of variants 2 and 3 */
     float *q_mem;      /* [window, q_dim] queries against memory (FoT models) */
     float *logits; /* [LOGIT_ROWS, vocab] */
+    /* knn memory mode only (else NULL): the index over the memory keys, kept in line with
+     * the host store (rows added lazily before a search, the tail dropped on a rewind), and
+     * each query's memory rows. */
+    memory_knn_t *knn;
+    int64_t *knn_idx; /* [window, n_heads, knn_k] */
 };
 
 static rc_t cpu_open(const model_t *m, int device, void **ctx, char *err, size_t errlen)
@@ -124,6 +130,8 @@ static void cpu_stream_destroy(backend_stream_t *s)
     free(s->q_alt[1]);
     free(s->q_mem);
     free(s->logits);
+    memory_knn_destroy(&s->knn);
+    free(s->knn_idx);
     free(s);
 }
 
@@ -183,6 +191,14 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     if (o->positional == POSITIONAL_DCA && s->pp.chunk_len < 1) goto invalid; /* unresolved */
     if (o->positional == POSITIONAL_SELF_EXTEND && (s->pp.group < 1 || s->pp.neighbor < 1))
         goto invalid;
+    if (o->memory_knn && c->n_mem_layers > 0) {
+        if (o->knn_k < 1) goto invalid; /* unresolved */
+        memory_knn_opts_t ko = {.nlist = o->knn_nlist, .nprobe = o->knn_nprobe};
+        rc_t rc = memory_knn_create(c->n_mem_layers, c->n_kv_heads, c->head_dim, &ko, &s->knn);
+        if (rc == RC_ERR_INVALID) goto invalid;
+        if (rc || !(s->knn_idx = malloc(W * c->n_heads * (size_t)o->knn_k * sizeof(int64_t))))
+            goto fail;
+    }
     if (o->positional != POSITIONAL_ROPE) {
         const int n_alt = o->positional == POSITIONAL_DCA ? 2 : 1;
         s->need_qmem = c->n_mem_layers > 0;
@@ -207,8 +223,8 @@ invalid:
     return RC_ERR_INVALID;
 }
 
-/* One layer over a chunk of n tokens already in s->x. */
-static void layer_forward(backend_stream_t *s, int l, int n)
+/* One layer over a chunk of n tokens already in s->x. Fails only in knn mode (search). */
+static rc_t layer_forward(backend_stream_t *s, int l, int n)
 {
     const model_config_t *c = s->c;
     const model_layer_t *W = &s->w->layers[l];
@@ -278,7 +294,18 @@ static void layer_forward(backend_stream_t *s, int l, int n)
          * the scheme's cos/sin multiplier, which the query's rotation carries only once. */
         if (s->mscale != 1.0f) e.mem_scale = e.a.scale * s->mscale;
     }
-    cpu_attention_ext(&e);
+    if (use_mem && s->knn) {
+        /* The same rotated queries as exact memory scores; the score's positive factor does
+         * not change the order. With k ≥ rows the lists hold every row: exact attention. */
+        const size_t rows = e.a.n_mem;
+        const int k = (size_t)s->o.knn_k < rows ? s->o.knn_k : (int)rows;
+        rc_t rc = memory_knn_search(s->knn, s->mem, L->mem_layer, e.q_mem ? e.q_mem : s->q, n,
+                                    c->n_heads, k, s->knn_idx);
+        if (rc) return rc;
+        cpu_attention_knn(&(attn_knn_args_t){.e = e, .k = k, .idx = s->knn_idx});
+    } else {
+        cpu_attention_ext(&e);
+    }
     /* x += att · Woᵀ, through xn as the product's output. */
     cpu_matmul_nt(s->xn, s->att, W->wo, n, c->hidden, s->q_dim);
     for (size_t i = 0; i < (size_t)n * c->hidden; i++) s->x[i] += s->xn[i];
@@ -289,6 +316,7 @@ static void layer_forward(backend_stream_t *s, int l, int n)
     cpu_swiglu(s->gate, s->gate, s->up, (size_t)n * c->ffn);
     cpu_matmul_nt(s->xn, s->gate, W->w_down, n, c->hidden, c->ffn);
     for (size_t i = 0; i < (size_t)n * c->hidden; i++) s->x[i] += s->xn[i];
+    return RC_OK;
 }
 
 static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int local,
@@ -319,7 +347,10 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
             }
         }
     }
-    for (int l = 0; l < c->n_layers; l++) layer_forward(s, l, n);
+    for (int l = 0; l < c->n_layers; l++) {
+        rc_t rc = layer_forward(s, l, n);
+        if (rc) return rc;
+    }
 
     if (!logprobs && !last_logits) return RC_OK;
     /* Only the rows whose outputs are wanted go through the final norm and lm_head. */
@@ -363,8 +394,28 @@ static rc_t cpu_flush(backend_stream_t *s, int local)
 
 static void cpu_memory_truncated(backend_stream_t *s, size_t rows)
 {
-    (void)s;
     (void)rows; /* the CPU reads the host store directly: nothing mirrored */
+    /* The kNN index must drop the rewound rows now: new rows of the same count would
+     * otherwise look already indexed. A failed sync leaves the layer empty, to be rebuilt. */
+    for (int l = 0; s->knn && l < memory_store_layers(s->mem); l++)
+        if (memory_knn_sync(s->knn, s->mem, l)) memory_knn_reset(s->knn, l);
+}
+
+static rc_t cpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
+{
+    if (!s->knn) return RC_ERR_UNSUPPORTED;
+    *rows = memory_knn_rows(s->knn, layer);
+    return memory_knn_save(s->knn, layer, buf, len);
+}
+
+static rc_t cpu_index_load(backend_stream_t *s, int layer, const void *buf, size_t len,
+                           size_t rows)
+{
+    if (!s->knn) return RC_ERR_UNSUPPORTED;
+    /* A blob for more rows than the store holds cannot be right (it would index rows that
+     * were never committed). */
+    if (rows > memory_store_rows(s->mem, layer)) return RC_ERR_FORMAT;
+    return memory_knn_load(s->knn, layer, buf, len, rows);
 }
 
 const backend_ops_t backend_cpu_ops = {
@@ -377,4 +428,6 @@ const backend_ops_t backend_cpu_ops = {
     .forward = cpu_forward,
     .flush = cpu_flush,
     .memory_truncated = cpu_memory_truncated,
+    .index_save = cpu_index_save,
+    .index_load = cpu_index_load,
 };

@@ -46,6 +46,14 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
                  o->last_context, o->window);
         return RC_ERR_INVALID;
     }
+    if (o->memory_knn) {
+        if (o->knn_k == 0) o->knn_k = 128;
+        if (o->knn_k < 1 || o->knn_nlist < 0 || o->knn_nprobe < 0) {
+            snprintf(err, errlen, "knn memory needs k >= 1 (got %d) and non-negative nlist, nprobe",
+                     o->knn_k);
+            return RC_ERR_INVALID;
+        }
+    }
     if (!o->mem_dtype_set) {
         o->mem_dtype = c->n_mem_layers ? c->mem_dtype : DTYPE_F32;
         o->mem_dtype_set = 1;
@@ -184,4 +192,17 @@ void model_stream_rewind(model_stream_t *s, model_stream_mark_t mark)
     s->b->ops->memory_truncated(s->bs, mark.mem_rows);
     s->local = 0;
     s->tokens = mark.tokens;
+}
+
+rc_t model_stream_index_save(model_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
+{
+    if (!s->b->ops->index_save) return RC_ERR_UNSUPPORTED;
+    return s->b->ops->index_save(s->bs, layer, buf, len, rows);
+}
+
+rc_t model_stream_index_load(model_stream_t *s, int layer, const void *buf, size_t len,
+                             size_t rows)
+{
+    if (!s->b->ops->index_load) return RC_ERR_UNSUPPORTED;
+    return s->b->ops->index_load(s->bs, layer, buf, len, rows);
 }

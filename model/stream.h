@@ -44,6 +44,14 @@ typedef struct model_stream_opts {
     int mem_dtype_set;  /* use mem_dtype below instead of the config's */
     dtype_t mem_dtype;
     int disable_memory; /* memory layers ignore memory (an ablation for tests); 0 = normal */
+    /* Memory mode (REFERENCE.md "kNN memory"): 0 exact; 1 knn, each query and head attending
+     * to its top knn_k memory keys by inner product, found in a Faiss index per memory layer
+     * and kv head (memory/knn.h). knn_k 0: 128; knn_nlist / knn_nprobe 0: the index's
+     * defaults (about 4·sqrt(keys) lists, 32 probed). */
+    int memory_knn;
+    int knn_k;
+    int knn_nlist;
+    int knn_nprobe;
 } model_stream_opts_t;
 
 /* Fills defaults from the model's config into a zero-initialized opts and checks them. */
@@ -80,6 +88,16 @@ int model_stream_window(const model_stream_t *s);
 
 /* The stream's memory (borrowed). */
 memory_store_t *model_stream_memory(model_stream_t *s);
+
+/* The kNN index of memory layer `layer` (knn mode), for persisting it: save gives a
+ * malloc'ed blob covering *rows memory rows (the caller frees it); load installs one, after
+ * which rows past *rows are indexed as usual. RC_ERR_UNSUPPORTED outside knn mode or on a
+ * backend without an index; RC_ERR_FORMAT when the blob does not fit (nothing changed: the
+ * index is then rebuilt from the memory keys when next needed). */
+rc_t model_stream_index_save(model_stream_t *s, int layer, void **buf, size_t *len,
+                             size_t *rows);
+rc_t model_stream_index_load(model_stream_t *s, int layer, const void *buf, size_t len,
+                             size_t rows);
 
 /* A rewind point: the memory length and token count. model_stream_rewind truncates the
  * memory back to it and empties the local cache. Used so a question leaves the session

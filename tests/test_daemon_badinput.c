@@ -294,7 +294,7 @@ int main(void)
     /* Options this build does not have yet, and impossible ones: self-extend without its
      * group size and neighbour window cannot place any key. */
     EXPECT(create_opts(&c, "o1", "self-extend", "", 0), INVALID, "group size");
-    EXPECT(create_opts(&c, "o2", "", "knn", 0), UNSUPPORTED, "knn");
+    EXPECT(create_opts(&c, "o2", "", "fuzzy", 0), INVALID, "fuzzy");
     EXPECT(create_opts(&c, "o3", "sideways", "", 0), INVALID, "sideways");
     EXPECT(create_opts(&c, "o4", "", "", 100000), INVALID, "window");
 

@@ -1,0 +1,102 @@
+/* cpu_knn.c — FoT memory attention over a per-(query, head) selection of memory rows.
+ *
+ * Each (query, head) has its own memory rows, so there is no shared score block to compute
+ * with one matrix product. Instead every (query, head) is one call of cpu_attention_ext with
+ * a single query, that head's local keys, and its gathered rows as the memory: the local
+ * part, the positional layouts, the clamp, the memory scale and the single fp32 softmax are
+ * then exactly the reference kernel's, whatever it becomes. Heads' local keys and values are
+ * copied out contiguous once per kv head (the reference reads one head as a row slice). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu.h"
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, n);
+        abort();
+    }
+    return p;
+}
+
+/* dst [n, hd] = head kh of src [n, n_kv, hd]. */
+static void head_slice(float *dst, const float *src, int n, int n_kv, int kh, int hd)
+{
+    for (int j = 0; j < n; j++)
+        memcpy(dst + (size_t)j * hd, src + ((size_t)j * n_kv + kh) * hd, (size_t)hd * sizeof(float));
+}
+
+void cpu_attention_knn(const attn_knn_args_t *p)
+{
+    const attn_ext_args_t *e = &p->e;
+    const attn_args_t *a = &e->a;
+    const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads, group = nh / nkv;
+    const size_t k = p->k > 0 ? (size_t)p->k : 0;
+    const size_t es = dtype_size(a->mem_dtype), mrow = (size_t)nkv * hd * es;
+    const int self_extend = e->layout == CPU_ATTN_SELF_EXTEND;
+
+    float *kh_rot = xmalloc((size_t)a->n_k * hd * sizeof(float));               /* [n_k, hd] */
+    float *kh_alt = self_extend ? xmalloc((size_t)a->n_k * hd * sizeof(float)) : NULL; /* [n_k, hd] */
+    float *vh = xmalloc((size_t)a->n_k * hd * sizeof(float));                   /* [n_k, hd] */
+    float *mk = xmalloc((k ? k : 1) * hd * sizeof(float));                      /* [k, hd] */
+    float *mv = xmalloc((k ? k : 1) * hd * sizeof(float));                      /* [k, hd] */
+
+    for (int kv = 0; kv < nkv; kv++) {
+        head_slice(kh_rot, a->k, a->n_k, nkv, kv, hd);
+        head_slice(vh, a->v, a->n_k, nkv, kv, hd);
+        if (self_extend) head_slice(kh_alt, e->k_alt, a->n_k, nkv, kv, hd);
+        for (int h = kv * group; h < (kv + 1) * group; h++) {
+            for (int r = 0; r < a->n_q; r++) {
+                const size_t qo = ((size_t)r * nh + h) * hd;
+                const int64_t *ix = p->idx + ((size_t)r * nh + h) * k;
+                size_t m = 0;
+                for (size_t j = 0; j < k && a->n_mem; j++) {
+                    if (ix[j] < 0) continue;
+                    if ((uint64_t)ix[j] >= a->n_mem) {
+                        fprintf(stderr, "%s:%d: memory row %lld of %zu\n", __FILE__, __LINE__,
+                                (long long)ix[j], a->n_mem);
+                        abort();
+                    }
+                    const size_t off = (size_t)ix[j] * mrow + (size_t)kv * hd * es;
+                    dtype_to_f32(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, hd);
+                    dtype_to_f32(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, hd);
+                    m++;
+                }
+                attn_ext_args_t one = {
+                    .a = {.n_q = 1,
+                          .n_k = a->q_offset + r + 1,
+                          .n_heads = 1,
+                          .n_kv_heads = 1,
+                          .head_dim = hd,
+                          .q_offset = a->q_offset + r,
+                          .q = a->q + qo,
+                          .k = kh_rot,
+                          .v = vh,
+                          .n_mem = m,
+                          .mem_dtype = DTYPE_F32,
+                          .mem_k = mk,
+                          .mem_v = mv,
+                          .scale = a->scale,
+                          .out = a->out + qo},
+                    .layout = e->layout,
+                    .neighbor = e->neighbor,
+                    .chunk_len = e->chunk_len,
+                    .q_alt = {e->q_alt[0] ? e->q_alt[0] + qo : NULL,
+                              e->q_alt[1] ? e->q_alt[1] + qo : NULL},
+                    .k_alt = kh_alt,
+                    .q_mem = e->q_mem ? e->q_mem + qo : NULL,
+                    .mem_scale = e->mem_scale,
+                };
+                cpu_attention_ext(&one);
+            }
+        }
+    }
+    free(kh_rot);
+    free(kh_alt);
+    free(vh);
+    free(mk);
+    free(mv);
+}
