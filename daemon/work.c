@@ -77,6 +77,18 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
     pthread_mutex_unlock(&d->mu);
 
     const uint64_t W = (uint64_t)s->window;
+    /* Without memory layers a finished window would leave nothing behind: the session is
+     * its local context, at most one window (the scheme's extended length), kept whole. */
+    const int plain = d->mc->n_mem_layers == 0;
+    if (plain && n_old + nn > W) {
+        snprintf(err, errlen,
+                 "the session is full: this model has no memory layers, so a session holds at "
+                 "most one window of %llu tokens as its context (it has %llu; this adds %zu). "
+                 "Use a longer --window with --positional self-extend or dca, or a model with "
+                 "FoT memory layers",
+                 (unsigned long long)W, (unsigned long long)n_old, nn);
+        return RC_ERR_LIMIT;
+    }
     if (n_old + nn > s->tokens_cap) {
         size_t cap = s->tokens_cap ? s->tokens_cap : 4096;
         while (cap < n_old + nn)
@@ -92,7 +104,7 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
     /* Past n_tokens, so invisible until the commit makes it count. */
     if (nn) memcpy(s->tokens + n_old, newt, nn * sizeof *newt);
     uint64_t n_new = n_old + nn;
-    uint64_t win_new = n_new / W;
+    uint64_t win_new = plain ? 0 : n_new / W;
     uint64_t nwin = win_new - win_old;
 
     memory_store_t *mem = model_stream_memory(s->stream);

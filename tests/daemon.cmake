@@ -24,3 +24,9 @@ recall_add_test(test_daemon_positional SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_da
                 LIBS recall_rpc_test_util recall_model recall_proto recall_common
                 FIXTURES tiny_models LABELS daemon TIMEOUT 300)
 add_dependencies(test_daemon_positional recalld)
+
+# Plain LLaMA sessions: the whole session is the local context, refused past one window.
+recall_add_test(test_daemon_plain SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_daemon_plain.c
+                LIBS recall_rpc_test_util recall_model recall_proto recall_common
+                FIXTURES tiny_models LABELS daemon TIMEOUT 300)
+add_dependencies(test_daemon_plain recalld)
