@@ -2,9 +2,11 @@
  *
  * This is where LongLLaMA's inference semantics live (REFERENCE.md):
  *   - the local context is at most `window` tokens; every layer attends causally inside it,
- *     with RoPE at positions relative to the window's first token;
- *   - memory layers also attend to every memory key (unrotated, position 0) in the same
- *     fp32 softmax;
+ *     at positions relative to the window's first token, placed by the session's scheme
+ *     (plain RoPE, Self-Extend or DCA, and any RoPE scaling: model/positional.h says how
+ *     far each scheme lets a window reach);
+ *   - memory layers also attend to every memory key (unrotated, scored as a local key at
+ *     index 0 would be) in the same fp32 softmax — or, in knn mode, to the top-k of them;
  *   - when the local cache would exceed `window`, the whole cache moves: memory layers
  *     append its unrotated keys and values to memory (in mem_dtype), other layers drop it.
  *
