@@ -138,7 +138,33 @@ typedef struct cuda_attn_args {
     void *out;                  /* [n_q, n_heads, head_dim]; must not overlap q, k, v */
     void *workspace;            /* optional device scratch, see cuda_attention_workspace */
     size_t workspace_bytes;
+
+    /* Positional layout (cpu_attention_ext's, kernels/cpu.h), appended so that callers that
+     * zero-initialize the struct get plain RoPE. Taken by cuda_attention_fast on its
+     * tensor-core path only: there every pair takes its score from exactly one variant,
+     * chosen by the query's local index i = q_offset + row and the key's index j:
+     *   CUDA_ATTN_PLAIN        (q, k) for all j <= i
+     *   CUDA_ATTN_SELF_EXTEND  i - j < neighbor: (q, k);  else (q_alt[0], k_alt)
+     *   CUDA_ATTN_DCA          j / chunk_len == i / chunk_len: (q, k); one chunk before:
+     *                          (q_alt[0], k); older chunks: (q_alt[1], k)
+     * and memory scores are q_mem_i . K_m . mem_scale, all in one softmax. cuda_attention
+     * (the FMA kernel) ignores these fields: with any of them set, cuda_attention_fast
+     * refuses (RC_ERR_UNSUPPORTED) the inputs its tensor-core path cannot take instead of
+     * handing them to it. q_alt, k_alt and q_mem share q's dtype (BF16) and alignment. */
+    int layout;                 /* cuda_attn_layout_t; 0: plain */
+    int neighbor;               /* self-extend: W >= 1 */
+    int chunk_len;              /* dca: c >= 1 */
+    const void *q_alt[2];       /* [n_q, n_heads, head_dim] each: queries of variants 2, 3 */
+    const void *k_alt;          /* [n_k, n_kv_heads, head_dim] self-extend: keys at j // G */
+    const void *q_mem;          /* [n_q, n_heads, head_dim] queries for memory; NULL: q */
+    float mem_scale;            /* factor of memory scores; 0: scale */
 } cuda_attn_args_t;
+
+typedef enum cuda_attn_layout {
+    CUDA_ATTN_PLAIN = 0,
+    CUDA_ATTN_SELF_EXTEND = 1,
+    CUDA_ATTN_DCA = 2,
+} cuda_attn_layout_t;
 
 /* Bytes of workspace for which cuda_attention splits the key range as far as it would like
  * on this device (0 when splitting would not help). Any smaller workspace also works. Reads
@@ -191,6 +217,52 @@ rc_t cuda_memory_used(size_t *used, size_t *total);
  * out [n_tok] fp32; logits [n_tok, vocab] fp32; targets [n_tok] int32; all on the device. */
 rc_t cuda_logprob_gather(float *out, const float *logits, const int32_t *targets, int n_tok,
                          int vocab, void *stream);
+
+/* ---- fused ops and graphs for the model backend's fast paths (kernels/cuda/fused_ops.cu) */
+
+/* After one GEMM against the concatenated [wq; wk; wv]: splits each row of
+ * qkv [n_tok, (n_heads + 2·n_kv_heads)·head_dim] bf16 into q_out [n_tok, n_heads·hd] and
+ * k_rot [n_tok, n_kv·hd] (both rotated as cuda_rope does at pos[t], mscale 1), k_raw (the
+ * keys unrotated; NULL: not wanted) and v_out [n_tok, n_kv·hd], all bf16. pos NULL: no
+ * rotation (a plain split). Same bits as the GEMMs into separate buffers plus cuda_rope. */
+rc_t cuda_qkv_split_rope(const uint16_t *qkv, int n_tok, int n_heads, int n_kv_heads,
+                         int head_dim, const int32_t *pos, const float *inv_freq,
+                         uint16_t *q_out, uint16_t *k_rot, uint16_t *k_raw, uint16_t *v_out,
+                         void *stream);
+
+/* After one GEMM against the concatenated [w_gate; w_up]: out[t, j] = silu(gu[t, j]) ·
+ * gu[t, ffn + j].  out [n_tok, ffn] bf16; gu [n_tok, 2·ffn] bf16; ffn even; no overlap. */
+rc_t cuda_swiglu_fused(uint16_t *out, const uint16_t *gu, int n_tok, int ffn, void *stream);
+
+/* One token's projection, a matrix-vector product streaming bf16 weights w [rows, k]
+ * (fp32 accumulation). The input is x [k] bf16, or with norm_g given, x [k] fp32 normalized
+ * on the fly exactly as cuda_rmsnorm(bf16 out, eps) would (so the norm needs no launch).
+ *   CUDA_GEMV_BF16     y [n_out] bf16  = w · x            (rows = n_out)
+ *   CUDA_GEMV_F32      y [n_out] fp32  = w · x
+ *   CUDA_GEMV_ADD_F32  y [n_out] fp32 += w · x            (the residual add, beta = 1)
+ *   CUDA_GEMV_SWIGLU   y [n_out] bf16  = silu(g) · u with g = bf16(w[j] · x) and
+ *                      u = bf16(w[n_out + j] · x)        (rows = 2·n_out: [w_gate; w_up])
+ * Needs k % 8 == 0, 2·k bytes ≤ 48 KB (cuda_gemv_supported) and 16-byte aligned w (and x
+ * when bf16): otherwise RC_ERR_UNSUPPORTED, and the caller uses cuda_matmul_nt. */
+enum { CUDA_GEMV_BF16 = 0, CUDA_GEMV_F32 = 1, CUDA_GEMV_ADD_F32 = 2, CUDA_GEMV_SWIGLU = 3 };
+int cuda_gemv_supported(int k);
+rc_t cuda_gemv(int mode, void *y, const uint16_t *w, const void *x, const uint16_t *norm_g,
+               int n_out, int k, float eps, void *stream);
+
+/* Asynchronous copy in any direction (cudaMemcpyDefault); with page-locked host memory it can
+ * be captured into a graph, where it reads or writes the host buffer when the graph runs. */
+rc_t cuda_copy_async(void *dst, const void *src, size_t bytes, void *stream);
+
+/* Stream capture into an executable graph (CUDA graphs): everything issued on `stream`
+ * between begin and end is recorded, not run (thread-local capture mode, so other threads
+ * keep allocating). cuda_capture_end(ok = 0) abandons a capture after an error. With *exec
+ * already a graph, end updates it in place when the topology is unchanged (only kernel
+ * arguments differ) and re-instantiates it otherwise. An exec may be updated while an
+ * earlier launch of another exec runs; launches are ordered on the stream as usual. */
+rc_t cuda_capture_begin(void *stream);
+rc_t cuda_capture_end(void *stream, int ok, void **exec);
+rc_t cuda_graph_launch(void *exec, void *stream);
+void cuda_graph_destroy(void **exec); /* NULL-safe; nulls *exec */
 
 #ifdef __cplusplus
 }

@@ -18,9 +18,18 @@
  * writes the window's rows into the mirror (converted to mem_dtype on the device) and then
  * copies those same bytes to the host store, and a rewind only shortens the mirror.
  *
- * Positional schemes: plain RoPE, with any RoPE scaling whose cos/sin multiplier is 1
- * (linear, NTK, dynamic: only the frequencies change). Self-Extend, DCA and YaRN are refused
- * with RC_ERR_UNSUPPORTED in stream_create until the GPU path implements them.
+ * Positional schemes (model/positional.h), as backend_cpu.c computes them: plain RoPE with
+ * any RoPE scaling (YaRN's cos/sin factor included), Self-Extend and DCA (ChunkLlama's
+ * cos/sin scale included). Under Self-Extend the keys are cached rotated twice, at j and at
+ * j // G (a second bf16 cache per layer, [window, kv_dim]), and each query is rotated every
+ * way its scheme pairs it (Self-Extend 2, DCA 3, plus its position against memory keys);
+ * the tensor-core attention (cuda_attention_fast's positional layouts) picks per pair which
+ * score to use, in one online softmax. Caching the grouped keys rather than rotating them
+ * inside the kernel keeps the kernel's inner loop exactly the plain one (a tile needs one
+ * staged key buffer or two, never cos/sin work per key and tile) and gives the same bf16
+ * keys a rotate-once cache would; the cost is window · kv_dim · 2 bytes per layer. All
+ * positions depend only on the index inside the window, so they are computed once per
+ * stream. Sessions with these schemes need the tensor-core path (bf16, sm_80 or later).
  *
  * Threads: each stream has its own CUDA stream and cuBLAS handle (cuBLAS's workspace cannot
  * be shared by concurrent streams), so streams of one backend may run on different threads;
@@ -70,6 +79,10 @@
 
 typedef struct cuda_layer_w {
     uint16_t *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down; /* bf16 */
+    /* wq, wk, wv are views into wqkv [q_dim + 2·kv_dim, hidden] and w_gate, w_up into
+     * w_gu [2·ffn, hidden]: one GEMM (or matrix-vector product) each instead of three and
+     * two — larger GEMMs, fewer launches. The views are not freed on their own. */
+    uint16_t *wqkv, *w_gu;
 } cuda_layer_w_t;
 
 typedef struct cuda_backend {
@@ -109,8 +122,9 @@ struct backend_stream {
     uint16_t *xn;     /* [window, hidden] bf16 normalized input of a GEMM */
     uint16_t *q;      /* [window, q_dim] bf16 */
     uint16_t *att;    /* [window, q_dim] bf16 attention output */
-    uint16_t *gate;   /* [window, ffn] bf16; SwiGLU's output in place */
-    uint16_t *up;     /* [window, ffn] bf16 */
+    uint16_t *gate;   /* [window, ffn] bf16: SwiGLU's output */
+    uint16_t *gu;     /* [window, 2·ffn] bf16: the fused gate/up GEMM's output */
+    uint16_t *qkv;    /* [window, q_dim + 2·kv_dim] bf16: the fused q/k/v GEMM's output */
     float *logits;    /* [LOGIT_ROWS, vocab] fp32 */
     float *lp;        /* [window] device: gathered log-probs */
     float *lp_host;   /* [window] page-locked */
@@ -124,22 +138,59 @@ struct backend_stream {
     size_t mirror_rows, mirror_cap;
     void **mk, **mv;           /* [n_mem_layers] device, each [mirror_cap, kv_dim] mdt */
     void *flush_k, *flush_v;   /* [window, kv_dim] mdt, page-locked: a flush's rows */
+
+    /* Extended positions (positional_setup): only when `ext`, else NULL. With ext the q/k/v
+     * split leaves q and keys unrotated and positional_prepare rotates them. */
+    int ext;                   /* self-extend, dca, or a cos/sin multiplier (YaRN, DCA) */
+    float mscale;              /* cos/sin multiplier of every rotation */
+    positional_params_t pp;
+    int32_t *kpos;             /* [window] device: the cached key's position */
+    int32_t *kpos_grp;         /* [window] device: self-extend j // G */
+    int32_t *qpos[3];          /* [window] device each: query position per variant */
+    int32_t *mpos;             /* [window] device: query position against memory keys */
+    uint16_t *q_alt[2];        /* [window, q_dim] bf16 each: queries of variants 2, 3 */
+    uint16_t *q_mem;           /* [window, q_dim] bf16: queries against memory */
+    uint16_t **k_grp;          /* [n_layers] self-extend, each [window, kv_dim] bf16 at j // G */
+
+    /* One-token steps (decode): matrix-vector kernels instead of GEMMs when the shapes
+     * allow (gemv_ok), and the whole step replayed as a CUDA graph (graphs). Two graph
+     * slots alternate: while one step runs, the next position's step is captured into the
+     * other (same kernels, arguments one position on), so the host's capture work hides
+     * behind the GPU's. A slot is valid for its key: the local length it was captured at,
+     * the memory rows and the buffers (workspace, mirror) its arguments point to. */
+    int gemv_ok, graphs;
+    void *cap_st;              /* capture stream (idle, so capture never meets pending work) */
+    void *g_exec[2];
+    struct graph_key {
+        int local;
+        size_t mem_rows;
+        const void *ws, *mk0;
+    } g_key[2];
+    int g_next;
+    int32_t *tok_host;         /* [1] page-locked: the step's token, read by the graph */
+    float *logits_host;        /* [vocab] page-locked: the step's logits, written by it */
 };
 
 /* ---- open / close -------------------------------------------------------------------- */
 
-/* Uploads n fp32 host values as bf16 through the fp32 device staging buffer. */
-static rc_t upload_bf16(uint16_t **dst, const float *src, size_t n, float *staging)
+/* Uploads n fp32 host values as bf16 into dst (n elements allocated) through the fp32 device
+ * staging buffer. */
+static rc_t upload_bf16_into(uint16_t *dst, const float *src, size_t n, float *staging)
 {
-    TRY(cuda_alloc((void **)dst, n * sizeof(uint16_t)));
     for (size_t off = 0; off < n; off += UPLOAD_CHUNK) {
         size_t cnt = n - off < UPLOAD_CHUNK ? n - off : UPLOAD_CHUNK;
         /* cuda_upload waits for its copy, and the previous chunk's conversion ran before it
          * on the same (default) stream, so the staging buffer is free to overwrite. */
         TRY(cuda_upload(staging, src + off, cnt * sizeof(float), NULL));
-        TRY(cuda_convert(*dst + off, DTYPE_BF16, staging, DTYPE_F32, cnt, NULL));
+        TRY(cuda_convert(dst + off, DTYPE_BF16, staging, DTYPE_F32, cnt, NULL));
     }
     return RC_OK;
+}
+
+static rc_t upload_bf16(uint16_t **dst, const float *src, size_t n, float *staging)
+{
+    TRY(cuda_alloc((void **)dst, n * sizeof(uint16_t)));
+    return upload_bf16_into(*dst, src, n, staging);
 }
 
 static void gpu_close(void *ctx)
@@ -150,8 +201,9 @@ static void gpu_close(void *ctx)
     if (b->layers) {
         for (int l = 0; l < b->c->n_layers; l++) {
             cuda_layer_w_t *L = &b->layers[l];
-            uint16_t **all[] = {&L->attn_norm, &L->wq,     &L->wk,   &L->wv,    &L->wo,
-                                &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
+            L->wq = L->wk = L->wv = L->w_gate = L->w_up = NULL; /* views */
+            uint16_t **all[] = {&L->attn_norm, &L->wqkv, &L->wo,
+                                &L->ffn_norm,  &L->w_gu, &L->w_down};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cuda_free((void **)all[i]);
         }
     }
@@ -240,13 +292,22 @@ static rc_t gpu_open(const model_t *m, int device, void **ctx, char *err, size_t
         const model_layer_t *S = &w->layers[l];
         cuda_layer_w_t *D = &b->layers[l];
         if ((rc = upload_bf16(&D->attn_norm, S->attn_norm, h, staging)) ||
-            (rc = upload_bf16(&D->wq, S->wq, qd * h, staging)) ||
-            (rc = upload_bf16(&D->wk, S->wk, kvd * h, staging)) ||
-            (rc = upload_bf16(&D->wv, S->wv, kvd * h, staging)) ||
+            (rc = cuda_alloc((void **)&D->wqkv, (qd + 2 * kvd) * h * sizeof(uint16_t))))
+            goto fail;
+        D->wq = D->wqkv;
+        D->wk = D->wq + qd * h;
+        D->wv = D->wk + kvd * h;
+        if ((rc = upload_bf16_into(D->wq, S->wq, qd * h, staging)) ||
+            (rc = upload_bf16_into(D->wk, S->wk, kvd * h, staging)) ||
+            (rc = upload_bf16_into(D->wv, S->wv, kvd * h, staging)) ||
             (rc = upload_bf16(&D->wo, S->wo, h * qd, staging)) ||
             (rc = upload_bf16(&D->ffn_norm, S->ffn_norm, h, staging)) ||
-            (rc = upload_bf16(&D->w_gate, S->w_gate, f * h, staging)) ||
-            (rc = upload_bf16(&D->w_up, S->w_up, f * h, staging)) ||
+            (rc = cuda_alloc((void **)&D->w_gu, 2 * f * h * sizeof(uint16_t))))
+            goto fail;
+        D->w_gate = D->w_gu;
+        D->w_up = D->w_gu + f * h;
+        if ((rc = upload_bf16_into(D->w_gate, S->w_gate, f * h, staging)) ||
+            (rc = upload_bf16_into(D->w_up, S->w_up, f * h, staging)) ||
             (rc = upload_bf16(&D->w_down, S->w_down, h * f, staging)))
             goto fail;
     }
@@ -270,6 +331,76 @@ static const char *gpu_describe(void *ctx)
 
 /* ---- streams ------------------------------------------------------------------------- */
 
+/* Frees what positional_setup made. */
+static void positional_free(backend_stream_t *s)
+{
+    if (s->k_grp)
+        for (int l = 0; l < s->c->n_layers; l++) cuda_free((void **)&s->k_grp[l]);
+    free(s->k_grp);
+    s->k_grp = NULL;
+    void **dev[] = {(void **)&s->kpos,    (void **)&s->kpos_grp, (void **)&s->qpos[0],
+                    (void **)&s->qpos[1], (void **)&s->qpos[2],  (void **)&s->mpos,
+                    (void **)&s->q_alt[0], (void **)&s->q_alt[1], (void **)&s->q_mem};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cuda_free(dev[i]);
+}
+
+/* The position tables of an extended scheme, for every window index (backend_cpu.c's
+ * cpu_forward computes the same per chunk), and the buffers of the extra rotations. */
+static rc_t positional_setup(backend_stream_t *s)
+{
+    const model_config_t *c = s->c;
+    const positional_params_t *p = &s->pp;
+    const size_t W = (size_t)s->W, bf = sizeof(uint16_t);
+    const int se = p->kind == POSITIONAL_SELF_EXTEND, dca = p->kind == POSITIONAL_DCA;
+    const int n_alt = dca ? 2 : se ? 1 : 0;
+    rc_t rc = RC_OK;
+    int32_t *h = malloc(W * 6 * sizeof *h); /* kpos, kpos_grp, qpos[0..2], mpos */
+    if (!h) return RC_ERR_NOMEM;
+    int32_t *hk = h, *hg = h + W, *hq[3] = {h + 2 * W, h + 3 * W, h + 4 * W}, *hm = h + 5 * W;
+    for (size_t t = 0; t < W; t++) {
+        const int i = (int)t;
+        hm[t] = positional_mem_query(p, i);
+        hk[t] = hq[0][t] = hq[1][t] = hq[2][t] = hg[t] = i;
+        if (se) {
+            hg[t] = positional_se_key(i, p->group);
+            hq[1][t] = positional_se_query(i, p->group, p->neighbor);
+        } else if (dca) {
+            hk[t] = i % p->chunk_len;
+            hq[0][t] = positional_dca_intra(p, i);
+            hq[1][t] = positional_dca_succ(p, i);
+            hq[2][t] = p->chunk_size;
+        }
+    }
+    const size_t tb = W * sizeof(int32_t);
+    if ((rc = cuda_alloc((void **)&s->kpos, tb)) || (rc = cuda_alloc((void **)&s->mpos, tb)) ||
+        (rc = cuda_alloc((void **)&s->qpos[0], tb)) ||
+        (rc = cuda_upload(s->kpos, hk, tb, s->st)) || (rc = cuda_upload(s->mpos, hm, tb, s->st)) ||
+        (rc = cuda_upload(s->qpos[0], hq[0], tb, s->st)))
+        goto done;
+    for (int v = 0; v < n_alt; v++)
+        if ((rc = cuda_alloc((void **)&s->qpos[v + 1], tb)) ||
+            (rc = cuda_upload(s->qpos[v + 1], hq[v + 1], tb, s->st)) ||
+            (rc = cuda_alloc((void **)&s->q_alt[v], W * s->q_dim * bf)))
+            goto done;
+    if (c->n_mem_layers && (se || dca) &&
+        (rc = cuda_alloc((void **)&s->q_mem, W * s->q_dim * bf)))
+        goto done;
+    if (se) {
+        if ((rc = cuda_alloc((void **)&s->kpos_grp, tb)) ||
+            (rc = cuda_upload(s->kpos_grp, hg, tb, s->st)))
+            goto done;
+        if (!(s->k_grp = calloc((size_t)c->n_layers, sizeof *s->k_grp))) {
+            rc = RC_ERR_NOMEM;
+            goto done;
+        }
+        for (int l = 0; l < c->n_layers; l++)
+            if ((rc = cuda_alloc((void **)&s->k_grp[l], W * s->kv_dim * bf))) goto done;
+    }
+done:
+    free(h);
+    return rc;
+}
+
 static void gpu_stream_destroy(backend_stream_t *s)
 {
     if (!s) return;
@@ -292,9 +423,15 @@ static void gpu_stream_destroy(backend_stream_t *s)
     void **dev[] = {(void **)&s->inv_freq, (void **)&s->pos, (void **)&s->tok,
                     (void **)&s->tgt,      (void **)&s->x,   (void **)&s->xn,
                     (void **)&s->q,        (void **)&s->att, (void **)&s->gate,
-                    (void **)&s->up,       (void **)&s->logits, (void **)&s->lp,
-                    &s->ws};
+                    (void **)&s->gu,       (void **)&s->qkv, (void **)&s->logits,
+                    (void **)&s->lp,       &s->ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cuda_free(dev[i]);
+    cuda_graph_destroy(&s->g_exec[0]);
+    cuda_graph_destroy(&s->g_exec[1]);
+    cuda_stream_destroy(&s->cap_st);
+    cuda_host_free((void **)&s->tok_host);
+    cuda_host_free((void **)&s->logits_host);
+    positional_free(s);
     cuda_host_free((void **)&s->lp_host);
     cuda_host_free(&s->flush_k);
     cuda_host_free(&s->flush_v);
@@ -309,14 +446,16 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     cuda_backend_t *b = ctx;
     const model_config_t *c = b->c;
     *out = NULL;
-    if (o->positional != POSITIONAL_ROPE) {
-        log_warn("backend %s: positional scheme '%s' is not implemented on the GPU yet; "
-                 "use --device cpu", b->describe, positional_name(o->positional));
-        return RC_ERR_UNSUPPORTED;
-    }
     if (c->n_mem_layers && o->mem_dtype != DTYPE_F32 && o->mem_dtype != DTYPE_BF16) {
         log_warn("backend %s: memory dtype %s is not supported on the GPU (f32, bf16 are)",
                  b->describe, dtype_name(o->mem_dtype));
+        return RC_ERR_UNSUPPORTED;
+    }
+    if (c->n_mem_layers && o->memory_knn) {
+        /* The GPU attends to all memory; computing exact attention for a knn session would
+         * silently change its answers, so refuse until the GPU kNN tier exists. */
+        log_warn("backend %s: knn memory mode is not on the GPU yet (use --device cpu, or "
+                 "--memory exact)", b->describe);
         return RC_ERR_UNSUPPORTED;
     }
     if (o->window <= 0) return RC_ERR_INVALID;
@@ -326,14 +465,25 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     float mscale = 1.0f;
     /* Opts come resolved (model_stream_opts_resolve): scaling and factor are set. */
     positional_rope_freqs(c, o->rope_scaling, o->rope_factor, o->window, inv_freq, &mscale);
-    if (mscale != 1.0f) {
-        /* YaRN: memory scores would need their own scale (backend_cpu.c's mem_scale). */
-        log_warn("backend %s: RoPE scaling '%s' is not implemented on the GPU yet; use "
-                 "--device cpu", b->describe, positional_scaling_name(o->rope_scaling));
-        free(inv_freq);
-        return RC_ERR_UNSUPPORTED;
+    if (o->positional == POSITIONAL_DCA && !o->dca_no_scale)
+        mscale = positional_dca_scale(o->window, c->max_pos);
+    const positional_params_t pp = positional_params(c, o);
+    if ((pp.kind == POSITIONAL_DCA && pp.chunk_len < 1) ||
+        (pp.kind == POSITIONAL_SELF_EXTEND && (pp.group < 1 || pp.neighbor < 1))) {
+        free(inv_freq); /* opts not resolved */
+        return RC_ERR_INVALID;
     }
-    rc_t rc = cuda_set_device(b->device);
+    const int ext = pp.kind != POSITIONAL_ROPE || mscale != 1.0f;
+    cuda_device_info_t dev_info;
+    rc_t rc = cuda_device_info(b->device, &dev_info);
+    if (!rc && ext && dev_info.cc_major < 8) {
+        /* Only the tensor-core attention computes the per-pair scores. */
+        log_warn("backend %s: positional scheme '%s' (RoPE scaling '%s') needs an sm_80 or "
+                 "later GPU; use --device cpu", b->describe, positional_name(pp.kind),
+                 positional_scaling_name(o->rope_scaling));
+        rc = RC_ERR_UNSUPPORTED;
+    }
+    if (!rc) rc = cuda_set_device(b->device);
     if (rc) {
         free(inv_freq);
         return rc;
@@ -354,6 +504,9 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     s->scale = 1.0f / sqrtf((float)hd);
     s->mdt = o->mem_dtype;
     s->row_bytes = (size_t)s->kv_dim * dtype_size(s->mdt);
+    s->ext = ext;
+    s->mscale = mscale;
+    s->pp = pp;
     const size_t W = (size_t)o->window, bf = sizeof(uint16_t);
     int32_t *iota = NULL;
 
@@ -381,7 +534,8 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         (rc = cuda_alloc((void **)&s->q, W * s->q_dim * bf)) ||
         (rc = cuda_alloc((void **)&s->att, W * s->q_dim * bf)) ||
         (rc = cuda_alloc((void **)&s->gate, W * c->ffn * bf)) ||
-        (rc = cuda_alloc((void **)&s->up, W * c->ffn * bf)) ||
+        (rc = cuda_alloc((void **)&s->gu, W * 2 * c->ffn * bf)) ||
+        (rc = cuda_alloc((void **)&s->qkv, W * (s->q_dim + 2 * s->kv_dim) * bf)) ||
         (rc = cuda_alloc((void **)&s->logits, (size_t)LOGIT_ROWS * c->vocab_size * sizeof(float))) ||
         (rc = cuda_alloc((void **)&s->lp, W * sizeof(float))) ||
         (rc = cuda_host_alloc((void **)&s->lp_host, W * sizeof(float))))
@@ -403,6 +557,22 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         goto fail;
     }
     for (size_t i = 0; i < W; i++) iota[i] = (int32_t)i;
+    if (s->ext && (rc = positional_setup(s))) goto fail;
+    s->gemv_ok = cuda_gemv_supported(c->hidden) && cuda_gemv_supported(s->q_dim) &&
+                 cuda_gemv_supported(c->ffn);
+    {
+        /* RECALL_CUDA_GRAPHS=0 turns the decode graphs off (for comparisons). */
+        const char *env = getenv("RECALL_CUDA_GRAPHS");
+        /* Extended positions (s->ext) prepare per-layer state on the host: not captured. */
+        s->graphs = s->gemv_ok && !s->ext && o->positional == POSITIONAL_ROPE &&
+                    !(env && !strcmp(env, "0"));
+    }
+    s->g_key[0].local = s->g_key[1].local = -1;
+    if (s->graphs &&
+        ((rc = cuda_stream_create(&s->cap_st)) ||
+         (rc = cuda_host_alloc((void **)&s->tok_host, sizeof(int32_t))) ||
+         (rc = cuda_host_alloc((void **)&s->logits_host, (size_t)c->vocab_size * sizeof(float)))))
+        goto fail;
     if ((rc = cuda_upload(s->pos, iota, W * sizeof *iota, s->st)) ||
         (rc = cuda_upload(s->inv_freq, inv_freq, (size_t)hd / 2 * sizeof(float), s->st)))
         goto fail;
@@ -483,8 +653,10 @@ static rc_t mirror_sync(backend_stream_t *s)
 /* Attention workspace for these shapes, grown on demand (growing waits for the stream). */
 static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
 {
+    /* Positional layouts and memory factors are the tensor-core kernel's alone. */
+    const int fast = BACKEND_CUDA_FAST_ATTENTION || s->ext;
     size_t need = 0;
-    TRY(BACKEND_CUDA_ATTENTION_WORKSPACE(a, &need));
+    TRY(fast ? cuda_attention_fast_workspace(a, &need) : BACKEND_CUDA_ATTENTION_WORKSPACE(a, &need));
     if (need > s->ws_bytes) {
         TRY(cuda_stream_sync(s->st));
         cuda_free(&s->ws);
@@ -494,7 +666,51 @@ static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
     }
     a->workspace = s->ws;
     a->workspace_bytes = s->ws_bytes;
-    return BACKEND_CUDA_ATTENTION(a, s->st);
+    return fast ? cuda_attention_fast(a, s->st) : BACKEND_CUDA_ATTENTION(a, s->st);
+}
+
+/* Extended schemes: rotates the chunk's unrotated queries and keys (the q/k/v split left
+ * them so) every way the scheme needs, as backend_cpu.c's layer_forward does, and fills the
+ * positional tail of the attention arguments. Keys: k_rot at kpos (j, or j mod c), under
+ * Self-Extend also k_grp at j // G; queries: q at qpos[0], q_alt[v] at qpos[v + 1], q_mem at
+ * mpos when memory is attended. Every rotation carries mscale; memory scores get it once
+ * more (a local key at index 0 would carry it): mem_scale = scale · mscale. */
+static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, cuda_attn_args_t *a)
+{
+    const model_config_t *c = s->c;
+    const cuda_layer_cache_t *L = &s->layers[l];
+    const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    const size_t kv_off = (size_t)local * s->kv_dim, qb = (size_t)n * s->q_dim * sizeof(uint16_t);
+    const float ms = s->mscale;
+    uint16_t *k_rot = L->k_rot + kv_off;
+    void *st = s->st;
+    const int n_alt = s->pp.kind == POSITIONAL_DCA ? 2 : s->pp.kind == POSITIONAL_SELF_EXTEND;
+    for (int v = 0; v < n_alt; v++) {
+        TRY(cuda_copy(s->q_alt[v], s->q, qb, st));
+        TRY(cuda_rope(s->q_alt[v], DTYPE_BF16, n, nh, hd, s->qpos[v + 1] + local, s->inv_freq, ms,
+                      st));
+        a->q_alt[v] = s->q_alt[v];
+    }
+    if (a->n_mem && s->q_mem) { /* rope (YaRN): memory queries are q itself */
+        TRY(cuda_copy(s->q_mem, s->q, qb, st));
+        TRY(cuda_rope(s->q_mem, DTYPE_BF16, n, nh, hd, s->mpos + local, s->inv_freq, ms, st));
+        a->q_mem = s->q_mem;
+    }
+    if (s->k_grp) {
+        uint16_t *kg = s->k_grp[l] + kv_off;
+        TRY(cuda_copy(kg, k_rot, (size_t)n * s->kv_dim * sizeof(uint16_t), st));
+        TRY(cuda_rope(kg, DTYPE_BF16, n, nkv, hd, s->kpos_grp + local, s->inv_freq, ms, st));
+        a->k_alt = s->k_grp[l];
+    }
+    TRY(cuda_rope(s->q, DTYPE_BF16, n, nh, hd, s->qpos[0] + local, s->inv_freq, ms, st));
+    TRY(cuda_rope(k_rot, DTYPE_BF16, n, nkv, hd, s->kpos + local, s->inv_freq, ms, st));
+    a->layout = s->pp.kind == POSITIONAL_DCA           ? CUDA_ATTN_DCA
+                : s->pp.kind == POSITIONAL_SELF_EXTEND ? CUDA_ATTN_SELF_EXTEND
+                                                       : CUDA_ATTN_PLAIN;
+    a->neighbor = s->pp.neighbor;
+    a->chunk_len = s->pp.chunk_len;
+    if (a->n_mem && ms != 1.0f) a->mem_scale = s->scale * ms;
+    return RC_OK;
 }
 
 /* One layer over a chunk of n tokens already in s->x; the cache holds `local` before them. */
@@ -508,21 +724,24 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
     const int32_t *pos = s->pos + local;
     void *st = s->st;
 
-    TRY(cuda_rmsnorm(s->xn, DTYPE_BF16, s->x, DTYPE_F32, W->attn_norm, n, hid, c->rms_eps, st));
-    TRY(cuda_matmul_nt(s->cx, s->q, DTYPE_BF16, s->xn, W->wq, n, s->q_dim, hid, 0.0f, st));
-    /* Keys and values land in the cache directly; memory layers keep the unrotated keys. */
-    uint16_t *k_rot = L->k_rot + kv_off;
-    if (L->k_raw) {
-        uint16_t *k_raw = L->k_raw + kv_off;
-        TRY(cuda_matmul_nt(s->cx, k_raw, DTYPE_BF16, s->xn, W->wk, n, s->kv_dim, hid, 0.0f, st));
-        TRY(cuda_copy(k_rot, k_raw, (size_t)n * s->kv_dim * sizeof(uint16_t), st));
+    /* One token (decode): matrix-vector kernels with the RMSNorm, the residual add and
+     * SwiGLU fused in; otherwise GEMMs. */
+    const int one = n == 1 && s->gemv_ok;
+    const int qkv_dim = s->q_dim + 2 * s->kv_dim;
+    if (one) {
+        TRY(cuda_gemv(CUDA_GEMV_BF16, s->qkv, W->wqkv, s->x, W->attn_norm, qkv_dim, hid,
+                      c->rms_eps, st));
     } else {
-        TRY(cuda_matmul_nt(s->cx, k_rot, DTYPE_BF16, s->xn, W->wk, n, s->kv_dim, hid, 0.0f, st));
+        TRY(cuda_rmsnorm(s->xn, DTYPE_BF16, s->x, DTYPE_F32, W->attn_norm, n, hid, c->rms_eps,
+                         st));
+        TRY(cuda_matmul_nt(s->cx, s->qkv, DTYPE_BF16, s->xn, W->wqkv, n, qkv_dim, hid, 0.0f, st));
     }
-    TRY(cuda_matmul_nt(s->cx, L->v + kv_off, DTYPE_BF16, s->xn, W->wv, n, s->kv_dim, hid, 0.0f,
-                       st));
-    TRY(cuda_rope(s->q, DTYPE_BF16, n, c->n_heads, hd, pos, s->inv_freq, 1.0f, st));
-    TRY(cuda_rope(k_rot, DTYPE_BF16, n, c->n_kv_heads, hd, pos, s->inv_freq, 1.0f, st));
+    /* q rotated into s->q; keys and values land in the cache directly (rotated, and for
+     * memory layers also unrotated). */
+    uint16_t *k_rot = L->k_rot + kv_off;
+    TRY(cuda_qkv_split_rope(s->qkv, n, c->n_heads, c->n_kv_heads, hd, s->ext ? NULL : pos,
+                            s->inv_freq, s->q,
+                            k_rot, L->k_raw ? L->k_raw + kv_off : NULL, L->v + kv_off, st));
 
     cuda_attn_args_t a = {
         .n_q = n,
@@ -544,15 +763,114 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
         a.mem_k = s->mk[L->mem_layer];
         a.mem_v = s->mv[L->mem_layer];
     }
+    if (s->ext) TRY(positional_prepare(s, l, n, local, &a));
     TRY(attention(s, &a));
+    if (one) {
+        TRY(cuda_gemv(CUDA_GEMV_ADD_F32, s->x, W->wo, s->att, NULL, hid, s->q_dim, 0.0f, st));
+        TRY(cuda_gemv(CUDA_GEMV_SWIGLU, s->gate, W->w_gu, s->x, W->ffn_norm, c->ffn, hid,
+                      c->rms_eps, st));
+        return cuda_gemv(CUDA_GEMV_ADD_F32, s->x, W->w_down, s->gate, NULL, hid, c->ffn, 0.0f,
+                         st);
+    }
     /* x += att · Woᵀ: the GEMM accumulates into the fp32 residual (beta = 1). */
     TRY(cuda_matmul_nt(s->cx, s->x, DTYPE_F32, s->att, W->wo, n, hid, s->q_dim, 1.0f, st));
 
     TRY(cuda_rmsnorm(s->xn, DTYPE_BF16, s->x, DTYPE_F32, W->ffn_norm, n, hid, c->rms_eps, st));
-    TRY(cuda_matmul_nt(s->cx, s->gate, DTYPE_BF16, s->xn, W->w_gate, n, c->ffn, hid, 0.0f, st));
-    TRY(cuda_matmul_nt(s->cx, s->up, DTYPE_BF16, s->xn, W->w_up, n, c->ffn, hid, 0.0f, st));
-    TRY(cuda_swiglu(s->gate, DTYPE_BF16, s->gate, s->up, DTYPE_BF16, (size_t)n * c->ffn, st));
+    TRY(cuda_matmul_nt(s->cx, s->gu, DTYPE_BF16, s->xn, W->w_gu, n, 2 * c->ffn, hid, 0.0f, st));
+    TRY(cuda_swiglu_fused(s->gate, s->gu, n, c->ffn, st));
     TRY(cuda_matmul_nt(s->cx, s->x, DTYPE_F32, s->gate, W->w_down, n, hid, c->ffn, 1.0f, st));
+    return RC_OK;
+}
+
+/* ---- one-token steps as CUDA graphs ------------------------------------------------- */
+
+/* The attention workspace for a step at any local length (the split plan grows with the key
+ * count, so the window's end needs the most): reserved before capture, where the attention
+ * helper could not grow it (that waits for the stream). */
+static rc_t step_ws_reserve(backend_stream_t *s)
+{
+    const model_config_t *c = s->c;
+    cuda_attn_args_t a = {
+        .n_q = 1,
+        .n_k = s->W,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .q_offset = s->W - 1,
+        .dtype = DTYPE_BF16,
+        .n_mem = c->n_mem_layers && !s->o.disable_memory ? s->mirror_rows : 0,
+        .mem_dtype = s->mdt,
+        .scale = s->scale,
+    };
+    size_t need = 0;
+    TRY(BACKEND_CUDA_ATTENTION_WORKSPACE(&a, &need));
+    if (need <= s->ws_bytes) return RC_OK;
+    TRY(cuda_stream_sync(s->st));
+    cuda_free(&s->ws);
+    s->ws_bytes = 0;
+    TRY(cuda_alloc(&s->ws, need));
+    s->ws_bytes = need;
+    return RC_OK;
+}
+
+static struct graph_key step_key(const backend_stream_t *s, int local)
+{
+    struct graph_key k = {local, s->mirror_rows, s->ws, s->mk ? s->mk[0] : NULL};
+    return k;
+}
+
+/* Records one step at `local` (token from tok_host, logits to logits_host) into slot's
+ * graph, unless the slot already holds exactly that step. */
+static rc_t step_prepare(backend_stream_t *s, int slot, int local)
+{
+    const model_config_t *c = s->c;
+    TRY(step_ws_reserve(s));
+    const struct graph_key k = step_key(s, local);
+    const struct graph_key *h = &s->g_key[slot];
+    if (s->g_exec[slot] && h->local == k.local && h->mem_rows == k.mem_rows && h->ws == k.ws &&
+        h->mk0 == k.mk0)
+        return RC_OK;
+    s->g_key[slot].local = -1;
+    void *run_st = s->st;
+    TRY(cuda_capture_begin(s->cap_st));
+    s->st = s->cap_st; /* everything below is recorded on the capture stream */
+    rc_t rc = cuda_copy_async(s->tok, s->tok_host, sizeof(int32_t), s->st);
+    if (!rc)
+        rc = cuda_embedding(s->x, DTYPE_F32, s->b->tok_emb, s->tok, 1, c->vocab_size, c->hidden,
+                            s->st);
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(s, l, 1, local);
+    if (!rc)
+        rc = cuda_gemv(CUDA_GEMV_F32, s->logits, s->b->lm_head, s->x, s->b->norm,
+                       c->vocab_size, c->hidden, c->rms_eps, s->st);
+    if (!rc)
+        rc = cuda_copy_async(s->logits_host, s->logits, (size_t)c->vocab_size * sizeof(float),
+                             s->st);
+    s->st = run_st;
+    rc_t rc2 = cuda_capture_end(s->cap_st, rc == RC_OK, &s->g_exec[slot]);
+    if (rc || rc2) return rc ? rc : rc2;
+    s->g_key[slot] = k;
+    return RC_OK;
+}
+
+/* One decode step through a graph. RC_ERR_UNSUPPORTED: graphs do not work here (turned off
+ * for this stream); the caller runs the step the ordinary way. */
+static rc_t step_graph(backend_stream_t *s, int32_t tok, int local, float *last_logits)
+{
+    const int slot = s->g_next;
+    if (step_prepare(s, slot, local)) {
+        log_warn("backend %s: capturing a decode step failed; CUDA graphs are off for this "
+                 "stream", s->b->describe);
+        s->graphs = 0;
+        return RC_ERR_UNSUPPORTED;
+    }
+    *s->tok_host = tok; /* the previous step has finished: nothing reads it now */
+    TRY(cuda_graph_launch(s->g_exec[slot], s->st));
+    s->g_next = slot ^ 1;
+    /* While this step runs: the next position's step, the usual next call. A failure only
+     * means the next call captures it itself. */
+    if (local + 1 < s->W && step_prepare(s, slot ^ 1, local + 1)) s->g_key[slot ^ 1].local = -1;
+    TRY(cuda_stream_sync(s->st));
+    memcpy(last_logits, s->logits_host, (size_t)s->c->vocab_size * sizeof(float));
     return RC_OK;
 }
 
@@ -564,6 +882,10 @@ static rc_t gpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
     if (local < 0 || local + n > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
     TRY(mirror_sync(s));
+    if (n == 1 && s->graphs && last_logits && !(logprobs && targets)) {
+        rc_t rc = step_graph(s, tok[0], local, last_logits);
+        if (rc != RC_ERR_UNSUPPORTED) return rc;
+    }
     TRY(cuda_upload(s->tok, tok, (size_t)n * sizeof(int32_t), s->st));
     TRY(cuda_embedding(s->x, DTYPE_F32, s->b->tok_emb, s->tok, n, c->vocab_size, c->hidden,
                        s->st));
@@ -577,10 +899,15 @@ static rc_t gpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
     for (int r0 = first; r0 < n; r0 += LOGIT_ROWS) {
         const int rows = n - r0 < LOGIT_ROWS ? n - r0 : LOGIT_ROWS;
         uint16_t *xr = s->xn + (size_t)r0 * c->hidden;
-        TRY(cuda_rmsnorm(xr, DTYPE_BF16, s->x + (size_t)r0 * c->hidden, DTYPE_F32, s->b->norm,
-                         rows, c->hidden, c->rms_eps, s->st));
-        TRY(cuda_matmul_nt(s->cx, s->logits, DTYPE_F32, xr, s->b->lm_head, rows, c->vocab_size,
-                           c->hidden, 0.0f, s->st));
+        if (rows == 1 && s->gemv_ok) {
+            TRY(cuda_gemv(CUDA_GEMV_F32, s->logits, s->b->lm_head, s->x + (size_t)r0 * c->hidden,
+                          s->b->norm, c->vocab_size, c->hidden, c->rms_eps, s->st));
+        } else {
+            TRY(cuda_rmsnorm(xr, DTYPE_BF16, s->x + (size_t)r0 * c->hidden, DTYPE_F32,
+                             s->b->norm, rows, c->hidden, c->rms_eps, s->st));
+            TRY(cuda_matmul_nt(s->cx, s->logits, DTYPE_F32, xr, s->b->lm_head, rows,
+                               c->vocab_size, c->hidden, 0.0f, s->st));
+        }
         if (want_lp)
             TRY(cuda_logprob_gather(s->lp + r0, s->logits, s->tgt + r0, rows, c->vocab_size,
                                     s->st));

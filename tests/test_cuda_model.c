@@ -311,11 +311,16 @@ static void case_fot(const char *data)
     lin.rope_factor = 2.0f;
     compare_logprobs("tiny-fot-d64 linear rope x2", p.cpu, p.gpu, &lin, tok, (size_t)window * 3);
 
-    /* Not on the GPU yet: refused at stream creation, not computed wrongly. */
-    model_stream_t *s = NULL;
     model_stream_opts_t dca = o;
     dca.positional = POSITIONAL_DCA;
-    CHECK_RC(model_stream_create_on(p.gpu, &dca, &s), RC_ERR_UNSUPPORTED);
+    compare_logprobs("tiny-fot-d64 dca", p.cpu, p.gpu, &dca, tok, (size_t)window * 3);
+
+    /* Not on the GPU yet: refused at stream creation, not computed wrongly. */
+    model_stream_t *s = NULL;
+    model_stream_opts_t knn = o;
+    knn.memory_knn = 1;
+    knn.knn_k = 16;
+    CHECK_RC(model_stream_create_on(p.gpu, &knn, &s), RC_ERR_UNSUPPORTED);
     model_stream_destroy(&s);
     free(tok);
 done:
