@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -26,6 +27,7 @@ struct memory_db {
     size_t map_size;
     size_t max_map_size;
     int lock_fd;
+    char *dir; /* for reopening after MDB_PANIC, and for free-space messages */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -72,50 +74,24 @@ static size_t make_key(uint8_t *buf, size_t cap, const char *name, size_t extra)
 
 /* ---- open / close -------------------------------------------------------------------- */
 
-rc_t memory_db_open(const char *dir, const memory_db_opts_t *o, memory_db_t **out, char *err,
-                    size_t errlen)
+/* Creates and opens db->env in db->dir with its named databases. */
+static rc_t open_env(memory_db_t *db, char *err, size_t errlen)
 {
-    *out = NULL;
-    memory_db_t *db = calloc(1, sizeof *db);
-    if (!db) return RC_ERR_NOMEM;
-    db->lock_fd = -1;
-    pthread_mutex_init(&db->mu, NULL);
-    db->map_size = o && o->map_size ? o->map_size : DEFAULT_MAP;
-    db->max_map_size = o && o->max_map_size ? o->max_map_size : DEFAULT_MAX_MAP;
-    if (db->max_map_size < db->map_size) db->max_map_size = db->map_size;
-    rc_t rc = RC_ERR_IO;
+    const char *dir = db->dir;
     MDB_txn *txn = NULL;
-
-    /* LMDB allows several processes on one environment, but two daemons writing the same
-     * sessions would interleave their windows: refuse a second one. */
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, LOCK_FILE);
-    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (db->lock_fd < 0) {
-        set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        set_err(err, errlen, "data directory %s is in use by another recalld (lock %s is held)",
-                dir, path);
-        rc = RC_ERR_BUSY;
-        goto fail;
-    }
-
     int e = mdb_env_create(&db->env);
     if (!e) e = mdb_env_set_maxdbs(db->env, 8);
     if (!e) e = mdb_env_set_mapsize(db->env, db->map_size);
     if (e) {
         set_err(err, errlen, "LMDB: %s", mdb_strerror(e));
-        goto fail;
+        return RC_ERR_IO;
     }
     /* MDB_NOTLS: read transactions are not tied to threads (calls come from the daemon's
      * main thread and its worker). Sync stays on: a commit is durable when it returns. */
     e = mdb_env_open(db->env, dir, MDB_NOTLS, 0644);
     if (e) {
         set_err(err, errlen, "cannot open the LMDB environment in %s: %s", dir, mdb_strerror(e));
-        rc = (e == MDB_INVALID || e == MDB_VERSION_MISMATCH) ? RC_ERR_FORMAT : RC_ERR_IO;
-        goto fail;
+        return (e == MDB_INVALID || e == MDB_VERSION_MISMATCH) ? RC_ERR_FORMAT : RC_ERR_IO;
     }
     /* A process killed with -9 leaves its reader slots behind; free them now. */
     int dead = 0;
@@ -136,13 +112,69 @@ rc_t memory_db_open(const char *dir, const memory_db_opts_t *o, memory_db_t **ou
         txn = NULL;
     }
     if (e) {
+        if (txn) mdb_txn_abort(txn);
         set_err(err, errlen, "cannot open the databases in %s: %s", dir, mdb_strerror(e));
+        return RC_ERR_IO;
+    }
+    return RC_OK;
+}
+
+/* After a failed write LMDB may mark the environment unusable (MDB_PANIC) although the
+ * data file still holds the last good commit: close and reopen it, so one bad write does
+ * not fail every later request until a restart. Called under db->mu. */
+static int reopen_env(memory_db_t *db)
+{
+    char err[256];
+    mdb_env_close(db->env);
+    db->env = NULL;
+    rc_t rc = open_env(db, err, sizeof err);
+    if (rc && db->env) {
+        mdb_env_close(db->env); /* created but not opened: unusable */
+        db->env = NULL;
+    }
+    if (rc) log_error("LMDB: reopening %s after a fatal write error failed: %s", db->dir, err);
+    else log_warn("LMDB: reopened %s after a fatal write error; the last commit is intact", db->dir);
+    return rc ? -1 : 0;
+}
+
+rc_t memory_db_open(const char *dir, const memory_db_opts_t *o, memory_db_t **out, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    memory_db_t *db = calloc(1, sizeof *db);
+    if (!db) return RC_ERR_NOMEM;
+    db->lock_fd = -1;
+    pthread_mutex_init(&db->mu, NULL);
+    db->map_size = o && o->map_size ? o->map_size : DEFAULT_MAP;
+    db->max_map_size = o && o->max_map_size ? o->max_map_size : DEFAULT_MAX_MAP;
+    if (db->max_map_size < db->map_size) db->max_map_size = db->map_size;
+    rc_t rc = RC_ERR_IO;
+    if (!(db->dir = strdup(dir))) {
+        free(db);
+        return RC_ERR_NOMEM;
+    }
+
+    /* LMDB allows several processes on one environment, but two daemons writing the same
+     * sessions would interleave their windows: refuse a second one. */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, LOCK_FILE);
+    db->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (db->lock_fd < 0) {
+        set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
         goto fail;
     }
+    if (flock(db->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        set_err(err, errlen, "data directory %s is in use by another recalld (lock %s is held)",
+                dir, path);
+        rc = RC_ERR_BUSY;
+        goto fail;
+    }
+
+    rc = open_env(db, err, errlen);
+    if (rc) goto fail;
     *out = db;
     return RC_OK;
 fail:
-    if (txn) mdb_txn_abort(txn);
     memory_db_close(&db);
     return rc;
 }
@@ -153,6 +185,7 @@ void memory_db_close(memory_db_t **pdb)
     memory_db_t *db = *pdb;
     if (db->env) mdb_env_close(db->env);
     if (db->lock_fd >= 0) close(db->lock_fd); /* releases the flock */
+    free(db->dir);
     pthread_mutex_destroy(&db->mu);
     free(db);
     *pdb = NULL;
@@ -248,13 +281,21 @@ static rc_t grow_map(memory_db_t *db, size_t need, char *err, size_t errlen)
     return RC_OK;
 }
 
-static rc_t write_error(int e, size_t need, char *err, size_t errlen)
+static rc_t write_error(memory_db_t *db, int e, size_t need, char *err, size_t errlen)
 {
     if (e == MDB_TXN_FULL) {
         set_err(err, errlen, "commit too large for one LMDB transaction (%zu bytes)", need);
         return RC_ERR_LIMIT;
     }
-    set_err(err, errlen, "LMDB write failed: %s", mdb_strerror(e));
+    /* LMDB reports a short write (disk full, file size limit) as EIO: say how much room
+     * the file system has, which usually tells the reader what happened. */
+    struct statvfs fs;
+    if ((e == EIO || e == ENOSPC || e == EFBIG) && db->dir && statvfs(db->dir, &fs) == 0)
+        set_err(err, errlen, "LMDB write failed: %s (%.1f MiB free in %s; this commit needs "
+                "about %.1f MiB)", mdb_strerror(e),
+                (double)fs.f_bavail * fs.f_frsize / 1048576.0, db->dir, need / 1048576.0);
+    else
+        set_err(err, errlen, "LMDB write failed: %s", mdb_strerror(e));
     return RC_ERR_IO;
 }
 
@@ -270,11 +311,13 @@ rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, s
 
     pthread_mutex_lock(&db->mu);
     rc_t rc = RC_OK;
+    int reopened = 0;
     for (;;) {
-        int e = try_commit(db, c);
+        int e = db->env ? try_commit(db, c) : MDB_PANIC;
         if (!e) break;
+        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
         if (e != MDB_MAP_FULL) {
-            rc = write_error(e, need, err, errlen);
+            rc = write_error(db, e, need, err, errlen);
             break;
         }
         rc = grow_map(db, need, err, errlen);
@@ -341,13 +384,14 @@ rc_t memory_db_drop(memory_db_t *db, const char *session, char *err, size_t errl
     }
     pthread_mutex_lock(&db->mu);
     rc_t rc = RC_OK;
-    int found = 0;
+    int found = 0, reopened = 0;
     for (;;) {
         /* Deleting copies the pages it touches, so even a drop can fill the map. */
-        int e = try_drop(db, session, kb, pl, &found);
+        int e = db->env ? try_drop(db, session, kb, pl, &found) : MDB_PANIC;
         if (!e) break;
+        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
         if (e != MDB_MAP_FULL) {
-            rc = write_error(e, 0, err, errlen);
+            rc = write_error(db, e, 0, err, errlen);
             break;
         }
         rc = grow_map(db, 1 << 20, err, errlen);
@@ -383,7 +427,7 @@ rc_t memory_db_list(memory_db_t *db, memory_db_record_t **recs, size_t *n)
     MDB_cursor *cur = NULL;
     memory_db_record_t *r = NULL;
     size_t cnt = 0, cap = 0;
-    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
     if (!e) e = mdb_cursor_open(txn, db->sessions, &cur);
     MDB_val k, v;
     if (!e) e = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
@@ -443,7 +487,7 @@ rc_t memory_db_load_tokens(memory_db_t *db, const char *session, int32_t **token
     int32_t *t = NULL;
     size_t cnt = 0, cap = 0;
     uint64_t nch = 0, next = 0;
-    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
     if (!e) e = mdb_cursor_open(txn, db->tokens, &cur);
     MDB_val k = {pl, kb}, v;
     if (!e) e = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -501,7 +545,7 @@ rc_t memory_db_read_window(memory_db_t *db, const char *session, uint32_t layer,
     pthread_mutex_lock(&db->mu);
     MDB_txn *txn;
     rc_t rc;
-    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
     if (e) {
         rc = RC_ERR_IO;
     } else {
@@ -546,7 +590,7 @@ rc_t memory_db_session_bytes(memory_db_t *db, const char *session, uint64_t *byt
     pthread_mutex_lock(&db->mu);
     MDB_txn *txn;
     uint64_t sum = 0;
-    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
     if (!e) {
         MDB_val k = {strlen(session), (void *)session}, v;
         int g = mdb_get(txn, db->sessions, &k, &v);
@@ -592,11 +636,13 @@ rc_t memory_db_put_index(memory_db_t *db, const char *session, uint32_t layer, u
     put_be(kb + kl - 4, layer, 4);
     pthread_mutex_lock(&db->mu);
     rc_t rc = RC_OK;
+    int reopened = 0;
     for (;;) {
-        int e = try_put_index(db, kb, kl, rows, data, len);
+        int e = db->env ? try_put_index(db, kb, kl, rows, data, len) : MDB_PANIC;
         if (!e) break;
+        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
         if (e != MDB_MAP_FULL) {
-            rc = write_error(e, len, err, errlen);
+            rc = write_error(db, e, len, err, errlen);
             break;
         }
         rc = grow_map(db, len + 4096, err, errlen);
@@ -619,7 +665,7 @@ rc_t memory_db_get_index(memory_db_t *db, const char *session, uint32_t layer, u
     pthread_mutex_lock(&db->mu);
     MDB_txn *txn;
     rc_t rc = RC_OK;
-    int e = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
     if (!e) {
         MDB_val k = {kl, kb}, v;
         e = mdb_get(txn, db->index, &k, &v);
