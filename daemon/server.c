@@ -338,6 +338,42 @@ static void do_health(daemon_t *d, void *router, const route_t *route, uint64_t 
     send_reply(d, router, route, id, &r, &resp);
 }
 
+/* Tokenize: the tokenizer is const and thread-safe after load, so this runs here rather
+ * than behind model work in the queue; a client measuring prompt lengths (recall passkey)
+ * gets its answer while the worker is busy. The text is bounded by --max-frame-bytes
+ * only: nothing is stored, and a long prompt's exact length is the point. */
+static void do_tokenize(daemon_t *d, void *router, const route_t *route, uint64_t id,
+                        const Recall__TokenizeRequest *q)
+{
+    reply_t r = {0};
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__TokenizeResponse tr = RECALL__TOKENIZE_RESPONSE__INIT;
+    int32_t *ids = NULL;
+    size_t n = 0, tl = strlen(q->text);
+    if (tl && !utf8_valid(q->text, tl)) {
+        set_reply(&r, RC_ERR_INVALID, "the text to tokenize is not valid UTF-8");
+        goto out;
+    }
+    int bos = tokenizer_bos_id(d->tok);
+    rc_t rc = tokenizer_encode(d->tok, q->text, tl, q->add_bos && bos >= 0, &ids, &n);
+    if (rc) {
+        set_reply(&r, rc, "cannot tokenize the text: %s", rc_strerror(rc));
+        goto out;
+    }
+    tr.count = n;
+    if (!q->count_only) {
+        tr.tokens = ids;
+        tr.n_tokens = n;
+    }
+    tr.bos_id = bos;
+    tr.eos_id = tokenizer_eos_id(d->tok);
+    resp.body_case = RECALL__RESPONSE__BODY_TOKENIZE;
+    resp.tokenize = &tr;
+out:
+    send_reply(d, router, route, id, &r, &resp);
+    free(ids);
+}
+
 /* ---- model work: checks that need no model, then the queue --------------------------- */
 
 static rc_t check_tokens(daemon_t *d, const int32_t *t, size_t n, reply_t *r)
@@ -621,6 +657,9 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
     case RECALL__REQUEST__BODY_HEALTH:
         do_health(d, router, &m->route, id);
         break;
+    case RECALL__REQUEST__BODY_TOKENIZE:
+        do_tokenize(d, router, &m->route, id, req->tokenize);
+        break;
     case RECALL__REQUEST__BODY_INGEST:
     case RECALL__REQUEST__BODY_ASK:
     case RECALL__REQUEST__BODY_SCORE:
@@ -630,7 +669,7 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
         set_reply(&r, RC_ERR_FORMAT,
                   "request %llu has no body (or one this daemon does not know); "
                   "set one of create_session, ingest, ask, score, list_sessions, "
-                  "session_info, drop_session, stats, health",
+                  "session_info, drop_session, stats, health, tokenize",
                   (unsigned long long)id);
         send_reply(d, router, &m->route, id, &r, &resp);
     }

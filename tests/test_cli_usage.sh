@@ -50,7 +50,7 @@ run ingest_help 0 --out '--positional' -- ingest --help
 run ask_help 0 --out '--temperature' -- ask -h
 run ppl_help_after_global 0 --out '--text' -- --json ppl --help
 run help_unknown 2 --err "no command 'frob'" -- help frob
-run passkey_stub 2 --err 'not yet available' -- passkey --tokens 256k
+run passkey_bad_tokens 2 --err "'12q' is not a length" -- passkey --tokens 12q
 run bench_stub 2 --err 'not yet available' -- bench
 
 # Usage errors: exit 2, say what is wrong.
