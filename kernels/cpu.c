@@ -104,12 +104,103 @@ static int row_segments(const attn_ext_args_t *e, int i, int lo[MAX_VARIANTS],
  * A layout with several variants computes each over the union of the ranges the block's
  * rows take from it, the first straight into the score rows, the others into a side buffer
  * from which each row copies its own range; the plain layout is exactly one product. */
-void cpu_attention_ext(const attn_ext_args_t *e)
+/* Everything one (head, block of queries) needs; shared read-only by the threads. */
+typedef struct attn_job {
+    const attn_ext_args_t *e;
+    const float *vq[MAX_VARIANTS], *vk[MAX_VARIANTS];
+    const float *mk, *mv, *q_mem;
+    float mem_scale;
+    size_t row_len;
+} attn_job_t;
+
+/* Head h, queries i0 .. i0 + QB: scores of every needed variant and of memory into one row
+ * per query, a row-wise softmax, then the weighted sums. S [QB, row_len], O [QB, hd] and
+ * T [QB, n_k] (extended layouts only) are the calling thread's scratch. */
+static void attend_block(const attn_job_t *j, int h, int i0, float *S, float *O, float *T)
 {
+    const attn_ext_args_t *e = j->e;
     const attn_args_t *a = &e->a;
     const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
     const int group = nh / nkv;
     const int kv_row = nkv * hd, q_row = nh * hd;
+    const size_t n_mem = a->n_mem, row_len = j->row_len;
+    const float *const *vq = j->vq, *const *vk = j->vk;
+    const float *mk = j->mk, *mv = j->mv, *q_mem = j->q_mem;
+    const float mem_scale = j->mem_scale;
+    const int kh = h / group;
+    const float *vl = a->v + (size_t)kh * hd;
+    const int nb = a->n_q - i0 < QB ? a->n_q - i0 : QB;
+    /* Local keys visible to the block's last query; earlier rows mask the rest. */
+    const int n_loc = a->q_offset + i0 + nb;
+
+    /* Per variant, the union of the block's row ranges. */
+    int blo[MAX_VARIANTS], bhi[MAX_VARIANTS], n_var = 1;
+    for (int v = 0; v < MAX_VARIANTS; v++) blo[v] = INT_MAX, bhi[v] = 0;
+    for (int r = 0; r < nb; r++) {
+        int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
+        n_var = row_segments(e, a->q_offset + i0 + r, lo, hi);
+        for (int v = 0; v < n_var; v++) {
+            if (lo[v] >= hi[v]) continue;
+            if (lo[v] < blo[v]) blo[v] = lo[v];
+            if (hi[v] > bhi[v]) bhi[v] = hi[v];
+        }
+    }
+    for (int v = 0; v < n_var; v++) {
+        if (blo[v] >= bhi[v]) continue;
+        const float *qb = vq[v] + (size_t)i0 * q_row + (size_t)h * hd;
+        const float *kb = vk[v] + (size_t)blo[v] * kv_row + (size_t)kh * hd;
+        const int ld = v == 0 ? (int)row_len : a->n_k;
+        float *dst = (v == 0 ? S : T) + blo[v];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, bhi[v] - blo[v], hd,
+                    a->scale, qb, q_row, kb, kv_row, 0.0f, dst, ld);
+        if (v == 0) continue;
+        for (int r = 0; r < nb; r++) {
+            int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
+            row_segments(e, a->q_offset + i0 + r, lo, hi);
+            if (lo[v] < hi[v])
+                memcpy(S + (size_t)r * row_len + lo[v], T + (size_t)r * a->n_k + lo[v],
+                       (size_t)(hi[v] - lo[v]) * sizeof(float));
+        }
+    }
+    if (n_mem)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_mem, hd,
+                    mem_scale, q_mem + (size_t)i0 * q_row + (size_t)h * hd, q_row,
+                    mk + (size_t)kh * hd, kv_row, 0.0f, S + a->n_k, (int)row_len);
+    for (int r = 0; r < nb; r++) {
+        float *sr = S + (size_t)r * row_len;
+        const int n_vis = a->q_offset + i0 + r + 1; /* causal */
+        float mx = -INFINITY;
+        for (int j = 0; j < n_vis; j++) {
+            if (sr[j] < -1e6f) sr[j] = -1e6f;
+            if (sr[j] > mx) mx = sr[j];
+        }
+        for (size_t m = 0; m < n_mem; m++) {
+            float *x = sr + a->n_k + m;
+            if (*x < -1e6f) *x = -1e6f;
+            if (*x > mx) mx = *x;
+        }
+        double sum = 0;
+        for (int j = 0; j < n_vis; j++) sum += (sr[j] = expf(sr[j] - mx));
+        for (int j = n_vis; j < a->n_k; j++) sr[j] = 0.0f; /* masked */
+        for (size_t m = 0; m < n_mem; m++) sum += (sr[a->n_k + m] = expf(sr[a->n_k + m] - mx));
+        const float inv = (float)(1.0 / sum);
+        for (size_t j = 0; j < row_len; j++) sr[j] *= inv;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n_loc, 1.0f, S,
+                (int)row_len, vl, kv_row, 0.0f, O, hd);
+    if (n_mem)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, (int)n_mem, 1.0f,
+                    S + a->n_k, (int)row_len, mv + (size_t)kh * hd, kv_row, 1.0f, O, hd);
+    for (int r = 0; r < nb; r++)
+        memcpy(a->out + (size_t)(i0 + r) * q_row + (size_t)h * hd, O + (size_t)r * hd,
+               hd * sizeof(float));
+}
+
+void cpu_attention_ext(const attn_ext_args_t *e)
+{
+    const attn_args_t *a = &e->a;
+    const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
+    const int kv_row = nkv * hd;
     const size_t n_mem = a->n_mem;
     const float mem_scale = e->mem_scale != 0.0f ? e->mem_scale : a->scale;
     const float *q_mem = e->q_mem ? e->q_mem : a->q;
@@ -131,89 +222,35 @@ void cpu_attention_ext(const attn_ext_args_t *e)
         mv = wide_v;
     }
 
-    const size_t row_len = (size_t)a->n_k + n_mem;
-    float *S = malloc((size_t)QB * row_len * sizeof(float)); /* [QB, n_k + n_mem] */
-    float *O = malloc((size_t)QB * hd * sizeof(float));      /* [QB, hd] */
-    float *T = NULL; /* [QB, n_k] scores of a second or third variant */
-    if (e->layout != CPU_ATTN_PLAIN && !(T = malloc((size_t)QB * a->n_k * sizeof(float))))
-        abort();
-    if (!S || !O) abort();
-
-    for (int h = 0; h < nh; h++) {
-        const int kh = h / group;
-        const float *vl = a->v + (size_t)kh * hd;
-        for (int i0 = 0; i0 < a->n_q; i0 += QB) {
-            const int nb = a->n_q - i0 < QB ? a->n_q - i0 : QB;
-            /* Local keys visible to the block's last query; earlier rows mask the rest. */
-            const int n_loc = a->q_offset + i0 + nb;
-
-            /* Per variant, the union of the block's row ranges. */
-            int blo[MAX_VARIANTS], bhi[MAX_VARIANTS], n_var = 1;
-            for (int v = 0; v < MAX_VARIANTS; v++) blo[v] = INT_MAX, bhi[v] = 0;
-            for (int r = 0; r < nb; r++) {
-                int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
-                n_var = row_segments(e, a->q_offset + i0 + r, lo, hi);
-                for (int v = 0; v < n_var; v++) {
-                    if (lo[v] >= hi[v]) continue;
-                    if (lo[v] < blo[v]) blo[v] = lo[v];
-                    if (hi[v] > bhi[v]) bhi[v] = hi[v];
-                }
-            }
-            for (int v = 0; v < n_var; v++) {
-                if (blo[v] >= bhi[v]) continue;
-                const float *qb = vq[v] + (size_t)i0 * q_row + (size_t)h * hd;
-                const float *kb = vk[v] + (size_t)blo[v] * kv_row + (size_t)kh * hd;
-                const int ld = v == 0 ? (int)row_len : a->n_k;
-                float *dst = (v == 0 ? S : T) + blo[v];
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, bhi[v] - blo[v], hd,
-                            a->scale, qb, q_row, kb, kv_row, 0.0f, dst, ld);
-                if (v == 0) continue;
-                for (int r = 0; r < nb; r++) {
-                    int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
-                    row_segments(e, a->q_offset + i0 + r, lo, hi);
-                    if (lo[v] < hi[v])
-                        memcpy(S + (size_t)r * row_len + lo[v], T + (size_t)r * a->n_k + lo[v],
-                               (size_t)(hi[v] - lo[v]) * sizeof(float));
-                }
-            }
-            if (n_mem)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_mem, hd,
-                            mem_scale, q_mem + (size_t)i0 * q_row + (size_t)h * hd, q_row,
-                            mk + (size_t)kh * hd, kv_row, 0.0f, S + a->n_k, (int)row_len);
-#pragma omp parallel for if ((size_t)nb * row_len > 65536)
-            for (int r = 0; r < nb; r++) {
-                float *sr = S + (size_t)r * row_len;
-                const int n_vis = a->q_offset + i0 + r + 1; /* causal */
-                float mx = -INFINITY;
-                for (int j = 0; j < n_vis; j++) {
-                    if (sr[j] < -1e6f) sr[j] = -1e6f;
-                    if (sr[j] > mx) mx = sr[j];
-                }
-                for (size_t m = 0; m < n_mem; m++) {
-                    float *x = sr + a->n_k + m;
-                    if (*x < -1e6f) *x = -1e6f;
-                    if (*x > mx) mx = *x;
-                }
-                double sum = 0;
-                for (int j = 0; j < n_vis; j++) sum += (sr[j] = expf(sr[j] - mx));
-                for (int j = n_vis; j < a->n_k; j++) sr[j] = 0.0f; /* masked */
-                for (size_t m = 0; m < n_mem; m++) sum += (sr[a->n_k + m] = expf(sr[a->n_k + m] - mx));
-                const float inv = (float)(1.0 / sum);
-                for (size_t j = 0; j < row_len; j++) sr[j] *= inv;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n_loc, 1.0f, S,
-                        (int)row_len, vl, kv_row, 0.0f, O, hd);
-            if (n_mem)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, (int)n_mem, 1.0f,
-                            S + a->n_k, (int)row_len, mv + (size_t)kh * hd, kv_row, 1.0f, O, hd);
-            for (int r = 0; r < nb; r++)
-                memcpy(a->out + (size_t)(i0 + r) * q_row + (size_t)h * hd, O + (size_t)r * hd,
-                       hd * sizeof(float));
-        }
+    attn_job_t job = {.e = e,
+                      .vq = {vq[0], vq[1], vq[2]},
+                      .vk = {vk[0], vk[1], vk[2]},
+                      .mk = mk,
+                      .mv = mv,
+                      .q_mem = q_mem,
+                      .mem_scale = mem_scale,
+                      .row_len = (size_t)a->n_k + n_mem};
+    const int n_blocks = (a->n_q + QB - 1) / QB, tasks = nh * n_blocks;
+    /* Threads split the (head, block) tasks and each calls single-threaded BLAS: OpenBLAS's
+     * own threads and OpenMP's, both busy at once, fought over the cores (2-4x slower on
+     * 2 cores at 1k-16k memory rows). */
+    const int blas_threads = openblas_get_num_threads();
+    if (tasks > 1) openblas_set_num_threads(1);
+#pragma omp parallel if (tasks > 1)
+    {
+        float *S = malloc((size_t)QB * job.row_len * sizeof(float)); /* [QB, n_k + n_mem] */
+        float *O = malloc((size_t)QB * hd * sizeof(float));          /* [QB, hd] */
+        float *T = NULL; /* [QB, n_k] scores of a second or third variant */
+        if (e->layout != CPU_ATTN_PLAIN && !(T = malloc((size_t)QB * a->n_k * sizeof(float))))
+            abort();
+        if (!S || !O) abort();
+#pragma omp for schedule(dynamic)
+        for (int t = 0; t < tasks; t++) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, S, O, T);
+        free(S);
+        free(O);
+        free(T);
     }
-    free(S);
-    free(O);
-    free(T);
+    if (tasks > 1) openblas_set_num_threads(blas_threads);
     free(wide_k);
     free(wide_v);
 }
