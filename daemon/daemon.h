@@ -39,6 +39,9 @@ typedef struct daemon_config {
     int max_sessions;
     int threads;
     size_t map_size; /* initial LMDB map; 0: default */
+    /* Session options for fields a CreateSession (or a Score of text) leaves unset: the
+     * --window, --positional, ... flags. Strings point into argv. */
+    Recall__SessionOptions defaults;
 } daemon_config_t;
 
 typedef struct session {
@@ -117,6 +120,11 @@ extern const char SESSION_NAME_RULE[];
 /* Resolves wire options to stream options; err gets a sentence on failure. */
 rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_stream_opts_t *o,
                           char *err, size_t errlen);
+/* in, with every unset field (0 or "") taken from the daemon's --window/--positional/...
+ * defaults; strings are borrowed. Only for new sessions and Score of text: a stored
+ * session keeps the options it was created with. */
+Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
+                                                  const Recall__SessionOptions *in);
 /* Fills a SessionOptions from resolved stream options (strings are static). */
 void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out);
 /* Under mu. Fills info (strings point into sess / static storage). */

@@ -53,6 +53,14 @@ static void usage(FILE *f)
 "  --device DEV           cpu, cuda or cuda:N (default: cuda when this build has it and a\n"
 "                         GPU is present, else cpu)\n"
 "  --threads N            compute threads for the CPU backend (default: all cores)\n"
+"\n"
+"session defaults (for sessions created without these options; stored sessions keep theirs):\n"
+"  --window N  --positional rope|self-extend|dca  --group G  --neighbor W\n"
+"  --chunk-size S  --local-window w  --no-chunk-scale  --rope-scaling TYPE  --rope-factor F\n"
+"  --memory exact|knn  --k K  --mem-dtype f32|bf16|f16  --last-context N\n"
+"                         the same meaning as the recall CLI's session options; checked at\n"
+"                         start-up. e.g. --positional dca --window 16384 stretches every new\n"
+"                         session of a 4k model to 16k tokens of local context\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
 "  --help                 this text\n"
@@ -97,6 +105,14 @@ static int parse_int(const char *s, int lo, int hi, int *out)
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) return -1;
     *out = (int)v;
+    return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+    int v;
+    if (parse_int(s, 0, 1 << 30, &v)) return -1;
+    *out = (uint32_t)v;
     return 0;
 }
 
@@ -160,8 +176,12 @@ int main(int argc, char **argv)
         .listen = "tcp://127.0.0.1:5555",
         .max_chunk_bytes = 1u << 20,
         .max_sessions = 1024,
+        .defaults = RECALL__SESSION_OPTIONS__INIT,
     };
-    enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE };
+    enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE,
+           O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
+           O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
+           O_LAST_CONTEXT };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -170,6 +190,19 @@ int main(int argc, char **argv)
         {"max-frame-bytes", required_argument, 0, O_FRAME},
         {"max-sessions", required_argument, 0, O_SESS},
         {"device", required_argument, 0, O_DEVICE},
+        {"window", required_argument, 0, O_WINDOW},
+        {"positional", required_argument, 0, O_POSITIONAL},
+        {"group", required_argument, 0, O_GROUP},
+        {"neighbor", required_argument, 0, O_NEIGHBOR},
+        {"chunk-size", required_argument, 0, O_CHUNK_SIZE},
+        {"local-window", required_argument, 0, O_LOCAL_WINDOW},
+        {"no-chunk-scale", no_argument, 0, O_NO_CHUNK_SCALE},
+        {"rope-scaling", required_argument, 0, O_ROPE_SCALING},
+        {"rope-factor", required_argument, 0, O_ROPE_FACTOR},
+        {"memory", required_argument, 0, O_MEMORY},
+        {"k", required_argument, 0, O_K},
+        {"mem-dtype", required_argument, 0, O_MEM_DTYPE},
+        {"last-context", required_argument, 0, O_LAST_CONTEXT},
         {"threads", required_argument, 0, O_THREADS},
         {"log-level", required_argument, 0, O_LOG},
         {"db-map-size", required_argument, 0, O_MAP},
@@ -193,6 +226,25 @@ int main(int argc, char **argv)
         case O_DEVICE:
             cfg.device = optarg;
             break;
+        case O_WINDOW: bad = parse_u32(optarg, &cfg.defaults.window); break;
+        case O_GROUP: bad = parse_u32(optarg, &cfg.defaults.group); break;
+        case O_NEIGHBOR: bad = parse_u32(optarg, &cfg.defaults.neighbor); break;
+        case O_CHUNK_SIZE: bad = parse_u32(optarg, &cfg.defaults.chunk_size); break;
+        case O_LOCAL_WINDOW: bad = parse_u32(optarg, &cfg.defaults.local_window); break;
+        case O_K: bad = parse_u32(optarg, &cfg.defaults.k); break;
+        case O_LAST_CONTEXT: bad = parse_u32(optarg, &cfg.defaults.last_context); break;
+        case O_NO_CHUNK_SCALE: cfg.defaults.no_chunk_scale = 1; break;
+        case O_POSITIONAL: cfg.defaults.positional = optarg; break;
+        case O_MEMORY: cfg.defaults.memory = optarg; break;
+        case O_MEM_DTYPE: cfg.defaults.mem_dtype = optarg; break;
+        case O_ROPE_SCALING: cfg.defaults.rope_scaling = optarg; break;
+        case O_ROPE_FACTOR: {
+            char *end;
+            double f = strtod(optarg, &end);
+            bad = *end || !(f >= 1.0 && f <= 1e6);
+            cfg.defaults.rope_factor = (float)f;
+            break;
+        }
         case O_CHUNK:
             bad = parse_size(optarg, &cfg.max_chunk_bytes) || !cfg.max_chunk_bytes;
             break;
@@ -276,6 +328,16 @@ int main(int argc, char **argv)
         goto out;
     }
     d->mc = model_get_config(d->model);
+    {
+        /* Session defaults are checked now, against this model, not at the first create. */
+        Recall__SessionOptions w = session_opts_with_defaults(d, NULL);
+        model_stream_opts_t o;
+        if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
+            fprintf(stderr, "recalld: the session defaults do not work with this model: %s\n",
+                    err);
+            goto out;
+        }
+    }
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
     fingerprint(d->mc, d->fingerprint, sizeof d->fingerprint);

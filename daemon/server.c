@@ -125,7 +125,8 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
     size_t rec_len = 0;
     char err[512];
     if (!name_ok(q->session, &r)) goto out;
-    rc_t rc = session_opts_resolve(d, q->options, &o, err, sizeof err);
+    Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
+    rc_t rc = session_opts_resolve(d, &want, &o, err, sizeof err);
     if (rc) {
         set_reply(&r, rc, "session options: %s", err);
         goto out;
@@ -535,7 +536,8 @@ static int handle_work(daemon_t *d, void *router, const route_t *route, Recall__
         if (check_tokens(d, q->tokens, q->n_tokens, &r)) break;
         model_stream_opts_t o;
         char err[512];
-        rc_t rc = session_opts_resolve(d, q->options, &o, err, sizeof err);
+        Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
+        rc_t rc = session_opts_resolve(d, &want, &o, err, sizeof err);
         if (rc) set_reply(&r, rc, "score options: %s", err);
         break;
     }

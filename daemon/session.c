@@ -28,6 +28,37 @@ const char *session_name_problem(const char *name)
     return "";
 }
 
+Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
+                                                  const Recall__SessionOptions *in)
+{
+    const Recall__SessionOptions *df = &d->cfg.defaults;
+    Recall__SessionOptions o;
+    if (in)
+        o = *in;
+    else
+        recall__session_options__init(&o);
+#define TAKE_NUM(f)                                                                            \
+    if (!o.f) o.f = df->f
+#define TAKE_STR(f)                                                                            \
+    if ((!o.f || !o.f[0]) && df->f && df->f[0]) o.f = df->f
+    TAKE_NUM(window);
+    TAKE_NUM(group);
+    TAKE_NUM(neighbor);
+    TAKE_NUM(chunk_size);
+    TAKE_NUM(local_window);
+    TAKE_NUM(k);
+    TAKE_NUM(last_context);
+    TAKE_NUM(rope_factor);
+    TAKE_NUM(no_chunk_scale);
+    TAKE_STR(positional);
+    TAKE_STR(memory);
+    TAKE_STR(mem_dtype);
+    TAKE_STR(rope_scaling);
+#undef TAKE_NUM
+#undef TAKE_STR
+    return o;
+}
+
 rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_stream_opts_t *o,
                           char *err, size_t errlen)
 {

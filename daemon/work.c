@@ -527,7 +527,8 @@ static void do_score(daemon_t *d, job_t *j)
         }
         toks = s->tokens; /* only this thread appends to it */
     } else {
-        rc = session_opts_resolve(d, q->options, &o, err, sizeof err);
+        Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
+        rc = session_opts_resolve(d, &want, &o, err, sizeof err);
         if (rc) {
             wsend_err(d, j, rc, "score options: %s", err);
             return;

@@ -166,6 +166,28 @@ int main(void)
     CHECK(r && r->status && r->status->code == -1);
     if (r) recall__response__free_unpacked(r, NULL);
 
+    /* Daemon defaults: a daemon started with --positional dca --window 256 gives new
+     * sessions without options exactly the dca variant's results, while stored sessions
+     * keep the options they were created with. */
+    rpc_client_close(&c);
+    rpc_daemon_stop(&dm, SIGTERM);
+    const char *dflt_args[] = {"--positional", "dca", "--window", "256", NULL};
+    CHECK(rpc_daemon_start(&dm, model_dir, data, ep, log, dflt_args) == 0);
+    CHECK(rpc_client_open(&c, ep) == 0);
+    for (size_t v = 0; v < N_VAR; v++) check_info(&c, &variants[v]);
+    variant_t plain = {"plainopts", "", "", 0, 0, 0, 0, 0, 0, {0}};
+    r = create(&c, &plain);
+    CHECK(r && r->status && r->status->code == 0);
+    if (r) recall__response__free_unpacked(r, NULL);
+    CHECK(ingest(&c, "plainopts", toks, N_TOK) == 0);
+    variant_t as_dca = variants[1];
+    as_dca.name = "plainopts";
+    check_info(&c, &as_dca);
+    double dd = score_diff(&c, &as_dca, want[1], N_TOK);
+    CHECK_MSG(dd <= 1e-5, "defaulted session vs dca in-process: %g", dd);
+    printf("daemon defaults --positional dca --window 256: new session scores as dca (%.2g)\n",
+           dd);
+
     rpc_client_close(&c);
     rpc_daemon_stop(&dm, SIGTERM);
     rpc_rmtree(dir);
