@@ -255,7 +255,7 @@ rc_t passkey_tokenize_rpc(void *ctx, const char *text, size_t len, int add_bos, 
             recall__response__free_unpacked(r, NULL);
             return RC_ERR_NOMEM;
         }
-        memcpy(*ids, t->tokens, t->n_tokens * sizeof **ids);
+        if (t->n_tokens) memcpy(*ids, t->tokens, t->n_tokens * sizeof **ids);
     }
     recall__response__free_unpacked(r, NULL);
     return RC_OK;
