@@ -39,7 +39,8 @@ static void usage(FILE *f)
 "\n"
 "options:\n"
 "  --model DIR            checkpoint directory: config.json, model.safetensors (or shards),\n"
-"                         tokenizer.model (required)\n"
+"                         tokenizer.model (default: $RECALL_MODEL, else the embedded model,\n"
+"                         models/default: a small LongLLaMA trained by this project)\n"
 "  --data DIR             data directory, created if missing (default ./recall-data); one\n"
 "                         recalld per data directory\n"
 "  --listen ENDPOINT      ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555; also\n"
@@ -290,9 +291,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: unexpected argument '%s' (see recalld --help)\n", argv[optind]);
         return 2;
     }
+    if (!cfg.model_dir) cfg.model_dir = getenv("RECALL_MODEL");
+#ifdef RECALL_DEFAULT_MODEL_DIR
+    /* The embedded default model (models/default of the source tree this was built from). */
+    struct stat dst;
+    if (!cfg.model_dir && stat(RECALL_DEFAULT_MODEL_DIR "/config.json", &dst) == 0)
+        cfg.model_dir = RECALL_DEFAULT_MODEL_DIR;
+#endif
     if (!cfg.model_dir) {
-        fprintf(stderr, "recalld: --model DIR is required (a checkpoint directory with "
-                        "config.json, model.safetensors and tokenizer.model)\n"
+        fprintf(stderr, "recalld: no model: give --model DIR (a checkpoint directory with "
+                        "config.json, model.safetensors and tokenizer.model) or set "
+                        "RECALL_MODEL\n"
                         "run 'recalld --help' for the options\n");
         return 2;
     }

@@ -3,20 +3,16 @@
 # streams a document into a session with `recall ingest`, asks about it with `recall ask`,
 # shows the session, restarts the daemon, and asks again from the persisted session.
 #
-# Until the embedded default model lands, the model is a tiny random LongLLaMA made by
-# tools/make_test_model.py: the pipeline is real (tokenizer, FoT memory, LMDB, ZeroMQ),
-# the answers are not meaningful text.
+# The model is the embedded default, models/default: a small LongLLaMA (8 layers, FoT memory
+# layers) trained by this project on synthetic retrieval tasks and English documentation
+# (models/default/MODEL_CARD.md). It ends with a short passkey run through the daemon.
 #   scripts/demo.sh [MODEL_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target recalld recall >/dev/null
-model=${1:-}
-if [ -z "$model" ]; then
-    bash tests/make_tiny_models.sh build/tests/data >/dev/null
-    model=build/tests/data/tiny-fot
-fi
+model=${1:-models/default}
 data=$(mktemp -d /tmp/recall-demo.XXXXXX)
 sock="ipc://$data/recalld.sock"
 cleanup() {
@@ -50,3 +46,6 @@ kill "$pid"; wait "$pid" || true
 start
 r sessions
 r ask demo "What did the text say about the weather?" --max-tokens 24
+echo "== recall passkey: a key hidden in filler at 1k and 2k tokens, 3 depths (LongLLaMA's test)"
+r passkey --tokens 1k,2k --depths 3 --trials 2 --png build/passkey-demo.png
+echo "heatmap: build/passkey-demo.png"

@@ -30,3 +30,9 @@ recall_add_test(test_daemon_plain SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_daemon_
                 LIBS recall_rpc_test_util recall_model recall_proto recall_common
                 FIXTURES tiny_models LABELS daemon TIMEOUT 300)
 add_dependencies(test_daemon_plain recalld)
+
+# The embedded default model: recalld needs no --model.
+add_test(NAME test_default_model
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/test_default_model.sh $<TARGET_FILE:recalld>
+                 $<TARGET_FILE:recall>)
+set_tests_properties(test_default_model PROPERTIES LABELS daemon TIMEOUT 120)
