@@ -39,7 +39,7 @@ echo "== recall info demo"
 r info demo
 echo "== recall ask demo (greedy)"
 r ask demo "What did the text say about the weather?" --max-tokens 24
-echo "== recall ppl demo"
+echo "== recall ppl demo (low: the embedded model saw tests/data/corpus.txt in training)"
 r ppl demo
 echo "== restart recalld: the session is read back from LMDB"
 kill "$pid"; wait "$pid" || true
@@ -48,4 +48,3 @@ r sessions
 r ask demo "What did the text say about the weather?" --max-tokens 24
 echo "== recall passkey: a key hidden in filler at 1k and 2k tokens, 3 depths (LongLLaMA's test)"
 r passkey --tokens 1k,2k --depths 3 --trials 2 --png build/passkey-demo.png
-echo "heatmap: build/passkey-demo.png"
