@@ -116,11 +116,15 @@ static void startup_errors(const char *model, const char *tmp, const char *runni
     CHECK(rpc_file_contains(log, "example"));
     CHECK(rpc_file_contains(log, "session name"));
 
-    /* No --model. */
+    /* No --model and RECALL_MODEL naming nothing: the loader's message, nothing written
+     * (with neither, recalld uses the embedded default model: tests/test_default_model.sh). */
     snprintf(log, sizeof log, "%s/nomodel.log", tmp);
-    const char *nomodel[] = {"--data", data, NULL};
-    CHECK(rpc_run_recalld(nomodel, log, 10) > 0);
-    CHECK(rpc_file_contains(log, "--model"));
+    const char *nomodel[] = {"--data", data, "--listen", "ipc:///nonexistent-dir/x", NULL};
+    setenv("RECALL_MODEL", badmodel, 1);
+    CHECK(rpc_run_recalld(nomodel, log, 30) > 0);
+    unsetenv("RECALL_MODEL");
+    CHECK(rpc_file_contains(log, "cannot load the model"));
+    CHECK(stat(data, &st) != 0);
 
     /* A bad flag value. */
     snprintf(log, sizeof log, "%s/badflag.log", tmp);
