@@ -299,6 +299,40 @@ static rc_t write_error(memory_db_t *db, int e, size_t need, char *err, size_t e
     return RC_ERR_IO;
 }
 
+/* One attempt at a write transaction (gone, committed or aborted, when it returns): an LMDB
+ * error code, 0 when committed. */
+typedef int (*write_attempt_fn)(memory_db_t *db, void *ctx);
+
+/* Runs a write until it commits or fails for good: a full map is grown (by at least
+ * grow_bytes) and the write tried again; an environment LMDB has declared unusable
+ * (MDB_PANIC, after a failed write) is reopened once. need: the write's size, for messages.
+ * Takes db->mu. */
+static rc_t run_write(memory_db_t *db, write_attempt_fn attempt, void *ctx, size_t need,
+                      size_t grow_bytes, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&db->mu);
+    rc_t rc = RC_OK;
+    int reopened = 0;
+    for (;;) {
+        int e = db->env ? attempt(db, ctx) : MDB_PANIC;
+        if (!e) break;
+        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
+        if (e != MDB_MAP_FULL) {
+            rc = write_error(db, e, need, err, errlen);
+            break;
+        }
+        rc = grow_map(db, grow_bytes, err, errlen);
+        if (rc) break;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+static int commit_attempt(memory_db_t *db, void *ctx)
+{
+    return try_commit(db, ctx);
+}
+
 rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, size_t errlen)
 {
     if (!c->session || !c->session[0] || strlen(c->session) + 13 > KEY_CAP || !c->record) {
@@ -309,22 +343,7 @@ rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, s
     for (size_t i = 0; i < c->n_windows; i++)
         need += 2 * c->windows[i].bytes + 4096;
 
-    pthread_mutex_lock(&db->mu);
-    rc_t rc = RC_OK;
-    int reopened = 0;
-    for (;;) {
-        int e = db->env ? try_commit(db, c) : MDB_PANIC;
-        if (!e) break;
-        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
-        if (e != MDB_MAP_FULL) {
-            rc = write_error(db, e, need, err, errlen);
-            break;
-        }
-        rc = grow_map(db, need, err, errlen);
-        if (rc) break;
-    }
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    return run_write(db, commit_attempt, (void *)c, need, need, err, errlen);
 }
 
 /* ---- drop ---------------------------------------------------------------------------- */
@@ -374,6 +393,19 @@ static int try_drop(memory_db_t *db, const char *session, const uint8_t *prefix,
     return mdb_txn_commit(txn);
 }
 
+typedef struct drop_ctx {
+    const char *session;
+    const uint8_t *prefix;
+    size_t pl;
+    int found;
+} drop_ctx_t;
+
+static int drop_attempt(memory_db_t *db, void *ctx)
+{
+    drop_ctx_t *d = ctx;
+    return try_drop(db, d->session, d->prefix, d->pl, &d->found);
+}
+
 rc_t memory_db_drop(memory_db_t *db, const char *session, char *err, size_t errlen)
 {
     uint8_t kb[KEY_CAP];
@@ -382,26 +414,13 @@ rc_t memory_db_drop(memory_db_t *db, const char *session, char *err, size_t errl
         set_err(err, errlen, "session name too long");
         return RC_ERR_INVALID;
     }
-    pthread_mutex_lock(&db->mu);
-    rc_t rc = RC_OK;
-    int found = 0, reopened = 0;
-    for (;;) {
-        /* Deleting copies the pages it touches, so even a drop can fill the map. */
-        int e = db->env ? try_drop(db, session, kb, pl, &found) : MDB_PANIC;
-        if (!e) break;
-        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
-        if (e != MDB_MAP_FULL) {
-            rc = write_error(db, e, 0, err, errlen);
-            break;
-        }
-        rc = grow_map(db, 1 << 20, err, errlen);
-        if (rc) break;
-    }
-    if (!rc && !found) {
+    drop_ctx_t dc = {session, kb, pl, 0};
+    /* Deleting copies the pages it touches, so even a drop can fill the map. */
+    rc_t rc = run_write(db, drop_attempt, &dc, 0, 1 << 20, err, errlen);
+    if (!rc && !dc.found) {
         set_err(err, errlen, "no session '%s' in the database", session);
         rc = RC_ERR_NOT_FOUND;
     }
-    pthread_mutex_unlock(&db->mu);
     return rc;
 }
 
@@ -624,6 +643,20 @@ static int try_put_index(memory_db_t *db, const uint8_t *kb, size_t kl, uint64_t
     return mdb_txn_commit(txn);
 }
 
+typedef struct index_ctx {
+    const uint8_t *kb;
+    size_t kl;
+    uint64_t rows;
+    const void *data;
+    size_t len;
+} index_ctx_t;
+
+static int index_attempt(memory_db_t *db, void *ctx)
+{
+    const index_ctx_t *i = ctx;
+    return try_put_index(db, i->kb, i->kl, i->rows, i->data, i->len);
+}
+
 rc_t memory_db_put_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t rows,
                          const void *data, size_t len, char *err, size_t errlen)
 {
@@ -634,22 +667,8 @@ rc_t memory_db_put_index(memory_db_t *db, const char *session, uint32_t layer, u
         return RC_ERR_INVALID;
     }
     put_be(kb + kl - 4, layer, 4);
-    pthread_mutex_lock(&db->mu);
-    rc_t rc = RC_OK;
-    int reopened = 0;
-    for (;;) {
-        int e = db->env ? try_put_index(db, kb, kl, rows, data, len) : MDB_PANIC;
-        if (!e) break;
-        if (e == MDB_PANIC && !reopened++ && !reopen_env(db)) continue;
-        if (e != MDB_MAP_FULL) {
-            rc = write_error(db, e, len, err, errlen);
-            break;
-        }
-        rc = grow_map(db, len + 4096, err, errlen);
-        if (rc) break;
-    }
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    index_ctx_t ic = {kb, kl, rows, data, len};
+    return run_write(db, index_attempt, &ic, len, len + 4096, err, errlen);
 }
 
 rc_t memory_db_get_index(memory_db_t *db, const char *session, uint32_t layer, uint64_t *rows,
