@@ -26,16 +26,8 @@ const char PASSKEY_QUESTION[] = "What is the pass key? The pass key is";
  * (passkey_question_split): enough for several words, so the cut's first piece is far away. */
 #define SPLIT_CONTEXT 256
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+/* Error text for the caller (common/rc.h formats it). */
+#define set_err(...) ((void)rc_errf(RC_OK, __VA_ARGS__))
 
 /* ---------------------------------------------------------------------------------------
  * The pieces */

@@ -1,5 +1,8 @@
 #include "common/rc.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 static const struct {
     rc_t rc;
     const char *name;
@@ -33,4 +36,15 @@ const char *rc_name(rc_t rc)
     for (unsigned i = 0; i < sizeof table / sizeof table[0]; i++)
         if (table[i].rc == rc) return table[i].name;
     return "UNKNOWN";
+}
+
+rc_t rc_errf(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
 }

@@ -6,6 +6,8 @@
 #ifndef RECALL_COMMON_RC_H
 #define RECALL_COMMON_RC_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -33,6 +35,12 @@ const char *rc_strerror(rc_t rc);
 
 /* Short stable identifier of a code ("INVALID"), as shown by --json output. */
 const char *rc_name(rc_t rc);
+
+/* Formats a message for a caller's error buffer (errlen bytes, always NUL-terminated;
+ * nothing is written when err is NULL or errlen is 0) and returns rc, so a failure path
+ * reads `return rc_errf(RC_ERR_FORMAT, err, errlen, "...", ...);`. */
+rc_t rc_errf(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #ifdef __cplusplus
 }

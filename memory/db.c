@@ -30,16 +30,8 @@ struct memory_db {
     char *dir; /* for reopening after MDB_PANIC, and for free-space messages */
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+/* Error text for the caller (common/rc.h formats it). */
+#define set_err(...) ((void)rc_errf(RC_OK, __VA_ARGS__))
 
 /* ---- keys ---------------------------------------------------------------------------- */
 

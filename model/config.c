@@ -17,19 +17,6 @@
 
 #define CONFIG_MAX_BYTES (16u << 20) /* a config.json is a few KB; refuse anything absurd */
 
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* A present, non-null member (HF writes null for "use the default"). */
 static const cJSON *member(const cJSON *obj, const char *name)
@@ -45,14 +32,14 @@ static rc_t get_int(const cJSON *obj, const char *name, int required, int def, i
     const cJSON *v = member(obj, name);
     if (!v) {
         if (required)
-            return fail(RC_ERR_FORMAT, err, errlen, "config.json: required field \"%s\" is missing",
+            return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: required field \"%s\" is missing",
                         name);
         *out = def;
         return RC_OK;
     }
     double d = v->valuedouble;
     if (!cJSON_IsNumber(v) || d != floor(d) || d < -2147483648.0 || d > 2147483647.0)
-        return fail(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be an integer",
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be an integer",
                     name);
     *out = (int)d;
     return RC_OK;
@@ -67,7 +54,7 @@ static rc_t get_float(const cJSON *obj, const char *name, float def, float *out,
         return RC_OK;
     }
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-        return fail(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be a number", name);
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be a number", name);
     *out = (float)v->valuedouble;
     return RC_OK;
 }
@@ -81,7 +68,7 @@ static rc_t get_bool(const cJSON *obj, const char *name, int def, int *out, char
         return RC_OK;
     }
     if (!cJSON_IsBool(v))
-        return fail(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be true or false",
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be true or false",
                     name);
     *out = cJSON_IsTrue(v);
     return RC_OK;
@@ -97,9 +84,9 @@ static rc_t get_dtype(const cJSON *obj, const char *name, dtype_t def, dtype_t *
         return RC_OK;
     }
     if (!cJSON_IsString(v))
-        return fail(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be a string", name);
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: field \"%s\" must be a string", name);
     if (dtype_parse(v->valuestring, out))
-        return fail(RC_ERR_UNSUPPORTED, err, errlen,
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "config.json: field \"%s\" has unknown dtype \"%s\" (float32, float16 or "
                     "bfloat16)",
                     name, v->valuestring);
@@ -118,7 +105,7 @@ static rc_t get_token_id(const cJSON *obj, const char *name, int def, int *out, 
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
         v->valuedouble > 2147483647.0)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "config.json: field \"%s\" must be a non-negative integer token id", name);
     *out = (int)v->valuedouble;
     return RC_OK;
@@ -147,28 +134,28 @@ static rc_t parse_mem_layers(const cJSON *root, model_config_t *c, char *err, si
     c->n_mem_layers = 0;
     if (!ml) return RC_OK;
     if (!cJSON_IsArray(ml))
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "config.json: field \"mem_layers\" must be an array of layer indices");
     int n = cJSON_GetArraySize(ml);
     if (n > MODEL_MAX_MEM_LAYERS)
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"mem_layers\" lists %d layers; at most %d are supported",
                     n, MODEL_MAX_MEM_LAYERS);
     const cJSON *e;
     cJSON_ArrayForEach(e, ml)
     {
         if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
-            return fail(RC_ERR_FORMAT, err, errlen,
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
                         "config.json: field \"mem_layers\" must hold integer layer indices");
         double d = e->valuedouble;
         if (d < 0 || d >= c->n_layers)
-            return fail(RC_ERR_INVALID, err, errlen,
+            return rc_errf(RC_ERR_INVALID, err, errlen,
                         "config.json: field \"mem_layers\" has layer %.0f, outside 0..%d "
                         "(num_hidden_layers %d)",
                         d, c->n_layers - 1, c->n_layers);
         int l = (int)d;
         if (c->n_mem_layers > 0 && l <= c->mem_layers[c->n_mem_layers - 1])
-            return fail(RC_ERR_INVALID, err, errlen,
+            return rc_errf(RC_ERR_INVALID, err, errlen,
                         "config.json: field \"mem_layers\" must be strictly ascending without "
                         "duplicates (%d follows %d)",
                         l, c->mem_layers[c->n_mem_layers - 1]);
@@ -185,12 +172,12 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
     const cJSON *rs = member(root, "rope_scaling");
     if (!rs) return RC_OK;
     if (!cJSON_IsObject(rs))
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "config.json: field \"rope_scaling\" must be an object or null");
     const cJSON *t = member(rs, "type");
     if (!t) t = member(rs, "rope_type");
     if (!t || !cJSON_IsString(t))
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "config.json: field \"rope_scaling.type\" (or rope_type) must be a string");
     const char *s = t->valuestring;
     if (!strcmp(s, "default") || !strcmp(s, "none")) return RC_OK;
@@ -203,14 +190,14 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
     else if (!strcmp(s, "ntk"))
         c->rope_scaling = ROPE_SCALING_NTK;
     else
-        return fail(RC_ERR_UNSUPPORTED, err, errlen,
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "config.json: field \"rope_scaling.type\" is \"%s\"; supported: linear, "
                     "dynamic, ntk, yarn",
                     s);
     rc_t rc = get_float(rs, "factor", 0.0f, &c->rope_factor, err, errlen);
     if (rc) return rc;
     if (!(c->rope_factor > 0.0f))
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"rope_scaling.factor\" must be a positive number "
                     "(required with type \"%s\")",
                     s);
@@ -218,7 +205,7 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
                  errlen);
     if (rc) return rc;
     if (c->rope_original_max_pos < 0)
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"rope_scaling.original_max_position_embeddings\" must "
                     "be positive");
     return RC_OK;
@@ -231,12 +218,12 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
     if ((rc = get_int(root, name, req, def, dst, err, errlen))) return rc
 #define POSITIVE(name, v)                                                                          \
     if ((v) <= 0)                                                                                  \
-    return fail(RC_ERR_INVALID, err, errlen, "config.json: field \"%s\" must be positive, got %d", \
+    return rc_errf(RC_ERR_INVALID, err, errlen, "config.json: field \"%s\" must be positive, got %d", \
                 name, (v))
 
     const cJSON *act = member(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
-        return fail(RC_ERR_UNSUPPORTED, err, errlen,
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
                     "supported",
                     cJSON_IsString(act) ? "\"" : "",
@@ -263,37 +250,37 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
         POSITIVE("head_dim", c->head_dim);
     } else {
         if (c->hidden % c->n_heads)
-            return fail(RC_ERR_INVALID, err, errlen,
+            return rc_errf(RC_ERR_INVALID, err, errlen,
                         "config.json: field \"hidden_size\" (%d) is not divisible by "
                         "\"num_attention_heads\" (%d)",
                         c->hidden, c->n_heads);
         c->head_dim = c->hidden / c->n_heads;
     }
     if (c->head_dim % 2)
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: head_dim %d (field \"head_dim\" or hidden_size / "
                     "num_attention_heads) must be even for RoPE",
                     c->head_dim);
     if (c->n_heads % c->n_kv_heads)
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"num_attention_heads\" (%d) is not divisible by "
                     "\"num_key_value_heads\" (%d)",
                     c->n_heads, c->n_kv_heads);
 
     if ((rc = get_float(root, "rms_norm_eps", 1e-6f, &c->rms_eps, err, errlen))) return rc;
     if (!(c->rms_eps > 0.0f))
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"rms_norm_eps\" must be positive");
     if ((rc = get_float(root, "rope_theta", 10000.0f, &c->rope_theta, err, errlen))) return rc;
     if (!(c->rope_theta > 0.0f))
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: field \"rope_theta\" must be positive");
     if ((rc = get_bool(root, "tie_word_embeddings", 0, &c->tie_embeddings, err, errlen))) return rc;
     if ((rc = get_dtype(root, "torch_dtype", DTYPE_F32, &c->torch_dtype, err, errlen))) return rc;
     if ((rc = get_token_id(root, "bos_token_id", 1, &c->bos_id, err, errlen))) return rc;
     if ((rc = get_token_id(root, "eos_token_id", 2, &c->eos_id, err, errlen))) return rc;
     if (c->bos_id >= c->vocab_size || c->eos_id >= c->vocab_size)
-        return fail(RC_ERR_INVALID, err, errlen,
+        return rc_errf(RC_ERR_INVALID, err, errlen,
                     "config.json: \"bos_token_id\" %d / \"eos_token_id\" %d must be below "
                     "vocab_size %d",
                     c->bos_id, c->eos_id, c->vocab_size);
@@ -314,7 +301,7 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
         INT("last_context_length", 1, 0, &c->last_context_length);
         POSITIVE("last_context_length", c->last_context_length);
         if (c->last_context_length > c->max_pos)
-            return fail(RC_ERR_INVALID, err, errlen,
+            return rc_errf(RC_ERR_INVALID, err, errlen,
                         "config.json: field \"last_context_length\" (%d) exceeds "
                         "\"max_position_embeddings\" (%d)",
                         c->last_context_length, c->max_pos);
@@ -324,7 +311,7 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
     }
     if ((rc = get_bool(root, "mem_positionals", 1, &c->mem_positionals, err, errlen))) return rc;
     if (!c->mem_positionals)
-        return fail(RC_ERR_UNSUPPORTED, err, errlen,
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "config.json: mem_positionals=false is not supported (memory keys must be "
                     "stored without positions, as in LongLLaMA's released checkpoints)");
     const cJSON *g = member(root, "mem_attention_grouping");
@@ -333,7 +320,7 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
         const cJSON *g0 = cJSON_GetArrayItem(g, 0), *g1 = cJSON_GetArrayItem(g, 1);
         if (!cJSON_IsArray(g) || cJSON_GetArraySize(g) != 2 || !cJSON_IsNumber(g0) ||
             !cJSON_IsNumber(g1) || g0->valuedouble < 1 || g1->valuedouble < 1)
-            return fail(RC_ERR_FORMAT, err, errlen,
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
                         "config.json: field \"mem_attention_grouping\" must be null or "
                         "[batch, chunk] with positive integers");
         c->mem_attention_grouping_set = 1;
@@ -348,18 +335,18 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
 rc_t model_config_parse(const char *json, size_t len, model_config_t *out, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
-    if (!json || !out) return fail(RC_ERR_INVALID, err, errlen, "config: no input");
+    if (!json || !out) return rc_errf(RC_ERR_INVALID, err, errlen, "config: no input");
     memset(out, 0, sizeof(*out));
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         size_t off = (at && at >= json && at <= json + len) ? (size_t)(at - json) : 0;
-        return fail(RC_ERR_FORMAT, err, errlen, "config.json: invalid JSON near byte %zu", off);
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: invalid JSON near byte %zu", off);
     }
     rc_t rc;
     model_config_t c = {0};
     if (!cJSON_IsObject(root))
-        rc = fail(RC_ERR_FORMAT, err, errlen, "config.json: top level must be a JSON object");
+        rc = rc_errf(RC_ERR_FORMAT, err, errlen, "config.json: top level must be a JSON object");
     else
         rc = parse_root(root, &c, err, errlen);
     cJSON_Delete(root);
@@ -372,31 +359,31 @@ rc_t model_config_load(const char *dir, model_config_t *out, char *err, size_t e
     if (err && errlen) err[0] = '\0';
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
-        return fail(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
+        return rc_errf(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(errno == ENOENT ? RC_ERR_NOT_FOUND : RC_ERR_IO, err, errlen,
+        return rc_errf(errno == ENOENT ? RC_ERR_NOT_FOUND : RC_ERR_IO, err, errlen,
                     "cannot open %s: %s", path, strerror(errno));
     rc_t rc = RC_OK;
     char *buf = NULL;
     long n = -1;
     if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
     if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        rc = fail(RC_ERR_IO, err, errlen, "cannot read %s: %s", path, strerror(errno));
+        rc = rc_errf(RC_ERR_IO, err, errlen, "cannot read %s: %s", path, strerror(errno));
         goto done;
     }
     if ((unsigned long)n > CONFIG_MAX_BYTES) {
         rc =
-            fail(RC_ERR_FORMAT, err, errlen, "%s is %ld bytes; a config.json is a few KB", path, n);
+            rc_errf(RC_ERR_FORMAT, err, errlen, "%s is %ld bytes; a config.json is a few KB", path, n);
         goto done;
     }
     buf = malloc((size_t)n + 1);
     if (!buf) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", path);
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", path);
         goto done;
     }
     if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        rc = fail(RC_ERR_IO, err, errlen, "cannot read %s", path);
+        rc = rc_errf(RC_ERR_IO, err, errlen, "cannot read %s", path);
         goto done;
     }
     buf[n] = '\0';

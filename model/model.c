@@ -36,19 +36,6 @@ struct model {
     char describe[512];
 };
 
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static void convert(float *dst, const void *src, dtype_t t, size_t n)
 {
@@ -69,13 +56,13 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
     char full[256];
     snprintf(full, sizeof full, "%s%s", prefix, name);
     const st_tensor_t *t = safetensors_find(m->st, full);
-    if (!t) return fail(RC_ERR_NOT_FOUND, err, errlen, "%s: missing tensor %s", m->dir, full);
+    if (!t) return rc_errf(RC_ERR_NOT_FOUND, err, errlen, "%s: missing tensor %s", m->dir, full);
     int64_t want[2] = {rows, cols};
     int want_nd = cols ? 2 : 1;
     int ok = t->ndim == want_nd && t->shape[0] == rows && (want_nd == 1 || t->shape[1] == cols);
     if (!ok) {
         char a[128], b[128];
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: tensor %s has shape %s, expected %s (%s from config.json)", t->file, full,
                     safetensors_shape_str(t->shape, t->ndim, a, sizeof a),
                     safetensors_shape_str(want, want_nd, b, sizeof b), why);
@@ -87,13 +74,13 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
         float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
-        if (!p) return fail(RC_ERR_NOMEM, err, errlen, "out of memory loading %s", full);
+        if (!p) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory loading %s", full);
         m->owned = p;
         m->cap_owned = cap;
     }
     float *buf = malloc((t->numel ? t->numel : 1) * sizeof(float));
     if (!buf)
-        return fail(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)", full,
+        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)", full,
                     t->numel);
     m->owned[m->n_owned++] = buf;
     convert(buf, t->data, t->dtype, t->numel);
@@ -114,7 +101,7 @@ static rc_t check_no_extra_layers(const model_t *m, const char *prefix, char *er
         char *end;
         long l = strtol(t->name + pl, &end, 10);
         if (end != t->name + pl && *end == '.' && l >= m->config.n_layers)
-            return fail(RC_ERR_FORMAT, err, errlen,
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
                         "%s: checkpoint has tensor %s but config.json says num_hidden_layers "
                         "is %d",
                         m->dir, t->name, m->config.n_layers);
@@ -146,7 +133,7 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
                          err, errlen)))
         return rc;
     w->layers = calloc((size_t)c->n_layers, sizeof(*w->layers));
-    if (!w->layers) return fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+    if (!w->layers) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     for (int l = 0; l < c->n_layers; l++) {
         model_layer_t *L = &w->layers[l];
         char n[128];
@@ -169,7 +156,7 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
     if (c->tie_embeddings) {
         w->lm_head = w->tok_emb; /* HF ties the output to the input embedding */
     } else if (!safetensors_find(m->st, "lm_head.weight")) {
-        return fail(RC_ERR_NOT_FOUND, err, errlen,
+        return rc_errf(RC_ERR_NOT_FOUND, err, errlen,
                     "%s: missing tensor lm_head.weight (and config.json has no "
                     "tie_word_embeddings: true)",
                     m->dir);
@@ -184,17 +171,17 @@ static rc_t load_tokenizer(model_t *m, int allow_none, char *err, size_t errlen)
 {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/tokenizer.model", m->dir) >= (int)sizeof path)
-        return fail(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", m->dir);
+        return rc_errf(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", m->dir);
     if (access(path, F_OK) != 0) {
         if (allow_none) return RC_OK;
-        return fail(RC_ERR_NOT_FOUND, err, errlen,
+        return rc_errf(RC_ERR_NOT_FOUND, err, errlen,
                     "%s has no tokenizer.model (needed to turn text into tokens)", m->dir);
     }
     rc_t rc = tokenizer_load(path, &m->tok, err, errlen);
     if (rc) return rc;
     int tv = tokenizer_vocab_size(m->tok);
     if (tv > m->config.vocab_size)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s has %d pieces but config.json vocab_size is %d: the tokenizer does "
                     "not belong to this checkpoint",
                     path, tv, m->config.vocab_size);
@@ -230,7 +217,7 @@ rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *er
     rc_t rc;
     model_t *m = calloc(1, sizeof(*m));
     if (!m || !(m->dir = strdup(dir))) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
         goto fail;
     }
     if ((rc = model_config_load(dir, &m->config, err, errlen))) goto fail;

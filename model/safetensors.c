@@ -33,19 +33,6 @@ struct safetensors {
     size_t n;
 };
 
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static rc_t fail(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 const char *safetensors_shape_str(const int64_t *shape, int ndim, char *buf, size_t len)
 {
@@ -85,17 +72,17 @@ static rc_t map_file(const char *path, st_map_t *m, char *err, size_t errlen)
     memset(m, 0, sizeof(*m));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(errno == ENOENT ? RC_ERR_NOT_FOUND : RC_ERR_IO, err, errlen,
+        return rc_errf(errno == ENOENT ? RC_ERR_NOT_FOUND : RC_ERR_IO, err, errlen,
                     "cannot open %s: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         close(fd);
-        return fail(RC_ERR_IO, err, errlen, "cannot stat %s: %s", path, strerror(e));
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot stat %s: %s", path, strerror(e));
     }
     if (!S_ISREG(sb.st_mode) || sb.st_size < 8) {
         close(fd);
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s is not a safetensors file: %lld bytes, shorter than the 8-byte header "
                     "length (truncated?)",
                     path, (long long)sb.st_size);
@@ -104,13 +91,13 @@ static rc_t map_file(const char *path, st_map_t *m, char *err, size_t errlen)
     int e = errno;
     close(fd);
     if (p == MAP_FAILED)
-        return fail(RC_ERR_IO, err, errlen, "cannot map %s: %s", path, strerror(e));
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot map %s: %s", path, strerror(e));
     /* Weights are read once, front to back, when converted or first used. */
     madvise(p, (size_t)sb.st_size, MADV_SEQUENTIAL);
     m->path = strdup(path);
     if (!m->path) {
         munmap(p, (size_t)sb.st_size);
-        return fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     }
     m->base = p;
     m->size = (size_t)sb.st_size;
@@ -153,21 +140,21 @@ static rc_t parse_entry(const st_map_t *m, const cJSON *e, const char *data, uin
 {
     const char *name = e->string;
     if (!cJSON_IsObject(e))
-        return fail(RC_ERR_FORMAT, err, errlen, "%s: header entry for tensor '%s' is not an object",
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "%s: header entry for tensor '%s' is not an object",
                     m->path, name);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (!cJSON_IsString(dt))
-        return fail(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' has no \"dtype\" string", m->path,
+        return rc_errf(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' has no \"dtype\" string", m->path,
                     name);
     if (parse_dtype(dt->valuestring, &t->dtype))
-        return fail(RC_ERR_UNSUPPORTED, err, errlen,
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "%s: tensor '%s' has dtype %s; recall reads only F32, F16 and BF16 "
                     "checkpoints",
                     m->path, name, dt->valuestring);
     if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) > SAFETENSORS_MAX_DIMS)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: tensor '%s' needs a \"shape\" array of at most %d dimensions", m->path,
                     name, SAFETENSORS_MAX_DIMS);
     t->ndim = 0;
@@ -178,7 +165,7 @@ static rc_t parse_entry(const st_map_t *m, const cJSON *e, const char *data, uin
     {
         uint64_t v;
         if (json_u64(d, &v))
-            return fail(RC_ERR_FORMAT, err, errlen,
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
                         "%s: tensor '%s' has a shape entry that is not a non-negative integer",
                         m->path, name);
         if (v && numel > UINT64_MAX / 8 / v) overflow = 1;
@@ -189,13 +176,13 @@ static rc_t parse_entry(const st_map_t *m, const cJSON *e, const char *data, uin
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
         json_u64(cJSON_GetArrayItem(off, 0), &b) || json_u64(cJSON_GetArrayItem(off, 1), &en) ||
         b > en)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: tensor '%s' needs \"data_offsets\": [begin, end] with begin <= end",
                     m->path, name);
     char shp[128];
     uint64_t want = numel * dtype_size(t->dtype);
     if (overflow || en - b != want)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: tensor '%s' (%s %s) needs %llu bytes but its data_offsets [%llu, %llu] "
                     "span %llu",
                     m->path, name, dt->valuestring,
@@ -203,7 +190,7 @@ static rc_t parse_entry(const st_map_t *m, const cJSON *e, const char *data, uin
                     (unsigned long long)want, (unsigned long long)b, (unsigned long long)en,
                     (unsigned long long)(en - b));
     if (en > data_len)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: tensor '%s' data_offsets [%llu, %llu] run past the end of the data "
                     "section (%llu bytes): file truncated or header corrupt",
                     m->path, name, (unsigned long long)b, (unsigned long long)en,
@@ -224,7 +211,7 @@ static rc_t parse_file(const st_map_t *m, st_tensor_t **out, size_t *out_n, char
     for (int i = 7; i >= 0; i--)
         hlen = (hlen << 8) | p[i];
     if (hlen > m->size - 8 || hlen > HEADER_MAX_BYTES || hlen < 2)
-        return fail(RC_ERR_FORMAT, err, errlen,
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
                     "%s: header length %llu does not fit the file (%zu bytes): truncated or not "
                     "a safetensors file",
                     m->path, (unsigned long long)hlen, m->size);
@@ -237,13 +224,13 @@ static rc_t parse_file(const st_map_t *m, st_tensor_t **out, size_t *out_n, char
     size_t n = 0;
     cJSON *root = cJSON_ParseWithLength((const char *)p + 8, (size_t)hlen);
     if (!root || !cJSON_IsObject(root)) {
-        rc = fail(RC_ERR_FORMAT, err, errlen, "%s: header is not a JSON object", m->path);
+        rc = rc_errf(RC_ERR_FORMAT, err, errlen, "%s: header is not a JSON object", m->path);
         goto fail;
     }
     size_t cap = (size_t)cJSON_GetArraySize(root);
     ts = calloc(cap ? cap : 1, sizeof(*ts));
     if (!ts) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
         goto fail;
     }
     const cJSON *e;
@@ -252,7 +239,7 @@ static rc_t parse_file(const st_map_t *m, st_tensor_t **out, size_t *out_n, char
         if (!strcmp(e->string, "__metadata__")) continue;
         if ((rc = parse_entry(m, e, data, data_len, &ts[n], err, errlen))) goto fail;
         if (!(ts[n].name = strdup(e->string))) {
-            rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
+            rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
             goto fail;
         }
         n++;
@@ -260,14 +247,14 @@ static rc_t parse_file(const st_map_t *m, st_tensor_t **out, size_t *out_n, char
     qsort(ts, n, sizeof(*ts), cmp_name);
     for (size_t i = 1; i < n; i++)
         if (!strcmp(ts[i - 1].name, ts[i].name)) {
-            rc = fail(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' appears twice in the header",
+            rc = rc_errf(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' appears twice in the header",
                       m->path, ts[i].name);
             goto fail;
         }
     /* Two tensors sharing bytes would be a corrupt (or malicious) header. */
     by_off = malloc((n ? n : 1) * sizeof(*by_off));
     if (!by_off) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory reading %s", m->path);
         goto fail;
     }
     for (size_t i = 0; i < n; i++)
@@ -276,7 +263,7 @@ static rc_t parse_file(const st_map_t *m, st_tensor_t **out, size_t *out_n, char
     for (size_t i = 1; i < n; i++) {
         const char *prev_end = (const char *)by_off[i - 1]->data + by_off[i - 1]->nbytes;
         if (by_off[i]->nbytes && (const char *)by_off[i]->data < prev_end) {
-            rc = fail(RC_ERR_FORMAT, err, errlen,
+            rc = rc_errf(RC_ERR_FORMAT, err, errlen,
                       "%s: tensors '%s' and '%s' overlap in the data section", m->path,
                       by_off[i - 1]->name, by_off[i]->name);
             goto fail;
@@ -301,7 +288,7 @@ rc_t safetensors_open(const char *path, safetensors_t **out, char *err, size_t e
     safetensors_t *st = calloc(1, sizeof(*st));
     rc_t rc;
     if (!st || !(st->maps = calloc(1, sizeof(*st->maps)))) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
         goto fail;
     }
     if ((rc = map_file(path, &st->maps[0], err, errlen))) goto fail;
@@ -332,20 +319,20 @@ static rc_t open_sharded(const char *dir, const char *index_path, safetensors_t 
     int n_files = 0;
 
     FILE *f = fopen(index_path, "rb");
-    if (!f) return fail(RC_ERR_IO, err, errlen, "cannot open %s: %s", index_path, strerror(errno));
+    if (!f) return rc_errf(RC_ERR_IO, err, errlen, "cannot open %s: %s", index_path, strerror(errno));
     long len = -1;
     if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
     if (len < 0 || len > (long)HEADER_MAX_BYTES || fseek(f, 0, SEEK_SET) != 0 ||
         !(text = malloc((size_t)len + 1)) || fread(text, 1, (size_t)len, f) != (size_t)len) {
         fclose(f);
-        rc = fail(RC_ERR_IO, err, errlen, "cannot read %s", index_path);
+        rc = rc_errf(RC_ERR_IO, err, errlen, "cannot read %s", index_path);
         goto done;
     }
     fclose(f);
     root = cJSON_ParseWithLength(text, (size_t)len);
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!cJSON_IsObject(wm)) {
-        rc = fail(RC_ERR_FORMAT, err, errlen, "%s: not JSON with a \"weight_map\" object",
+        rc = rc_errf(RC_ERR_FORMAT, err, errlen, "%s: not JSON with a \"weight_map\" object",
                   index_path);
         goto done;
     }
@@ -356,14 +343,14 @@ static rc_t open_sharded(const char *dir, const char *index_path, safetensors_t 
     shard_n = calloc(n_entries ? n_entries : 1, sizeof(*shard_n));
     st->tensors = calloc(n_entries ? n_entries : 1, sizeof(*st->tensors));
     if (!shard_names || !st->maps || !shard_ts || !shard_n || !st->tensors) {
-        rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+        rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
         goto done;
     }
     const cJSON *e;
     cJSON_ArrayForEach(e, wm)
     {
         if (!cJSON_IsString(e) || !safe_file_name(e->valuestring)) {
-            rc = fail(RC_ERR_FORMAT, err, errlen,
+            rc = rc_errf(RC_ERR_FORMAT, err, errlen,
                       "%s: weight_map entry for tensor '%s' must be a file name in the "
                       "checkpoint directory",
                       index_path, e->string);
@@ -375,7 +362,7 @@ static rc_t open_sharded(const char *dir, const char *index_path, safetensors_t 
         if (k == n_files) {
             char path[4096];
             if (snprintf(path, sizeof path, "%s/%s", dir, e->valuestring) >= (int)sizeof path) {
-                rc = fail(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
+                rc = rc_errf(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
                 goto done;
             }
             shard_names[n_files] = e->valuestring;
@@ -386,14 +373,14 @@ static rc_t open_sharded(const char *dir, const char *index_path, safetensors_t 
         st_tensor_t key = {.name = e->string};
         const st_tensor_t *t = bsearch(&key, shard_ts[k], shard_n[k], sizeof(key), cmp_name);
         if (!t) {
-            rc = fail(RC_ERR_FORMAT, err, errlen,
+            rc = rc_errf(RC_ERR_FORMAT, err, errlen,
                       "%s lists tensor '%s' in %s, but that file has no such tensor", index_path,
                       e->string, e->valuestring);
             goto done;
         }
         st->tensors[st->n] = *t;
         if (!(st->tensors[st->n].name = strdup(t->name))) {
-            rc = fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+            rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
             goto done;
         }
         st->n++;
@@ -401,7 +388,7 @@ static rc_t open_sharded(const char *dir, const char *index_path, safetensors_t 
     qsort(st->tensors, st->n, sizeof(*st->tensors), cmp_name);
     for (size_t i = 1; i < st->n; i++)
         if (!strcmp(st->tensors[i - 1].name, st->tensors[i].name)) {
-            rc = fail(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' is listed twice", index_path,
+            rc = rc_errf(RC_ERR_FORMAT, err, errlen, "%s: tensor '%s' is listed twice", index_path,
                       st->tensors[i].name);
             goto done;
         }
@@ -423,7 +410,7 @@ rc_t safetensors_open_dir(const char *dir, safetensors_t **out, char *err, size_
     *out = NULL;
     char path[4096];
     if (snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir) >= (int)sizeof path)
-        return fail(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
+        return rc_errf(RC_ERR_INVALID, err, errlen, "checkpoint path too long: %s", dir);
     if (access(path, F_OK) != 0) {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         if (access(path, F_OK) != 0) {
@@ -432,7 +419,7 @@ rc_t safetensors_open_dir(const char *dir, safetensors_t **out, char *err, size_
             int has_bin = access(bin, F_OK) == 0;
             snprintf(bin, sizeof bin, "%s/pytorch_model.bin.index.json", dir);
             has_bin |= access(bin, F_OK) == 0;
-            return fail(RC_ERR_NOT_FOUND, err, errlen,
+            return rc_errf(RC_ERR_NOT_FOUND, err, errlen,
                         "%s has no model.safetensors or model.safetensors.index.json%s", dir,
                         has_bin ? " (it has pytorch_model.bin: convert it with "
                                   "tools/convert_longllama.py)"
@@ -441,7 +428,7 @@ rc_t safetensors_open_dir(const char *dir, safetensors_t **out, char *err, size_
         return safetensors_open(path, out, err, errlen);
     }
     safetensors_t *st = calloc(1, sizeof(*st));
-    if (!st) return fail(RC_ERR_NOMEM, err, errlen, "out of memory");
+    if (!st) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     rc_t rc = open_sharded(dir, path, st, err, errlen);
     if (rc) {
         safetensors_destroy(&st);
