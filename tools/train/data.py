@@ -131,15 +131,33 @@ class Filler:
                 sents.append(s)
         self.unit = " ".join(sents)
 
-    def text(self, chars):
+    def text(self, chars, restart=False):
+        """restart: start again where this document's first filler started (Landmark's
+        garbage_inf[:n] layout, where the filler after the key line restarts from the
+        filler's first character); otherwise a fresh or continued stretch."""
         if chars <= 0:
             return ""
+        if restart and getattr(self, "first", None) is not None:
+            kind, start = self.first
+            if kind == "english":
+                return self.english.text[start:start + chars] if start + chars <= self.english.n \
+                    else self.english.chunk(self.rng, chars)
+            rep = (self.unit + " ") * (chars // (len(self.unit) + 1) + 2)
+            return rep[start:start + chars]
         if self.kind == "english":
-            return self.english.chunk(self.rng, chars)
+            t = self.english.chunk(self.rng, chars)
+            if getattr(self, "first", None) is None:
+                st = self.english.text.find(t[:200])
+                self.first = ("english", st) if st >= 0 else None
+            return t
         rep = (self.unit + " ") * (chars // (len(self.unit) + 1) + 1)
         if self.kind == "repeat":
             off = self.rng.randrange(len(self.unit) + 1) if self.rng.random() < 0.5 else 0
+            if getattr(self, "first", None) is None:
+                self.first = ("repeat", off)
             return (rep + rep[:off + 1])[off:off + chars]
+        if getattr(self, "first", None) is None:
+            self.first = ("repeat", 0)
         out, n = [], 0
         while n < chars:
             if self.rng.random() < 0.5:
@@ -174,12 +192,22 @@ def plan_passkey(rng):
     q = rng.choice(QUESTIONS).format(n=name)
     if name.islower() and rng.random() < 0.2:
         q = q[0].upper() + q[1:]
-    depth = rng.random()
+    r = rng.random()
+    # Depths: uniform, plus extra mass in the middle and at the ends (0 and 1 exactly).
+    depth = (rng.random() if r < 0.6 else rng.uniform(0.3, 0.7) if r < 0.85
+             else rng.choice([0.0, 1.0, rng.uniform(0.0, 0.05), rng.uniform(0.95, 1.0)]))
     intro = rng.choice(INTROS)
+    # Own-line layout (intro, filler, key line, filler, question each on a line) in most
+    # documents; the filler after the key line restarts from the filler's first character
+    # in 60 % of them (as Landmark's prompt does) and continues otherwise.
+    if rng.random() < 0.7:
+        sep = "\n"
+    restart = rng.random() < 0.6
     segs = []
     if intro:
         segs.append(("fixed", intro + sep))
-    segs += [("filler", depth), ("fixed", sep + key_line + sep), ("filler", 1.0 - depth),
+    segs += [("filler", depth), ("fixed", sep + key_line + sep),
+             ("filler_restart" if restart else "filler", 1.0 - depth),
              ("fixed", sep + q), ("answer", " " + key)]
     tail = rng.random()
     if tail < 0.5:
@@ -228,6 +256,8 @@ def plan_digits(rng):
 
 
 KINDS = [("passkey", 0.4), ("kv", 0.2), ("digits", 0.1), ("english", 0.3)]
+# The restart fine-tune (train.py --kinds restart) leans on passkey documents.
+KINDS_RESTART = [("passkey", 0.6), ("kv", 0.15), ("digits", 0.05), ("english", 0.2)]
 
 
 def synthetic_text(rng, english, chars=3000):
@@ -235,7 +265,8 @@ def synthetic_text(rng, english, chars=3000):
     kind = rng.choice(["passkey", "kv", "digits"])
     segs = {"passkey": plan_passkey, "kv": plan_kv, "digits": plan_digits}[kind](rng)
     fill = Filler(rng, english)
-    return "".join(fill.text(int(t * chars)) if k == "filler" else t for k, t in segs)
+    return "".join(fill.text(int(t * chars), k == "filler_restart") if k.startswith("filler") else t
+                   for k, t in segs)
 
 
 class DocMaker:
@@ -244,6 +275,7 @@ class DocMaker:
     def __init__(self, sp, english, length, answer_weight=4.0):
         self.sp, self.english, self.length = sp, english, length
         self.answer_weight = answer_weight
+        self.tail_prob = 0.0  # share of task documents with text after the answer
         self.cpt = 3.2  # characters per token of filler; adapted as documents are made
 
     def _pieces(self, text):
@@ -281,13 +313,20 @@ class DocMaker:
         else:
             segs = {"passkey": plan_passkey, "kv": plan_kv, "digits": plan_digits}[kind](rng)
             fill = Filler(rng, self.english)
-        fixed_chars = sum(len(t) for k, t in segs if k != "filler")
+            if self.tail_prob and rng.random() < self.tail_prob:
+                # Text after the answer, so the question and answer land anywhere in a
+                # window, across window boundaries too (rows are whole windows, so without
+                # it the answer always ends a window; recall's passkey prompts of exactly
+                # 1k/2k/4k tokens put the answer at the start of a new window).
+                segs += [("fixed", rng.choice(["\n", " ", "\n\n"])),
+                         ("filler", rng.uniform(0.0, 0.3))]
+        fixed_chars = sum(len(t) for k, t in segs if not k.startswith("filler"))
         budget = max(0, int((L * self.cpt - fixed_chars) * 1.2)) + 64
         text, regions, answers = [], [], []
         pos = 0
         for k, t in segs:
-            if k == "filler":
-                t = fill.text(int(budget * t))
+            if k.startswith("filler"):
+                t = fill.text(int(budget * t), k == "filler_restart")
                 regions.append((pos, pos + len(t)))
             elif k == "answer":
                 answers.append((pos, pos + len(t)))
@@ -353,11 +392,12 @@ class BatchMaker:
         self.dm = DocMaker(sp, english, length)
         self.batch, self.n_english = batch, n_english
         self.rng = random.Random(seed)
+        self.restart_mix = False
 
     def next(self):
         ids = np.zeros((self.batch, self.dm.length), dtype=np.int32)
         w = np.zeros((self.batch, self.dm.length), dtype=np.float32)
-        kinds, probs = zip(*KINDS)
+        kinds, probs = zip(*(KINDS_RESTART if self.restart_mix else KINDS))
         for b in range(self.batch):
             if b >= self.batch - self.n_english:
                 kind = "english"

@@ -42,8 +42,11 @@ from model import Config, FoTModel, greedy  # noqa: E402
 # Data workers
 
 class Batches(torch.utils.data.IterableDataset):
-    def __init__(self, data_dir, batch, length, n_english, seed, start_step, answer_weight):
+    def __init__(self, data_dir, batch, length, n_english, seed, start_step, answer_weight,
+                 restart_mix=False, tail_prob=0.0):
         self.data_dir, self.batch, self.length = data_dir, batch, length
+        self.restart_mix = restart_mix
+        self.tail_prob = tail_prob
         self.answer_weight = answer_weight
         self.n_english, self.seed, self.start_step = n_english, seed, start_step
 
@@ -57,6 +60,8 @@ class Batches(torch.utils.data.IterableDataset):
         seed = (self.seed * 1000003 + wid * 7919 + self.start_step) & 0x7FFFFFFF
         bm = D.BatchMaker(sp, eng, self.batch, self.length, self.n_english, seed)
         bm.dm.answer_weight = self.answer_weight
+        bm.restart_mix = self.restart_mix
+        bm.dm.tail_prob = self.tail_prob
         while True:
             ids, w = bm.next()
             yield torch.from_numpy(ids), torch.from_numpy(w)
@@ -103,7 +108,7 @@ def write_safetensors(path, named):
             f.write(b)
 
 
-def export(model, cfg, data_dir, out_dir, shard_bytes=15 << 20):
+def export(model, cfg, data_dir, out_dir, shard_bytes=64 << 20):
     os.makedirs(out_dir, exist_ok=True)
     for fn in os.listdir(out_dir):
         if fn.startswith("model") and (fn.endswith(".safetensors") or fn.endswith(".json")):
@@ -146,13 +151,15 @@ def load_exported(model_dir):
 # Evaluation: REFERENCE.md's passkey test, with the inference semantics
 
 def passkey_prompt(key, filler_chars, depth):
-    """clients/passkey.c's prompt: intro, filler cut by characters, key line, filler, question."""
+    """clients/passkey.c's prompt: intro, filler cut by characters, key line, filler, question.
+    As in Landmark's code (garbage_inf[:n_prefix], garbage_inf[:n_suffix]) the filler after
+    the key line starts again from the filler's first character."""
     unit = D_PASSKEY_FILLER + " "
     fill = (unit * (filler_chars // len(unit) + 2))
     pre = int(round(depth * filler_chars))
     return (D_PASSKEY_INTRO + "\n" + fill[:pre] + "\n" +
             "The pass key is %d. Remember it. %d is the pass key." % (key, key) + "\n" +
-            fill[pre:filler_chars] + "\n" + D_PASSKEY_QUESTION)
+            fill[:filler_chars - pre] + "\n" + D_PASSKEY_QUESTION)
 
 
 D_PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. "
@@ -236,9 +243,13 @@ def main(argv):
     ap.add_argument("--ckpt-every", type=int, default=1000)
     ap.add_argument("--resume", default=None)
     ap.add_argument("--answer-weight", type=float, default=4.0, help="loss weight of answer tokens")
+    ap.add_argument("--restart-mix", action="store_true",
+                    help="data.KINDS_RESTART: more passkey documents (fine-tune for the restarted filler)")
+    ap.add_argument("--tail-prob", type=float, default=0.0,
+                    help="share of task documents with text after the answer (answers off window ends)")
     ap.add_argument("--no-state", action="store_true", help="do not write state.pt")
     ap.add_argument("--eval", action="store_true")
-    ap.add_argument("--eval-lengths", default="1000,2000,4000,8000,16000,32000")
+    ap.add_argument("--eval-lengths", default="1000,1024,2000,2048,4000,4096,8000,8192,16000,16384")
     ap.add_argument("--eval-depths", default="0.1,0.3,0.5,0.7,0.9")
     ap.add_argument("--eval-trials", type=int, default=4)
     ap.add_argument("--max-steps-cap", type=int, default=100000)
@@ -293,7 +304,8 @@ def main(argv):
 
     L = a.windows * a.window + 1
     loader = torch.utils.data.DataLoader(
-        Batches(a.data, a.batch, L, a.n_english, a.seed, step, a.answer_weight), batch_size=None,
+        Batches(a.data, a.batch, L, a.n_english, a.seed, step, a.answer_weight,
+                a.restart_mix, a.tail_prob), batch_size=None,
         num_workers=a.workers, **({"prefetch_factor": 4} if a.workers else {}),
         pin_memory=dev.type == "cuda", persistent_workers=False)
     it = iter(loader)
