@@ -245,19 +245,39 @@ Recall__Response *rpc_call(rpc_client_t *c, Recall__Request *req, int timeout_ms
     }
 }
 
-Recall__Response *rpc_create(rpc_client_t *c, const char *session, uint32_t window,
-                             int if_not_exists)
+Recall__Response *rpc_create_opts(rpc_client_t *c, const char *session,
+                                  const Recall__SessionOptions *o, int if_not_exists)
 {
     Recall__Request q = RECALL__REQUEST__INIT;
     Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
-    Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
-    o.window = window;
     cs.session = (char *)session;
-    cs.options = &o;
+    cs.options = (Recall__SessionOptions *)o;
     cs.if_not_exists = if_not_exists;
     q.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
     q.create_session = &cs;
     return rpc_call(c, &q, 10000);
+}
+
+Recall__Response *rpc_create(rpc_client_t *c, const char *session, uint32_t window,
+                             int if_not_exists)
+{
+    Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
+    o.window = window;
+    return rpc_create_opts(c, session, &o, if_not_exists);
+}
+
+Recall__Response *rpc_ingest_tokens(rpc_client_t *c, const char *session, uint64_t seq,
+                                    int32_t *tokens, size_t n)
+{
+    Recall__Request q = RECALL__REQUEST__INIT;
+    Recall__IngestRequest in = RECALL__INGEST_REQUEST__INIT;
+    in.session = (char *)session;
+    in.seq = seq;
+    in.tokens = tokens;
+    in.n_tokens = n;
+    q.body_case = RECALL__REQUEST__BODY_INGEST;
+    q.ingest = &in;
+    return rpc_call(c, &q, 120000);
 }
 
 Recall__Response *rpc_ingest_text(rpc_client_t *c, const char *session, uint64_t seq,

@@ -62,6 +62,12 @@ Recall__Response *rpc_call(rpc_client_t *c, Recall__Request *req, int timeout_ms
 /* Conveniences; each returns the final response (caller frees) or NULL. */
 Recall__Response *rpc_create(rpc_client_t *c, const char *session, uint32_t window,
                              int if_not_exists);
+/* CreateSession with the given options (NULL: none). */
+Recall__Response *rpc_create_opts(rpc_client_t *c, const char *session,
+                                  const Recall__SessionOptions *o, int if_not_exists);
+/* Ingest of token ids (borrowed for the call). */
+Recall__Response *rpc_ingest_tokens(rpc_client_t *c, const char *session, uint64_t seq,
+                                    int32_t *tokens, size_t n);
 Recall__Response *rpc_ingest_text(rpc_client_t *c, const char *session, uint64_t seq,
                                   const char *text);
 Recall__Response *rpc_info(rpc_client_t *c, const char *session);

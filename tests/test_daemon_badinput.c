@@ -46,17 +46,11 @@ static const char *msg_of(Recall__Response *r)
 static Recall__Response *create_opts(rpc_client_t *c, const char *name, const char *positional,
                                      const char *memory, uint32_t window)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
     Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
     o.positional = (char *)positional;
     o.memory = (char *)memory;
     o.window = window;
-    cs.session = (char *)name;
-    cs.options = &o;
-    q.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    q.create_session = &cs;
-    return rpc_call(c, &q, 10000);
+    return rpc_create_opts(c, name, &o, 0);
 }
 
 static Recall__Response *ingest_tokens(rpc_client_t *c, const char *name, uint64_t seq,

@@ -16,32 +16,18 @@
 static Recall__Response *create(rpc_client_t *c, const char *name, uint32_t window,
                                 const char *positional, uint32_t group, uint32_t neighbor)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
     Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
     o.window = window;
     o.positional = (char *)positional;
     o.group = group;
     o.neighbor = neighbor;
-    cs.session = (char *)name;
-    cs.options = &o;
-    q.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    q.create_session = &cs;
-    return rpc_call(c, &q, 10000);
+    return rpc_create_opts(c, name, &o, 0);
 }
 
 static int ingest(rpc_client_t *c, const char *name, uint64_t seq, int32_t *t, size_t n,
                   char *msg, size_t msglen)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__IngestRequest in = RECALL__INGEST_REQUEST__INIT;
-    in.session = (char *)name;
-    in.seq = seq;
-    in.tokens = t;
-    in.n_tokens = n;
-    q.body_case = RECALL__REQUEST__BODY_INGEST;
-    q.ingest = &in;
-    Recall__Response *r = rpc_call(c, &q, 60000);
+    Recall__Response *r = rpc_ingest_tokens(c, name, seq, t, n);
     int code = r && r->status ? r->status->code : 99;
     if (msg) snprintf(msg, msglen, "%s", r && r->status && r->status->message ? r->status->message : "");
     if (r) recall__response__free_unpacked(r, NULL);

@@ -32,8 +32,6 @@ static variant_t variants[] = {
 
 static Recall__Response *create(rpc_client_t *c, const variant_t *v)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
     Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
     o.positional = (char *)v->positional;
     o.rope_scaling = (char *)v->scaling;
@@ -43,24 +41,12 @@ static Recall__Response *create(rpc_client_t *c, const variant_t *v)
     o.neighbor = v->neighbor;
     o.chunk_size = v->chunk;
     o.local_window = v->local;
-    cs.session = (char *)v->name;
-    cs.options = &o;
-    q.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    q.create_session = &cs;
-    return rpc_call(c, &q, 10000);
+    return rpc_create_opts(c, v->name, &o, 0);
 }
 
 static int ingest(rpc_client_t *c, const char *name, int32_t *toks, size_t n)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__IngestRequest in = RECALL__INGEST_REQUEST__INIT;
-    in.session = (char *)name;
-    in.seq = 1;
-    in.tokens = toks;
-    in.n_tokens = n;
-    q.body_case = RECALL__REQUEST__BODY_INGEST;
-    q.ingest = &in;
-    Recall__Response *r = rpc_call(c, &q, 120000);
+    Recall__Response *r = rpc_ingest_tokens(c, name, 1, toks, n);
     int ok = r && r->status && r->status->code == 0;
     if (r) recall__response__free_unpacked(r, NULL);
     return ok ? 0 : -1;

@@ -367,29 +367,15 @@ static void test_stream(const model_t *m)
 
 static Recall__Response *create_knn(rpc_client_t *c, const char *name, uint32_t k)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
     Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
     o.memory = (char *)"knn";
     o.k = k;
-    cs.session = (char *)name;
-    cs.options = &o;
-    q.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    q.create_session = &cs;
-    return rpc_call(c, &q, 10000);
+    return rpc_create_opts(c, name, &o, 0);
 }
 
 static int ingest(rpc_client_t *c, const char *name, int32_t *toks, size_t n)
 {
-    Recall__Request q = RECALL__REQUEST__INIT;
-    Recall__IngestRequest in = RECALL__INGEST_REQUEST__INIT;
-    in.session = (char *)name;
-    in.seq = 1;
-    in.tokens = toks;
-    in.n_tokens = n;
-    q.body_case = RECALL__REQUEST__BODY_INGEST;
-    q.ingest = &in;
-    Recall__Response *r = rpc_call(c, &q, 120000);
+    Recall__Response *r = rpc_ingest_tokens(c, name, 1, toks, n);
     int ok = r && r->status && r->status->code == 0;
     if (r) recall__response__free_unpacked(r, NULL);
     return ok ? 0 : -1;
