@@ -276,6 +276,10 @@ class DocMaker:
         self.sp, self.english, self.length = sp, english, length
         self.answer_weight = answer_weight
         self.tail_prob = 0.0  # share of task documents with text after the answer
+        # Of those, the share whose first answer token is moved to within 5 tokens before a
+        # window boundary (or onto it), so a window boundary falls inside the answer.
+        self.boundary_prob = 0.0
+        self.window = 256
         self.cpt = 3.2  # characters per token of filler; adapted as documents are made
 
     def _pieces(self, text):
@@ -297,6 +301,33 @@ class DocMaker:
         assert pos == len(text), "piece offsets do not cover the text"
         return out
 
+    def _align_plan(self, rng, pieces, regions, inner, answer_char, excess):
+        """Tokens to remove from each filler region so that the first answer token lands at
+        a row position p with p mod window in {window-5 .. window-1, 0} (rows start with BOS
+        at position 0, as a session does); None when the regions cannot do it."""
+        a = next((i for i, p in enumerate(pieces) if p.end > answer_char), None)
+        if a is None:
+            return None
+        before = [j for j, (s, e) in enumerate(regions) if e <= answer_char]
+        after = [j for j in range(len(regions)) if j not in before]
+        cap_pre = sum(len(inner[j]) for j in before)
+        cap_post = sum(len(inner[j]) for j in after)
+        W = self.window
+        target = rng.randint(-5, 0) % W
+        # After removing r tokens before the answer it sits at 1 + a - r (BOS first).
+        need = (1 + a - target) % W
+        r = min(cap_pre, excess)
+        r -= (r - need) % W
+        if r < 0 or excess - r > cap_post:
+            return None
+        plan = [0] * len(regions)
+        for group, amount in ((before, r), (after, excess - r)):
+            for j in group:
+                take = min(amount, len(inner[j]))
+                plan[j] = take
+                amount -= take
+        return plan
+
     def make(self, rng, kind):
         for _ in range(8):
             r = self._try(rng, kind)
@@ -313,7 +344,9 @@ class DocMaker:
         else:
             segs = {"passkey": plan_passkey, "kv": plan_kv, "digits": plan_digits}[kind](rng)
             fill = Filler(rng, self.english)
+            align = False
             if self.tail_prob and rng.random() < self.tail_prob:
+                align = self.boundary_prob and rng.random() < self.boundary_prob
                 # Text after the answer, so the question and answer land anywhere in a
                 # window, across window boundaries too (rows are whole windows, so without
                 # it the answer always ends a window; recall's passkey prompts of exactly
@@ -358,8 +391,14 @@ class DocMaker:
             if total < excess:
                 return None
             left = excess
+            plan = None
+            if kind != "english" and align and answers:
+                plan = self._align_plan(rng, pieces, regions, inner, answers[0][0], excess)
             for j, idx in enumerate(inner):
-                take = left if j == len(inner) - 1 else min(left, round(excess * len(idx) / total))
+                if plan is not None:
+                    take = plan[j]
+                else:
+                    take = left if j == len(inner) - 1 else min(left, round(excess * len(idx) / total))
                 take = min(take, len(idx))
                 if take:
                     st = rng.randrange(0, len(idx) - take + 1)

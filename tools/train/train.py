@@ -43,8 +43,9 @@ from model import Config, FoTModel, greedy  # noqa: E402
 
 class Batches(torch.utils.data.IterableDataset):
     def __init__(self, data_dir, batch, length, n_english, seed, start_step, answer_weight,
-                 restart_mix=False, tail_prob=0.0):
+                 restart_mix=False, tail_prob=0.0, boundary_prob=0.0, window=256):
         self.data_dir, self.batch, self.length = data_dir, batch, length
+        self.boundary_prob, self.window = boundary_prob, window
         self.restart_mix = restart_mix
         self.tail_prob = tail_prob
         self.answer_weight = answer_weight
@@ -62,6 +63,8 @@ class Batches(torch.utils.data.IterableDataset):
         bm.dm.answer_weight = self.answer_weight
         bm.restart_mix = self.restart_mix
         bm.dm.tail_prob = self.tail_prob
+        bm.dm.boundary_prob = self.boundary_prob
+        bm.dm.window = self.window
         while True:
             ids, w = bm.next()
             yield torch.from_numpy(ids), torch.from_numpy(w)
@@ -247,6 +250,9 @@ def main(argv):
                     help="data.KINDS_RESTART: more passkey documents (fine-tune for the restarted filler)")
     ap.add_argument("--tail-prob", type=float, default=0.0,
                     help="share of task documents with text after the answer (answers off window ends)")
+    ap.add_argument("--boundary-prob", type=float, default=0.0,
+                    help="of the --tail-prob documents, the share whose answer starts within "
+                         "5 tokens before a window boundary (or on it)")
     ap.add_argument("--no-state", action="store_true", help="do not write state.pt")
     ap.add_argument("--eval", action="store_true")
     ap.add_argument("--eval-lengths", default="1000,1024,2000,2048,4000,4096,8000,8192,16000,16384")
@@ -254,6 +260,9 @@ def main(argv):
     ap.add_argument("--eval-trials", type=int, default=4)
     ap.add_argument("--max-steps-cap", type=int, default=100000)
     a = ap.parse_args(argv)
+    if a.batch <= a.n_english:
+        ap.error("--batch %d leaves no task rows: the last --n-english %d rows of a batch are "
+                 "English negatives" % (a.batch, a.n_english))
 
     os.makedirs(a.out, exist_ok=True)
     logf = open(os.path.join(a.out, "train.log"), "a")
@@ -305,7 +314,7 @@ def main(argv):
     L = a.windows * a.window + 1
     loader = torch.utils.data.DataLoader(
         Batches(a.data, a.batch, L, a.n_english, a.seed, step, a.answer_weight,
-                a.restart_mix, a.tail_prob), batch_size=None,
+                a.restart_mix, a.tail_prob, a.boundary_prob, a.window), batch_size=None,
         num_workers=a.workers, **({"prefetch_factor": 4} if a.workers else {}),
         pin_memory=dev.type == "cuda", persistent_workers=False)
     it = iter(loader)
