@@ -158,6 +158,10 @@ typedef struct cuda_attn_args {
     const void *k_alt;          /* [n_k, n_kv_heads, head_dim] self-extend: keys at j // G */
     const void *q_mem;          /* [n_q, n_heads, head_dim] queries for memory; NULL: q */
     float mem_scale;            /* factor of memory scores; 0: scale */
+    /* Optional [n_q, n_heads] fp32 output: each row's log-sum-exp (natural log) of its
+     * scaled scores, memory included, as the softmax normalized them (for merging further
+     * keys later: cuda_knn_attention). NULL: not written. */
+    float *lse;
 } cuda_attn_args_t;
 
 typedef enum cuda_attn_layout {
@@ -263,6 +267,71 @@ rc_t cuda_capture_begin(void *stream);
 rc_t cuda_capture_end(void *stream, int ok, void **exec);
 rc_t cuda_graph_launch(void *exec, void *stream);
 void cuda_graph_destroy(void **exec); /* NULL-safe; nulls *exec */
+
+/* ---- kNN memory on the GPU (REFERENCE.md "kNN memory") ------------------------------- */
+
+/* Exact top-k of memory rows by inner product (kernels/cuda/topk.cu): the GPU hot tier of
+ * knn memory. A fused tiled score-and-select: blocks score tiles of (queries x rows) and keep
+ * only each query's best k of their row range; a second pass merges the blocks' lists. The
+ * full [n_q, rows] score matrix is never written.
+ *   q      [n_q, n_heads, head_dim] bf16 (the queries against memory: q_mem, or q);
+ *   keys   [n_rows, n_kv_heads, head_dim] in key_dtype (BF16 or F32), unrotated memory keys;
+ *          head h searches kv head h / (n_heads / n_kv_heads);
+ *   rows   [row0, row1) are searched; returned indices are absolute row numbers;
+ *   scores [n_q, n_heads, k] fp32 q . key (no scale), best first;
+ *   idx    [n_q, n_heads, k] int32 rows, best first; ties go to the lower row; where the
+ *          range has fewer than k rows the tail is padded with idx -1 and score -INFINITY.
+ * Order: (score descending, row ascending), a strict total order, so results are
+ * deterministic; -0 counts as +0 and NaN as -INFINITY.
+ * 1 <= k <= CUDA_TOPK_MAX_K; head_dim 64, 100 or 128. Scores are fp32 sums of bf16 products
+ * (fp32 keys are read as they are), so the order can differ from a CPU's only between rows
+ * whose scores differ by fp32 rounding. */
+#define CUDA_TOPK_MAX_K 256
+typedef struct cuda_topk_args {
+    int n_q, n_heads, n_kv_heads, head_dim;
+    const void *q;
+    const void *keys;
+    dtype_t key_dtype;
+    int64_t row0, row1;
+    int k;
+    float *scores;
+    int32_t *idx;
+} cuda_topk_args_t;
+/* Device scratch cuda_topk needs for these shapes (reads only shapes, k and the row range). */
+rc_t cuda_topk_workspace(const cuda_topk_args_t *a, size_t *bytes);
+rc_t cuda_topk(const cuda_topk_args_t *a, void *workspace, size_t workspace_bytes, void *stream);
+
+/* kNN attention's memory part, merged into a local attention already computed
+ * (kernels/cuda/knn_attention.cu). cuda_attention / cuda_attention_fast run with n_mem = 0
+ * and a non-NULL lse give out_local and its log-sum-exp; this kernel then adds, for query i
+ * and head h, the memory rows listed in idx[i, h, 0..k) to that softmax:
+ *   score(i, h, m) = q_mem[i, h] . K_m . mem_scale   (clamped below at -1e6, as every score)
+ * and rewrites out[i, h] = (e^lse · out_local + Σ_m e^score · V_m) / (e^lse + Σ_m e^score),
+ * which is cpu_attention_knn's result (kernels/cpu.h) up to rounding.
+ * Rows come from two places, so that a spilled tier's rows can join the device's:
+ *   idx in [0, n_hot):            row idx of hot_k / hot_v [n_hot, n_kv_heads, head_dim];
+ *   idx in [n_hot, n_hot + n_sp): row idx - n_hot of sp_k / sp_v (same layout);
+ *   idx -1:                       skipped.
+ * Key/value dtype mem_dtype (BF16 or F32) for both; q_mem, out bf16; lse fp32 [n_q, n_heads]
+ * (natural log, of the scaled scores). Memory rows must be 8-byte (bf16) or 16-byte (f32)
+ * aligned, q_mem and out 8-byte (whole-row views of cudaMalloc'd buffers are); otherwise
+ * RC_ERR_UNSUPPORTED. An index outside both buffers makes that (query, head)'s output NaN,
+ * so a bad list shows downstream instead of reading out of bounds. */
+typedef struct cuda_knn_attn_args {
+    int n_q, n_heads, n_kv_heads, head_dim;
+    const void *q_mem;          /* [n_q, n_heads, head_dim] bf16 */
+    float mem_scale;            /* scale (times YaRN's mscale where it applies) */
+    int k;
+    const int32_t *idx;         /* [n_q, n_heads, k] */
+    dtype_t mem_dtype;
+    const void *hot_k, *hot_v;  /* [n_hot, n_kv_heads, head_dim] */
+    int64_t n_hot;
+    const void *sp_k, *sp_v;    /* [n_sp, n_kv_heads, head_dim]; NULL when n_sp is 0 */
+    int64_t n_sp;
+    const float *lse;           /* [n_q, n_heads] of the local attention */
+    void *out;                  /* [n_q, n_heads, head_dim] bf16: out_local in, result out */
+} cuda_knn_attn_args_t;
+rc_t cuda_knn_attention(const cuda_knn_attn_args_t *a, void *stream);
 
 #ifdef __cplusplus
 }

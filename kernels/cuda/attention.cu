@@ -19,7 +19,10 @@
  * log-sum-exp lse = m + log l, and attn_merge_kernel combines the splits per query row:
  * out = Σ_s exp(lse_s − max lse) · o_s / Σ_s exp(lse_s − max lse). A memory pass and the
  * causal local pass therefore meet by log-sum-exp whether they ran in one block or in many;
- * many splits fill the GPU when there are few queries (decode) or long memories.
+ * many splits fill the GPU when there are few queries (decode) or long memories. A caller
+ * that asks for the rows' log-sum-exp (cuda_attn_args_t.lse, to merge more keys later) gets
+ * m + log l from the block, or from the merge its mx + log Σ_s exp(lse_s − mx): the very
+ * normalizer the output was divided by.
  *
  * Scores are clamped below at −1e6 (LongLLaMA); masked keys are excluded, not clamped. */
 #include "kernels/cuda/common.cuh"
@@ -51,6 +54,7 @@ struct attn_params {
     void *out;       /* when part_o == NULL */
     float *part_o;   /* [n_split, n_q, n_heads, D] */
     float *part_lse; /* [n_split, n_q, n_heads] */
+    float *lse;      /* [n_q, n_heads] the rows' log-sum-exp; NULL: not wanted */
     float scale;
 };
 
@@ -187,14 +191,16 @@ __global__ void __launch_bounds__(THREADS) attn_kernel(attn_params p)
                 const int d = lane + 32 * c;
                 if (d < D) st_f(o, qh * D + d, acc[r][c] * inv);
             }
+            if (p.lse && lane == 0) p.lse[qh] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
         }
     }
 }
 
-/* One block per (query, head): the log-sum-exp merge of the splits' partial outputs. */
+/* One block per (query, head): the log-sum-exp merge of the splits' partial outputs; with
+ * lse, also the row's whole log-sum-exp, mx + log Σ_s exp(lse_s − mx), from the same sum. */
 template <int D, typename T>
-__global__ void attn_merge_kernel(T *out, const float *part_o, const float *part_lse,
-                                  int n_split, int n_q, int n_heads)
+__global__ void attn_merge_kernel(T *out, float *lse, const float *part_o,
+                                  const float *part_lse, int n_split, int n_q, int n_heads)
 {
     const size_t qh = (size_t)blockIdx.x * n_heads + blockIdx.y;
     const size_t stride = (size_t)n_q * n_heads;
@@ -210,6 +216,7 @@ __global__ void attn_merge_kernel(T *out, const float *part_o, const float *part
             }
         }
         st_f(out, qh * D + d, w > 0.0f ? o / w : 0.0f);
+        if (lse && d == 0) lse[qh] = w > 0.0f ? mx + logf(w) : -INFINITY;
     }
 }
 
@@ -221,7 +228,7 @@ rc_t attn_launch(const attn_params &p, int n_split, cudaStream_t s)
     CU_LAUNCHED();
     if (p.part_o) {
         attn_merge_kernel<D, T><<<dim3(p.n_q, p.n_heads), 128, 0, s>>>(
-            (T *)p.out, p.part_o, p.part_lse, n_split, p.n_q, p.n_heads);
+            (T *)p.out, p.lse, p.part_o, p.part_lse, n_split, p.n_q, p.n_heads);
         CU_LAUNCHED();
     }
     return RC_OK;
@@ -334,6 +341,7 @@ extern "C" rc_t cuda_attention(const cuda_attn_args_t *a, void *stream)
         p.part_o = (float *)a->workspace;
         p.part_lse = p.part_o + (size_t)n_split * a->n_q * a->n_heads * a->head_dim;
     }
+    p.lse = a->lse;
     p.scale = a->scale;
     /* Without memory rows the kernel never touches mem_k/mem_v; reuse the activations'
      * dtype so no extra instantiation is needed. */

@@ -27,7 +27,9 @@
  * Splitting: with a workspace the virtual key range is cut into n_split pieces (blockIdx.z);
  * each block writes its partial output normalized by its own sum plus its log2-sum-exp, and
  * mma_merge_kernel combines them per row, as attention.cu does. Few queries (decode) or
- * long memories then still fill the GPU.
+ * long memories then still fill the GPU. The rows' log-sum-exp a caller may ask for
+ * (cuda_attn_args_t.lse) comes from the block or the merge, converted from log2 to natural
+ * log: (m + log2 l) · ln 2, the normalizer the output was divided by.
  *
  * Shared memory per block: (MBQ + 4·MBK) rows of DP + 8 bf16 (the 8-element pad puts the 8
  * rows of each ldmatrix phase on distinct banks: the row stride in 16-byte units, DP/8 + 1,
@@ -50,6 +52,7 @@ constexpr int MBK = 64;          /* keys per tile */
 constexpr int M_MAX_SPLITS = 128;
 constexpr int M_MIN_TILES_PER_SPLIT = 4; /* 256 keys: below that the merge costs more */
 constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
 
 #define TRY_RC(expr)                                                                           \
     do {                                                                                       \
@@ -79,6 +82,7 @@ struct mma_params {
     bf16_t *out;              /* [n_q, n_heads, D], when part_o == NULL */
     float *part_o;            /* [n_split, n_q, n_heads, D] */
     float *part_lse;          /* [n_split, n_q, n_heads], log2 domain */
+    float *lse;               /* [n_q, n_heads] natural log-sum-exp; NULL: not wanted */
     float scale_log2;         /* scale · log2(e) */
     float mem_scale_log2;     /* mem_scale · log2(e): memory scores' factor */
     /* Positional layouts (ext_attn_kernel only; cuda.h's cuda_attn_args_t tail). */
@@ -411,6 +415,7 @@ __global__ void __launch_bounds__(MTHREADS, 2) mma_attn_kernel(mma_params p)
                     *(__nv_bfloat162 *)(out + col) =
                         __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
             }
+            if (p.lse && t4 == 0) p.lse[qh] = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
         }
     }
 }
@@ -779,15 +784,17 @@ __global__ void __launch_bounds__(MTHREADS, 2) ext_attn_kernel(mma_params p)
                     *(__nv_bfloat162 *)(out + col) =
                         __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
             }
+            if (p.lse && t4 == 0) p.lse[qh] = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
         }
     }
 }
 
 /* One block per (query, head): out = Σ_s 2^(lse_s − max) · o_s / Σ_s 2^(lse_s − max). Every
- * split wrote every row (zeros with lse −inf where it saw no key), so no NaN can leak in. */
+ * split wrote every row (zeros with lse −inf where it saw no key), so no NaN can leak in.
+ * With lse, the row's log-sum-exp from the same sum, back in natural log. */
 template <int D>
-__global__ void mma_merge_kernel(bf16_t *out, const float *part_o, const float *part_lse,
-                                 int n_split, int n_q, int n_heads)
+__global__ void mma_merge_kernel(bf16_t *out, float *lse, const float *part_o,
+                                 const float *part_lse, int n_split, int n_q, int n_heads)
 {
     const size_t qh = (size_t)blockIdx.x * n_heads + blockIdx.y;
     const size_t stride = (size_t)n_q * n_heads;
@@ -803,6 +810,7 @@ __global__ void mma_merge_kernel(bf16_t *out, const float *part_o, const float *
             }
         }
         out[qh * D + d] = __float2bfloat16_rn(w > 0.0f ? o / w : 0.0f);
+        if (lse && d == 0) lse[qh] = w > 0.0f ? (mx + log2f(w)) * LN2 : -INFINITY;
     }
 }
 
@@ -841,8 +849,8 @@ rc_t mma_launch(const mma_params &p, int n_split, bool ext, cudaStream_t s)
     }
     CU_LAUNCHED();
     if (p.part_o) {
-        mma_merge_kernel<D><<<dim3(p.n_q, p.n_heads), 128, 0, s>>>(p.out, p.part_o, p.part_lse,
-                                                                   n_split, p.n_q, p.n_heads);
+        mma_merge_kernel<D><<<dim3(p.n_q, p.n_heads), 128, 0, s>>>(
+            p.out, p.lse, p.part_o, p.part_lse, n_split, p.n_q, p.n_heads);
         CU_LAUNCHED();
     }
     return RC_OK;
@@ -1006,6 +1014,7 @@ extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
         p.part_o = (float *)a->workspace;
         p.part_lse = p.part_o + (size_t)n_split * a->n_q * a->n_heads * a->head_dim;
     }
+    p.lse = a->lse;
     p.scale_log2 = a->scale * LOG2E;
     p.mem_scale_log2 = (a->mem_scale != 0.0f ? a->mem_scale : a->scale) * LOG2E;
     p.layout = a->layout;
