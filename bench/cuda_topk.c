@@ -1,0 +1,147 @@
+/* cuda_topk.c — times cuda_topk (kernels/cuda/topk.cu) on LongLLaMA-3B-shaped memory
+ * searches: 32 heads of 100, k = 128, bf16 keys, memories of 64k, 256k and 1M rows, for
+ * decode (1 query) and prefill (2048 queries). bench/torch_topk.py times the same workloads
+ * through PyTorch (bf16 matmul, then torch.topk); bench/topk_run.sh joins the two.
+ *
+ * Timing: warm-up runs, then the median of several runs, each between CUDA events. Prints a
+ * table and one machine-readable line per workload:
+ *   RESULT <mode> rows=<n> recall_ms=<median> tflops=<...> key_gbs=<...>
+ * TFLOP/s counts 2·n_q·n_heads·rows·head_dim; GB/s counts one read of the keys
+ * (rows·n_kv·head_dim·2 bytes). Arguments: "decode" or "prefill" runs only that mode; a
+ * number caps the rows (e.g. 262144 on a small GPU). */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "kernels/cuda.h"
+
+#define CK(call)                                                                               \
+    do {                                                                                       \
+        if (call) {                                                                            \
+            fprintf(stderr, "bench_cuda_topk: %s failed (line %d)\n", #call, __LINE__);        \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* n random bf16 values in [-1.5, 1.5) on the device, made in slices of at most 256 MB. */
+static void *rand_bf16_dev(size_t n, uint64_t seed)
+{
+    void *d = NULL;
+    CK(cuda_alloc(&d, n * 2));
+    const size_t slice = (size_t)128 << 20;
+    uint16_t *h = NULL;
+    CK(cuda_host_alloc((void **)&h, slice * 2));
+    uint64_t r = 0x9E3779B97F4A7C15ull ^ seed;
+    for (size_t done = 0; done < n; done += slice) {
+        const size_t m = n - done < slice ? n - done : slice;
+        for (size_t i = 0; i < m; i += 4) {
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            for (size_t j = 0; j < 4 && i + j < m; j++) {
+                const float x = (float)((r >> (16 * j)) & 0xffff) * (3.0f / 65536.0f) - 1.5f;
+                h[i + j] = f32_to_bf16(x);
+            }
+        }
+        CK(cuda_upload((char *)d + done * 2, h, m * 2, NULL));
+    }
+    cuda_host_free((void **)&h);
+    return d;
+}
+
+int main(int argc, char **argv)
+{
+    int ndev = 0;
+    if (cuda_device_count(&ndev) || ndev == 0) {
+        printf("bench_cuda_topk: no GPU\n");
+        return 0;
+    }
+    int want_decode = 1, want_prefill = 1;
+    long long max_rows = 1 << 20;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "decode"))
+            want_prefill = 0;
+        else if (!strcmp(argv[i], "prefill"))
+            want_decode = 0;
+        else
+            max_rows = atoll(argv[i]);
+    }
+    cuda_device_info_t info;
+    CK(cuda_device_info(0, &info));
+    cuda_ctx_t *ctx = NULL;
+    CK(cuda_ctx_create(&ctx, 0));
+    printf("device: %s (%d SMs)\n", info.name, info.sm_count);
+
+    const int n_heads = 32, n_kv = 32, hd = 100, k = 128;
+    const long long rows_list[] = {65536, 262144, 1048576};
+    long long rows_max = 0;
+    for (int i = 0; i < 3; i++)
+        if (rows_list[i] <= max_rows && rows_list[i] > rows_max) rows_max = rows_list[i];
+    const int nq_max = want_prefill ? 2048 : 1;
+    void *keys = rand_bf16_dev((size_t)rows_max * n_kv * hd, 1);
+    void *q = rand_bf16_dev((size_t)nq_max * n_heads * hd, 2);
+    void *scores = NULL, *idx = NULL, *ws = NULL;
+    CK(cuda_alloc(&scores, (size_t)nq_max * n_heads * k * 4));
+    CK(cuda_alloc(&idx, (size_t)nq_max * n_heads * k * 4));
+    size_t ws_cap = 0;
+
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess);
+    printf("%-8s %9s %10s %9s %9s %9s\n", "mode", "rows", "recall_ms", "TFLOP/s", "key_GB/s",
+           "ws_MB");
+    for (int mode = 0; mode < 2; mode++) {
+        if ((mode == 0 && !want_decode) || (mode == 1 && !want_prefill)) continue;
+        const int n_q = mode == 0 ? 1 : 2048;
+        for (int ri = 0; ri < 3; ri++) {
+            const long long rows = rows_list[ri];
+            if (rows > rows_max) continue;
+            cuda_topk_args_t a = {.n_q = n_q, .n_heads = n_heads, .n_kv_heads = n_kv,
+                                  .head_dim = hd, .q = q, .keys = keys,
+                                  .key_dtype = DTYPE_BF16, .row0 = 0, .row1 = rows, .k = k,
+                                  .scores = scores, .idx = idx};
+            size_t wsb = 0;
+            CK(cuda_topk_workspace(&a, &wsb));
+            if (wsb > ws_cap) {
+                cuda_free(&ws);
+                CK(cuda_alloc(&ws, wsb));
+                ws_cap = wsb;
+            }
+            const double flop = 2.0 * n_q * n_heads * (double)rows * hd;
+            const int warm = 2, reps = mode == 0 ? 50 : (rows >= 1 << 20 ? 5 : 10);
+            float ms[64];
+            for (int i = 0; i < warm + reps; i++) {
+                CK(cudaEventRecord(e0, 0) != cudaSuccess);
+                CK(cuda_topk(&a, ws, wsb, NULL));
+                CK(cudaEventRecord(e1, 0) != cudaSuccess);
+                CK(cudaEventSynchronize(e1) != cudaSuccess);
+                if (i >= warm) CK(cudaEventElapsedTime(&ms[i - warm], e0, e1) != cudaSuccess);
+            }
+            CK(cuda_stream_sync(NULL));
+            qsort(ms, (size_t)reps, sizeof(float), cmp_float);
+            const double med = ms[reps / 2];
+            const double tflops = flop / (med * 1e-3) / 1e12;
+            const double gbs = (double)rows * n_kv * hd * 2 / (med * 1e-3) / 1e9;
+            const char *name = mode == 0 ? "decode" : "prefill";
+            printf("%-8s %9lld %10.3f %9.1f %9.0f %9.1f\n", name, rows, med, tflops, gbs,
+                   wsb / 1e6);
+            printf("RESULT %s rows=%lld recall_ms=%.4f tflops=%.2f key_gbs=%.1f\n", name, rows,
+                   med, tflops, gbs);
+            fflush(stdout);
+        }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cuda_free(&ws);
+    cuda_free(&scores);
+    cuda_free(&idx);
+    cuda_free(&q);
+    cuda_free(&keys);
+    cuda_ctx_destroy(&ctx);
+    return 0;
+}
