@@ -4,6 +4,7 @@
  * is for people by default and exactly one JSON object on stdout with --json. Exit codes:
  * 0 ok, 1 the daemon answered with an error, 2 usage error, 3 cannot connect or timeout. */
 #include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -73,7 +74,9 @@ static const cmd_desc cmds[CMD_COUNT] = {
                     "  cat notes/*.md | recall ingest notes -\n"
                     "  recall ingest long --window 4096 --positional self-extend --group 4 "
                     "--neighbor 1024 big.txt\n"
-                    "  recall ingest code --memory knn --k 128 src.txt\n"},
+                    "  recall ingest code --memory knn --k 128 src.txt\n"
+                    "  recall ingest big --memory knn --nlist 4096 --nprobe 64 "
+                    "--gpu-memory-budget 4G big.txt\n"},
     [CMD_ASK] = {"ask", "recall ask SESSION QUESTION [--max-tokens N] [--temperature T] ...",
                  "ask a question about a session; the answer streams to stdout",
                  "The question is processed after the session's text, with the memory of all\n"
@@ -203,6 +206,9 @@ typedef enum opt_id {
     O_LOCAL_WINDOW,
     O_MEMORY,
     O_K,
+    O_NLIST,
+    O_NPROBE,
+    O_GPU_BUDGET,
     O_LAST_CONTEXT,
     O_MEM_DTYPE,
     O_ROPE_SCALING,
@@ -246,6 +252,9 @@ static const opt_spec opt_specs[O_COUNT] = {
     [O_LOCAL_WINDOW] = {"local-window", 0, 1, SESSION_OPT_CMDS},
     [O_MEMORY] = {"memory", 0, 1, SESSION_OPT_CMDS},
     [O_K] = {"k", 0, 1, SESSION_OPT_CMDS},
+    [O_NLIST] = {"nlist", 0, 1, SESSION_OPT_CMDS},
+    [O_NPROBE] = {"nprobe", 0, 1, SESSION_OPT_CMDS},
+    [O_GPU_BUDGET] = {"gpu-memory-budget", 0, 1, SESSION_OPT_CMDS},
     [O_LAST_CONTEXT] = {"last-context", 0, 1, SESSION_OPT_CMDS},
     [O_MEM_DTYPE] = {"mem-dtype", 0, 1, SESSION_OPT_CMDS},
     [O_ROPE_SCALING] = {"rope-scaling", 0, 1, SESSION_OPT_CMDS},
@@ -274,8 +283,25 @@ static const char session_opts_help[] =
     "  --positional SCHEME     rope | self-extend | dca\n"
     "  --group G --neighbor W  self-extend group size and neighbour window\n"
     "  --chunk-size S --local-window w   dca chunk size and local window\n"
-    "  --memory MODE           exact | knn\n"
-    "  --k K                   knn: memory keys per query and head\n"
+    "  --memory MODE           exact (default): every memory layer attends to all of the\n"
+    "                          session's memory; knn: each query and head attends only to its\n"
+    "                          top K memory keys by inner product, found in a Faiss index per\n"
+    "                          memory layer and kv head: far less work on long sessions, an\n"
+    "                          approximation of exact attention\n"
+    "  --k K                   knn: memory keys per query and head (default 128)\n"
+    "  --nlist N --nprobe N    knn: the index groups the keys into N lists (IVF) and each query\n"
+    "                          searches the nprobe lists nearest to it. More probes, or fewer\n"
+    "                          and larger lists, find more of the true top K at more cost per\n"
+    "                          query; nprobe = nlist searches everything. 1..1048576;\n"
+    "                          default: the daemon's --nlist/--nprobe, else about\n"
+    "                          4 x sqrt(keys) lists and 32 probed. They need --memory knn (or\n"
+    "                          a daemon whose default memory is knn)\n"
+    "  --gpu-memory-budget SIZE  GPU daemons: device memory for the session's memory keys and\n"
+    "                          values (512M, 8G, 1.5G, or bytes; 0 or none: no limit). A knn\n"
+    "                          session past it keeps its newest windows on the GPU and searches\n"
+    "                          the oldest in host memory; an exact session past it is refused\n"
+    "                          the next window. At least one window's worth. Default: the\n"
+    "                          daemon's --gpu-memory-budget; a CPU daemon ignores it\n"
     "  --last-context N        LongLLaMA's last_context_length, kept with the session (recall's\n"
     "                          windows align to the first token, so it does not change results)\n"
     "  --mem-dtype T           f32 | bf16 | f16 (memory storage type)\n"
@@ -544,6 +570,44 @@ static int one_of(const char *opt, const char *s, const char *const *choices, cm
     return 0;
 }
 
+/* --gpu-memory-budget: "512M", "8G", "1.5G", bytes (binary units K to T, an optional "B"
+ * or "iB"); "0" or "none" ask for no limit explicitly, as opposed to leaving the option out
+ * (the daemon's default). 1 on success. */
+#define BUDGET_NONE UINT64_MAX /* proto/recall.proto: SessionOptions.gpu_memory_budget */
+#define BUDGET_MAX (1ull << 50)
+static int parse_budget(const char *s, uint64_t *out, cmd_t cmd)
+{
+    if (!strcmp(s, "none")) {
+        *out = BUDGET_NONE;
+        return 1;
+    }
+    char *end;
+    errno = 0;
+    size_t digits = strspn(s, "0123456789."); /* no sign, exponent, hex, inf or nan */
+    double v = strtod(s, &end);
+    const char *units = "KMGT", *u = NULL;
+    if (!errno && digits && end == s + digits && v >= 0) {
+        if (*end) u = strchr(units, toupper((unsigned char)*end));
+        if (u) end++;
+        if (!*end || !strcmp(end, "B") || (u && !strcmp(end, "iB"))) {
+            double b = v * (u ? (double)(1ull << (10 * (u - units + 1))) : 1.0);
+            if (b > (double)BUDGET_MAX || (v > 0 && b < 1)) {
+                usage_error(cmd,
+                            "--gpu-memory-budget %s is %s; use none (or 0) for no limit", s,
+                            v > 0 && b < 1 ? "less than a byte" : "more than 1P");
+                return 0;
+            }
+            *out = v == 0 ? BUDGET_NONE : (uint64_t)b;
+            return 1;
+        }
+    }
+    usage_error(cmd,
+                "--gpu-memory-budget needs a size such as 512M, 8G, 1.5G or a number of bytes, "
+                "or none; not '%s'",
+                s);
+    return 0;
+}
+
 /* Session options from the command line into opts (zeros where not given). 1 on success. */
 static int parse_session_opts(const args *a, Recall__SessionOptions *so, int *any)
 {
@@ -605,6 +669,24 @@ static int parse_session_opts(const args *a, Recall__SessionOptions *so, int *an
         so->no_chunk_scale = 1;
         *any = 1;
     }
+    /* Whether nlist/nprobe fit the memory mode is the daemon's call: its default mode may
+     * be knn. */
+    struct {
+        opt_id id;
+        uint32_t *field;
+    } lists[] = {{O_NLIST, &so->knn_nlist}, {O_NPROBE, &so->knn_nprobe}};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        const char *v = a->vals[lists[i].id];
+        uint64_t x;
+        if (!v) continue;
+        if (!parse_u64(opt_specs[lists[i].id].name, v, 1, 1u << 20, &x, a->cmd, 0)) return 0;
+        *lists[i].field = (uint32_t)x;
+        *any = 1;
+    }
+    if (a->vals[O_GPU_BUDGET]) {
+        if (!parse_budget(a->vals[O_GPU_BUDGET], &so->gpu_memory_budget, a->cmd)) return 0;
+        *any = 1;
+    }
     return 1;
 }
 
@@ -657,6 +739,9 @@ static cJSON *options_json(const Recall__SessionOptions *o)
     cJSON_AddNumberToObject(j, "local_window", o->local_window);
     cJSON_AddStringToObject(j, "memory", str_or(o->memory, ""));
     cJSON_AddNumberToObject(j, "k", o->k);
+    cJSON_AddNumberToObject(j, "knn_nlist", o->knn_nlist);
+    cJSON_AddNumberToObject(j, "knn_nprobe", o->knn_nprobe);
+    cJSON_AddNumberToObject(j, "gpu_memory_budget", (double)o->gpu_memory_budget);
     cJSON_AddNumberToObject(j, "last_context", o->last_context);
     cJSON_AddStringToObject(j, "mem_dtype", str_or(o->mem_dtype, ""));
     return j;
@@ -857,6 +942,47 @@ static int check_utf8_file(const char *path, size_t chunk_bytes)
     return result;
 }
 
+/* The options given that an existing session (resolved options `have`) does not have, as
+ * "--k 8 (it has 128), ..." in buf ("" when none differs or have is missing). Only options
+ * the daemon echoes resolved are compared. */
+static void options_ignored(const Recall__SessionOptions *given,
+                            const Recall__SessionOptions *have, char *buf, size_t n)
+{
+    buf[0] = 0;
+    if (!have) return;
+    size_t off = 0;
+#define DIFF(fmt, ...)                                                                         \
+    do {                                                                                       \
+        if (off < n)                                                                           \
+            off += (size_t)snprintf(buf + off, n - off, "%s" fmt, off ? ", " : "",           \
+                                    __VA_ARGS__);                                              \
+    } while (0)
+#define DIFF_NUM(f, opt)                                                                       \
+    if (given->f && given->f != have->f) DIFF("--" opt " %u (it has %u)", given->f, have->f)
+#define DIFF_STR(f, opt)                                                                       \
+    if (given->f && given->f[0] && strcmp(given->f, have->f ? have->f : ""))                  \
+    DIFF("--" opt " %s (it has %s)", given->f, str_or(have->f, "-"))
+    DIFF_NUM(window, "window");
+    DIFF_STR(positional, "positional");
+    DIFF_STR(memory, "memory");
+    DIFF_NUM(k, "k");
+    DIFF_NUM(knn_nlist, "nlist");
+    DIFF_NUM(knn_nprobe, "nprobe");
+    DIFF_STR(mem_dtype, "mem-dtype");
+    if (given->gpu_memory_budget &&
+        (given->gpu_memory_budget == BUDGET_NONE ? 0 : given->gpu_memory_budget) !=
+            have->gpu_memory_budget) {
+        char g[32] = "none", h[32] = "none";
+        if (given->gpu_memory_budget != BUDGET_NONE)
+            human_bytes(g, sizeof g, (double)given->gpu_memory_budget);
+        if (have->gpu_memory_budget) human_bytes(h, sizeof h, (double)have->gpu_memory_budget);
+        DIFF("--gpu-memory-budget %s (it has %s)", g, h);
+    }
+#undef DIFF_STR
+#undef DIFF_NUM
+#undef DIFF
+}
+
 static int cmd_ingest(recall_client *c, const args *a)
 {
     if (a->n_pos < 2)
@@ -915,9 +1041,17 @@ static int cmd_ingest(recall_client *c, const args *a)
     st.acked_seq = r->create_session->info->last_seq;
     st.tokens = st.tokens_before = r->create_session->info->tokens;
     st.windows = r->create_session->info->windows;
+    const Recall__SessionOptions *have = r->create_session->info->options;
+    if (!created && any_opt && !g_quiet) {
+        char diff[512];
+        options_ignored(&so, have, diff, sizeof diff);
+        if (diff[0])
+            fprintf(stderr, "recall: session '%s' exists; it keeps its own options, not %s\n",
+                    session, diff);
+        else
+            fprintf(stderr, "recall: session '%s' exists; it keeps its own options\n", session);
+    }
     recall__response__free_unpacked(r, NULL);
-    if (!created && any_opt && !g_quiet)
-        fprintf(stderr, "recall: session '%s' exists; it keeps its own options\n", session);
 
     /* Pipelining: at most `credit` chunks unacknowledged. The daemon says how many it
      * accepts in every ack; until the first one, send one at a time. A chunk refused as
@@ -1463,8 +1597,21 @@ static int cmd_info(recall_client *c, const args *a)
             else if (o->positional && !strcmp(o->positional, "dca"))
                 printf(" (chunk size %u, local window %u)", o->chunk_size, o->local_window);
             printf("\nmemory         %s", str_or(o->memory, "-"));
-            if (o->memory && !strcmp(o->memory, "knn")) printf(" (k %u)", o->k);
-            printf("\nlast context   %u\n", o->last_context);
+            if (o->memory && !strcmp(o->memory, "knn")) {
+                printf(" (k %u, ", o->k);
+                if (o->knn_nlist)
+                    printf("nlist %u, ", o->knn_nlist);
+                else
+                    printf("nlist auto, ");
+                if (o->knn_nprobe)
+                    printf("nprobe %u)", o->knn_nprobe);
+                else
+                    printf("nprobe default)");
+            }
+            char gb[32] = "none";
+            if (o->gpu_memory_budget) human_bytes(gb, sizeof gb, (double)o->gpu_memory_budget);
+            printf("\ngpu budget     %s\n", gb);
+            printf("last context   %u\n", o->last_context);
             printf("mem dtype      %s\n", str_or(o->mem_dtype, "-"));
         }
     }

@@ -28,6 +28,12 @@
 #define ASK_DEFAULT_TOKENS 64
 #define ASK_MAX_TOKENS 4096
 #define SESSION_RECORD_VERSION 1
+/* SessionOptions.gpu_memory_budget in a request: "no limit", as opposed to 0 (the daemon's
+ * default). Resolved options say no limit with 0. */
+#define SESSION_BUDGET_NONE UINT64_MAX
+/* Sanity bounds on knn_nlist / knn_nprobe and gpu_memory_budget (1 PiB). */
+#define SESSION_KNN_LISTS_MAX (1 << 20)
+#define SESSION_BUDGET_MAX (1ull << 50)
 
 typedef struct daemon_config {
     const char *model_dir;
@@ -121,8 +127,9 @@ extern const char SESSION_NAME_RULE[];
 rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_stream_opts_t *o,
                           char *err, size_t errlen);
 /* in, with every unset field (0 or "") taken from the daemon's --window/--positional/...
- * defaults; strings are borrowed. Only for new sessions and Score of text: a stored
- * session keeps the options it was created with. */
+ * defaults; strings are borrowed. The --nlist / --nprobe defaults apply only when the
+ * result is a knn session. Only for new sessions and Score of text: a stored session keeps
+ * the options it was created with. */
 Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
                                                   const Recall__SessionOptions *in);
 /* Fills a SessionOptions from resolved stream options (strings are static). */

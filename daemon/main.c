@@ -3,6 +3,7 @@
  * Start-up checks everything that can fail before writing anything: the flags, the data
  * directory's permissions, the checkpoint, the listen address. Only then is the data
  * directory created and the LMDB environment opened. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -62,6 +63,20 @@ static void usage(FILE *f)
 "                         the same meaning as the recall CLI's session options; checked at\n"
 "                         start-up. e.g. --positional dca --window 16384 stretches every new\n"
 "                         session of a 4k model to 16k tokens of local context\n"
+"  --nlist N  --nprobe N  knn sessions' Faiss index: memory keys are grouped into N lists\n"
+"                         (IVF) and each query searches the nprobe lists nearest to it, so\n"
+"                         more probes (or fewer, larger lists) find more of the true top-k at\n"
+"                         more cost; nprobe = nlist is an exact search. 1..%d;\n"
+"                         default about 4 x sqrt(keys) lists, 32 probed. Exact sessions\n"
+"                         do not take these defaults.\n"
+"  --gpu-memory-budget SIZE\n"
+"                         GPU backends: device memory each session's memory keys and values\n"
+"                         may use, e.g. 512M, 8G, 1.5G or bytes; 0 or none: no limit (the\n"
+"                         default). A knn session past it keeps its newest windows on the GPU\n"
+"                         and spills the oldest to the Faiss index in host memory, searching\n"
+"                         both; an exact session past it fails the window (ingest is refused,\n"
+"                         nothing changed). It must hold at least one window of keys and\n"
+"                         values. The CPU backend ignores it.\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
 "  --help                 this text\n"
@@ -72,8 +87,9 @@ static void usage(FILE *f)
 "\n"
 "example:\n"
 "  recalld --model ~/models/long_llama_3b --data ~/recall-data --listen tcp://127.0.0.1:5555\n"
-"  recall ingest notes ~/notes/*.txt && recall ask notes \"What did I decide about X?\"\n",
-            SESSION_NAME_RULE);
+"  recall ingest notes ~/notes/*.txt && recall ask notes \"What did I decide about X?\"\n"
+"  recalld --memory knn --nprobe 64 --gpu-memory-budget 8G   (knn sessions by default)\n",
+            SESSION_KNN_LISTS_MAX, SESSION_NAME_RULE);
 }
 /* clang-format on */
 
@@ -96,6 +112,34 @@ static int parse_size(const char *s, size_t *out)
     if (mul > 1 && end[1] && strcmp(end + 1, "iB") != 0 && strcmp(end + 1, "B") != 0) return -1;
     if (v > ULLONG_MAX / mul) return -1;
     *out = (size_t)(v * mul);
+    return 0;
+}
+
+/* --gpu-memory-budget: "512M", "8G", "1.5G", "4096" (binary units, K to T, an optional
+ * "B" or "iB"); "0" or "none": no limit (0). Whole bytes, rounded down. 0 on success. */
+static int parse_budget(const char *s, uint64_t *out)
+{
+    if (!strcmp(s, "none")) {
+        *out = 0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    size_t digits = strspn(s, "0123456789."); /* no sign, exponent, hex, inf or nan */
+    double v = strtod(s, &end);
+    if (errno || !digits || end != s + digits || !(v >= 0)) return -1;
+    double mul = 1;
+    const char *units = "KMGT";
+    const char *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
+    if (u) {
+        mul = (double)(1ull << (10 * (u - units + 1)));
+        end++;
+        if (*end && strcmp(end, "B") != 0 && strcmp(end, "iB") != 0) return -1;
+    } else if (*end && strcmp(end, "B") != 0) {
+        return -1;
+    }
+    if (v * mul > (double)SESSION_BUDGET_MAX || (v > 0 && v * mul < 1)) return -1;
+    *out = (uint64_t)(v * mul);
     return 0;
 }
 
@@ -182,7 +226,7 @@ int main(int argc, char **argv)
     enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE,
            O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
-           O_LAST_CONTEXT };
+           O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -204,6 +248,9 @@ int main(int argc, char **argv)
         {"k", required_argument, 0, O_K},
         {"mem-dtype", required_argument, 0, O_MEM_DTYPE},
         {"last-context", required_argument, 0, O_LAST_CONTEXT},
+        {"nlist", required_argument, 0, O_NLIST},
+        {"nprobe", required_argument, 0, O_NPROBE},
+        {"gpu-memory-budget", required_argument, 0, O_GPU_BUDGET},
         {"threads", required_argument, 0, O_THREADS},
         {"log-level", required_argument, 0, O_LOG},
         {"db-map-size", required_argument, 0, O_MAP},
@@ -235,6 +282,29 @@ int main(int argc, char **argv)
         case O_K: bad = parse_u32(optarg, &cfg.defaults.k); break;
         case O_LAST_CONTEXT: bad = parse_u32(optarg, &cfg.defaults.last_context); break;
         case O_NO_CHUNK_SCALE: cfg.defaults.no_chunk_scale = 1; break;
+        case O_NLIST:
+        case O_NPROBE: {
+            int v;
+            bad = parse_int(optarg, 1, SESSION_KNN_LISTS_MAX, &v);
+            if (bad) {
+                fprintf(stderr,
+                        "recalld: --%s must be a whole number of lists from 1 to %d, not '%s' "
+                        "(see recalld --help)\n",
+                        opt == O_NLIST ? "nlist" : "nprobe", SESSION_KNN_LISTS_MAX, optarg);
+                return 2;
+            }
+            *(opt == O_NLIST ? &cfg.defaults.knn_nlist : &cfg.defaults.knn_nprobe) = (uint32_t)v;
+            break;
+        }
+        case O_GPU_BUDGET:
+            if (parse_budget(optarg, &cfg.defaults.gpu_memory_budget)) {
+                fprintf(stderr,
+                        "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G or "
+                        "a number of bytes (at most 1P), or 0 / none for no limit; not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case O_POSITIONAL: cfg.defaults.positional = optarg; break;
         case O_MEMORY: cfg.defaults.memory = optarg; break;
         case O_MEM_DTYPE: cfg.defaults.mem_dtype = optarg; break;
@@ -346,6 +416,20 @@ int main(int argc, char **argv)
                     err);
             goto out;
         }
+        /* --nlist / --nprobe are for knn sessions, which may be asked for later: check them
+         * as a knn session would get them. */
+        Recall__SessionOptions knn = cfg.defaults;
+        knn.memory = (char *)"knn";
+        knn = session_opts_with_defaults(d, &knn);
+        if (session_opts_resolve(d, &knn, &o, err, sizeof err)) {
+            fprintf(stderr, "recalld: the knn session defaults do not work with this model: %s\n",
+                    err);
+            goto out;
+        }
+        if (cfg.defaults.gpu_memory_budget && !daemon_memory_on_device(d))
+            log_warn("--gpu-memory-budget has no effect: the %s backend keeps session memory "
+                     "in host memory",
+                     model_backend_describe(d->backend));
     }
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;

@@ -125,14 +125,23 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
     size_t rec_len = 0;
     char err[512];
     if (!name_ok(q->session, &r)) goto out;
-    Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
-    rc_t rc = session_opts_resolve(d, &want, &o, err, sizeof err);
-    if (rc) {
-        set_reply(&r, rc, "session options: %s", err);
-        goto out;
-    }
+    /* An existing session keeps its options, so with if_not_exists the ones given are not
+     * checked: they may only make sense with the options it has (--nlist on a knn session
+     * when the daemon's default memory is exact). The client compares them with the answer. */
     pthread_mutex_lock(&d->mu);
     session_t *old = session_find(d, q->session);
+    if (!(old && q->if_not_exists)) {
+        pthread_mutex_unlock(&d->mu);
+        Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
+        rc_t orc = session_opts_resolve(d, &want, &o, err, sizeof err);
+        if (orc) {
+            set_reply(&r, orc, "session options: %s", err);
+            goto out;
+        }
+        pthread_mutex_lock(&d->mu);
+        old = session_find(d, q->session);
+    }
+    rc_t rc;
     if (old && q->if_not_exists) {
         session_info_fill(d, old, &info, &opts);
         cr.info = &info;

@@ -54,6 +54,13 @@ Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
     TAKE_STR(memory);
     TAKE_STR(mem_dtype);
     TAKE_STR(rope_scaling);
+    TAKE_NUM(gpu_memory_budget);
+    /* The daemon's kNN tuning is for knn sessions; an exact one asking for nothing must not
+     * be refused for carrying it. */
+    if (o.memory && !strcmp(o.memory, "knn")) {
+        TAKE_NUM(knn_nlist);
+        TAKE_NUM(knn_nprobe);
+    }
 #undef TAKE_NUM
 #undef TAKE_STR
     return o;
@@ -119,6 +126,38 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
         }
         o->memory_knn = strcmp(mem, "knn") == 0;
         o->knn_k = o->memory_knn ? (int)in->k : 0; /* 0: the default, 128 */
+        if (!o->memory_knn && (in->knn_nlist || in->knn_nprobe)) {
+            snprintf(err, errlen,
+                     "nlist and nprobe tune the kNN index, and this session's memory is exact: "
+                     "add memory \"knn\" (--memory knn) or leave them out");
+            return RC_ERR_INVALID;
+        }
+        if (in->knn_nlist > SESSION_KNN_LISTS_MAX || in->knn_nprobe > SESSION_KNN_LISTS_MAX) {
+            int nl = in->knn_nlist > SESSION_KNN_LISTS_MAX;
+            snprintf(err, errlen, "%s %u is absurdly large (at most %d lists)",
+                     nl ? "nlist" : "nprobe", nl ? in->knn_nlist : in->knn_nprobe,
+                     SESSION_KNN_LISTS_MAX);
+            return RC_ERR_INVALID;
+        }
+        if (in->knn_nlist && in->knn_nprobe > in->knn_nlist) {
+            snprintf(err, errlen,
+                     "nprobe %u is more than nlist %u: a query can probe at most every list",
+                     in->knn_nprobe, in->knn_nlist);
+            return RC_ERR_INVALID;
+        }
+        o->knn_nlist = (int)in->knn_nlist;
+        o->knn_nprobe = (int)in->knn_nprobe;
+        if (in->gpu_memory_budget != SESSION_BUDGET_NONE &&
+            in->gpu_memory_budget > SESSION_BUDGET_MAX) {
+            snprintf(err, errlen,
+                     "gpu_memory_budget %llu bytes is absurdly large (more than 1 PiB); use "
+                     "\"none\" for no limit",
+                     (unsigned long long)in->gpu_memory_budget);
+            return RC_ERR_INVALID;
+        }
+        o->gpu_memory_budget = in->gpu_memory_budget == SESSION_BUDGET_NONE
+                                   ? 0
+                                   : (size_t)in->gpu_memory_budget;
         if (in->window > 1u << 30 || in->last_context > 1u << 30) {
             snprintf(err, errlen, "window or last_context is absurdly large");
             return RC_ERR_INVALID;
@@ -155,6 +194,9 @@ void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *
     }
     out->memory = (char *)(o->memory_knn ? "knn" : "exact");
     out->k = o->memory_knn ? (uint32_t)o->knn_k : 0;
+    out->knn_nlist = o->memory_knn ? (uint32_t)o->knn_nlist : 0;
+    out->knn_nprobe = o->memory_knn ? (uint32_t)o->knn_nprobe : 0;
+    out->gpu_memory_budget = (uint64_t)o->gpu_memory_budget;
     out->last_context = (uint32_t)o->last_context;
     out->mem_dtype = (char *)dtype_name(o->mem_dtype);
 }

@@ -58,6 +58,21 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
         o->mem_dtype = c->n_mem_layers ? c->mem_dtype : DTYPE_F32;
         o->mem_dtype_set = 1;
     }
+    /* A GPU hot tier must hold at least the window being written (a flush moves a whole
+     * window onto the device before any of it can spill). Checked on every backend so a
+     * session's options mean the same wherever it runs. */
+    const size_t row_bytes = (size_t)c->n_mem_layers * 2 * (size_t)c->n_kv_heads *
+                             (size_t)c->head_dim * dtype_size(o->mem_dtype);
+    if (o->gpu_memory_budget > 0 && row_bytes > 0 &&
+        o->gpu_memory_budget / row_bytes < (size_t)o->window) {
+        const double mib = 1024.0 * 1024.0;
+        snprintf(err, errlen,
+                 "gpu memory budget %.2f MiB is below one window of memory (%d rows x %zu bytes: "
+                 "keys and values of %d memory layers); the minimum is %.2f MiB",
+                 (double)o->gpu_memory_budget / mib, o->window, row_bytes, c->n_mem_layers,
+                 (double)o->window * (double)row_bytes / mib);
+        return RC_ERR_INVALID;
+    }
     if (err && errlen) err[0] = '\0';
     return RC_OK;
 }
