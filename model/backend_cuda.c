@@ -18,6 +18,20 @@
  * writes the window's rows into the mirror (converted to mem_dtype on the device) and then
  * copies those same bytes to the host store, and a rewind only shortens the mirror.
  *
+ * kNN memory (REFERENCE.md "kNN memory"): a memory layer of a knn stream computes its local
+ * attention alone (n_mem = 0) with its log-sum-exp, finds each query's top-k memory rows,
+ * and cuda_knn_attention adds those rows to the softmax. The rows come from two tiers. The
+ * hot tier is the device mirror, searched exactly by cuda_topk. Under a device memory budget
+ * (gpu_memory_budget) the mirror holds at most hot_cap rows: past that the oldest rows spill
+ * (whole windows, about half the hot tier at a time: knn_tiers_spill_rows, a function of the
+ * row count alone) and the mirror holds only rows [spill_rows, spill_rows + mirror_rows).
+ * The spilled rows are searched on the host by a Faiss index (memory/knn.h) over the host
+ * store's first spill_rows rows; per layer and chunk the queries come down, both lists are
+ * merged per (query, head) (model/knn_tiers.c), and the spilled rows used are gathered from
+ * the host store into a small device buffer for the kernel. A rewind below the split
+ * re-mirrors from the host store. Exact mode needs every row on the device: past the budget
+ * its flush fails with RC_ERR_NOMEM and changes nothing.
+ *
  * Positional schemes (model/positional.h), as backend_cpu.c computes them: plain RoPE with
  * any RoPE scaling (YaRN's cos/sin factor included), Self-Extend and DCA (ChunkLlama's
  * cos/sin scale included). Under Self-Extend the keys are cached rotated twice, at j and at
@@ -46,6 +60,8 @@
 
 #include "common/log.h"
 #include "kernels/cuda.h"
+#include "memory/knn.h"
+#include "model/knn_tiers.h"
 #include "model/positional.h"
 #include "model/stream.h"
 #include "model/weights.h"
@@ -67,6 +83,13 @@
 /* Rows of logits computed at once: bounds the scratch to LOGIT_ROWS × vocab floats (65 MB at
  * a 32000 vocabulary) while keeping the lm_head GEMM large enough to run at full rate. */
 #define LOGIT_ROWS 512
+
+/* Queries per host round of the spilled tier (Faiss search, merge, gather): bounds the host
+ * scratch to KNN_QBLOCK · n_heads · knn_k entries per buffer. */
+#define KNN_QBLOCK 256
+/* Bytes of each spilled-row gather buffer (keys; values the same), at least one query's
+ * n_heads · knn_k rows: more distinct rows than fit split a block into several kernels. */
+#define KNN_GATHER_BYTES ((size_t)32 << 20)
 
 /* fp32 elements per staging step when uploading weights (64 MB). */
 #define UPLOAD_CHUNK ((size_t)16 << 20)
@@ -131,13 +154,41 @@ struct backend_stream {
     void *ws;         /* attention workspace (splits), grown on demand */
     size_t ws_bytes;
 
-    /* Device mirror of the host memory store: rows [0, mirror_rows) of every memory layer
-     * equal the host's. */
+    /* Device mirror of the host memory store: device row p of every memory layer equals
+     * host row spill_rows + p, for p in [0, mirror_rows). spill_rows is 0 unless a knn
+     * stream outgrew its budget (then rows below it are the spilled tier). */
     dtype_t mdt;
     size_t row_bytes;          /* kv_dim × dtype_size(mdt) */
     size_t mirror_rows, mirror_cap;
+    size_t spill_rows;
+    size_t hot_cap;            /* most rows the mirror may hold (gpu_memory_budget); SIZE_MAX: any */
     void **mk, **mv;           /* [n_mem_layers] device, each [mirror_cap, kv_dim] mdt */
     void *flush_k, *flush_v;   /* [window, kv_dim] mdt, page-locked: a flush's rows */
+    /* Bumped whenever a buffer a captured step points to is replaced or device rows move
+     * (mirror growth, spills, re-mirrors, workspace growth): part of the graph key. */
+    uint64_t gen;
+
+    /* knn mode (memory layers present), else NULL. */
+    memory_knn_t *knn;         /* the spilled tier's index: host rows [0, spill_rows) */
+    float *k_lse;              /* [window, n_heads] device: the local attention's log-sum-exp */
+    float *k_sc;               /* [window, n_heads, knn_k] device: hot tier scores (cuda_topk) */
+    int32_t *k_idx;            /* [window, n_heads, knn_k] device: cuda_knn_attention's rows */
+    void *tws;                 /* cuda_topk workspace, grown on demand */
+    size_t tws_bytes;
+    /* The spilled tier's scratch, made at the first spill (knn_spill_alloc). */
+    int spill_ready;
+    int32_t *k_hidx;           /* [window, n_heads, knn_k] device: hot tier rows when merged */
+    uint16_t *h_q16;           /* [window, q_dim] page-locked: the memory queries, bf16 */
+    float *h_q;                /* [window, q_dim] the same in fp32, for Faiss */
+    float *h_hsc;              /* [KNN_QBLOCK, n_heads, knn_k] page-locked: hot scores */
+    int32_t *h_hidx;           /* [KNN_QBLOCK, n_heads, knn_k] page-locked: hot rows */
+    float *h_ssc;              /* [KNN_QBLOCK, n_heads, knn_k] spilled tier scores */
+    int64_t *h_sidx;           /* [KNN_QBLOCK, n_heads, knn_k] spilled tier rows */
+    int64_t *h_mrg;            /* [KNN_QBLOCK, n_heads, knn_k] merged rows (absolute) */
+    int32_t *h_enc;            /* [KNN_QBLOCK, n_heads, knn_k] page-locked: encoded rows */
+    knn_slots_t *slots;        /* spilled rows of one kernel call -> gather slots */
+    void *h_gk, *h_gv;         /* [slot_cap, kv_dim] mdt page-locked: gathered spilled rows */
+    void *d_gk, *d_gv;         /* [slot_cap, kv_dim] mdt device: the same, uploaded */
 
     /* Extended positions (positional_setup): only when `ext`, else NULL. With ext the q/k/v
      * split leaves q and keys unrotated and positional_prepare rotates them. */
@@ -157,14 +208,15 @@ struct backend_stream {
      * slots alternate: while one step runs, the next position's step is captured into the
      * other (same kernels, arguments one position on), so the host's capture work hides
      * behind the GPU's. A slot is valid for its key: the local length it was captured at,
-     * the memory rows and the buffers (workspace, mirror) its arguments point to. */
+     * the memory rows of both tiers and the buffers' generation (gen). Steps that need the
+     * host (a non-empty spilled tier) never run as graphs. */
     int gemv_ok, graphs;
     void *cap_st;              /* capture stream (idle, so capture never meets pending work) */
     void *g_exec[2];
     struct graph_key {
         int local;
-        size_t mem_rows;
-        const void *ws, *mk0;
+        size_t mem_rows, spill_rows;
+        uint64_t gen;
     } g_key[2];
     int g_next;
     int32_t *tok_host;         /* [1] page-locked: the step's token, read by the graph */
@@ -435,6 +487,18 @@ static void gpu_stream_destroy(backend_stream_t *s)
     cuda_host_free((void **)&s->lp_host);
     cuda_host_free(&s->flush_k);
     cuda_host_free(&s->flush_v);
+    memory_knn_destroy(&s->knn);
+    void **kdev[] = {(void **)&s->k_lse, (void **)&s->k_sc, (void **)&s->k_idx, &s->tws,
+                     (void **)&s->k_hidx, &s->d_gk, &s->d_gv};
+    for (size_t i = 0; i < sizeof kdev / sizeof kdev[0]; i++) cuda_free(kdev[i]);
+    void **kpin[] = {(void **)&s->h_q16, (void **)&s->h_hsc, (void **)&s->h_hidx,
+                     (void **)&s->h_enc, &s->h_gk, &s->h_gv};
+    for (size_t i = 0; i < sizeof kpin / sizeof kpin[0]; i++) cuda_host_free(kpin[i]);
+    free(s->h_q);
+    free(s->h_ssc);
+    free(s->h_sidx);
+    free(s->h_mrg);
+    knn_slots_destroy(&s->slots);
     cuda_stream_destroy(&s->st);
     cuda_ctx_destroy(&s->cx);
     free(s);
@@ -451,11 +515,11 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
                  b->describe, dtype_name(o->mem_dtype));
         return RC_ERR_UNSUPPORTED;
     }
-    if (c->n_mem_layers && o->memory_knn) {
-        /* The GPU attends to all memory; computing exact attention for a knn session would
-         * silently change its answers, so refuse until the GPU kNN tier exists. */
-        log_warn("backend %s: knn memory mode is not on the GPU yet (use --device cpu, or "
-                 "--memory exact)", b->describe);
+    const int knn = c->n_mem_layers && o->memory_knn;
+    if (knn && o->knn_k < 1) return RC_ERR_INVALID; /* opts not resolved */
+    if (knn && o->knn_k > CUDA_TOPK_MAX_K) {
+        log_warn("backend %s: knn k %d is more than the GPU top-k takes (%d); use a smaller "
+                 "--k or --device cpu", b->describe, o->knn_k, CUDA_TOPK_MAX_K);
         return RC_ERR_UNSUPPORTED;
     }
     if (o->window <= 0) return RC_ERR_INVALID;
@@ -504,6 +568,11 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     s->scale = 1.0f / sqrtf((float)hd);
     s->mdt = o->mem_dtype;
     s->row_bytes = (size_t)s->kv_dim * dtype_size(s->mdt);
+    {
+        /* The budget covers every memory layer's keys and values. */
+        const size_t per_row = (size_t)c->n_mem_layers * 2 * s->row_bytes;
+        s->hot_cap = o->gpu_memory_budget && per_row ? o->gpu_memory_budget / per_row : SIZE_MAX;
+    }
     s->ext = ext;
     s->mscale = mscale;
     s->pp = pp;
@@ -551,6 +620,15 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
             (rc = cuda_host_alloc(&s->flush_v, W * s->row_bytes)))
             goto fail;
     }
+    if (knn) {
+        const size_t lists = W * (size_t)c->n_heads;
+        memory_knn_opts_t ko = {.nlist = o->knn_nlist, .nprobe = o->knn_nprobe};
+        if ((rc = memory_knn_create(c->n_mem_layers, c->n_kv_heads, hd, &ko, &s->knn)) ||
+            (rc = cuda_alloc((void **)&s->k_lse, lists * sizeof(float))) ||
+            (rc = cuda_alloc((void **)&s->k_sc, lists * (size_t)o->knn_k * sizeof(float))) ||
+            (rc = cuda_alloc((void **)&s->k_idx, lists * (size_t)o->knn_k * sizeof(int32_t))))
+            goto fail;
+    }
     iota = malloc(W * sizeof *iota);
     if (!iota) {
         rc = RC_ERR_NOMEM;
@@ -587,15 +665,17 @@ fail:
     return rc;
 }
 
-/* ---- the memory mirror --------------------------------------------------------------- */
+/* ---- the memory mirror and its tiers ---------------------------------------------- */
 
-/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows. */
+/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows. The
+ * capacity doubles as rows grow, but never past hot_cap unless rows themselves need it. */
 static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
 {
     if (rows <= s->mirror_cap) return RC_OK;
     size_t cap = s->mirror_cap * 2;
-    if (cap < rows) cap = rows;
     if (cap < (size_t)s->W) cap = (size_t)s->W;
+    if (cap > s->hot_cap) cap = s->hot_cap;
+    if (cap < rows) cap = rows;
     /* Grow every layer or none: a failure leaves the old buffers in place. */
     const int nm = s->c->n_mem_layers;
     void **nk = calloc((size_t)nm, sizeof *nk), **nv = calloc((size_t)nm, sizeof *nv);
@@ -624,31 +704,113 @@ static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
     s->mk = nk;
     s->mv = nv;
     s->mirror_cap = cap;
+    s->gen++;
+    return RC_OK;
+}
+
+static double mib(size_t bytes)
+{
+    return (double)bytes / (1024.0 * 1024.0);
+}
+
+/* Exact mode keeps every row on the device: `rows` rows must fit the budget. */
+static rc_t exact_fits(const backend_stream_t *s, size_t rows)
+{
+    if (rows <= s->hot_cap) return RC_OK;
+    const size_t per_row = (size_t)s->c->n_mem_layers * 2 * s->row_bytes;
+    log_warn("backend %s: exact memory of %zu rows needs %.1f MiB of device memory, over the "
+             "stream's gpu memory budget of %.1f MiB (%zu rows); knn memory mode can spill "
+             "older rows to host memory",
+             s->b->describe, rows, mib(rows * per_row), mib(s->o.gpu_memory_budget), s->hot_cap);
+    return RC_ERR_NOMEM;
+}
+
+/* Moves the split up to `spill` (> spill_rows): the device rows below it leave (the host
+ * store keeps them, and the spilled tier's index takes them at its next search); the rest
+ * move to the front of the mirror. */
+static rc_t tiers_spill_to(backend_stream_t *s, size_t spill)
+{
+    const size_t d = spill - s->spill_rows; /* device rows that leave */
+    const size_t keep = s->mirror_rows > d ? s->mirror_rows - d : 0;
+    const size_t rb = s->row_bytes;
+    /* Rows [d, d + keep) move to [0, keep) in pieces of at most d rows, so no copy's source
+     * and destination overlap; the stream runs them in order, and each piece's destination
+     * is a source already read. */
+    for (int i = 0; i < s->c->n_mem_layers; i++)
+        for (size_t p = 0; p < keep; p += d) {
+            const size_t cnt = keep - p < d ? keep - p : d;
+            TRY(cuda_copy((char *)s->mk[i] + p * rb, (char *)s->mk[i] + (p + d) * rb, cnt * rb,
+                          s->st));
+            TRY(cuda_copy((char *)s->mv[i] + p * rb, (char *)s->mv[i] + (p + d) * rb, cnt * rb,
+                          s->st));
+        }
+    log_info("backend %s: knn memory rows [%zu, %zu) spilled to the host tier (%zu stay on the "
+             "device)", s->b->describe, s->spill_rows, spill, keep);
+    s->spill_rows = spill;
+    s->mirror_rows = keep;
+    s->gen++;
+    return RC_OK;
+}
+
+/* Puts the split where knn_tiers_spill_rows wants it for `rows` memory rows, but never above
+ * `limit` (a flush: its new rows are not written yet). Only moves it up, or, after a rewind
+ * below it, back down; back down drops the device rows, which mirror_sync re-uploads. */
+static rc_t tiers_place(backend_stream_t *s, size_t rows, size_t limit)
+{
+    size_t want = knn_tiers_spill_rows(rows, s->hot_cap, (size_t)s->W);
+    if (want > limit) want = limit;
+    if (want > s->spill_rows) return tiers_spill_to(s, want);
+    if (want < s->spill_rows) {
+        s->spill_rows = want;
+        s->mirror_rows = 0;
+        s->gen++;
+    }
     return RC_OK;
 }
 
 /* Makes the mirror equal the host store: drops rows the host no longer has, uploads rows it
- * has beyond the mirror (restored sessions, or a flush whose device copy was skipped). */
+ * has beyond the mirror (restored sessions, a re-mirror after a rewind below the split, or
+ * a flush whose device copy was skipped), spilling first where the budget asks. */
 static rc_t mirror_sync(backend_stream_t *s)
 {
     if (!s->c->n_mem_layers) return RC_OK;
     const size_t host = memory_store_len(s->mem);
-    if (host <= s->mirror_rows) {
-        s->mirror_rows = host;
+    if (s->knn)
+        TRY(tiers_place(s, host, host));
+    else
+        TRY(exact_fits(s, host));
+    const size_t have = s->spill_rows + s->mirror_rows;
+    if (host <= have) {
+        s->mirror_rows = host - s->spill_rows; /* spill_rows <= host: tiers_place */
         return RC_OK;
     }
-    TRY(mirror_reserve(s, host));
-    const size_t n = host - s->mirror_rows, off = s->mirror_rows * s->row_bytes;
+    TRY(mirror_reserve(s, host - s->spill_rows));
+    const size_t n = host - have, rb = s->row_bytes;
+    const size_t src = have * rb, dst = s->mirror_rows * rb;
     for (int i = 0; i < s->c->n_mem_layers; i++) {
         const char *hk = memory_store_keys(s->mem, i), *hv = memory_store_values(s->mem, i);
-        TRY(cuda_upload((char *)s->mk[i] + off, hk + off, n * s->row_bytes, s->st));
-        TRY(cuda_upload((char *)s->mv[i] + off, hv + off, n * s->row_bytes, s->st));
+        TRY(cuda_upload((char *)s->mk[i] + dst, hk + src, n * rb, s->st));
+        TRY(cuda_upload((char *)s->mv[i] + dst, hv + src, n * rb, s->st));
     }
-    s->mirror_rows = host;
+    s->mirror_rows = host - s->spill_rows;
     return RC_OK;
 }
 
 /* ---- forward ------------------------------------------------------------------------- */
+
+/* A device scratch buffer of at least `need` bytes. Growing waits for the stream (work
+ * queued on it may still read the old buffer) and invalidates captured steps. */
+static rc_t grow(backend_stream_t *s, void **buf, size_t *bytes, size_t need)
+{
+    if (need <= *bytes) return RC_OK;
+    TRY(cuda_stream_sync(s->st));
+    cuda_free(buf);
+    *bytes = 0;
+    s->gen++;
+    TRY(cuda_alloc(buf, need));
+    *bytes = need;
+    return RC_OK;
+}
 
 /* Attention workspace for these shapes, grown on demand (growing waits for the stream). */
 static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
@@ -657,13 +819,7 @@ static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
     const int fast = BACKEND_CUDA_FAST_ATTENTION || s->ext;
     size_t need = 0;
     TRY(fast ? cuda_attention_fast_workspace(a, &need) : BACKEND_CUDA_ATTENTION_WORKSPACE(a, &need));
-    if (need > s->ws_bytes) {
-        TRY(cuda_stream_sync(s->st));
-        cuda_free(&s->ws);
-        s->ws_bytes = 0;
-        TRY(cuda_alloc(&s->ws, need));
-        s->ws_bytes = need;
-    }
+    TRY(grow(s, &s->ws, &s->ws_bytes, need));
     a->workspace = s->ws;
     a->workspace_bytes = s->ws_bytes;
     return fast ? cuda_attention_fast(a, s->st) : BACKEND_CUDA_ATTENTION(a, s->st);
@@ -673,9 +829,10 @@ static rc_t attention(backend_stream_t *s, cuda_attn_args_t *a)
  * them so) every way the scheme needs, as backend_cpu.c's layer_forward does, and fills the
  * positional tail of the attention arguments. Keys: k_rot at kpos (j, or j mod c), under
  * Self-Extend also k_grp at j // G; queries: q at qpos[0], q_alt[v] at qpos[v + 1], q_mem at
- * mpos when memory is attended. Every rotation carries mscale; memory scores get it once
+ * mpos when memory is attended (`mem`: exact, or knn, which takes q_mem and mem_scale). Every rotation carries mscale; memory scores get it once
  * more (a local key at index 0 would carry it): mem_scale = scale · mscale. */
-static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, cuda_attn_args_t *a)
+static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, int mem,
+                               cuda_attn_args_t *a)
 {
     const model_config_t *c = s->c;
     const cuda_layer_cache_t *L = &s->layers[l];
@@ -691,7 +848,7 @@ static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, cud
                       st));
         a->q_alt[v] = s->q_alt[v];
     }
-    if (a->n_mem && s->q_mem) { /* rope (YaRN): memory queries are q itself */
+    if (mem && s->q_mem) { /* rope (YaRN): memory queries are q itself */
         TRY(cuda_copy(s->q_mem, s->q, qb, st));
         TRY(cuda_rope(s->q_mem, DTYPE_BF16, n, nh, hd, s->mpos + local, s->inv_freq, ms, st));
         a->q_mem = s->q_mem;
@@ -709,8 +866,196 @@ static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, cud
                                                        : CUDA_ATTN_PLAIN;
     a->neighbor = s->pp.neighbor;
     a->chunk_len = s->pp.chunk_len;
-    if (a->n_mem && ms != 1.0f) a->mem_scale = s->scale * ms;
+    if (mem && ms != 1.0f) a->mem_scale = s->scale * ms;
     return RC_OK;
+}
+
+/* ---- knn memory ---------------------------------------------------------------------- */
+
+/* The hot tier's exact top-k over the mirror's rows [0, mirror_rows) of memory layer mi:
+ * scores and idx [n, n_heads, k], idx being device rows (cuda_knn_attention's hot range). */
+static rc_t hot_topk(backend_stream_t *s, int mi, int n, const uint16_t *q, int k, float *scores,
+                     int32_t *idx)
+{
+    const model_config_t *c = s->c;
+    cuda_topk_args_t t = {
+        .n_q = n,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .q = q,
+        .keys = s->mk[mi],
+        .key_dtype = s->mdt,
+        .row0 = 0,
+        .row1 = (int64_t)s->mirror_rows,
+        .k = k,
+        .scores = scores,
+        .idx = idx,
+    };
+    size_t need = 0;
+    TRY(cuda_topk_workspace(&t, &need));
+    TRY(grow(s, &s->tws, &s->tws_bytes, need));
+    return cuda_topk(&t, s->tws, s->tws_bytes, s->st);
+}
+
+/* The rows of at most this many distinct spilled rows fit one gather buffer. */
+static size_t knn_slot_cap(const backend_stream_t *s)
+{
+    const size_t one_query = (size_t)s->c->n_heads * (size_t)s->o.knn_k;
+    const size_t fit = KNN_GATHER_BYTES / s->row_bytes;
+    return fit > one_query ? fit : one_query;
+}
+
+/* The spilled tier's scratch (knn_memory_spilled), made once, at the first spill. */
+static rc_t knn_spill_alloc(backend_stream_t *s)
+{
+    if (s->spill_ready) return RC_OK;
+    const size_t W = (size_t)s->W, nh = (size_t)s->c->n_heads, K = (size_t)s->o.knn_k;
+    const size_t qb = W < KNN_QBLOCK ? W : KNN_QBLOCK, blk = qb * nh * K;
+    const size_t cap = knn_slot_cap(s);
+    if (!s->k_hidx) TRY(cuda_alloc((void **)&s->k_hidx, W * nh * K * sizeof(int32_t)));
+    if (!s->h_q16) TRY(cuda_host_alloc((void **)&s->h_q16, W * s->q_dim * sizeof(uint16_t)));
+    if (!s->h_hsc) TRY(cuda_host_alloc((void **)&s->h_hsc, blk * sizeof(float)));
+    if (!s->h_hidx) TRY(cuda_host_alloc((void **)&s->h_hidx, blk * sizeof(int32_t)));
+    if (!s->h_enc) TRY(cuda_host_alloc((void **)&s->h_enc, blk * sizeof(int32_t)));
+    if (!s->h_gk) TRY(cuda_host_alloc(&s->h_gk, cap * s->row_bytes));
+    if (!s->h_gv) TRY(cuda_host_alloc(&s->h_gv, cap * s->row_bytes));
+    if (!s->d_gk) TRY(cuda_alloc(&s->d_gk, cap * s->row_bytes));
+    if (!s->d_gv) TRY(cuda_alloc(&s->d_gv, cap * s->row_bytes));
+    if (!s->slots) TRY(knn_slots_create(cap, &s->slots));
+    if (!s->h_q && !(s->h_q = malloc(W * s->q_dim * sizeof(float)))) return RC_ERR_NOMEM;
+    if (!s->h_ssc && !(s->h_ssc = malloc(blk * sizeof(float)))) return RC_ERR_NOMEM;
+    if (!s->h_sidx && !(s->h_sidx = malloc(blk * sizeof(int64_t)))) return RC_ERR_NOMEM;
+    if (!s->h_mrg && !(s->h_mrg = malloc(blk * sizeof(int64_t)))) return RC_ERR_NOMEM;
+    s->spill_ready = 1;
+    return RC_OK;
+}
+
+/* Runs cuda_knn_attention for queries [g0, g1) of the chunk (block b0's encoded rows in
+ * h_enc, its spilled rows in the slot table): gathers the slots' key and value rows from
+ * the host store, uploads them and the rows, and launches. */
+static rc_t knn_run_group(backend_stream_t *s, int mi, const cuda_knn_attn_args_t *base,
+                          int b0, int g0, int g1)
+{
+    if (g1 <= g0) return RC_OK;
+    const size_t rb = s->row_bytes, per_q = (size_t)s->c->n_heads * (size_t)base->k;
+    const size_t cnt = knn_slots_count(s->slots);
+    const int64_t *rows = knn_slots_rows(s->slots);
+    const char *hk = memory_store_keys(s->mem, mi), *hv = memory_store_values(s->mem, mi);
+    for (size_t j = 0; j < cnt; j++) {
+        memcpy((char *)s->h_gk + j * rb, hk + (size_t)rows[j] * rb, rb);
+        memcpy((char *)s->h_gv + j * rb, hv + (size_t)rows[j] * rb, rb);
+    }
+    /* Uploads are ordered after the previous group's kernel on the stream, so reusing the
+     * gather buffers is safe; each group's rows go to their own part of k_idx. */
+    if (cnt) {
+        TRY(cuda_upload(s->d_gk, s->h_gk, cnt * rb, s->st));
+        TRY(cuda_upload(s->d_gv, s->h_gv, cnt * rb, s->st));
+    }
+    int32_t *idx = s->k_idx + (size_t)g0 * per_q;
+    TRY(cuda_upload(idx, s->h_enc + (size_t)(g0 - b0) * per_q,
+                    (size_t)(g1 - g0) * per_q * sizeof(int32_t), s->st));
+    cuda_knn_attn_args_t a = *base;
+    a.n_q = g1 - g0;
+    a.q_mem = (const uint16_t *)base->q_mem + (size_t)g0 * s->q_dim;
+    a.idx = idx;
+    a.sp_k = cnt ? s->d_gk : NULL;
+    a.sp_v = cnt ? s->d_gv : NULL;
+    a.n_sp = (int64_t)cnt;
+    a.lse = base->lse + (size_t)g0 * s->c->n_heads;
+    a.out = (uint16_t *)base->out + (size_t)g0 * s->q_dim;
+    return cuda_knn_attention(&a, s->st);
+}
+
+/* knn memory with a non-empty spilled tier: both tiers' top-k, merged on the host, per
+ * block of queries (base: the kernel's arguments for the whole chunk, k the merged k). */
+static rc_t knn_memory_spilled(backend_stream_t *s, int mi, int n, const uint16_t *mem_q,
+                               const cuda_knn_attn_args_t *base)
+{
+    TRY(knn_spill_alloc(s));
+    const model_config_t *c = s->c;
+    const int nh = c->n_heads, k = base->k;
+    const size_t sp = s->spill_rows, hot = s->mirror_rows, q_dim = (size_t)s->q_dim;
+    const int k_sp = (size_t)k < sp ? k : (int)sp;
+    const int k_hot = (size_t)k < hot ? k : (int)hot;
+    const size_t per_q = (size_t)nh * (size_t)k;
+    /* The queries come down first (Faiss searches them on the host); the hot tier's top-k
+     * then runs on the GPU while the first block's Faiss search runs here. */
+    TRY(cuda_download(s->h_q16, mem_q, (size_t)n * q_dim * sizeof(uint16_t), s->st));
+    for (size_t i = 0; i < (size_t)n * q_dim; i++) s->h_q[i] = bf16_to_f32(s->h_q16[i]);
+    if (k_hot > 0) TRY(hot_topk(s, mi, n, mem_q, k_hot, s->k_sc, s->k_hidx));
+    for (int b0 = 0; b0 < n; b0 += KNN_QBLOCK) {
+        const int qb = n - b0 < KNN_QBLOCK ? n - b0 : KNN_QBLOCK;
+        const size_t lists = (size_t)qb * (size_t)nh;
+        rc_t rc = memory_knn_search_rows(s->knn, s->mem, mi, sp, s->h_q + (size_t)b0 * q_dim, qb,
+                                         nh, k_sp, s->h_sidx, s->h_ssc);
+        if (rc) {
+            log_warn("backend %s: searching the spilled knn tier (%zu rows, memory layer %d) "
+                     "failed: %s", s->b->describe, sp, mi, rc_strerror(rc));
+            return rc;
+        }
+        if (k_hot > 0) {
+            const size_t off = (size_t)b0 * (size_t)nh * (size_t)k_hot;
+            TRY(cuda_download(s->h_hsc, s->k_sc + off, lists * (size_t)k_hot * sizeof(float),
+                              s->st));
+            TRY(cuda_download(s->h_hidx, s->k_hidx + off,
+                              lists * (size_t)k_hot * sizeof(int32_t), s->st));
+        }
+        TRY(knn_tiers_merge(lists, k, s->h_sidx, s->h_ssc, k_sp, s->h_hidx, s->h_hsc, k_hot,
+                            (int64_t)sp, s->h_mrg, NULL));
+        /* Queries join the current kernel call while their spilled rows fit the gather
+         * buffer; a query that does not fit starts the next call. */
+        knn_slots_clear(s->slots);
+        int g0 = b0;
+        for (int i = b0; i < b0 + qb; i++) {
+            const size_t o = (size_t)(i - b0) * per_q;
+            if (!knn_slots_encode(s->slots, s->h_mrg + o, per_q, (int64_t)sp, (int64_t)hot,
+                                  s->h_enc + o))
+                continue;
+            TRY(knn_run_group(s, mi, base, b0, g0, i));
+            knn_slots_clear(s->slots);
+            g0 = i;
+            /* One query's rows always fit an empty table (knn_slot_cap). */
+            const int again = knn_slots_encode(s->slots, s->h_mrg + o, per_q, (int64_t)sp,
+                                               (int64_t)hot, s->h_enc + o);
+            ASSERT(again == 0);
+        }
+        TRY(knn_run_group(s, mi, base, b0, g0, b0 + qb));
+    }
+    return RC_OK;
+}
+
+/* A knn memory layer's memory part (the local attention is in s->att with its log-sum-exp
+ * in k_lse): each query's and head's top-k memory rows by q_mem · key, joined into its
+ * softmax by cuda_knn_attention. k is knn_k, or every row when memory has fewer (then the
+ * result is exact attention's, as on the CPU). */
+static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q,
+                       float mem_scale)
+{
+    const model_config_t *c = s->c;
+    const size_t hot = s->mirror_rows, total = s->spill_rows + hot;
+    const int k = (size_t)s->o.knn_k < total ? s->o.knn_k : (int)total;
+    cuda_knn_attn_args_t a = {
+        .n_q = n,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .q_mem = mem_q,
+        .mem_scale = mem_scale,
+        .k = k,
+        .idx = s->k_idx,
+        .mem_dtype = s->mdt,
+        .hot_k = s->mk[mi],
+        .hot_v = s->mv[mi],
+        .n_hot = (int64_t)hot,
+        .lse = s->k_lse,
+        .out = s->att,
+    };
+    if (s->spill_rows) return knn_memory_spilled(s, mi, n, mem_q, &a);
+    /* Hot tier only: the top-k's rows are already in the kernel's encoding; nothing leaves
+     * the device (so a decode step can be a graph). */
+    TRY(hot_topk(s, mi, n, mem_q, k, s->k_sc, s->k_idx));
+    return cuda_knn_attention(&a, s->st);
 }
 
 /* One layer over a chunk of n tokens already in s->x; the cache holds `local` before them. */
@@ -758,13 +1103,26 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
         .scale = s->scale,
         .out = s->att,
     };
-    if (L->mem_layer >= 0 && !s->o.disable_memory && s->mirror_rows > 0) {
+    const int mem = L->mem_layer >= 0 && !s->o.disable_memory &&
+                    s->spill_rows + s->mirror_rows > 0;
+    const int knn = mem && s->knn;
+    if (mem && !knn) {
         a.n_mem = s->mirror_rows;
         a.mem_k = s->mk[L->mem_layer];
         a.mem_v = s->mv[L->mem_layer];
     }
-    if (s->ext) TRY(positional_prepare(s, l, n, local, &a));
+    if (s->ext) TRY(positional_prepare(s, l, n, local, mem, &a));
+    /* knn: the local part alone, with its log-sum-exp; the memory rows join it after. The
+     * memory queries and score factor are the exact path's. */
+    const uint16_t *mem_q = a.q_mem ? a.q_mem : a.q;
+    const float mem_scale = a.mem_scale != 0.0f ? a.mem_scale : a.scale;
+    if (knn) {
+        a.q_mem = NULL;
+        a.mem_scale = 0.0f;
+        a.lse = s->k_lse;
+    }
     TRY(attention(s, &a));
+    if (knn) TRY(knn_memory(s, L->mem_layer, n, mem_q, mem_scale));
     if (one) {
         TRY(cuda_gemv(CUDA_GEMV_ADD_F32, s->x, W->wo, s->att, NULL, hid, s->q_dim, 0.0f, st));
         TRY(cuda_gemv(CUDA_GEMV_SWIGLU, s->gate, W->w_gu, s->x, W->ffn_norm, c->ffn, hid,
@@ -785,11 +1143,12 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
 /* ---- one-token steps as CUDA graphs ------------------------------------------------- */
 
 /* The attention workspace for a step at any local length (the split plan grows with the key
- * count, so the window's end needs the most): reserved before capture, where the attention
- * helper could not grow it (that waits for the stream). */
+ * count, so the window's end needs the most), and in knn mode the top-k's: reserved before
+ * capture, where the helpers could not grow them (that waits for the stream). */
 static rc_t step_ws_reserve(backend_stream_t *s)
 {
     const model_config_t *c = s->c;
+    const int mem = c->n_mem_layers && !s->o.disable_memory && s->mirror_rows > 0;
     cuda_attn_args_t a = {
         .n_q = 1,
         .n_k = s->W,
@@ -798,24 +1157,34 @@ static rc_t step_ws_reserve(backend_stream_t *s)
         .head_dim = c->head_dim,
         .q_offset = s->W - 1,
         .dtype = DTYPE_BF16,
-        .n_mem = c->n_mem_layers && !s->o.disable_memory ? s->mirror_rows : 0,
+        .n_mem = mem && !s->knn ? s->mirror_rows : 0,
         .mem_dtype = s->mdt,
         .scale = s->scale,
+        .lse = mem && s->knn ? s->k_lse : NULL,
     };
     size_t need = 0;
     TRY(BACKEND_CUDA_ATTENTION_WORKSPACE(&a, &need));
-    if (need <= s->ws_bytes) return RC_OK;
-    TRY(cuda_stream_sync(s->st));
-    cuda_free(&s->ws);
-    s->ws_bytes = 0;
-    TRY(cuda_alloc(&s->ws, need));
-    s->ws_bytes = need;
-    return RC_OK;
+    TRY(grow(s, &s->ws, &s->ws_bytes, need));
+    if (!mem || !s->knn) return RC_OK;
+    /* Graph steps have an empty spilled tier: k over the hot rows alone. */
+    const int k = (size_t)s->o.knn_k < s->mirror_rows ? s->o.knn_k : (int)s->mirror_rows;
+    cuda_topk_args_t t = {
+        .n_q = 1,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .key_dtype = s->mdt,
+        .row0 = 0,
+        .row1 = (int64_t)s->mirror_rows,
+        .k = k,
+    };
+    TRY(cuda_topk_workspace(&t, &need));
+    return grow(s, &s->tws, &s->tws_bytes, need);
 }
 
 static struct graph_key step_key(const backend_stream_t *s, int local)
 {
-    struct graph_key k = {local, s->mirror_rows, s->ws, s->mk ? s->mk[0] : NULL};
+    struct graph_key k = {local, s->mirror_rows, s->spill_rows, s->gen};
     return k;
 }
 
@@ -827,8 +1196,8 @@ static rc_t step_prepare(backend_stream_t *s, int slot, int local)
     TRY(step_ws_reserve(s));
     const struct graph_key k = step_key(s, local);
     const struct graph_key *h = &s->g_key[slot];
-    if (s->g_exec[slot] && h->local == k.local && h->mem_rows == k.mem_rows && h->ws == k.ws &&
-        h->mk0 == k.mk0)
+    if (s->g_exec[slot] && h->local == k.local && h->mem_rows == k.mem_rows &&
+        h->spill_rows == k.spill_rows && h->gen == k.gen)
         return RC_OK;
     s->g_key[slot].local = -1;
     void *run_st = s->st;
@@ -882,7 +1251,8 @@ static rc_t gpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
     if (local < 0 || local + n > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
     TRY(mirror_sync(s));
-    if (n == 1 && s->graphs && last_logits && !(logprobs && targets)) {
+    /* A spilled tier is searched on the host inside the step: not capturable. */
+    if (n == 1 && s->graphs && !s->spill_rows && last_logits && !(logprobs && targets)) {
         rc_t rc = step_graph(s, tok[0], local, last_logits);
         if (rc != RC_ERR_UNSUPPORTED) return rc;
     }
@@ -933,10 +1303,18 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     TRY(cuda_set_device(s->b->device));
     TRY(mirror_sync(s));
     const size_t before = memory_store_len(s->mem), n = (size_t)local;
-    TRY(mirror_reserve(s, before + n));
+    /* Exact: the budget must hold the new rows too (else nothing changes). knn: spill first
+     * where the budget asks, but not the new rows themselves (not written yet): the next
+     * sync moves the split to its place if that was short of it. */
+    if (s->knn)
+        TRY(tiers_place(s, before + n, before));
+    else
+        TRY(exact_fits(s, before + n));
+    TRY(mirror_reserve(s, before + n - s->spill_rows));
     /* The rows go into the mirror in mem_dtype first; the host store then gets those exact
-     * bytes, so the two copies agree bit for bit. */
-    const size_t off = before * s->row_bytes, bytes = n * s->row_bytes;
+     * bytes, so the two copies agree bit for bit. Device row of host row `before`: after the
+     * sync and any spill the mirror holds exactly [spill_rows, before). */
+    const size_t off = (before - s->spill_rows) * s->row_bytes, bytes = n * s->row_bytes;
     rc_t rc = RC_OK;
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const cuda_layer_cache_t *L = &s->layers[l];
@@ -953,16 +1331,62 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     }
     if (rc) {
         memory_store_truncate(s->mem, before); /* all layers or none */
-        s->mirror_rows = before < s->mirror_rows ? before : s->mirror_rows;
+        s->mirror_rows = before - s->spill_rows;
         return rc;
     }
-    s->mirror_rows = before + n;
+    s->mirror_rows = before + n - s->spill_rows;
     return RC_OK;
 }
 
 static void gpu_memory_truncated(backend_stream_t *s, size_t rows)
 {
-    if (s->mirror_rows > rows) s->mirror_rows = rows;
+    if (rows < s->spill_rows) {
+        /* Below the split every device row is gone: re-mirror from the host store at the
+         * split these rows call for (the next sync uploads them). */
+        s->spill_rows = knn_tiers_spill_rows(rows, s->hot_cap, (size_t)s->W);
+        s->mirror_rows = 0;
+        s->gen++;
+    } else if (s->spill_rows + s->mirror_rows > rows) {
+        s->mirror_rows = rows - s->spill_rows;
+    }
+    /* The spilled tier's index must drop rewound rows now: new rows of the same count would
+     * otherwise look indexed already. A failed sync leaves the layer to be rebuilt. */
+    for (int l = 0; s->knn && l < s->c->n_mem_layers; l++)
+        if (memory_knn_rows(s->knn, l) > rows &&
+            memory_knn_sync_rows(s->knn, s->mem, l, s->spill_rows))
+            memory_knn_reset(s->knn, l);
+}
+
+/* ---- the spilled tier's index, persisted -------------------------------------------- */
+
+/* The index of memory layer `layer`'s spilled rows. It is brought up to the split the
+ * store's rows call for first (knn_tiers_spill_rows, a function of the row count), which is
+ * where a restarted stream over the same rows splits: loaded there, it needs no adds. The
+ * hot tier is searched exactly and has no index. */
+static rc_t gpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
+{
+    *buf = NULL;
+    *len = 0;
+    *rows = 0;
+    if (!s->knn) return RC_ERR_UNSUPPORTED;
+    if (layer < 0 || layer >= s->c->n_mem_layers) return RC_ERR_INVALID;
+    const size_t split =
+        knn_tiers_spill_rows(memory_store_rows(s->mem, layer), s->hot_cap, (size_t)s->W);
+    rc_t rc = memory_knn_sync_rows(s->knn, s->mem, layer, split);
+    if (rc) return rc;
+    *rows = memory_knn_rows(s->knn, layer);
+    return memory_knn_save(s->knn, layer, buf, len);
+}
+
+static rc_t gpu_index_load(backend_stream_t *s, int layer, const void *buf, size_t len,
+                           size_t rows)
+{
+    if (!s->knn) return RC_ERR_UNSUPPORTED;
+    if (layer < 0 || layer >= s->c->n_mem_layers) return RC_ERR_INVALID;
+    /* A blob for more rows than the store holds cannot be right (rows never committed). A
+     * blob past the split is fine: the next search trims it to the split. */
+    if (rows > memory_store_rows(s->mem, layer)) return RC_ERR_FORMAT;
+    return memory_knn_load(s->knn, layer, buf, len, rows);
 }
 
 const backend_ops_t backend_cuda_ops = {
@@ -975,6 +1399,8 @@ const backend_ops_t backend_cuda_ops = {
     .forward = gpu_forward,
     .flush = gpu_flush,
     .memory_truncated = gpu_memory_truncated,
+    .index_save = gpu_index_save,
+    .index_load = gpu_index_load,
 };
 
 #else
