@@ -30,7 +30,8 @@
  * merged per (query, head) (model/knn_tiers.c), and the spilled rows used are gathered from
  * the host store into a small device buffer for the kernel. A rewind below the split
  * re-mirrors from the host store. Exact mode needs every row on the device: past the budget
- * its flush fails with RC_ERR_NOMEM and changes nothing.
+ * its flush fails with RC_ERR_NOMEM and changes nothing. RECALL_KNN_PROBE (model/knn_probe.h)
+ * turns on a read-only measurement of knn against exact attention at chosen memory sizes.
  *
  * Positional schemes (model/positional.h), as backend_cpu.c computes them: plain RoPE with
  * any RoPE scaling (YaRN's cos/sin factor included), Self-Extend and DCA (ChunkLlama's
@@ -61,6 +62,7 @@
 #include "common/log.h"
 #include "kernels/cuda.h"
 #include "memory/knn.h"
+#include "model/knn_probe.h"
 #include "model/knn_tiers.h"
 #include "model/positional.h"
 #include "model/stream.h"
@@ -189,6 +191,9 @@ struct backend_stream {
     knn_slots_t *slots;        /* spilled rows of one kernel call -> gather slots */
     void *h_gk, *h_gv;         /* [slot_cap, kv_dim] mdt page-locked: gathered spilled rows */
     void *d_gk, *d_gv;         /* [slot_cap, kv_dim] mdt device: the same, uploaded */
+    /* The approximation probe (model/knn_probe.h, RECALL_KNN_PROBE), else NULL: measures, at
+     * chosen memory sizes, knn's outputs and lists against exact ones; reads only. */
+    knn_probe_t *probe;
 
     /* Extended positions (positional_setup): only when `ext`, else NULL. With ext the q/k/v
      * split leaves q and keys unrotated and positional_prepare rotates them. */
@@ -499,6 +504,7 @@ static void gpu_stream_destroy(backend_stream_t *s)
     free(s->h_sidx);
     free(s->h_mrg);
     knn_slots_destroy(&s->slots);
+    knn_probe_destroy(&s->probe);
     cuda_stream_destroy(&s->st);
     cuda_ctx_destroy(&s->cx);
     free(s);
@@ -628,6 +634,23 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
             (rc = cuda_alloc((void **)&s->k_sc, lists * (size_t)o->knn_k * sizeof(float))) ||
             (rc = cuda_alloc((void **)&s->k_idx, lists * (size_t)o->knn_k * sizeof(int32_t))))
             goto fail;
+    }
+    {
+        const char *spec = getenv(KNN_PROBE_ENV), *heads = getenv(KNN_PROBE_HEADS_ENV);
+        const int ivf_heads = heads && atoi(heads) > 0 ? atoi(heads) : 0;
+        if (spec && *spec && !knn) {
+            log_debug("backend %s: %s is ignored: the stream's memory is not knn", b->describe,
+                      KNN_PROBE_ENV);
+        } else if (spec && *spec && knn_probe_create(spec, ivf_heads, c->n_mem_layers, &s->probe)) {
+            log_warn("backend %s: %s='%s' is not a list of memory row counts (e.g. "
+                     "65536,262144,1048576 or 64k,256k,1m); the knn probe is off", b->describe,
+                     KNN_PROBE_ENV, spec);
+        } else if (s->probe) {
+            log_info("backend %s: knn probe on (%s=%s, IVF over %d kv heads): prefill chunks "
+                     "measure knn against exact attention at those memory sizes", b->describe,
+                     KNN_PROBE_ENV, spec,
+                     ivf_heads && ivf_heads < c->n_kv_heads ? ivf_heads : c->n_kv_heads);
+        }
     }
     iota = malloc(W * sizeof *iota);
     if (!iota) {
@@ -1058,6 +1081,41 @@ static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q
     return cuda_knn_attention(&a, s->st);
 }
 
+/* The knn probe of memory layer mi (model/knn_probe.h) right after its knn memory part:
+ * `exact` holds the layer's attention arguments as the exact path would pass them (memory
+ * fields aside). Only reads the stream's buffers; a failure is logged and dropped, since a
+ * measurement must not fail the forward it watches. */
+static void knn_probe_layer(backend_stream_t *s, int l, int mi, int n,
+                            const cuda_attn_args_t *exact, const uint16_t *mem_q, float mem_scale)
+{
+    const size_t total = s->spill_rows + s->mirror_rows;
+    if (n < 2 || !knn_probe_due(s->probe, mi, total)) return; /* prefill chunks only */
+    const knn_probe_in_t in = {
+        .layer = l,
+        .mem_layer = mi,
+        .n = n,
+        .attn = exact,
+        .fast = BACKEND_CUDA_FAST_ATTENTION || s->ext,
+        .rows = total,
+        .spilled = s->spill_rows,
+        .mem_k = s->mk[mi],
+        .mem_v = s->mv[mi],
+        .mem_dtype = s->mdt,
+        .mem_q = mem_q,
+        .mem_scale = mem_scale,
+        .o_knn = s->att,
+        .knn_idx = s->k_idx,
+        .k = (size_t)s->o.knn_k < total ? s->o.knn_k : (int)total,
+        .store = s->mem,
+        .n_mem_layers = s->c->n_mem_layers,
+        .nlist = s->o.knn_nlist,
+        .nprobe = s->o.knn_nprobe,
+        .stream = s->st,
+        .describe = s->b->describe,
+    };
+    (void)knn_probe_run(s->probe, &in);
+}
+
 /* One layer over a chunk of n tokens already in s->x; the cache holds `local` before them. */
 static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
 {
@@ -1116,6 +1174,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
      * memory queries and score factor are the exact path's. */
     const uint16_t *mem_q = a.q_mem ? a.q_mem : a.q;
     const float mem_scale = a.mem_scale != 0.0f ? a.mem_scale : a.scale;
+    const cuda_attn_args_t exact_a = a; /* for the probe: the exact path's call, less memory */
     if (knn) {
         a.q_mem = NULL;
         a.mem_scale = 0.0f;
@@ -1123,6 +1182,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
     }
     TRY(attention(s, &a));
     if (knn) TRY(knn_memory(s, L->mem_layer, n, mem_q, mem_scale));
+    if (knn && s->probe) knn_probe_layer(s, l, L->mem_layer, n, &exact_a, mem_q, mem_scale);
     if (one) {
         TRY(cuda_gemv(CUDA_GEMV_ADD_F32, s->x, W->wo, s->att, NULL, hid, s->q_dim, 0.0f, st));
         TRY(cuda_gemv(CUDA_GEMV_SWIGLU, s->gate, W->w_gu, s->x, W->ffn_norm, c->ffn, hid,

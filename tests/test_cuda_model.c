@@ -16,6 +16,10 @@
  *                   and off give identical tokens); a rewind below the spill point; the
  *                   spilled tier's index saved and loaded into a fresh stream (identical
  *                   log-probs); exact mode over its budget (RC_ERR_NOMEM, stream unchanged)
+ *   tiny-fot-d64 knn probe  RECALL_KNN_PROBE (model/knn_probe.h): its lines appear per
+ *                   threshold and memory layer with sane values (k ≥ rows: exact), a spilled
+ *                   stream logs skips, an exact stream ignores it, and the log-probs are
+ *                   those of the same stream without the probe
  *   tiny-fot-d128-bf16  head_dim 128, bf16 weights and memory
  *   tiny-llama-d64  plain LLaMA, grouped-query heads, several windows
  *   $RECALL_TEST_3B a 2-layer model at LongLLaMA-3B width when the variable names one
@@ -37,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "kernels/cpu.h"
@@ -675,6 +680,165 @@ done:
     close_pair(&p);
 }
 
+/* ---- the knn probe (model/knn_probe.h) ------------------------------------------------ */
+
+/* What one stream's probe logged (stderr captured into a file). */
+typedef struct probe_log {
+    int ok, skipped;
+    int n_at64, n_at320;     /* measured lines of thresholds 64 and 320 */
+    int bad;                 /* lines that did not parse or break a bound */
+    int sub_heads;           /* measured lines whose IVF part covered fewer than all kv heads */
+} probe_log_t;
+
+/* Feeds tok[0..n) to a fresh stream with `spec` in RECALL_KNN_PROBE (and `heads`, if not
+ * NULL, in RECALL_KNN_PROBE_HEADS) and the logs at info level captured; lp [n] gets the
+ * log-probs. Parses and checks every knn-probe line. */
+static rc_t run_probe(model_backend_t *b, const model_stream_opts_t *o, const char *spec,
+                      const char *heads, const int32_t *tok, size_t n, float *lp, probe_log_t *pl)
+{
+    memset(pl, 0, sizeof *pl);
+    FILE *tmp = tmpfile();
+    if (!tmp) return RC_ERR_IO;
+    fflush(stderr);
+    const int saved = dup(2);
+    if (saved < 0 || dup2(fileno(tmp), 2) < 0) {
+        if (saved >= 0) close(saved);
+        fclose(tmp);
+        return RC_ERR_IO;
+    }
+    const log_level_t level = log_get_level();
+    log_set_level(LOG_INFO);
+    setenv("RECALL_KNN_PROBE", spec, 1);
+    if (heads) setenv("RECALL_KNN_PROBE_HEADS", heads, 1);
+    rc_t rc = run_lp(b, o, tok, n, lp, NULL);
+    unsetenv("RECALL_KNN_PROBE");
+    unsetenv("RECALL_KNN_PROBE_HEADS");
+    log_set_level(level);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    char line[2048];
+    while (fgets(line, sizeof line, tmp)) {
+        const char *at = strstr(line, "knn-probe rows=");
+        if (!at) continue;
+        printf("  | %s", at);
+        if (strstr(at, "skipped")) {
+            pl->skipped++;
+            continue;
+        }
+        size_t rows = 0, thr = 0;
+        int layer = -1, ml = -1, nq = 0, k = 0;
+        double e_knn = NAN, e_ivf = NAN, rec = NAN;
+        const int got = sscanf(at, "knn-probe rows=%zu threshold=%zu layer=%d mem_layer=%d "
+                               "queries=%d k=%d rel_err_exact_topk=%lf rel_err_ivf=%lf "
+                               "recall_at_k=%lf", &rows, &thr, &layer, &ml, &nq, &k, &e_knn,
+                               &e_ivf, &rec);
+        int h_sub = 0, n_kv = 0;
+        const char *ih = strstr(at, " ivf_heads=");
+        if (!ih || sscanf(ih, " ivf_heads=%d/%d", &h_sub, &n_kv) != 2) h_sub = n_kv = 0;
+        pl->sub_heads += h_sub > 0 && h_sub < n_kv;
+        int good = got == 9 && h_sub >= 1 && h_sub <= n_kv && rows >= thr && nq >= 2 &&
+                   nq <= 256 && ml >= 0 && layer >= 0 && isfinite(e_knn) && isfinite(e_ivf) &&
+                   rec >= 0 && rec <= 1;
+        if (good && thr == 64) {
+            /* k = 64 rows of 64..127: every row (or nearly) is listed, so knn is exact attention
+             * up to bf16 rounding; both lists are "every row" while rows == k. */
+            good = k == 64 && e_knn <= 0.02 && e_ivf <= 0.02 && (rows > 64 || rec == 1.0);
+            pl->n_at64 += good;
+        } else if (good && thr == 320) {
+            /* k = 64 of 320+ rows: a flat index below 32k rows, so the lists agree but for
+             * near-ties, and the two outputs nearly so. */
+            good = k == 64 && e_knn <= 1.0 && rec >= 0.9 && e_ivf <= 2 * e_knn + 0.02;
+            pl->n_at320 += good;
+        } else {
+            good = 0;
+        }
+        if (good)
+            pl->ok++;
+        else
+            pl->bad++;
+    }
+    fclose(tmp);
+    return rc;
+}
+
+static void case_knn_probe(const char *data)
+{
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/tiny-fot-d64", data);
+    pair_t p;
+    float *a = NULL, *g = NULL;
+    int32_t *tok = NULL;
+    if (open_pair(dir, &p)) goto done;
+    const model_config_t *c = model_get_config(p.m);
+    const int window = c->max_pos; /* 64 */
+    const size_t n = (size_t)window * 6 + 23;
+    tok = random_tokens(n, c->vocab_size);
+    a = malloc(n * sizeof *a);
+    g = malloc(n * sizeof *g);
+    if (!tok || !a || !g) goto done;
+    model_stream_opts_t ex;
+    memset(&ex, 0, sizeof ex);
+    ex.mem_dtype_set = 1;
+    ex.mem_dtype = DTYPE_BF16;
+    model_stream_opts_t kn = ex;
+    kn.memory_knn = 1;
+    kn.knn_k = 64;
+    const char *spec = "64,320";
+    const int nm = c->n_mem_layers;
+    double mean;
+    size_t at;
+    probe_log_t pl;
+
+    /* 1. Thresholds 64 and 320 on a stream reaching 384 rows: one line per threshold and
+     * memory layer, and log-probs identical to the stream without the probe. */
+    CHECK_RC(run_lp(p.gpu, &kn, tok, n, a, NULL), RC_OK);
+    CHECK_RC(run_probe(p.gpu, &kn, spec, NULL, tok, n, g, &pl), RC_OK);
+    const double mx = lp_diff(a, g, n, &mean, &at);
+    printf("%-34s %d lines (%d at 64, %d at 320), %d bad; vs no probe: max|dlp| %.3g\n",
+           "tiny-fot-d64 knn probe", pl.ok + pl.bad + pl.skipped, pl.n_at64, pl.n_at320, pl.bad,
+           mx);
+    CHECK_MSG(pl.n_at64 == nm && pl.n_at320 == nm && pl.bad == 0 && pl.skipped == 0,
+              "probe lines: %d at 64, %d at 320 (want %d each), %d bad, %d skipped", pl.n_at64,
+              pl.n_at320, nm, pl.bad, pl.skipped);
+    CHECK_MSG(mx <= 1e-6, "the probe changed the stream: max |dlogprob| %.3g (at %zu)", mx, at);
+
+    /* 2. Under a budget of two windows the rows past 128 spill: 64 is measured, 320 skipped;
+     * the IVF part over one of the two kv heads (RECALL_KNN_PROBE_HEADS). */
+    {
+        const size_t per_row = (size_t)nm * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim *
+                               sizeof(uint16_t);
+        model_stream_opts_t kb = kn;
+        kb.gpu_memory_budget = (size_t)window * 2 * per_row;
+        CHECK_RC(run_lp(p.gpu, &kb, tok, n, a, NULL), RC_OK);
+        CHECK_RC(run_probe(p.gpu, &kb, spec, c->n_kv_heads > 1 ? "1" : NULL, tok, n, g, &pl),
+                 RC_OK);
+        const double mb = lp_diff(a, g, n, &mean, &at);
+        printf("%-34s budget 2 win: %d measured, %d skipped, %d bad; vs no probe: max|dlp| "
+               "%.3g\n", "tiny-fot-d64 knn probe", pl.ok, pl.skipped, pl.bad, mb);
+        CHECK_MSG(pl.n_at64 == nm && pl.n_at320 == 0 && pl.skipped == nm && pl.bad == 0,
+                  "budget: %d at 64, %d at 320, %d skipped (want %d, 0, %d), %d bad", pl.n_at64,
+                  pl.n_at320, pl.skipped, nm, nm, pl.bad);
+        CHECK_MSG(mb <= 1e-6, "the probe changed the spilled stream: max |dlogprob| %.3g", mb);
+        CHECK_MSG(c->n_kv_heads == 1 || pl.sub_heads == pl.n_at64,
+                  "RECALL_KNN_PROBE_HEADS=1: %d of %d lines cover one kv head", pl.sub_heads,
+                  pl.n_at64);
+    }
+
+    /* 3. An exact stream ignores the variable (no line, same results). */
+    CHECK_RC(run_lp(p.gpu, &ex, tok, n, a, NULL), RC_OK);
+    CHECK_RC(run_probe(p.gpu, &ex, spec, NULL, tok, n, g, &pl), RC_OK);
+    CHECK_MSG(pl.ok + pl.bad + pl.skipped == 0, "exact stream logged %d probe lines",
+              pl.ok + pl.bad + pl.skipped);
+    CHECK_MSG(lp_diff(a, g, n, &mean, &at) <= 1e-6, "exact stream changed under the probe");
+done:
+    free(tok);
+    free(a);
+    free(g);
+    close_pair(&p);
+}
+
 static void case_simple(const char *label, const char *dir, int window, size_t n)
 {
     pair_t p;
@@ -769,10 +933,12 @@ int main(void)
     const char *only = getenv("RECALL_CUDA_MODEL_ONLY");
     if (only && !strcmp(only, "knn")) {
         case_knn(data);
+        case_knn_probe(data);
         return check_summary();
     }
     case_fot(data);
     case_knn(data);
+    case_knn_probe(data);
     snprintf(dir, sizeof dir, "%s/tiny-fot-d128-bf16", data);
     case_simple("tiny-fot-d128-bf16", dir, 0, 64 * 8 + 11);
     snprintf(dir, sizeof dir, "%s/tiny-llama-d64", data);
