@@ -1,6 +1,6 @@
 /* cuda_topk.c — times cuda_topk (kernels/cuda/topk.cu) on LongLLaMA-3B-shaped memory
  * searches: 32 heads of 100, k = 128, bf16 keys, memories of 64k, 256k and 1M rows, for
- * decode (1 query) and prefill (2048 queries). bench/torch_topk.py times the same workloads
+ * decode (1 query; 2 and 16 queries at the largest memory) and prefill (2048 queries). bench/torch_topk.py times the same workloads
  * through PyTorch (bf16 matmul, then torch.topk); bench/topk_run.sh joins the two.
  *
  * Timing: warm-up runs, then the median of several runs, each between CUDA events. Prints a
@@ -83,7 +83,7 @@ int main(int argc, char **argv)
     long long rows_max = 0;
     for (int i = 0; i < 3; i++)
         if (rows_list[i] <= max_rows && rows_list[i] > rows_max) rows_max = rows_list[i];
-    const int nq_max = want_prefill ? 2048 : 1;
+    const int nq_max = want_prefill ? 2048 : 16;
     void *keys = rand_bf16_dev((size_t)rows_max * n_kv * hd, 1);
     void *q = rand_bf16_dev((size_t)nq_max * n_heads * hd, 2);
     void *scores = NULL, *idx = NULL, *ws = NULL;
@@ -95,12 +95,16 @@ int main(int argc, char **argv)
     CK(cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess);
     printf("%-8s %9s %10s %9s %9s %9s\n", "mode", "rows", "recall_ms", "TFLOP/s", "key_GB/s",
            "ws_MB");
-    for (int mode = 0; mode < 2; mode++) {
-        if ((mode == 0 && !want_decode) || (mode == 1 && !want_prefill)) continue;
-        const int n_q = mode == 0 ? 1 : 2048;
+    /* Modes: decode (1 query), decode2 / decode16 (a few queries, largest memory only),
+     * prefill (2048 queries). */
+    static const char *const names[4] = {"decode", "decode2", "decode16", "prefill"};
+    static const int nqs[4] = {1, 2, 16, 2048};
+    for (int mode = 0; mode < 4; mode++) {
+        if ((mode < 3 && !want_decode) || (mode == 3 && !want_prefill)) continue;
+        const int n_q = nqs[mode];
         for (int ri = 0; ri < 3; ri++) {
             const long long rows = rows_list[ri];
-            if (rows > rows_max) continue;
+            if (rows > rows_max || ((mode == 1 || mode == 2) && rows != rows_max)) continue;
             cuda_topk_args_t a = {.n_q = n_q, .n_heads = n_heads, .n_kv_heads = n_kv,
                                   .head_dim = hd, .q = q, .keys = keys,
                                   .key_dtype = DTYPE_BF16, .row0 = 0, .row1 = rows, .k = k,
@@ -113,7 +117,7 @@ int main(int argc, char **argv)
                 ws_cap = wsb;
             }
             const double flop = 2.0 * n_q * n_heads * (double)rows * hd;
-            const int warm = 2, reps = mode == 0 ? 50 : (rows >= 1 << 20 ? 5 : 10);
+            const int warm = 2, reps = mode < 3 ? 50 : (rows >= 1 << 20 ? 5 : 10);
             float ms[64];
             for (int i = 0; i < warm + reps; i++) {
                 CK(cudaEventRecord(e0, 0) != cudaSuccess);
@@ -127,7 +131,7 @@ int main(int argc, char **argv)
             const double med = ms[reps / 2];
             const double tflops = flop / (med * 1e-3) / 1e12;
             const double gbs = (double)rows * n_kv * hd * 2 / (med * 1e-3) / 1e9;
-            const char *name = mode == 0 ? "decode" : "prefill";
+            const char *name = names[mode];
             printf("%-8s %9lld %10.3f %9.1f %9.0f %9.1f\n", name, rows, med, tflops, gbs,
                    wsb / 1e6);
             printf("RESULT %s rows=%lld recall_ms=%.4f tflops=%.2f key_gbs=%.1f\n", name, rows,

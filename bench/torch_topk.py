@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """torch_topk.py: PyTorch's baseline for bench/cuda_topk.c: the same kNN memory searches
-(32 heads of 100, k = 128, bf16 keys, 64k / 256k / 1M rows; decode: 1 query, prefill: 2048)
+(32 heads of 100, k = 128, bf16 keys, 64k / 256k / 1M rows; decode: 1 query (2 and 16 at
+the largest memory), prefill: 2048)
 as a bf16 matmul q . K^T followed by torch.topk, on the GPU.
 
 PyTorch gets its best layout: keys as [heads, rows, head_dim] (recall reads them as
@@ -37,7 +38,7 @@ def main():
     rmax = max(rows_list)
     g = torch.Generator(device=dev).manual_seed(1)
     keys = (torch.rand(H, rmax, D, device=dev, generator=g) * 3 - 1.5).to(torch.bfloat16)
-    nq_max = 2048 if "prefill" in want else 1
+    nq_max = 2048 if "prefill" in want else 16
     q = (torch.rand(H, nq_max, D, device=dev, generator=g) * 3 - 1.5).to(torch.bfloat16)
     print("device: %s" % torch.cuda.get_device_name(0))
     print("%-8s %9s %10s %9s %9s %6s" % ("mode", "rows", "torch_ms", "TFLOP/s", "key_GB/s", "chunk"))
@@ -49,15 +50,17 @@ def main():
             outs.append(torch.topk(s, K, dim=-1))
         return outs
 
-    for mode in ("decode", "prefill"):
-        if mode not in want:
+    modes = (("decode", 1), ("decode2", 2), ("decode16", 16), ("prefill", 2048))
+    for mode, nq in modes:
+        if mode.rstrip("0123456789") not in want:
             continue
-        nq = 1 if mode == "decode" else 2048
         for rows in rows_list:
+            if nq in (2, 16) and rows != rmax:
+                continue
             km = keys[:, :rows]
             qm = q[:, :nq]
             chunk = max(1, min(H, budget // (nq * rows * 2)))
-            reps = 50 if mode == "decode" else (5 if rows >= 1 << 20 else 10)
+            reps = 50 if nq <= 16 else (5 if rows >= 1 << 20 else 10)
             e0 = torch.cuda.Event(enable_timing=True)
             e1 = torch.cuda.Event(enable_timing=True)
             ms = []

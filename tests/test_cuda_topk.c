@@ -384,6 +384,26 @@ int main(void)
         {"huge", 64, 8, 2, 128, 0, 5000, 128, B, DATA_HUGE},
         {"negative", 17, 32, 32, 100, 0, 5000, 32, B, DATA_NEGATIVE},
         {"1M rows", 1, 8, 2, 64, 1000, 1000 + (1 << 20), 128, B, DATA_RANDOM},
+        /* The streaming decode path (n_q · group <= 4): ranges that are no multiple of a
+         * tile, odd row0, k > rows, GQA, two and three queries, every head dim, fp32 keys,
+         * ties, and the flush of a buffer still holding candidates at the end. */
+        {"dec d100 odd rows", 1, 32, 32, 100, 3, 40006, 128, B, DATA_RANDOM},
+        {"dec d100 k256", 1, 32, 32, 100, 1, 20000, 256, B, DATA_RANDOM},
+        {"dec d64 gqa2", 1, 16, 8, 64, 17, 30030, 64, B, DATA_RANDOM},
+        {"dec d128 n_q 2", 2, 32, 32, 128, 0, 12345, 128, B, DATA_RANDOM},
+        {"dec d100 n_q 3", 3, 32, 32, 100, 9, 9009, 32, B, DATA_RANDOM},
+        {"dec f32 d100", 1, 32, 32, 100, 5, 10005, 128, F, DATA_RANDOM},
+        {"dec f32 d64 gqa4", 1, 8, 2, 64, 0, 30001, 128, F, DATA_RANDOM},
+        {"dec f32 d128", 1, 4, 4, 128, 2, 7003, 16, F, DATA_RANDOM},
+        {"dec rows < k", 1, 32, 32, 100, 11, 100, 128, B, DATA_RANDOM},
+        {"dec rows 1", 1, 4, 1, 128, 0, 1, 8, B, DATA_RANDOM},
+        {"dec one kv head", 1, 1, 1, 100, 1, 5001, 200, B, DATA_RANDOM},
+        {"dec all tied", 1, 32, 32, 100, 3, 9003, 128, B, DATA_SAME},
+        {"dec tied groups", 1, 8, 8, 64, 1, 20001, 256, B, DATA_GROUPS},
+        {"dec tied groups f32", 2, 4, 2, 128, 0, 4001, 64, F, DATA_GROUPS},
+        {"dec huge", 1, 8, 8, 128, 0, 5000, 128, B, DATA_HUGE},
+        {"dec negative", 1, 32, 32, 100, 0, 5000, 32, B, DATA_NEGATIVE},
+        {"dec 64k rows", 1, 32, 32, 100, 7, 7 + (1 << 16), 128, B, DATA_RANDOM},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
 
