@@ -2,10 +2,15 @@
  *
  * Streams random tokens through a model window by window (as a session ingests) and
  * reports tokens/s measured over the windows around each memory size, so the table shows
- * how the cost of attending to all memory grows.
- *   bench_ingest_cpu MODEL_DIR [MAX_MEMORY_TOKENS (default 65536)] */
+ * how the cost of attending to all memory grows (exact memory), or of the kNN tier (knn:
+ * Faiss flat search below 32k rows, IVF lists beyond; the table then shows the retraining
+ * at 32k and 128k rows in the block that crosses them).
+ *   bench_ingest_cpu MODEL_DIR [MAX_MEMORY_TOKENS (default 65536)] [knn [K (default 128)]]
+ * Run it with OMP_WAIT_POLICY=passive on a machine shared with other work (scripts/demo.sh
+ * says why). */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "model/model.h"
@@ -20,11 +25,12 @@ static double now_s(void)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [MAX_MEMORY_TOKENS]\n", argv[0]);
+    if (argc < 2 || (argc > 3 && strcmp(argv[3], "knn"))) {
+        fprintf(stderr, "usage: %s MODEL_DIR [MAX_MEMORY_TOKENS] [knn [K]]\n", argv[0]);
         return 2;
     }
     long max_mem = argc > 2 ? atol(argv[2]) : 65536;
+    const int knn = argc > 3, knn_k = argc > 4 ? atoi(argv[4]) : 0;
     char err[512];
     model_t *m = NULL;
     if (model_load(argv[1], 1, &m, err, sizeof err)) {
@@ -36,7 +42,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: %s has no memory layers; nothing to grow\n", argv[1]);
         return 1;
     }
-    model_stream_opts_t o = {0};
+    model_stream_opts_t o = {.memory_knn = knn, .knn_k = knn_k};
     model_stream_t *s = NULL;
     if (model_stream_create(m, &o, &s)) {
         fprintf(stderr, "bench: cannot create stream\n");
@@ -45,8 +51,8 @@ int main(int argc, char **argv)
     int W = model_stream_window(s);
     int32_t *tok = malloc(sizeof(int32_t) * W);
     unsigned seed = 1;
-    printf("model: %s\nwindow %d, mem layers %d, threads: OpenBLAS/OpenMP defaults\n",
-           model_describe(m), W, c->n_mem_layers);
+    printf("model: %s\nwindow %d, mem layers %d, memory %s, threads: OpenMP defaults\n",
+           model_describe(m), W, c->n_mem_layers, knn ? "knn" : "exact");
     printf("%12s %12s %12s\n", "memory_tok", "tokens/s", "ms/window");
     long next = 1024;
     double t_block = now_s();

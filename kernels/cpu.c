@@ -5,12 +5,54 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Products smaller than this (m·n·k multiply-adds) run on the calling thread alone. */
+#define MATMUL_SPLIT_MIN (1 << 20)
+
 void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+    /* The CPU backend's threads are OpenMP's only: the product is split into row blocks
+     * (columns for a single row), one per thread, each a single-threaded OpenBLAS call.
+     * Letting OpenBLAS start its own threads between OpenMP regions made the two pools
+     * spin against each other (on 2 cores, 40-60 % of the time in sched_yield and
+     * libgomp's wait loop). Each output element is the same dot product over k either
+     * way: the split is over m or n, never k. */
+    if (omp_in_parallel()) { /* a thread of someone's region: BLAS threads are theirs to set */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f,
+                    y, n);
+        return;
+    }
+    const int nt = omp_get_max_threads();
+    if (nt < 2 || (double)m * n * k < MATMUL_SPLIT_MIN) {
+        const int bt = openblas_get_num_threads();
+        if (bt > 1) openblas_set_num_threads(1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f,
+                    y, n);
+        if (bt > 1) openblas_set_num_threads(bt);
+        return;
+    }
+    const int bt = openblas_get_num_threads();
+    if (bt > 1) openblas_set_num_threads(1);
+    const int by_rows = m >= 2 * nt;
+    const int len = by_rows ? m : n;
+    /* Blocks of a multiple of 16 rows or columns keep OpenBLAS on its full micro-tiles. */
+    int blk = (len + nt - 1) / nt;
+    blk = (blk + 15) / 16 * 16;
+    const int n_blk = (len + blk - 1) / blk;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int b = 0; b < n_blk; b++) {
+        const int lo = b * blk, cnt = len - lo < blk ? len - lo : blk;
+        if (by_rows)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cnt, n, k, 1.0f,
+                        x + (size_t)lo * k, k, w, k, 0.0f, y + (size_t)lo * n, n);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, cnt, k, 1.0f, x, k,
+                        w + (size_t)lo * k, k, 0.0f, y + lo, n);
+    }
+    if (bt > 1) openblas_set_num_threads(bt);
 }
 
 void cpu_rmsnorm(float *out, const float *x, const float *g, int n_tok, int dim, float eps)

@@ -5,7 +5,9 @@
  * a single query, that head's local keys, and its gathered rows as the memory: the local
  * part, the positional layouts, the clamp, the memory scale and the single fp32 softmax are
  * then exactly the reference kernel's, whatever it becomes. Heads' local keys and values are
- * copied out contiguous once per kv head (the reference reads one head as a row slice). */
+ * copied out contiguous once per kv head (the reference reads one head as a row slice).
+ * The (head, query) pairs are split over OpenMP threads. */
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,18 @@ static void head_slice(float *dst, const float *src, int n, int n_kv, int kh, in
         memcpy(dst + (size_t)j * hd, src + ((size_t)j * n_kv + kh) * hd, (size_t)hd * sizeof(float));
 }
 
+/* dst [hd] = the kv-head slice at off bytes of a memory row, widened to fp32. bf16 is the
+ * common memory type: its widening (a shift) is inlined here, not a call per row. */
+static void gather_row(float *dst, const char *src, dtype_t t, int hd)
+{
+    if (t == DTYPE_BF16) {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int d = 0; d < hd; d++) dst[d] = bf16_to_f32(h[d]);
+    } else {
+        dtype_to_f32(dst, src, t, (size_t)hd);
+    }
+}
+
 void cpu_attention_knn(const attn_knn_args_t *p)
 {
     const attn_ext_args_t *e = &p->e;
@@ -37,66 +51,77 @@ void cpu_attention_knn(const attn_knn_args_t *p)
     const size_t k = p->k > 0 ? (size_t)p->k : 0;
     const size_t es = dtype_size(a->mem_dtype), mrow = (size_t)nkv * hd * es;
     const int self_extend = e->layout == CPU_ATTN_SELF_EXTEND;
+    const size_t hsz = (size_t)a->n_k * hd; /* floats of one head's slice */
 
-    float *kh_rot = xmalloc((size_t)a->n_k * hd * sizeof(float));               /* [n_k, hd] */
-    float *kh_alt = self_extend ? xmalloc((size_t)a->n_k * hd * sizeof(float)) : NULL; /* [n_k, hd] */
-    float *vh = xmalloc((size_t)a->n_k * hd * sizeof(float));                   /* [n_k, hd] */
-    float *mk = xmalloc((k ? k : 1) * hd * sizeof(float));                      /* [k, hd] */
-    float *mv = xmalloc((k ? k : 1) * hd * sizeof(float));                      /* [k, hd] */
-
+    /* Every kv head's local keys and values, contiguous: [n_kv, n_k, hd] each. */
+    float *kh_rot = xmalloc(nkv * hsz * sizeof(float));
+    float *kh_alt = self_extend ? xmalloc(nkv * hsz * sizeof(float)) : NULL;
+    float *vh = xmalloc(nkv * hsz * sizeof(float));
     for (int kv = 0; kv < nkv; kv++) {
-        head_slice(kh_rot, a->k, a->n_k, nkv, kv, hd);
-        head_slice(vh, a->v, a->n_k, nkv, kv, hd);
-        if (self_extend) head_slice(kh_alt, e->k_alt, a->n_k, nkv, kv, hd);
-        for (int h = kv * group; h < (kv + 1) * group; h++) {
-            for (int r = 0; r < a->n_q; r++) {
-                const size_t qo = ((size_t)r * nh + h) * hd;
-                const int64_t *ix = p->idx + ((size_t)r * nh + h) * k;
-                size_t m = 0;
-                for (size_t j = 0; j < k && a->n_mem; j++) {
-                    if (ix[j] < 0) continue;
-                    if ((uint64_t)ix[j] >= a->n_mem) {
-                        fprintf(stderr, "%s:%d: memory row %lld of %zu\n", __FILE__, __LINE__,
-                                (long long)ix[j], a->n_mem);
-                        abort();
-                    }
-                    const size_t off = (size_t)ix[j] * mrow + (size_t)kv * hd * es;
-                    dtype_to_f32(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, hd);
-                    dtype_to_f32(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, hd);
-                    m++;
-                }
-                attn_ext_args_t one = {
-                    .a = {.n_q = 1,
-                          .n_k = a->q_offset + r + 1,
-                          .n_heads = 1,
-                          .n_kv_heads = 1,
-                          .head_dim = hd,
-                          .q_offset = a->q_offset + r,
-                          .q = a->q + qo,
-                          .k = kh_rot,
-                          .v = vh,
-                          .n_mem = m,
-                          .mem_dtype = DTYPE_F32,
-                          .mem_k = mk,
-                          .mem_v = mv,
-                          .scale = a->scale,
-                          .out = a->out + qo},
-                    .layout = e->layout,
-                    .neighbor = e->neighbor,
-                    .chunk_len = e->chunk_len,
-                    .q_alt = {e->q_alt[0] ? e->q_alt[0] + qo : NULL,
-                              e->q_alt[1] ? e->q_alt[1] + qo : NULL},
-                    .k_alt = kh_alt,
-                    .q_mem = e->q_mem ? e->q_mem + qo : NULL,
-                    .mem_scale = e->mem_scale,
-                };
-                cpu_attention_ext(&one);
-            }
-        }
+        head_slice(kh_rot + kv * hsz, a->k, a->n_k, nkv, kv, hd);
+        head_slice(vh + kv * hsz, a->v, a->n_k, nkv, kv, hd);
+        if (self_extend) head_slice(kh_alt + kv * hsz, e->k_alt, a->n_k, nkv, kv, hd);
     }
+
+    /* (head, query) pairs are independent: threads split them, each with its own gathered
+     * rows, and the single-query calls below run on one thread each (BLAS included). */
+    const long tasks = (long)nh * a->n_q;
+    const int blas_threads = openblas_get_num_threads();
+    if (blas_threads > 1) openblas_set_num_threads(1);
+#pragma omp parallel if (tasks > 1)
+    {
+        float *mk = xmalloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
+        float *mv = xmalloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
+#pragma omp for schedule(static)
+        for (long t = 0; t < tasks; t++) {
+            const int h = (int)(t / a->n_q), r = (int)(t % a->n_q), kv = h / group;
+            const size_t qo = ((size_t)r * nh + h) * hd;
+            const int64_t *ix = p->idx + ((size_t)r * nh + h) * k;
+            size_t m = 0;
+            for (size_t j = 0; j < k && a->n_mem; j++) {
+                if (ix[j] < 0) continue;
+                if ((uint64_t)ix[j] >= a->n_mem) {
+                    fprintf(stderr, "%s:%d: memory row %lld of %zu\n", __FILE__, __LINE__,
+                            (long long)ix[j], a->n_mem);
+                    abort();
+                }
+                const size_t off = (size_t)ix[j] * mrow + (size_t)kv * hd * es;
+                gather_row(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, hd);
+                gather_row(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, hd);
+                m++;
+            }
+            attn_ext_args_t one = {
+                .a = {.n_q = 1,
+                      .n_k = a->q_offset + r + 1,
+                      .n_heads = 1,
+                      .n_kv_heads = 1,
+                      .head_dim = hd,
+                      .q_offset = a->q_offset + r,
+                      .q = a->q + qo,
+                      .k = kh_rot + kv * hsz,
+                      .v = vh + kv * hsz,
+                      .n_mem = m,
+                      .mem_dtype = DTYPE_F32,
+                      .mem_k = mk,
+                      .mem_v = mv,
+                      .scale = a->scale,
+                      .out = a->out + qo},
+                .layout = e->layout,
+                .neighbor = e->neighbor,
+                .chunk_len = e->chunk_len,
+                .q_alt = {e->q_alt[0] ? e->q_alt[0] + qo : NULL,
+                          e->q_alt[1] ? e->q_alt[1] + qo : NULL},
+                .k_alt = kh_alt ? kh_alt + kv * hsz : NULL,
+                .q_mem = e->q_mem ? e->q_mem + qo : NULL,
+                .mem_scale = e->mem_scale,
+            };
+            cpu_attention_ext(&one);
+        }
+        free(mk);
+        free(mv);
+    }
+    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
     free(kh_rot);
     free(kh_alt);
     free(vh);
-    free(mk);
-    free(mv);
 }

@@ -60,6 +60,15 @@ rc_t memory_knn_sync(memory_knn_t *x, const memory_store_t *s, int layer);
 rc_t memory_knn_search(memory_knn_t *x, const memory_store_t *s, int layer, const float *q,
                        int n_q, int n_heads, int k, int64_t *idx);
 
+/* The same over the store's first n_rows rows only (a GPU stream's spilled tier: the rows
+ * past it live on the device). RC_ERR_INVALID when n_rows exceeds the store. scores
+ * (optional, [n_q, n_heads, k]) receives each listed row's inner product q . key as Faiss
+ * computed it (fp32; -INFINITY where idx is -1), so lists from two tiers can be merged. */
+rc_t memory_knn_sync_rows(memory_knn_t *x, const memory_store_t *s, int layer, size_t n_rows);
+rc_t memory_knn_search_rows(memory_knn_t *x, const memory_store_t *s, int layer, size_t n_rows,
+                            const float *q, int n_q, int n_heads, int k, int64_t *idx,
+                            float *scores);
+
 /* Rows indexed in layer; 1 when the layer's heads are IVF-Flat (0 flat); its nlist (0 flat). */
 size_t memory_knn_rows(const memory_knn_t *x, int layer);
 int memory_knn_is_ivf(const memory_knn_t *x, int layer);

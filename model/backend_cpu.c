@@ -13,7 +13,9 @@
 #define BACKEND_INTERNAL
 #include "model/backend.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +225,43 @@ invalid:
     return RC_ERR_INVALID;
 }
 
+/* Each query's top-k memory rows into s->knn_idx [n, n_heads, k]. The index is brought in
+ * line with the store first (adding rows, training at a threshold: Faiss threads itself);
+ * then the queries are searched in blocks, one per thread, each block a plain Faiss search
+ * on one thread (its BLAS included). A query's list does not depend on its block: every
+ * query is scored against the same rows, and blocks of at least KNN_BLOCK_MIN queries keep
+ * Faiss's flat search on the same (BLAS) scoring path a whole window takes (below 20
+ * queries it switches to another loop, whose last bits differ). */
+#define KNN_BLOCK_MIN 32
+
+static rc_t knn_search(backend_stream_t *s, int layer, const float *q, int n, int k)
+{
+    const model_config_t *c = s->c;
+    rc_t rc = memory_knn_sync(s->knn, s->mem, layer);
+    if (rc) return rc;
+    int nb = omp_get_max_threads();
+    if (nb > n / KNN_BLOCK_MIN) nb = n / KNN_BLOCK_MIN;
+    if (nb > 64) nb = 64;
+    if (nb < 2) return memory_knn_search(s->knn, s->mem, layer, q, n, c->n_heads, k, s->knn_idx);
+    const int blk = (n + nb - 1) / nb;
+    const size_t q_row = (size_t)c->n_heads * c->head_dim, i_row = (size_t)c->n_heads * k;
+    rc_t rcs[64] = {0};
+    const int blas_threads = openblas_get_num_threads();
+    if (blas_threads > 1) openblas_set_num_threads(1);
+    /* Searches only read the synced index (memory/knn.c), so blocks may run at once. */
+#pragma omp parallel for num_threads(nb) schedule(static)
+    for (int b = 0; b < nb; b++) {
+        const int lo = b * blk, cnt = n - lo < blk ? n - lo : blk;
+        if (cnt > 0)
+            rcs[b] = memory_knn_search(s->knn, s->mem, layer, q + (size_t)lo * q_row, cnt,
+                                       c->n_heads, k, s->knn_idx + (size_t)lo * i_row);
+    }
+    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
+    for (int b = 0; b < nb; b++)
+        if (rcs[b]) return rcs[b];
+    return RC_OK;
+}
+
 /* One layer over a chunk of n tokens already in s->x. Fails only in knn mode (search). */
 static rc_t layer_forward(backend_stream_t *s, int l, int n)
 {
@@ -299,8 +338,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
          * not change the order. With k ≥ rows the lists hold every row: exact attention. */
         const size_t rows = e.a.n_mem;
         const int k = (size_t)s->o.knn_k < rows ? s->o.knn_k : (int)rows;
-        rc_t rc = memory_knn_search(s->knn, s->mem, L->mem_layer, e.q_mem ? e.q_mem : s->q, n,
-                                    c->n_heads, k, s->knn_idx);
+        rc_t rc = knn_search(s, L->mem_layer, e.q_mem ? e.q_mem : s->q, n, k);
         if (rc) return rc;
         cpu_attention_knn(&(attn_knn_args_t){.e = e, .k = k, .idx = s->knn_idx});
     } else {
@@ -347,10 +385,19 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
             }
         }
     }
+    /* OpenMP threads are the backend's only ones for the whole pass: any BLAS call left
+     * multi-threaded (the kNN index's list assignment, k-means) woke OpenBLAS's worker,
+     * which then spun in sched_yield for its timeout (~10 % of a knn ingest's time). */
+    const int blas_threads = openblas_get_num_threads();
+    if (blas_threads > 1) openblas_set_num_threads(1);
     for (int l = 0; l < c->n_layers; l++) {
         rc_t rc = layer_forward(s, l, n);
-        if (rc) return rc;
+        if (rc) {
+            if (blas_threads > 1) openblas_set_num_threads(blas_threads);
+            return rc;
+        }
     }
+    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
 
     if (!logprobs && !last_logits) return RC_OK;
     /* Only the rows whose outputs are wanted go through the final norm and lm_head. */
