@@ -216,6 +216,12 @@ static void fingerprint(const model_config_t *c, char *buf, size_t n)
 
 int main(int argc, char **argv)
 {
+    /* OpenMP workers wait passively (sleep) unless the user chose otherwise: spinning idle
+     * workers took the cores the CPU backend's compute needed (the 256k passkey ran 2-3x
+     * slower on 2 cores). libgomp reads the variable once, before main, so set it and
+     * start over; if exec fails, carry on as we are. */
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0)
+        execv("/proc/self/exe", argv);
     daemon_config_t cfg = {
         .data_dir = "./recall-data",
         .listen = "tcp://127.0.0.1:5555",
