@@ -29,7 +29,7 @@ if [ "${1:-}" = prepare ]; then
     build=${2:-$root/build-cudafwd}
     [ -f "$build/CMakeCache.txt" ] ||
         cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CUDA_ARCHITECTURES=90
-    targets="test_cuda_model test_cuda_kernels test_cuda_attention_mma test_cuda_positional bench_gpu recall_score"
+    targets="test_cuda_model test_cuda_kernels test_cuda_attention_mma test_cuda_positional test_cuda_topk test_cuda_knn_attention bench_gpu recall_score"
     # A configure error in another area's cmake file (work in progress) must not stop us:
     # then each target is built without re-running cmake (make's /fast targets).
     cmake --build "$build" -j2 --target $targets ||
@@ -80,13 +80,13 @@ rm -rf "$w2"
 timeout 120 $py "$root/bench/hf_baseline.py" --make "$w2" --layers 2 --seed 7 2>&1 |
     tee "$out/make2.log"
 
-stamp "== ctest -L gpu (test_cuda_kernels, test_cuda_attention_mma, test_cuda_model, test_cuda_positional)"
+stamp "== ctest -L gpu (kernels, attention_mma, model, positional, topk, knn_attention)"
 # The carried binaries under a generated ctest file (the build tree's own holds the
 # development machine's paths): the same tests and label as tests/gpu*.cmake register.
 ct="$work/ctest"
 mkdir -p "$ct"
 {
-    for t in test_cuda_kernels test_cuda_attention_mma test_cuda_model test_cuda_positional; do
+    for t in test_cuda_kernels test_cuda_attention_mma test_cuda_model test_cuda_positional test_cuda_topk test_cuda_knn_attention; do
         echo "add_test($t \"$carry/bin/$t\")"
         echo "set_tests_properties($t PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 400" \
              "ENVIRONMENT \"RECALL_GPU_TEST_MODELS=$work/tiny;RECALL_SOURCE_DIR=$root;RECALL_PYTHON=$py;RECALL_TEST_3B=$w2;LD_LIBRARY_PATH=$LD_LIBRARY_PATH\")"
@@ -98,7 +98,7 @@ if command -v ctest > /dev/null; then
 else
     echo "no ctest on this host: running the binaries directly"
     test_rc=0
-    for t in test_cuda_kernels test_cuda_attention_mma test_cuda_model test_cuda_positional; do
+    for t in test_cuda_kernels test_cuda_attention_mma test_cuda_model test_cuda_positional test_cuda_topk test_cuda_knn_attention; do
         RECALL_GPU_TEST_MODELS="$work/tiny" RECALL_SOURCE_DIR="$root" RECALL_PYTHON=$py \
             RECALL_TEST_3B="$w2" timeout 400 "$carry/bin/$t" >> "$out/ctest.log" 2>&1 || test_rc=$?
     done

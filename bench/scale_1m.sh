@@ -94,7 +94,7 @@ EOF
 }
 
 phase_topk() {
-    bash "$root/bench/topk_run.sh" "$bin" > "$out/topk.log" 2>&1
+    bash "$root/bench/topk_run.sh" "$bin" ${TOPK_ARGS:-} > "$out/topk.log" 2>&1
     grep -E "RESULT|ratio|rows" "$out/topk.log" | tail -20
 }
 
@@ -121,7 +121,7 @@ session_phase() { # name mode n [budget]
     cut_text "$n" "$work/in-$name.txt"
     local ep=ipc://$work/recalld-$name.sock
     "$bin/recalld" --model "$model" --data "$data" --device "${DEVICE:-cuda}" --listen "$ep" \
-        --max-chunk-bytes 4M > "$log.recalld.log" 2>&1 &
+        --db-map-size 48G > "$log.recalld.log" 2>&1 &
     local pid=$!
     for _ in $(seq 120); do
         "$bin/recall" --connect "$ep" health > /dev/null 2>&1 && break
@@ -134,7 +134,7 @@ session_phase() { # name mode n [budget]
     [ -n "$budget" ] && opts+=(--gpu-memory-budget "$budget")
     local t0=$(date +%s.%N)
     "$bin/recall" --connect "$ep" --quiet --timeout 3000 ingest big "$work/in-$name.txt" \
-        "${opts[@]}" --chunk-bytes 4M > "$log.ingest.log" 2>&1
+        "${opts[@]}" --chunk-bytes 256K > "$log.ingest.log" 2>&1
     local rc=$? t1=$(date +%s.%N)
     local secs=$(awk "BEGIN{print $t1 - $t0}")
     "$bin/recall" --connect "$ep" --json info big > "$log.info.json" 2>&1

@@ -692,14 +692,10 @@ fail:
 
 /* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows. The
  * capacity doubles as rows grow, but never past hot_cap unless rows themselves need it. */
-static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
+/* Moves the mirror into buffers of `cap` rows (every layer or none: a failure leaves the
+ * old buffers in place). */
+static rc_t mirror_move(backend_stream_t *s, size_t cap)
 {
-    if (rows <= s->mirror_cap) return RC_OK;
-    size_t cap = s->mirror_cap * 2;
-    if (cap < (size_t)s->W) cap = (size_t)s->W;
-    if (cap > s->hot_cap) cap = s->hot_cap;
-    if (cap < rows) cap = rows;
-    /* Grow every layer or none: a failure leaves the old buffers in place. */
     const int nm = s->c->n_mem_layers;
     void **nk = calloc((size_t)nm, sizeof *nk), **nv = calloc((size_t)nm, sizeof *nv);
     rc_t rc = nk && nv ? RC_OK : RC_ERR_NOMEM;
@@ -729,6 +725,34 @@ static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
     s->mirror_cap = cap;
     s->gen++;
     return RC_OK;
+}
+
+/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows.
+ * Growing copies, so old and new buffers coexist for a moment: small mirrors double, large
+ * ones (past MIRROR_DOUBLE_ROWS) grow by a quarter, and when even that does not fit the
+ * device, by just what is needed (whole windows). A 1M-row mirror of a 3B-shaped model is
+ * 38 GB: doubling it would need 116 GB at once. */
+#define MIRROR_DOUBLE_ROWS (256u * 1024u)
+static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
+{
+    if (rows <= s->mirror_cap) return RC_OK;
+    const size_t W = (size_t)s->W;
+    size_t cap = s->mirror_cap < MIRROR_DOUBLE_ROWS ? s->mirror_cap * 2
+                                                    : s->mirror_cap + s->mirror_cap / 4;
+    if (cap < W) cap = W;
+    if (cap > s->hot_cap) cap = s->hot_cap;
+    if (cap < rows) cap = rows;
+    rc_t rc = mirror_move(s, cap);
+    const size_t tight = (rows + W - 1) / W * W;
+    if (rc == RC_ERR_NOMEM && tight < cap) rc = mirror_move(s, tight);
+    if (rc == RC_ERR_NOMEM)
+        log_warn("backend %s: the device cannot hold %zu memory rows (%.1f GiB of keys and "
+                 "values, plus a copy while growing): give the session a gpu memory budget "
+                 "(knn memory then spills its oldest windows to host memory) or use a GPU "
+                 "with more memory",
+                 s->b->describe, rows,
+                 (double)rows * s->row_bytes * 2 * s->c->n_mem_layers / (1u << 30));
+    return rc;
 }
 
 static double mib(size_t bytes)
