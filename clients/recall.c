@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clients/bench.h"
 #include "clients/chunker.h"
 #include "clients/client.h"
 #include "clients/passkey.h"
@@ -49,7 +50,7 @@ typedef enum cmd {
 
 #define B(c) (1u << (c))
 #define ALL_CMDS 0xFFFFFFFFu
-#define SESSION_OPT_CMDS (B(CMD_INGEST) | B(CMD_PPL) | B(CMD_PASSKEY))
+#define SESSION_OPT_CMDS (B(CMD_INGEST) | B(CMD_PPL) | B(CMD_PASSKEY) | B(CMD_BENCH))
 
 typedef struct cmd_desc {
     const char *name;
@@ -188,8 +189,37 @@ static const cmd_desc cmds[CMD_COUNT] = {
          "--png passkey.png\n"
          "  recall passkey --tokens 32k --depths 5 --trials 2 --memory knn --k 128 "
          "--json\n"},
-    [CMD_BENCH] = {"bench", "recall bench ...", "(not yet available)",
-                   "Benchmarks are not implemented yet.\n"},
+    [CMD_BENCH] =
+        {"bench", "recall bench [--tokens N] [--max-tokens G] [--keep] [session options]",
+         "end-to-end throughput of a running daemon, measured from the client",
+         "Measures what a user of this daemon gets, over ZeroMQ, from this client:\n"
+         "  1. makes about N tokens of English-like filler text here (sentences with\n"
+         "     numbers, the same text every run; its size in bytes is fitted with the\n"
+         "     daemon's tokenizer, and the daemon's own count is reported);\n"
+         "  2. creates a fresh session bench-PID-TIME with the session options given;\n"
+         "  3. ingests the text exactly as 'recall ingest' does (chunks, pipelining),\n"
+         "     timed until every chunk is acknowledged, i.e. on disk: tokens/s;\n"
+         "  4. asks one question, greedy, G tokens, ignoring end-of-sequence: the time\n"
+         "     to the first streamed token as this client sees it, and the daemon's\n"
+         "     prefill and decode times;\n"
+         "  5. reads the session's memory use (host, device, disk);\n"
+         "  6. drops the session (unless --keep), also when a step fails or on Ctrl-C.\n"
+         "\n"
+         "  --tokens N              size of the text in tokens; k = 1024, M = 1048576\n"
+         "                          (default 64k)\n"
+         "  --max-tokens G          tokens to generate (default 32)\n"
+         "  --keep                  keep the session afterwards (its name is printed)\n"
+         "--json prints one object: session, kept, model, device, target_tokens, tokens,\n"
+         "bytes, chunks, windows, ingest_s, tokens_per_s, ttft_ms, prompt_tokens,\n"
+         "prefill_ms, generated, decode_ms, decode_ms_per_token, memory_tokens,\n"
+         "memory_bytes_host, memory_bytes_device, memory_bytes_disk, options.\n"
+         "For GPU kernel benchmarks (attention, top-k, matmul), see bench/ in the\n"
+         "repository (bench/README.md); this command measures the whole service.\n"
+         "\n"
+         "Examples:\n"
+         "  recall bench\n"
+         "  recall bench --tokens 256k --memory knn\n"
+         "  recall --json bench --tokens 1M\n"},
 };
 
 typedef enum opt_id {
@@ -260,25 +290,25 @@ static const opt_spec opt_specs[O_COUNT] = {
     [O_ROPE_SCALING] = {"rope-scaling", 0, 1, SESSION_OPT_CMDS},
     [O_ROPE_FACTOR] = {"rope-factor", 0, 1, SESSION_OPT_CMDS},
     [O_NO_CHUNK_SCALE] = {"no-chunk-scale", 0, 0, SESSION_OPT_CMDS},
-    [O_CHUNK_BYTES] = {"chunk-bytes", 0, 1, B(CMD_INGEST)},
-    [O_MAX_TOKENS] = {"max-tokens", 'n', 1, B(CMD_ASK)},
+    [O_CHUNK_BYTES] = {"chunk-bytes", 0, 1, B(CMD_INGEST) | B(CMD_BENCH)},
+    [O_MAX_TOKENS] = {"max-tokens", 'n', 1, B(CMD_ASK) | B(CMD_BENCH)},
     [O_TEMPERATURE] = {"temperature", 0, 1, B(CMD_ASK)},
     [O_TOP_P] = {"top-p", 0, 1, B(CMD_ASK)},
     [O_SEED] = {"seed", 0, 1, B(CMD_ASK) | B(CMD_PASSKEY)},
     [O_APPEND] = {"append", 0, 0, B(CMD_ASK)},
     [O_IGNORE_EOS] = {"ignore-eos", 0, 0, B(CMD_ASK)},
     [O_TEXT] = {"text", 0, 1, B(CMD_PPL)},
-    [O_TOKENS] = {"tokens", 0, 1, B(CMD_PASSKEY)},
+    [O_TOKENS] = {"tokens", 0, 1, B(CMD_PASSKEY) | B(CMD_BENCH)},
     [O_DEPTHS] = {"depths", 0, 1, B(CMD_PASSKEY)},
     [O_TRIALS] = {"trials", 0, 1, B(CMD_PASSKEY)},
     [O_PNG] = {"png", 0, 1, B(CMD_PASSKEY)},
     [O_SESSION_PREFIX] = {"session-prefix", 0, 1, B(CMD_PASSKEY)},
-    [O_KEEP] = {"keep", 0, 0, B(CMD_PASSKEY)},
+    [O_KEEP] = {"keep", 0, 0, B(CMD_PASSKEY) | B(CMD_BENCH)},
 };
 
 static const char session_opts_help[] =
-    "Session options (when ingest creates a session, for ppl --text, and for passkey's trial\n"
-    "sessions; 0 or absent = the checkpoint's default):\n"
+    "Session options (when ingest creates a session, for ppl --text, for passkey's trial\n"
+    "sessions and bench's session; 0 or absent = the checkpoint's default):\n"
     "  --window N              tokens per window\n"
     "  --positional SCHEME     rope | self-extend | dca\n"
     "  --group G --neighbor W  self-extend group size and neighbour window\n"
@@ -419,7 +449,7 @@ static void print_cmd_help(cmd_t c)
 {
     printf("usage: %s\n\n%s\n\n%s", cmds[c].synopsis, cmds[c].summary, cmds[c].help);
     if (B(c) & SESSION_OPT_CMDS) printf("\n%s", session_opts_help);
-    if (c == CMD_INGEST)
+    if (c == CMD_INGEST || c == CMD_BENCH)
         printf("  --chunk-bytes N         largest chunk sent at once (default 64K)\n");
     printf("\n%s", global_opts_help);
 }
@@ -479,7 +509,6 @@ static int parse_args(int argc, char **argv, args *a)
             for (int o = 0; o < O_COUNT; o++)
                 if (opt_specs[o].short_name == s[1]) id = o;
         }
-        if (id < 0 && a->cmd == CMD_BENCH) continue; /* a stub */
         if (id < 0) return usage_error(a->cmd, "unknown option '%s'", s);
         if (opt_specs[id].has_arg && !val) {
             if (i + 1 >= argc) return usage_error(a->cmd, "option %s needs a value", s);
@@ -983,6 +1012,235 @@ static void options_ignored(const Recall__SessionOptions *given,
 #undef DIFF
 }
 
+/* One source of ingest text: a file name ("-": standard input), or an open stream f
+ * (not closed here) that name only labels in messages. */
+typedef struct ingest_src {
+    const char *name;
+    FILE *f;
+} ingest_src;
+
+/* Streams srcs[0..n_srcs) in order into the existing session st->session, whose state
+ * (acked_seq, tokens, windows) st holds on entry; st counts what was acknowledged.
+ * total: bytes expected, for the progress bar (0: unknown). stop (may be NULL): non-zero
+ * stops after the next acknowledgement. Returns -1 when every chunk was acknowledged (all
+ * of it durable), else the exit code of the problem it reported (with the partial state). */
+static int ingest_stream(recall_client *c, const ingest_src *srcs, int n_srcs, double total,
+                         size_t chunk_bytes, ingest_state *st, volatile sig_atomic_t *stop)
+{
+    const char *session = st->session;
+    int n_files = n_srcs;
+    /* Pipelining: at most `credit` chunks unacknowledged. The daemon says how many it
+     * accepts in every ack; until the first one, send one at a time. A chunk refused as
+     * BUSY (or refused for a gap behind a refused one) is resent, in order, once nothing is
+     * in flight; an acknowledged chunk is never sent again. */
+    enum { MAX_WINDOW = 256 };
+    chunk win[MAX_WINDOW];
+    int n_win = 0;
+    uint32_t credit = 1;
+    uint64_t next_seq = st->acked_seq + 1;
+    int file_i = 0, busy_retries = 0, result = -1;
+    FILE *f = NULL;
+    recall_chunker *ch = NULL;
+    progress pg;
+    progress_init(&pg);
+    const char *file_name = NULL;
+    Recall__Request req;
+    Recall__Response *r;
+    rc_t rc;
+
+    for (;;) {
+        /* Fill the window with new chunks. */
+        while (n_win < (int)credit && n_win < MAX_WINDOW && file_i <= n_files) {
+            int awaiting_resend = 0;
+            for (int i = 0; i < n_win; i++)
+                awaiting_resend |= !win[i].req_id;
+            if (awaiting_resend) break;
+            if (!ch) {
+                if (file_i == n_files) {
+                    file_i++;
+                    break;
+                }
+                file_name = srcs[file_i].name;
+                f = srcs[file_i].f                 ? srcs[file_i].f
+                    : strcmp(file_name, "-") ? fopen(file_name, "rb")
+                                             : stdin;
+                if (!f) {
+                    ingest_partial(st);
+                    result = report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", file_name,
+                                    strerror(errno));
+                    goto done;
+                }
+                if (recall_chunker_create(f, chunk_bytes, &ch)) {
+                    result = report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
+                    goto done;
+                }
+            }
+            char *text;
+            size_t len, off;
+            rc = recall_chunker_next(ch, &text, &len, &off);
+            if (rc) {
+                ingest_partial(st);
+                result = report(EXIT_USAGE, rc, "cannot read %s", file_name);
+                goto done;
+            }
+            if (!text) { /* end of this file */
+                recall_chunker_destroy(&ch);
+                if (f != stdin && f != srcs[file_i].f) fclose(f);
+                f = NULL;
+                file_i++;
+                continue;
+            }
+            size_t bad;
+            if (!recall_utf8_valid(text, len, &bad)) {
+                free(text);
+                ingest_partial(st);
+                result = report(EXIT_USAGE, RC_ERR_INVALID,
+                                "%s: not UTF-8 text (bad byte at offset %zu); nothing after it "
+                                "was sent",
+                                file_name, off + bad);
+                goto done;
+            }
+            win[n_win++] = (chunk){.seq = next_seq++, .text = text, .len = len};
+            chunk *k = &win[n_win - 1];
+            Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
+            ir.session = (char *)session;
+            ir.seq = k->seq;
+            ir.text = k->text;
+            req = new_request();
+            req.body_case = RECALL__REQUEST__BODY_INGEST;
+            req.ingest = &ir;
+            rc = recall_client_send(c, &req, &k->req_id);
+            k->sends = 1;
+            if (rc) {
+                ingest_partial(st);
+                result = client_error(c, rc);
+                goto done;
+            }
+        }
+        if (n_win == 0) break; /* all sent and acknowledged */
+        if (stop && *stop) {
+            progress_clear(&pg);
+            ingest_partial(st);
+            result = report(EXIT_REMOTE, RC_ERR_SHUTDOWN, "ingest stopped by a signal");
+            goto done;
+        }
+
+        /* Resend refused chunks once nothing is awaited. */
+        int awaited = 0;
+        for (int i = 0; i < n_win; i++)
+            awaited += win[i].req_id != 0;
+        if (!awaited) {
+            if (++busy_retries > 200) {
+                ingest_partial(st);
+                result = report(EXIT_REMOTE, RC_ERR_BUSY, "daemon stayed busy; giving up");
+                goto done;
+            }
+            usleep((useconds_t)(busy_retries < 10 ? 20000 * busy_retries : 200000));
+            for (int i = 0; i < n_win && i < (int)credit; i++) {
+                Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
+                ir.session = (char *)session;
+                ir.seq = win[i].seq;
+                ir.text = win[i].text;
+                req = new_request();
+                req.body_case = RECALL__REQUEST__BODY_INGEST;
+                req.ingest = &ir;
+                rc = recall_client_send(c, &req, &win[i].req_id);
+                win[i].sends++;
+                if (rc) {
+                    ingest_partial(st);
+                    result = client_error(c, rc);
+                    goto done;
+                }
+            }
+            continue;
+        }
+
+        uint64_t ids[MAX_WINDOW];
+        int n_ids = 0;
+        for (int i = 0; i < n_win; i++)
+            if (win[i].req_id) ids[n_ids++] = win[i].req_id;
+        rc = recall_client_recv(c, ids, n_ids, &r);
+        if (rc) {
+            progress_clear(&pg);
+            ingest_partial(st);
+            result = client_error(c, rc);
+            goto done;
+        }
+        int wi = 0;
+        while (win[wi].req_id != r->id)
+            wi++;
+        int code = r->status ? r->status->code : 0;
+        if (code == RC_ERR_BUSY || (code == RC_ERR_SEQUENCE && win[wi].seq > win[0].seq)) {
+            /* Not taken: resend later. A gap error behind a refused chunk is the daemon
+             * seeing our pipeline out of order, not a real conflict. */
+            win[wi].req_id = 0;
+            if (code == RC_ERR_BUSY && credit > 1) credit = (uint32_t)(n_win > 1 ? n_win - 1 : 1);
+            recall__response__free_unpacked(r, NULL);
+            continue;
+        }
+        if (code) {
+            progress_clear(&pg);
+            ingest_partial(st);
+            result = report(EXIT_REMOTE, code, "%s (chunk %llu of %s)",
+                            str_or(r->status->message, rc_strerror((rc_t)code)),
+                            (unsigned long long)win[wi].seq, session);
+            recall__response__free_unpacked(r, NULL);
+            goto done;
+        }
+        if (r->more) { /* progress inside a large chunk */
+            if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && r->progress->total > 0)
+                progress_draw(&pg, "ingest",
+                              st->bytes_acked +
+                                  (double)win[wi].len * r->progress->done / r->progress->total,
+                              total, (double)st->tokens_added, 0);
+            recall__response__free_unpacked(r, NULL);
+            continue;
+        }
+        if (r->body_case != RECALL__RESPONSE__BODY_INGEST) {
+            recall__response__free_unpacked(r, NULL);
+            ingest_partial(st);
+            result = report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to an ingest chunk");
+            goto done;
+        }
+        Recall__IngestResponse *ack = r->ingest;
+        if (ack->duplicate && win[wi].sends == 1) {
+            /* We sent this seq once and it was already taken: someone else is writing to
+             * this session, and our chunk was not ingested. Stop rather than lose text. */
+            recall__response__free_unpacked(r, NULL);
+            ingest_partial(st);
+            result = report(EXIT_REMOTE, RC_ERR_SEQUENCE,
+                            "chunk %llu of session '%s' was already written by another client; "
+                            "stopping (ingest into one session from one client at a time)",
+                            (unsigned long long)win[wi].seq, session);
+            goto done;
+        }
+        if (ack->seq > st->acked_seq) {
+            st->acked_seq = ack->seq;
+            st->tokens = ack->tokens;
+            st->windows = ack->windows;
+        }
+        if (!ack->duplicate) st->tokens_added += ack->tokens_added;
+        st->chunks_acked++;
+        st->bytes_acked += (double)win[wi].len;
+        if (ack->credit > 0) credit = ack->credit > MAX_WINDOW ? MAX_WINDOW : ack->credit;
+        busy_retries = 0;
+        recall__response__free_unpacked(r, NULL);
+        free(win[wi].text);
+        memmove(&win[wi], &win[wi + 1], (size_t)(n_win - wi - 1) * sizeof win[0]);
+        n_win--;
+        progress_draw(&pg, "ingest", st->bytes_acked, total, (double)st->tokens_added, 0);
+    }
+    progress_draw(&pg, "ingest", st->bytes_acked, total, (double)st->tokens_added, 1);
+    progress_clear(&pg);
+    result = -1;
+done:
+    for (int i = 0; i < n_win; i++)
+        free(win[i].text);
+    recall_chunker_destroy(&ch);
+    if (f && f != stdin && (file_i >= n_srcs || f != srcs[file_i].f)) fclose(f);
+    return result;
+}
+
 static int cmd_ingest(recall_client *c, const args *a)
 {
     if (a->n_pos < 2)
@@ -1053,199 +1311,14 @@ static int cmd_ingest(recall_client *c, const args *a)
     }
     recall__response__free_unpacked(r, NULL);
 
-    /* Pipelining: at most `credit` chunks unacknowledged. The daemon says how many it
-     * accepts in every ack; until the first one, send one at a time. A chunk refused as
-     * BUSY (or refused for a gap behind a refused one) is resent, in order, once nothing is
-     * in flight; an acknowledged chunk is never sent again. */
-    enum { MAX_WINDOW = 256 };
-    chunk win[MAX_WINDOW];
-    int n_win = 0;
-    uint32_t credit = 1;
-    uint64_t next_seq = st.acked_seq + 1;
-    int file_i = 0, busy_retries = 0, result = -1;
-    FILE *f = NULL;
-    recall_chunker *ch = NULL;
-    progress pg;
-    progress_init(&pg);
+    ingest_src *srcs = calloc((size_t)n_files, sizeof *srcs);
+    if (!srcs) return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n_files; i++)
+        srcs[i].name = files[i];
     double t0 = now_s();
-    const char *file_name = NULL;
-
-    for (;;) {
-        /* Fill the window with new chunks. */
-        while (n_win < (int)credit && n_win < MAX_WINDOW && file_i <= n_files) {
-            int awaiting_resend = 0;
-            for (int i = 0; i < n_win; i++)
-                awaiting_resend |= !win[i].req_id;
-            if (awaiting_resend) break;
-            if (!ch) {
-                if (file_i == n_files) {
-                    file_i++;
-                    break;
-                }
-                file_name = files[file_i];
-                f = strcmp(file_name, "-") ? fopen(file_name, "rb") : stdin;
-                if (!f) {
-                    ingest_partial(&st);
-                    result = report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", file_name,
-                                    strerror(errno));
-                    goto done;
-                }
-                if (recall_chunker_create(f, chunk_bytes, &ch)) {
-                    result = report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
-                    goto done;
-                }
-            }
-            char *text;
-            size_t len, off;
-            rc = recall_chunker_next(ch, &text, &len, &off);
-            if (rc) {
-                ingest_partial(&st);
-                result = report(EXIT_USAGE, rc, "cannot read %s", file_name);
-                goto done;
-            }
-            if (!text) { /* end of this file */
-                recall_chunker_destroy(&ch);
-                if (f != stdin) fclose(f);
-                f = NULL;
-                file_i++;
-                continue;
-            }
-            size_t bad;
-            if (!recall_utf8_valid(text, len, &bad)) {
-                free(text);
-                ingest_partial(&st);
-                result = report(EXIT_USAGE, RC_ERR_INVALID,
-                                "%s: not UTF-8 text (bad byte at offset %zu); nothing after it "
-                                "was sent",
-                                file_name, off + bad);
-                goto done;
-            }
-            win[n_win++] = (chunk){.seq = next_seq++, .text = text, .len = len};
-            chunk *k = &win[n_win - 1];
-            Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
-            ir.session = (char *)session;
-            ir.seq = k->seq;
-            ir.text = k->text;
-            req = new_request();
-            req.body_case = RECALL__REQUEST__BODY_INGEST;
-            req.ingest = &ir;
-            rc = recall_client_send(c, &req, &k->req_id);
-            k->sends = 1;
-            if (rc) {
-                ingest_partial(&st);
-                result = client_error(c, rc);
-                goto done;
-            }
-        }
-        if (n_win == 0) break; /* all sent and acknowledged */
-
-        /* Resend refused chunks once nothing is awaited. */
-        int awaited = 0;
-        for (int i = 0; i < n_win; i++)
-            awaited += win[i].req_id != 0;
-        if (!awaited) {
-            if (++busy_retries > 200) {
-                ingest_partial(&st);
-                result = report(EXIT_REMOTE, RC_ERR_BUSY, "daemon stayed busy; giving up");
-                goto done;
-            }
-            usleep((useconds_t)(busy_retries < 10 ? 20000 * busy_retries : 200000));
-            for (int i = 0; i < n_win && i < (int)credit; i++) {
-                Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
-                ir.session = (char *)session;
-                ir.seq = win[i].seq;
-                ir.text = win[i].text;
-                req = new_request();
-                req.body_case = RECALL__REQUEST__BODY_INGEST;
-                req.ingest = &ir;
-                rc = recall_client_send(c, &req, &win[i].req_id);
-                win[i].sends++;
-                if (rc) {
-                    ingest_partial(&st);
-                    result = client_error(c, rc);
-                    goto done;
-                }
-            }
-            continue;
-        }
-
-        uint64_t ids[MAX_WINDOW];
-        int n_ids = 0;
-        for (int i = 0; i < n_win; i++)
-            if (win[i].req_id) ids[n_ids++] = win[i].req_id;
-        rc = recall_client_recv(c, ids, n_ids, &r);
-        if (rc) {
-            progress_clear(&pg);
-            ingest_partial(&st);
-            result = client_error(c, rc);
-            goto done;
-        }
-        int wi = 0;
-        while (win[wi].req_id != r->id)
-            wi++;
-        int code = r->status ? r->status->code : 0;
-        if (code == RC_ERR_BUSY || (code == RC_ERR_SEQUENCE && win[wi].seq > win[0].seq)) {
-            /* Not taken: resend later. A gap error behind a refused chunk is the daemon
-             * seeing our pipeline out of order, not a real conflict. */
-            win[wi].req_id = 0;
-            if (code == RC_ERR_BUSY && credit > 1) credit = (uint32_t)(n_win > 1 ? n_win - 1 : 1);
-            recall__response__free_unpacked(r, NULL);
-            continue;
-        }
-        if (code) {
-            progress_clear(&pg);
-            ingest_partial(&st);
-            result = report(EXIT_REMOTE, code, "%s (chunk %llu of %s)",
-                            str_or(r->status->message, rc_strerror((rc_t)code)),
-                            (unsigned long long)win[wi].seq, session);
-            recall__response__free_unpacked(r, NULL);
-            goto done;
-        }
-        if (r->more) { /* progress inside a large chunk */
-            if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && r->progress->total > 0)
-                progress_draw(&pg, "ingest",
-                              st.bytes_acked +
-                                  (double)win[wi].len * r->progress->done / r->progress->total,
-                              total, (double)st.tokens_added, 0);
-            recall__response__free_unpacked(r, NULL);
-            continue;
-        }
-        if (r->body_case != RECALL__RESPONSE__BODY_INGEST) {
-            recall__response__free_unpacked(r, NULL);
-            ingest_partial(&st);
-            result = report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to an ingest chunk");
-            goto done;
-        }
-        Recall__IngestResponse *ack = r->ingest;
-        if (ack->duplicate && win[wi].sends == 1) {
-            /* We sent this seq once and it was already taken: someone else is writing to
-             * this session, and our chunk was not ingested. Stop rather than lose text. */
-            recall__response__free_unpacked(r, NULL);
-            ingest_partial(&st);
-            result = report(EXIT_REMOTE, RC_ERR_SEQUENCE,
-                            "chunk %llu of session '%s' was already written by another client; "
-                            "stopping (ingest into one session from one client at a time)",
-                            (unsigned long long)win[wi].seq, session);
-            goto done;
-        }
-        if (ack->seq > st.acked_seq) {
-            st.acked_seq = ack->seq;
-            st.tokens = ack->tokens;
-            st.windows = ack->windows;
-        }
-        if (!ack->duplicate) st.tokens_added += ack->tokens_added;
-        st.chunks_acked++;
-        st.bytes_acked += (double)win[wi].len;
-        if (ack->credit > 0) credit = ack->credit > MAX_WINDOW ? MAX_WINDOW : ack->credit;
-        busy_retries = 0;
-        recall__response__free_unpacked(r, NULL);
-        free(win[wi].text);
-        memmove(&win[wi], &win[wi + 1], (size_t)(n_win - wi - 1) * sizeof win[0]);
-        n_win--;
-        progress_draw(&pg, "ingest", st.bytes_acked, total, (double)st.tokens_added, 0);
-    }
-    progress_draw(&pg, "ingest", st.bytes_acked, total, (double)st.tokens_added, 1);
-    progress_clear(&pg);
+    int result = ingest_stream(c, srcs, n_files, total, (size_t)chunk_bytes, &st, NULL);
+    free(srcs);
+    if (result >= 0) return result;
 
     double secs = now_s() - t0;
     double rate = secs > 0 ? st.tokens_added / secs : 0;
@@ -1271,13 +1344,7 @@ static int cmd_ingest(recall_client *c, const args *a)
                 (unsigned long long)st.tokens_added, b, (unsigned long long)st.chunks_acked,
                 session, secs, rate, (unsigned long long)st.tokens, (unsigned long long)st.windows);
     }
-    result = EXIT_OK;
-done:
-    for (int i = 0; i < n_win; i++)
-        free(win[i].text);
-    recall_chunker_destroy(&ch);
-    if (f && f != stdin) fclose(f);
-    return result;
+    return EXIT_OK;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1865,6 +1932,315 @@ static int cmd_passkey(recall_client *c, const args *a)
 }
 
 /* ---------------------------------------------------------------------------------------
+ * bench */
+
+static volatile sig_atomic_t g_bench_stop;
+
+static void bench_on_signal(int sig)
+{
+    (void)sig;
+    g_bench_stop = 1;
+}
+
+typedef struct bench_ask {
+    double t_first; /* now_s() at the first streamed token; 0 before */
+    uint32_t generated, prompt_tokens;
+    float prefill_ms, decode_ms;
+    int got_final;
+} bench_ask;
+
+static rc_t bench_ask_cb(const Recall__Response *r, void *arg)
+{
+    bench_ask *b = arg;
+    if (g_bench_stop) return RC_ERR_SHUTDOWN;
+    if (r->body_case != RECALL__RESPONSE__BODY_ASK) return RC_OK; /* prefill progress */
+    const Recall__AskResponse *a = r->ask;
+    if (!a->done) {
+        if (!b->t_first) b->t_first = now_s();
+        return RC_OK;
+    }
+    b->generated = a->generated;
+    b->prompt_tokens = a->prompt_tokens;
+    b->prefill_ms = a->prefill_ms;
+    b->decode_ms = a->decode_ms;
+    b->got_final = 1;
+    return RC_OK;
+}
+
+static rc_t bench_drop(recall_client *c, const char *name)
+{
+    Recall__Request req = new_request();
+    Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
+    dr.session = (char *)name;
+    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
+    req.drop_session = &dr;
+    Recall__Response *r;
+    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (!rc) recall__response__free_unpacked(r, NULL);
+    return rc;
+}
+
+/* A failed step: the daemon's message (exit 1), the transport's (exit 3), or a signal. */
+static int bench_failed(recall_client *c, rc_t rc, const char *what)
+{
+    if (rc == RC_ERR_SHUTDOWN && g_bench_stop)
+        return report(EXIT_REMOTE, rc, "%s: stopped by a signal", what);
+    if (rc == RC_ERR_NOMEM) return report(EXIT_REMOTE, rc, "%s: out of memory", what);
+    const char *m = recall_client_error(c);
+    return report(recall_client_error_remote(c) ? EXIT_REMOTE : EXIT_CONNECT, rc, "%s: %s", what,
+                  m[0] ? m : rc_strerror(rc));
+}
+
+#define BENCH_SAMPLE_BYTES 16384
+#define BENCH_TEXT_SEED 1
+
+static int cmd_bench(recall_client *c, const args *a)
+{
+    /* Everything the user typed is checked before the daemon is asked anything. */
+    if (a->n_pos) return usage_error(CMD_BENCH, "bench takes no arguments, only options");
+    uint64_t target = 64 * 1024, max_tokens = 32, chunk_bytes = DEFAULT_CHUNK_BYTES;
+    char err[1024];
+    if (a->vals[O_TOKENS]) {
+        int n;
+        if (strchr(a->vals[O_TOKENS], ','))
+            return usage_error(CMD_BENCH, "--tokens takes one length, not a list ('%s')",
+                               a->vals[O_TOKENS]);
+        if (passkey_parse_lengths(a->vals[O_TOKENS], &target, 1, &n, err, sizeof err))
+            return usage_error(CMD_BENCH, "%s", err);
+    }
+    if (a->vals[O_MAX_TOKENS] &&
+        !parse_u64("max-tokens", a->vals[O_MAX_TOKENS], 1, 1 << 20, &max_tokens, a->cmd, 0))
+        return EXIT_USAGE;
+    if (a->vals[O_CHUNK_BYTES] &&
+        !parse_u64("chunk-bytes", a->vals[O_CHUNK_BYTES], 16, 256u << 20, &chunk_bytes, a->cmd, 1))
+        return EXIT_USAGE;
+    Recall__SessionOptions so = RECALL__SESSION_OPTIONS__INIT;
+    int any_opt;
+    if (!parse_session_opts(a, &so, &any_opt)) return EXIT_USAGE;
+    int keep = a->vals[O_KEEP] != NULL;
+
+    /* Health first: it says the daemon is there (before anything is created) and names
+     * the model and device for the report. */
+    Recall__Request req = new_request();
+    Recall__HealthRequest hr = RECALL__HEALTH_REQUEST__INIT;
+    req.body_case = RECALL__REQUEST__BODY_HEALTH;
+    req.health = &hr;
+    Recall__Response *r;
+    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (rc) return client_error(c, rc);
+    char model[256] = "", device[256] = "";
+    if (r->body_case == RECALL__RESPONSE__BODY_HEALTH) {
+        snprintf(model, sizeof model, "%s", str_or(r->health->model, ""));
+        snprintf(device, sizeof device, "%s", str_or(r->health->device, ""));
+    }
+    recall__response__free_unpacked(r, NULL);
+
+    /* The text's size in bytes: the filler's bytes per token, measured on a sample with
+     * the daemon's tokenizer (the text is uniform, so the ratio carries over). A daemon
+     * without Tokenize gets 4 bytes per token; the daemon's count is reported either way. */
+    char *text = NULL, *sample = NULL;
+    double bytes_per_token = 4.0;
+    if (bench_text(BENCH_SAMPLE_BYTES, BENCH_TEXT_SEED, &sample))
+        return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
+    size_t n_sample = 0;
+    rc = passkey_tokenize_rpc(c, sample, BENCH_SAMPLE_BYTES, 0, 1, NULL, &n_sample, err,
+                              sizeof err);
+    free(sample);
+    if (rc == RC_ERR_IO || rc == RC_ERR_NOMEM) return bench_failed(c, rc, "cannot tokenize");
+    if (!rc && n_sample > 0)
+        bytes_per_token = (double)BENCH_SAMPLE_BYTES / (double)n_sample;
+    else if (!g_quiet)
+        fprintf(stderr, "recall: the daemon does not tokenize (%s); assuming 4 bytes a token\n",
+                err);
+    size_t n_bytes = (size_t)((double)target * bytes_per_token + 0.5);
+    if (n_bytes < 1) n_bytes = 1;
+    if (bench_text(n_bytes, BENCH_TEXT_SEED, &text))
+        return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory for %zu bytes of text", n_bytes);
+
+    char session[96];
+    snprintf(session, sizeof session, "bench-%ld-%lld", (long)getpid(), (long long)time(NULL));
+    int result = -1, created = 0;
+    FILE *mem = NULL;
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = bench_on_signal; /* no SA_RESTART: a signal ends the step in progress */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+
+    req = new_request();
+    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
+    cs.session = session;
+    cs.options = &so;
+    cs.if_not_exists = 0; /* a session of that name is someone else's */
+    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
+    req.create_session = &cs;
+    rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (rc) {
+        result = bench_failed(c, rc, "cannot create the bench session");
+        goto out;
+    }
+    created = 1;
+    ingest_state st = {.session = session};
+    if (r->body_case == RECALL__RESPONSE__BODY_CREATE_SESSION && r->create_session->info) {
+        st.acked_seq = r->create_session->info->last_seq;
+        st.tokens = st.tokens_before = r->create_session->info->tokens;
+        st.windows = r->create_session->info->windows;
+    }
+    recall__response__free_unpacked(r, NULL);
+    if (g_bench_stop) {
+        result = bench_failed(c, RC_ERR_SHUTDOWN, "bench");
+        goto out;
+    }
+
+    /* The ingest, through recall ingest's own loop; the text is a stream in memory. */
+    mem = fmemopen(text, n_bytes, "rb");
+    if (!mem) {
+        result = report(EXIT_REMOTE, RC_ERR_NOMEM, "cannot open the text as a stream: %s",
+                        strerror(errno));
+        goto out;
+    }
+    ingest_src src = {.name = "the bench text", .f = mem};
+    double t0 = now_s();
+    result = ingest_stream(c, &src, 1, (double)n_bytes, (size_t)chunk_bytes, &st, &g_bench_stop);
+    double ingest_s = now_s() - t0;
+    if (result >= 0) goto out;
+
+    /* The question, greedy, G tokens whatever the model says. */
+    Recall__AskRequest ar = RECALL__ASK_REQUEST__INIT;
+    ar.session = session;
+    ar.question = (char *)BENCH_QUESTION;
+    ar.max_tokens = (uint32_t)max_tokens;
+    ar.temperature = 0;
+    ar.ignore_eos = 1;
+    req = new_request();
+    req.body_case = RECALL__REQUEST__BODY_ASK;
+    req.ask = &ar;
+    bench_ask ba = {0};
+    double t_ask = now_s();
+    rc = recall_client_stream(c, &req, bench_ask_cb, &ba);
+    if (rc) {
+        result = bench_failed(c, rc, "the question failed");
+        goto out;
+    }
+    if (!ba.got_final) {
+        result = report(EXIT_REMOTE, RC_ERR_FORMAT, "the answer ended without its summary");
+        goto out;
+    }
+
+    Recall__SessionInfoRequest ir = RECALL__SESSION_INFO_REQUEST__INIT;
+    ir.session = session;
+    req = new_request();
+    req.body_case = RECALL__REQUEST__BODY_SESSION_INFO;
+    req.session_info = &ir;
+    rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (rc) {
+        result = bench_failed(c, rc, "cannot read the session's info");
+        goto out;
+    }
+    if (r->body_case != RECALL__RESPONSE__BODY_SESSION_INFO || !r->session_info->info) {
+        recall__response__free_unpacked(r, NULL);
+        result = report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to SessionInfo");
+        goto out;
+    }
+    const Recall__SessionInfo *info = r->session_info->info;
+
+    /* Drop before printing, so that a failed drop is the one thing reported. */
+    if (!keep) {
+        created = 0;
+        rc = bench_drop(c, session);
+        if (rc) {
+            recall__response__free_unpacked(r, NULL);
+            result = bench_failed(c, rc, "cannot drop the bench session");
+            goto out;
+        }
+    }
+    double tps = ingest_s > 0 ? (double)st.tokens_added / ingest_s : 0;
+    double ttft_ms = ba.t_first ? (ba.t_first - t_ask) * 1000 : NAN;
+    double ms_per_tok = ba.generated ? ba.decode_ms / ba.generated : NAN;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "session", session);
+        cJSON_AddBoolToObject(o, "kept", keep);
+        cJSON_AddStringToObject(o, "model", model);
+        cJSON_AddStringToObject(o, "device", device);
+        cJSON_AddNumberToObject(o, "target_tokens", (double)target);
+        cJSON_AddNumberToObject(o, "tokens", (double)st.tokens_added);
+        cJSON_AddNumberToObject(o, "bytes", (double)n_bytes);
+        cJSON_AddNumberToObject(o, "chunks", (double)st.chunks_acked);
+        cJSON_AddNumberToObject(o, "windows", (double)info->windows);
+        cJSON_AddNumberToObject(o, "ingest_s", ingest_s);
+        cJSON_AddNumberToObject(o, "tokens_per_s", tps);
+        if (isfinite(ttft_ms))
+            cJSON_AddNumberToObject(o, "ttft_ms", ttft_ms);
+        else
+            cJSON_AddNullToObject(o, "ttft_ms");
+        cJSON_AddNumberToObject(o, "prompt_tokens", ba.prompt_tokens);
+        cJSON_AddNumberToObject(o, "prefill_ms", ba.prefill_ms);
+        cJSON_AddNumberToObject(o, "generated", ba.generated);
+        cJSON_AddNumberToObject(o, "decode_ms", ba.decode_ms);
+        if (isfinite(ms_per_tok))
+            cJSON_AddNumberToObject(o, "decode_ms_per_token", ms_per_tok);
+        else
+            cJSON_AddNullToObject(o, "decode_ms_per_token");
+        cJSON_AddNumberToObject(o, "memory_tokens", (double)info->memory_tokens);
+        cJSON_AddNumberToObject(o, "memory_bytes_host", (double)info->memory_bytes_host);
+        cJSON_AddNumberToObject(o, "memory_bytes_device", (double)info->memory_bytes_device);
+        cJSON_AddNumberToObject(o, "memory_bytes_disk", (double)info->memory_bytes_disk);
+        cJSON_AddItemToObject(o, "options", options_json(info->options));
+        json_print(o);
+    } else {
+        char b[32], bh[32], bd[32], bk[32];
+        human_bytes(b, sizeof b, (double)n_bytes);
+        human_bytes(bh, sizeof bh, (double)info->memory_bytes_host);
+        human_bytes(bd, sizeof bd, (double)info->memory_bytes_device);
+        human_bytes(bk, sizeof bk, (double)info->memory_bytes_disk);
+        const Recall__SessionOptions *o = info->options;
+        printf("session        %s (%s)\n", session, keep ? "kept" : "dropped");
+        printf("model          %s\n", str_or(model, "?"));
+        printf("device         %s\n", str_or(device, "?"));
+        printf("options        window %u, %s, memory %s", o ? o->window : 0,
+               o ? str_or(o->positional, "-") : "-", o ? str_or(o->memory, "-") : "-");
+        if (o && o->memory && !strcmp(o->memory, "knn")) printf(" (k %u)", o->k);
+        printf("\ntokens         %llu (%s, %llu chunks, %llu windows)\n",
+               (unsigned long long)st.tokens_added, b, (unsigned long long)st.chunks_acked,
+               (unsigned long long)info->windows);
+        printf("ingest         %.2f s, %.0f tokens/s (every chunk on disk)\n", ingest_s, tps);
+        if (isfinite(ttft_ms))
+            printf("first token    %.1f ms (client, from sending the question)\n", ttft_ms);
+        else
+            printf("first token    - (no token generated)\n");
+        printf("prefill        %.1f ms (daemon, %u question tokens)\n", ba.prefill_ms,
+               ba.prompt_tokens);
+        if (isfinite(ms_per_tok))
+            printf("decode         %.2f ms/token (daemon, %u tokens in %.1f ms)\n", ms_per_tok,
+                   ba.generated, ba.decode_ms);
+        else
+            printf("decode         - (no token generated)\n");
+        printf("memory         host %s, device %s, disk %s (%llu tokens)\n", bh, bd, bk,
+               (unsigned long long)info->memory_tokens);
+        fflush(stdout);
+    }
+    recall__response__free_unpacked(r, NULL);
+    result = EXIT_OK;
+out:
+    if (mem) fclose(mem);
+    free(text);
+    if (created && !keep) {
+        /* The step that failed was reported already; a drop that fails too only adds a
+         * line for the person, so that they can drop the session by hand. */
+        rc = bench_drop(c, session);
+        if (rc)
+            fprintf(stderr, "recall: could not drop session '%s' (%s); drop it with 'recall drop %s'\n",
+                    session, recall_client_error(c), session);
+    } else if (created && keep && result != EXIT_OK && !g_quiet) {
+        fprintf(stderr, "recall: session '%s' kept (--keep)\n", session);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------
  * main */
 
 int main(int argc, char **argv)
@@ -1895,9 +2271,6 @@ int main(int argc, char **argv)
         print_overall_help(stderr);
         return usage_error(CMD_NONE, "no command given");
     }
-    if (a.cmd == CMD_BENCH)
-        return report(EXIT_USAGE, RC_ERR_UNSUPPORTED,
-                      "'%s' is not yet available in this version of recall", cmds[a.cmd].name);
 
     const char *endpoint = a.vals[O_CONNECT];
     if (!endpoint) endpoint = getenv("RECALL_CONNECT");
@@ -1948,6 +2321,9 @@ int main(int argc, char **argv)
         break;
     case CMD_PASSKEY:
         e = cmd_passkey(c, &a);
+        break;
+    case CMD_BENCH:
+        e = cmd_bench(c, &a);
         break;
     default:
         e = EXIT_USAGE;

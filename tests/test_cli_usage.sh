@@ -51,7 +51,7 @@ run ask_help 0 --out '--temperature' -- ask -h
 run ppl_help_after_global 0 --out '--text' -- --json ppl --help
 run help_unknown 2 --err "no command 'frob'" -- help frob
 run passkey_bad_tokens 2 --err "'12q' is not a length" -- passkey --tokens 12q
-run bench_stub 2 --err 'not yet available' -- bench
+run bench_bad_tokens 2 --err 'outside 1 .. 64M' -- bench --tokens 0
 
 # Usage errors: exit 2, say what is wrong.
 run no_command 2 --err 'no command' --
