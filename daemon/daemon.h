@@ -70,6 +70,7 @@ typedef struct session {
     int64_t created_unix;
     uint64_t mem_tokens;
     uint64_t mem_bytes_host;
+    uint64_t mem_bytes_device; /* the backend's hot tier (GPU); 0 on the CPU */
     uint64_t disk_bytes;
     uint64_t record_bytes; /* the session record's share of disk_bytes */
     unsigned queued_ingest; /* Ingest jobs queued or running */
@@ -135,7 +136,7 @@ Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
 /* Fills a SessionOptions from resolved stream options (strings are static). */
 void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out);
 /* Under mu. Fills info (strings point into sess / static storage). */
-void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *info,
+void session_info_fill(const session_t *s, Recall__SessionInfo *info,
                        Recall__SessionOptions *opts);
 /* Under mu. */
 session_t *session_find(daemon_t *d, const char *name);

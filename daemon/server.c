@@ -143,7 +143,7 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
     }
     rc_t rc;
     if (old && q->if_not_exists) {
-        session_info_fill(d, old, &info, &opts);
+        session_info_fill(old, &info, &opts);
         cr.info = &info;
         cr.created = 0;
         resp.body_case = RECALL__RESPONSE__BODY_CREATE_SESSION;
@@ -189,7 +189,7 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
         goto out;
     }
     s->disk_bytes = s->record_bytes = rec_len;
-    session_info_fill(d, s, &info, &opts);
+    session_info_fill(s, &info, &opts);
     cr.info = &info;
     cr.created = 1;
     resp.body_case = RECALL__RESPONSE__BODY_CREATE_SESSION;
@@ -225,7 +225,7 @@ static void do_info(daemon_t *d, void *router, const route_t *route, uint64_t id
     Recall__SessionInfoResponse ir = RECALL__SESSION_INFO_RESPONSE__INIT;
     Recall__SessionInfo info;
     Recall__SessionOptions opts;
-    session_info_fill(d, s, &info, &opts);
+    session_info_fill(s, &info, &opts);
     ir.info = &info;
     resp.body_case = RECALL__RESPONSE__BODY_SESSION_INFO;
     resp.session_info = &ir;
@@ -255,7 +255,7 @@ static void do_list(daemon_t *d, void *router, const route_t *route, uint64_t id
         send_reply(d, router, route, id, &r, &resp);
     } else {
         for (size_t i = 0; i < n; i++) {
-            session_info_fill(d, d->sessions[i], &infos[i], &opts[i]);
+            session_info_fill(d->sessions[i], &infos[i], &opts[i]);
             ptrs[i] = &infos[i];
         }
         qsort(ptrs, n, sizeof *ptrs, cmp_info);
@@ -324,8 +324,8 @@ static void do_stats(daemon_t *d, void *router, const route_t *route, uint64_t i
         sr.memory_tokens += d->sessions[i]->mem_tokens;
         sr.memory_bytes_host += d->sessions[i]->mem_bytes_host;
         sr.memory_bytes_disk += d->sessions[i]->disk_bytes;
+        sr.memory_bytes_device += d->sessions[i]->mem_bytes_device;
     }
-    if (daemon_memory_on_device(d)) sr.memory_bytes_device = sr.memory_bytes_host;
     pthread_mutex_unlock(&d->mu);
     sr.device = (char *)model_backend_describe(d->backend);
     sr.model = (char *)model_describe(d->model);

@@ -201,7 +201,7 @@ void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *
     out->mem_dtype = (char *)dtype_name(o->mem_dtype);
 }
 
-void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *info,
+void session_info_fill(const session_t *s, Recall__SessionInfo *info,
                        Recall__SessionOptions *opts)
 {
     recall__session_info__init(info);
@@ -212,8 +212,9 @@ void session_info_fill(daemon_t *d, const session_t *s, Recall__SessionInfo *inf
     info->windows = s->windows;
     info->pending_tokens = s->n_tokens - s->windows * (uint64_t)s->window;
     info->memory_tokens = s->mem_tokens;
-    /* The host store is the durable copy; a GPU backend mirrors all of it on the device. */
-    info->memory_bytes_device = daemon_memory_on_device(d) ? s->mem_bytes_host : 0;
+    /* The host store is the durable copy; a GPU backend holds all of it on the device, or
+     * under a gpu memory budget its newest part (as of the session's last chunk). */
+    info->memory_bytes_device = s->mem_bytes_device;
     info->memory_bytes_host = s->mem_bytes_host;
     info->memory_bytes_disk = s->disk_bytes;
     info->last_seq = s->last_seq;
@@ -300,7 +301,7 @@ rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uin
     Recall__SessionRecord r = RECALL__SESSION_RECORD__INIT;
     Recall__SessionInfo info;
     Recall__SessionOptions opts;
-    session_info_fill(d, s, &info, &opts);
+    session_info_fill(s, &info, &opts);
     info.tokens = n_tokens;
     info.windows = windows;
     info.pending_tokens = n_tokens - windows * (uint64_t)s->window;
@@ -472,6 +473,7 @@ static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size
     }
     s->mem_tokens = memory_store_len(mem);
     s->mem_bytes_host = memory_store_bytes(mem);
+    s->mem_bytes_device = model_stream_device_bytes(s->stream);
     if (o.memory_knn) session_index_restore(d, s);
     memory_db_session_bytes(d->db, rec->name, &s->disk_bytes);
     s->record_bytes = rec->len;

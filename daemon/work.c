@@ -194,6 +194,7 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
     s->next_chunk = new_next;
     s->mem_tokens = memory_store_len(mem);
     s->mem_bytes_host = memory_store_bytes(mem);
+    s->mem_bytes_device = model_stream_device_bytes(s->stream);
     /* The record is rewritten, not added: its varint counters may change its size. */
     s->disk_bytes = s->disk_bytes - s->record_bytes + disk_add + rec_len;
     s->record_bytes = rec_len;

@@ -73,6 +73,10 @@ typedef struct backend_ops {
     rc_t (*index_save)(backend_stream_t *bs, int layer, void **buf, size_t *len, size_t *rows);
     rc_t (*index_load)(backend_stream_t *bs, int layer, const void *buf, size_t len,
                        size_t rows);
+
+    /* Optional (NULL: 0). Bytes of memory rows (keys and values, all memory layers) the
+     * device holds for this stream now: the GPU hot tier. */
+    size_t (*device_bytes)(backend_stream_t *bs);
 } backend_ops_t;
 
 extern const backend_ops_t backend_cpu_ops;

@@ -1462,6 +1462,11 @@ static rc_t gpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *l
     return memory_knn_save(s->knn, layer, buf, len);
 }
 
+static size_t gpu_device_bytes(backend_stream_t *s)
+{
+    return s->mirror_rows * s->row_bytes * 2 * (size_t)s->c->n_mem_layers;
+}
+
 static rc_t gpu_index_load(backend_stream_t *s, int layer, const void *buf, size_t len,
                            size_t rows)
 {
@@ -1485,6 +1490,7 @@ const backend_ops_t backend_cuda_ops = {
     .memory_truncated = gpu_memory_truncated,
     .index_save = gpu_index_save,
     .index_load = gpu_index_load,
+    .device_bytes = gpu_device_bytes,
 };
 
 #else

@@ -189,6 +189,11 @@ int model_stream_window(const model_stream_t *s)
     return s->o.window;
 }
 
+size_t model_stream_device_bytes(const model_stream_t *s)
+{
+    return s->b->ops->device_bytes ? s->b->ops->device_bytes(s->bs) : 0;
+}
+
 memory_store_t *model_stream_memory(model_stream_t *s)
 {
     return s->mem;

@@ -95,6 +95,11 @@ size_t model_stream_local_len(const model_stream_t *s);
 uint64_t model_stream_tokens(const model_stream_t *s);
 int model_stream_window(const model_stream_t *s);
 
+/* Bytes of memory rows the stream's device holds now (a GPU backend's hot tier: all memory,
+ * or under a gpu memory budget the newest part; filled on first use after a restore); 0 on
+ * the CPU backend. */
+size_t model_stream_device_bytes(const model_stream_t *s);
+
 /* The stream's memory (borrowed). */
 memory_store_t *model_stream_memory(model_stream_t *s);
 
