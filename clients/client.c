@@ -297,3 +297,16 @@ rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_
         if (rc || !more) return rc;
     }
 }
+
+rc_t recall_client_drop(recall_client *c, const char *name)
+{
+    Recall__Request req = RECALL__REQUEST__INIT;
+    Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
+    dr.session = (char *)name;
+    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
+    req.drop_session = &dr;
+    Recall__Response *r;
+    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    if (!rc) recall__response__free_unpacked(r, NULL);
+    return rc;
+}

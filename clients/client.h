@@ -85,6 +85,10 @@ rc_t recall_client_call(recall_client *c, Recall__Request *req, Recall__Response
  * the client error (the callback is not called for it). */
 rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_cb cb, void *arg);
 
+/* Drops session `name` (recall_client_call's status: the daemon's code, its message the
+ * client error, or a transport failure). */
+rc_t recall_client_drop(recall_client *c, const char *name);
+
 /* Sets the client error to a formatted message (used by callers that want one place for
  * the text shown to the user). */
 void recall_client_set_error(recall_client *c, const char *fmt, ...)

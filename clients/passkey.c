@@ -473,19 +473,6 @@ static rc_t create_session(recall_client *c, const passkey_cfg_t *cfg, const cha
     return RC_OK;
 }
 
-static rc_t drop_session(recall_client *c, const char *name)
-{
-    Recall__Request req = RECALL__REQUEST__INIT;
-    Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
-    dr.session = (char *)name;
-    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
-    req.drop_session = &dr;
-    Recall__Response *r;
-    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
-    if (!rc) recall__response__free_unpacked(r, NULL);
-    return rc;
-}
-
 /* Ingests ids[0..n) as chunks of at most chunk tokens, one at a time (the worker runs
  * them in order anyway); a BUSY answer is retried after a pause. */
 static rc_t ingest_ids(recall_client *c, const passkey_cfg_t *cfg, const char *name,
@@ -627,7 +614,7 @@ static rc_t run_trial(recall_client *c, const passkey_cfg_t *cfg, passkey_trial_
 out:
     if (rc == RC_ERR_NOMEM) set_err(err, errlen, "out of memory");
     if (created && !cfg->keep) {
-        rc_t drc = drop_session(c, t->session);
+        rc_t drc = recall_client_drop(c, t->session);
         if (drc && !rc) rc = call_failed(c, drc, "cannot drop the trial's session", err, errlen);
     }
     t->seconds = now_s() - t0;

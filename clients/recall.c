@@ -1967,19 +1967,6 @@ static rc_t bench_ask_cb(const Recall__Response *r, void *arg)
     return RC_OK;
 }
 
-static rc_t bench_drop(recall_client *c, const char *name)
-{
-    Recall__Request req = new_request();
-    Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
-    dr.session = (char *)name;
-    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
-    req.drop_session = &dr;
-    Recall__Response *r;
-    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
-    if (!rc) recall__response__free_unpacked(r, NULL);
-    return rc;
-}
-
 /* A failed step: the daemon's message (exit 1), the transport's (exit 3), or a signal. */
 static int bench_failed(recall_client *c, rc_t rc, const char *what)
 {
@@ -2147,7 +2134,7 @@ static int cmd_bench(recall_client *c, const args *a)
     /* Drop before printing, so that a failed drop is the one thing reported. */
     if (!keep) {
         created = 0;
-        rc = bench_drop(c, session);
+        rc = recall_client_drop(c, session);
         if (rc) {
             recall__response__free_unpacked(r, NULL);
             result = bench_failed(c, rc, "cannot drop the bench session");
@@ -2228,7 +2215,7 @@ out:
     if (created && !keep) {
         /* The step that failed was reported already; a drop that fails too only adds a
          * line for the person, so that they can drop the session by hand. */
-        rc = bench_drop(c, session);
+        rc = recall_client_drop(c, session);
         if (rc)
             fprintf(stderr, "recall: could not drop session '%s' (%s); drop it with 'recall drop %s'\n",
                     session, recall_client_error(c), session);

@@ -6,13 +6,7 @@
 set -u
 recalld=$1; recall=$2; model=$3
 py=${RECALL_PYTHON:-python3}
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi; }
-dir=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-ep="ipc://$dir/s"
-R() { "$recall" --connect "$ep" "$@"; }
+. "$(dirname "$0")/cli_lib.sh"
 # jget JSON EXPR: a Python expression over j, the parsed object; prints its value.
 jget() { "$py" -c 'import json,sys; j=json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"; }
 
@@ -22,9 +16,7 @@ check "help: creates and drops a session" '[[ "$help" == *"creates a fresh sessi
 check "help: examples" '[[ "$help" == *"recall bench --tokens 256k --memory knn"* && "$help" == *"recall --json bench --tokens 1M"* ]]'
 check "help: points to bench/" '[[ "$help" == *"see bench/ in the"* ]]'
 
-"$recalld" --model "$model" --data "$dir/db" --listen "$ep" --threads 1 2> "$dir/log" &
-pid=$!
-for _ in $(seq 100); do R health > /dev/null 2>&1 && break; sleep 0.2; done
+start_recalld
 
 # Usage errors: exit 2, nothing created.
 out=$(R bench --tokens 0 2>&1); rc=$?
@@ -74,6 +66,4 @@ out=$(R bench --tokens 1k --memory knn --nlist 4 --nprobe 8 2>&1); rc=$?
 check "daemon refusal passed on" '[ $rc -eq 1 ] && [[ "$out" == *"nprobe 8 is more than nlist 4"* ]]'
 check "refused run left no session" '[ "$(R sessions)" = "no sessions" ]'
 
-[ "$fail" -eq 0 ] || cat "$dir/log"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

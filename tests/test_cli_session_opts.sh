@@ -6,13 +6,7 @@
 # usage: test_cli_session_opts.sh RECALLD RECALL MODEL_DIR
 set -u
 recalld=$1; recall=$2; model=$3
-pass=0; fail=0
-check() { if eval "$2"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi; }
-dir=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-ep="ipc://$dir/s"
-R() { "$recall" --connect "$ep" "$@"; }
+. "$(dirname "$0")/cli_lib.sh"
 
 help=$("$recalld" --help)
 check "recalld --help: nlist/nprobe" '[[ "$help" == *"--nlist N  --nprobe N"* && "$help" == *"nprobe = nlist is an exact search"* ]]'
@@ -22,9 +16,7 @@ check "recall help ingest: knn explained" '[[ "$help" == *"top K memory keys by 
 check "recall help ingest: nlist/nprobe trade" '[[ "$help" == *"--nlist N --nprobe N"* && "$help" == *"more cost per"* ]]'
 check "recall help ingest: budget" '[[ "$help" == *"--gpu-memory-budget SIZE"* && "$help" == *"a CPU daemon ignores it"* ]]'
 
-"$recalld" --model "$model" --data "$dir/db" --listen "$ep" --threads 1 2> "$dir/log" &
-pid=$!
-for _ in $(seq 100); do R health > /dev/null 2>&1 && break; sleep 0.2; done
+start_recalld
 for i in $(seq 300); do echo "line $i of a text about nothing in particular"; done > "$dir/doc.txt"
 
 # Usage errors: nothing reaches the daemon.
@@ -76,12 +68,8 @@ check "ppl --text: nprobe without knn refused" '[ $rc -eq 1 ] && [[ "$out" == *"
 
 # Restart: the options are stored with the session.
 kill $pid; wait $pid 2>/dev/null
-"$recalld" --model "$model" --data "$dir/db" --listen "$ep" --threads 1 --nlist 64 2>> "$dir/log" &
-pid=$!
-for _ in $(seq 100); do R health > /dev/null 2>&1 && break; sleep 0.2; done
+start_recalld --nlist 64
 check "after a restart" '[[ "$(R --json info s)" == *"\"knn_nlist\":4,\"knn_nprobe\":2,\"gpu_memory_budget\":1610612736"* ]]'
 check "after a restart: defaults stay with old sessions" '[[ "$(R info d)" == *"nlist auto"* ]]'
 
-[ "$fail" -eq 0 ] || cat "$dir/log"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
