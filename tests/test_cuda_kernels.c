@@ -19,6 +19,7 @@
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
+#include "tests/test_rng.h"
 
 /* Tolerances on the normalized error. */
 #define TOL_EXACT 0.0 /* gathers and conversions move bits; nothing may change */
@@ -40,28 +41,6 @@ static double tol_sum_for(dtype_t out_t)
 }
 
 /* ---- random numbers ------------------------------------------------------------------ */
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint64_t rng_next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static float rng_unit(void) /* [0, 1) */
-{
-    return (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-}
-
-static float rng_normal(void)
-{
-    float u = rng_unit(), v = rng_unit();
-    if (u < 1e-7f) u = 1e-7f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
 
 static float *rand_f32(size_t n, float scale)
 {

@@ -34,29 +34,12 @@
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
+#include "tests/test_rng.h"
 
 #define TOL_BF16 5e-3     /* ‖out − ref‖ / ‖ref‖, bf16 outputs */
 #define TOL_F32 5e-5      /* the same, fp32 activations on the FMA kernel */
 #define TOL_LSE 5e-3      /* |lse − ref| in natural log units ... */
 #define TOL_LSE_REL 3e-7  /* ... plus this much of |ref|: fp32 spacing near the −1e6 clamp */
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint64_t rng_next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static float rng_normal(void)
-{
-    float u = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    float v = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    if (u < 1e-7f) u = 1e-7f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
 
 static int rng_below(int n)
 {

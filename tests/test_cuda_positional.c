@@ -35,30 +35,13 @@
 #include "model/model.h"
 #include "model/stream.h"
 #include "tests/check.h"
+#include "tests/test_rng.h"
 
 #define TOL_BF16 5e-3
 #define TOL_LP 0.08
 #define TOL_LP_MEAN 0.02
 #define GREEDY_MARGIN 0.3
 #define GEN_TOKENS 16
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint64_t rng_next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static float rng_normal(void)
-{
-    float u = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    float v = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    if (u < 1e-7f) u = 1e-7f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
 
 /* n normal values rounded to dtype t (bf16: what the device will hold). */
 static float *rand_t(size_t n, dtype_t t)

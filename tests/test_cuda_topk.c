@@ -28,24 +28,7 @@
 #include "common/dtype.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint64_t rng_next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static float rng_normal(void)
-{
-    float u = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    float v = (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-    if (u < 1e-7f) u = 1e-7f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
+#include "tests/test_rng.h"
 
 enum { DATA_RANDOM, DATA_SAME, DATA_GROUPS, DATA_HUGE, DATA_NEGATIVE };
 
