@@ -6,7 +6,7 @@
  * Faiss flat search below 32k rows, IVF lists beyond; the table then shows the retraining
  * at 32k and 128k rows in the block that crosses them).
  *   bench_ingest_cpu MODEL_DIR [MAX_MEMORY_TOKENS (default 65536)] [knn [K (default 128)]]
- * Run it with OMP_WAIT_POLICY=passive on a machine shared with other work (scripts/demo.sh
+ * Run it with OMP_WAIT_POLICY=passive on a machine shared with other work (daemon/main.c
  * says why). */
 #include <stdio.h>
 #include <stdlib.h>

@@ -24,11 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 start() {
-    # Passive OpenMP waiting: an idle worker thread sleeps instead of spinning. On a machine
-    # with few cores (or busy with other work) spinning threads took the cores the compute
-    # needed: the 256k passkey ran 2-3x slower without it. libgomp reads it only at start.
-    OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} \
-        build/daemon/recalld --model "$model" --data "$data/db" --listen "$sock" 2>>"$data/recalld.log" &
+    build/daemon/recalld --model "$model" --data "$data/db" --listen "$sock" 2>>"$data/recalld.log" &
     pid=$!
     for _ in $(seq 50); do build/clients/recall --connect "$sock" health >/dev/null 2>&1 && return; sleep 0.2; done
     echo "recalld did not start; see $data/recalld.log" >&2
