@@ -8,7 +8,14 @@
  * list's keys are fp32 rows side by side and a list is scored against all the queries that
  * probe it with one BLAS product. Lists, probes and results follow IVF-Flat exactly: a row
  * is in the list of its best centroid by inner product, a query scans the rows of its
- * nprobe best lists, and the k best scores win (ties: the lower row first). */
+ * nprobe best lists, and the k best scores win (ties: the lower row first).
+ *
+ * One departure from IVF-Flat: a row its best centroid represents badly (cosine below the
+ * head's threshold, the OUTLIER_QUANTILE of the training points' cosines) goes to an extra
+ * list that every query scans. The quantizer is trained on a prefix of the rows; a row unlike
+ * everything in that prefix -- a pass key in a million tokens of repeated filler, a new
+ * topic late in a long session -- would otherwise sit in the list of some filler centroid
+ * that no query about it probes, and be lost to search. */
 #include "memory/knn.h"
 
 #include <math.h>
@@ -35,11 +42,15 @@
 #define KMEANS_MAX_POINTS_PER_CENTROID 64
 /* Rows widened per batch when adding: bounds scratch to ADD_BLOCK × head_dim floats. */
 #define ADD_BLOCK 65536
+/* The share of training points below the outlier threshold: rows like the training prefix
+ * go to the exact list about this often, so it costs about this share of a flat scan. */
+#define OUTLIER_QUANTILE 0.01
 
 #define KNN_MAGIC 0x4e4e4b52u /* "RKNN" */
-/* 2: IVF heads are saved as centroids and each row's list (this file's lists); 1 held
- * Faiss IndexIVFFlat and is refused (the caller rebuilds). */
-#define KNN_VERSION 2u
+/* 3: IVF heads are saved as centroids, the outlier threshold and each row's list (nlist:
+ * the exact list); 2 had no exact list and 1 held Faiss IndexIVFFlat: both are refused
+ * (the caller rebuilds). */
+#define KNN_VERSION 3u
 
 /* Fortran BLAS, as Faiss calls it (and links it): column-major C = alpha op(A) op(B) + beta C. */
 extern int sgemm_(const char *transa, const char *transb, const int *m, const int *n,
@@ -60,10 +71,11 @@ typedef struct ivf_list {
 } ivf_list_t;
 
 typedef struct ivf_head {
-    float *cent;       /* [nlist, hd] coarse centroids */
-    int32_t *list_of;  /* [cap_rows] the list of each indexed row */
+    float *cent;       /* [nlist, hd] coarse centroids (unit length) */
+    float thr;         /* rows whose best centroid's cosine is below this: the exact list */
+    int32_t *list_of;  /* [cap_rows] the list of each indexed row (nlist: the exact list) */
     size_t cap_rows;
-    ivf_list_t *lists; /* [nlist] */
+    ivf_list_t *lists; /* [nlist + 1]: one per centroid, then the exact list */
 } ivf_head_t;
 
 typedef struct knn_layer {
@@ -140,7 +152,7 @@ static void ivf_free(ivf_head_t *v, int n_kv, int nlist)
 {
     if (!v) return;
     for (int h = 0; h < n_kv; h++) {
-        for (int l = 0; v[h].lists && l < nlist; l++) {
+        for (int l = 0; v[h].lists && l <= nlist; l++) {
             free(v[h].lists[l].ids);
             free(v[h].lists[l].keys);
         }
@@ -203,6 +215,14 @@ static rc_t list_push(ivf_list_t *li, int64_t id, const float *key, int hd, int 
     return RC_OK;
 }
 
+/* The cosine of key r [hd] with the centroid whose inner product with it is ip. */
+static float cosine_of(const float *r, int hd, float ip)
+{
+    double n2 = 0;
+    for (int d = 0; d < hd; d++) n2 += (double)r[d] * r[d];
+    return n2 > 0 ? (float)(ip / sqrt(n2)) : 1.0f; /* a zero key scores 0 everywhere */
+}
+
 /* IVF: rows [r0, r0 + m) of head h, keys in buf [m, hd], into their lists. */
 static rc_t ivf_add(memory_knn_t *x, knn_layer_t *L, int h, size_t r0, size_t m,
                     const float *buf)
@@ -230,6 +250,7 @@ static rc_t ivf_add(memory_knn_t *x, knn_layer_t *L, int h, size_t r0, size_t m,
             int best = 0;
             for (int l = 1; l < nl; l++)
                 if (r[l] > r[best]) best = l;
+            if (cosine_of(buf + (b0 + i) * hd, hd, r[best]) < v->thr) best = nl;
             v->list_of[r0 + b0 + i] = best;
             rc = list_push(&v->lists[best], (int64_t)(r0 + b0 + i), buf + (b0 + i) * hd, hd,
                            L->keys_ready);
@@ -271,6 +292,40 @@ static rc_t add_rows(memory_knn_t *x, knn_layer_t *L, const memory_store_t *s, i
     return RC_OK;
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* v->thr: the OUTLIER_QUANTILE of the m training points' cosines with their best centroid. */
+static rc_t outlier_threshold(const float *tr, size_t m, int nlist, int hd, ivf_head_t *v)
+{
+    enum { B = 1024 };
+    float *sc = malloc((size_t)B * nlist * sizeof(float)), *cs = malloc(m * sizeof(float));
+    if (!sc || !cs) {
+        free(sc);
+        free(cs);
+        return RC_ERR_NOMEM;
+    }
+    for (size_t b0 = 0; b0 < m; b0 += B) {
+        const int nb = (int)(m - b0 < B ? m - b0 : B);
+        dot_rows(sc, tr + b0 * hd, nb, v->cent, nlist, hd);
+        for (int i = 0; i < nb; i++) {
+            const float *r = sc + (size_t)i * nlist;
+            float best = r[0];
+            for (int l = 1; l < nlist; l++)
+                if (r[l] > best) best = r[l];
+            cs[b0 + i] = cosine_of(tr + (b0 + i) * hd, hd, best);
+        }
+    }
+    qsort(cs, m, sizeof *cs, cmp_float);
+    v->thr = cs[(size_t)(OUTLIER_QUANTILE * (double)(m - 1))];
+    free(sc);
+    free(cs);
+    return RC_OK;
+}
+
 /* The centroids of head h, trained on rows [0, trained), into v (lists empty). */
 static rc_t new_ivf(memory_knn_t *x, const memory_store_t *s, int layer, int h, size_t trained,
                     int nlist, ivf_head_t *v)
@@ -309,12 +364,13 @@ static rc_t new_ivf(memory_knn_t *x, const memory_store_t *s, int layer, int h, 
         goto out;
     }
     v->cent = malloc(csz * sizeof(float));
-    v->lists = calloc((size_t)nlist, sizeof *v->lists);
+    v->lists = calloc((size_t)nlist + 1, sizeof *v->lists);
     if (!v->cent || !v->lists) {
         rc = RC_ERR_NOMEM;
         goto out;
     }
     memcpy(v->cent, cent, csz * sizeof(float));
+    rc = outlier_threshold(tr, m, nlist, x->hd, v);
 out:
     faiss_Index_free(assign);
     if (cl) faiss_Clustering_free(cl);
@@ -358,7 +414,7 @@ static rc_t materialize_keys(memory_knn_t *x, knn_layer_t *L, const memory_store
     float *key = malloc((size_t)hd * sizeof(float));
     if (!key) return RC_ERR_NOMEM;
     for (int h = 0; h < x->n_kv; h++)
-        for (int l = 0; l < L->nlist; l++) {
+        for (int l = 0; l <= L->nlist; l++) {
             ivf_list_t *li = &L->ivf[h].lists[l];
             free(li->keys);
             li->keys = malloc((li->cap ? li->cap : 1) * (size_t)hd * sizeof(float));
@@ -409,7 +465,7 @@ static rc_t sync_structure(memory_knn_t *x, const memory_store_t *s, int layer, 
         /* A rewind above the training rows: ids ascend in every list, so each list's rows
          * past n are its tail. */
         for (int h = 0; h < x->n_kv; h++)
-            for (int l = 0; l < L->nlist; l++) {
+            for (int l = 0; l <= L->nlist; l++) {
                 ivf_list_t *li = &L->ivf[h].lists[l];
                 while (li->n && (size_t)li->ids[li->n - 1] >= n) li->n--;
             }
@@ -571,31 +627,32 @@ static void *scratch_get(int slot, size_t n)
     return sc->p[slot];
 }
 
-/* IVF search of head kh: qb [nb, hd] queries; out lab/dist [nb, kk]. */
+/* IVF search of head kh: qb [nb, hd] queries; out lab/dist [nb, kk]. Each query scans its
+ * nprobe best lists and the exact list (list nlist). */
 static rc_t ivf_search(const memory_knn_t *x, const knn_layer_t *L, int kh, const float *qb,
                        size_t nb, size_t kk, int64_t *lab, float *dist)
 {
     const ivf_head_t *v = &L->ivf[kh];
-    const int hd = x->hd, nl = L->nlist;
-    const int np = x->o.nprobe < nl ? x->o.nprobe : nl;
+    const int hd = x->hd, nl = L->nlist, nla = nl + 1;
+    const int np = x->o.nprobe < nl ? x->o.nprobe : nl, npa = np + 1;
     float *cs = scratch_get(SCR_CS, nb * (size_t)nl * sizeof(float)); /* [nb, nlist] */
-    int32_t *probe = scratch_get(SCR_PROBE, nb * (size_t)np * sizeof(int32_t)); /* [nb, np] */
-    float *pbest = scratch_get(SCR_PBEST, (size_t)np * sizeof(float));         /* [np] */
-    size_t *cnt = scratch_get(SCR_CNT, ((size_t)nl + 1) * sizeof(size_t)); /* counts, offsets */
-    int32_t *byl = scratch_get(SCR_BYL, nb * (size_t)np * sizeof(int32_t)); /* queries by list */
+    int32_t *probe = scratch_get(SCR_PROBE, nb * (size_t)npa * sizeof(int32_t)); /* [nb, npa] */
+    float *pbest = scratch_get(SCR_PBEST, (size_t)np * sizeof(float));           /* [np] */
+    size_t *cnt = scratch_get(SCR_CNT, ((size_t)nla + 1) * sizeof(size_t)); /* counts, offsets */
+    int32_t *byl = scratch_get(SCR_BYL, nb * (size_t)npa * sizeof(int32_t)); /* queries by list */
     float *hs = scratch_get(SCR_HS, nb * kk * sizeof(float));     /* [nb, kk] heaps */
     int64_t *hi = scratch_get(SCR_HI, nb * kk * sizeof(int64_t)); /* [nb, kk] */
     size_t *hn = scratch_get(SCR_HN, nb * sizeof(size_t));        /* [nb] */
     size_t max_q = 0, max_n = 0;
     float *ql = NULL, *sl = NULL;
     if (!cs || !probe || !pbest || !cnt || !byl || !hs || !hi || !hn) return RC_ERR_NOMEM;
-    memset(cnt, 0, ((size_t)nl + 1) * sizeof(size_t));
+    memset(cnt, 0, ((size_t)nla + 1) * sizeof(size_t));
     memset(hn, 0, nb * sizeof(size_t));
     /* The nprobe best lists of each query (ties: the lower list), as IVF's quantizer. */
     dot_rows(cs, qb, (int)nb, v->cent, nl, hd);
     for (size_t i = 0; i < nb; i++) {
         const float *r = cs + i * nl;
-        int32_t *p = probe + i * np;
+        int32_t *p = probe + i * npa;
         int m = 0;
         for (int l = 0; l < nl; l++) {
             if (m == np && !(r[l] > pbest[m - 1])) continue;
@@ -606,25 +663,27 @@ static rc_t ivf_search(const memory_knn_t *x, const knn_layer_t *L, int kh, cons
             }
             pbest[j] = r[l], p[j] = l;
         }
-        for (int j = 0; j < m; j++) cnt[p[j] + 1]++;
         for (int j = m; j < np; j++) p[j] = -1;
+        p[np] = nl; /* the exact list */
+        for (int j = 0; j < npa; j++)
+            if (p[j] >= 0) cnt[p[j] + 1]++;
     }
-    for (int l = 0; l < nl; l++) {
+    for (int l = 0; l < nla; l++) {
         if (cnt[l + 1] > max_q) max_q = cnt[l + 1];
         if (v->lists[l].n > max_n) max_n = v->lists[l].n;
         cnt[l + 1] += cnt[l];
     }
     /* Queries into their lists' slots; cnt[l] walks to list l's end, then back below. */
     for (size_t i = 0; i < nb; i++)
-        for (int j = 0; j < np; j++)
-            if (probe[i * np + j] >= 0) byl[cnt[probe[i * np + j]]++] = (int32_t)i;
-    for (int l = nl; l > 0; l--) cnt[l] = cnt[l - 1];
+        for (int j = 0; j < npa; j++)
+            if (probe[i * npa + j] >= 0) byl[cnt[probe[i * npa + j]]++] = (int32_t)i;
+    for (int l = nla; l > 0; l--) cnt[l] = cnt[l - 1];
     cnt[0] = 0;
     ql = scratch_get(SCR_QL, (max_q ? max_q : 1) * (size_t)hd * sizeof(float)); /* [max_q, hd] */
     sl = scratch_get(SCR_SL, (max_q ? max_q : 1) * (max_n ? max_n : 1) * sizeof(float));
     if (!ql || !sl) return RC_ERR_NOMEM; /* sl: [max_q, max_n] */
     /* Each list once: the queries probing it against all its keys in one product. */
-    for (int l = 0; l < nl; l++) {
+    for (int l = 0; l < nla; l++) {
         const ivf_list_t *li = &v->lists[l];
         const size_t q0 = cnt[l], nq = cnt[l + 1] - q0;
         if (!nq || !li->n) continue;
@@ -709,7 +768,7 @@ int memory_knn_nlist(const memory_knn_t *x, int layer) { return x->layers[layer]
 
 /* ---- persistence -----------------------------------------------------------------------
  * A header, then per head either Faiss's format of the flat index, or (IVF) the centroids
- * [nlist, hd] fp32 and each row's list [rows] int32. The lists' keys are not saved: the
+ * [nlist, hd] fp32, the outlier threshold (fp32) and each row's list [rows] int32. The lists' keys are not saved: the
  * store has them, and the first sync after a load copies them in. check is FNV-1a over
  * everything after the header, so a damaged copy is refused rather than searched. */
 
@@ -746,6 +805,7 @@ rc_t memory_knn_save(const memory_knn_t *x, int layer, void **buf, size_t *len)
         if (L->ivf) {
             const ivf_head_t *v = &L->ivf[h];
             if (fwrite(v->cent, sizeof(float) * x->hd, (size_t)L->nlist, f) != (size_t)L->nlist ||
+                fwrite(&v->thr, sizeof v->thr, 1, f) != 1 ||
                 (L->rows && fwrite(v->list_of, sizeof(int32_t), L->rows, f) != L->rows))
                 e = -1;
         } else {
@@ -780,7 +840,8 @@ rc_t memory_knn_load(memory_knn_t *x, int layer, const void *buf, size_t len, si
     knn_layer_t N = {.rows = rows, .trained = trained, .nlist = nlist};
     rc_t rc = RC_OK;
     if (trained) {
-        const size_t per = (size_t)nlist * x->hd * sizeof(float) + rows * sizeof(int32_t);
+        const size_t cb = (size_t)nlist * x->hd * sizeof(float); /* centroids, then thr */
+        const size_t per = cb + sizeof(float) + rows * sizeof(int32_t);
         if (blen != per * x->n_kv) return RC_ERR_FORMAT;
         if (!(N.ivf = calloc((size_t)x->n_kv, sizeof *N.ivf))) return RC_ERR_NOMEM;
         for (int h = 0; h < x->n_kv && !rc; h++) {
@@ -788,16 +849,17 @@ rc_t memory_knn_load(memory_knn_t *x, int layer, const void *buf, size_t len, si
             const char *p = body + per * h;
             v->cent = malloc((size_t)nlist * x->hd * sizeof(float));
             v->list_of = malloc((rows ? rows : 1) * sizeof(int32_t));
-            v->lists = calloc((size_t)nlist, sizeof *v->lists);
+            v->lists = calloc((size_t)nlist + 1, sizeof *v->lists);
             v->cap_rows = rows ? rows : 1;
             if (!v->cent || !v->list_of || !v->lists) {
                 rc = RC_ERR_NOMEM;
                 break;
             }
-            memcpy(v->cent, p, (size_t)nlist * x->hd * sizeof(float));
-            memcpy(v->list_of, p + (size_t)nlist * x->hd * sizeof(float), rows * sizeof(int32_t));
+            memcpy(v->cent, p, cb);
+            memcpy(&v->thr, p + cb, sizeof v->thr);
+            memcpy(v->list_of, p + cb + sizeof(float), rows * sizeof(int32_t));
             for (size_t r = 0; r < rows && !rc; r++) {
-                if (v->list_of[r] < 0 || v->list_of[r] >= nlist)
+                if (v->list_of[r] < 0 || v->list_of[r] > nlist)
                     rc = RC_ERR_FORMAT;
                 else
                     rc = list_push(&v->lists[v->list_of[r]], (int64_t)r, NULL, x->hd, 0);

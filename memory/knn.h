@@ -8,7 +8,13 @@
  *   - from T0 = ivf_min_rows rows it is IVF-Flat whose coarse quantizer is trained by
  *     spherical k-means (fixed seed) on rows [0, T) only, where T is the largest of
  *     T0, T0·g, T0·g², … (g = retrain_growth) that is ≤ the row count, with
- *     nlist = opts.nlist or ≈ 4·sqrt(T). Rows are added in id order.
+ *     nlist = opts.nlist or ≈ 4·sqrt(T). Rows are added in id order. A row whose cosine
+ *     with its best centroid is below the 1 % quantile of the training rows' (a row unlike
+ *     the training prefix: a pass key in filler, a new topic late in a session) goes to an
+ *     extra exact list that every query scans as well as its nprobe best lists; the
+ *     quantizer would otherwise put it in a list that queries about it never probe. A
+ *     session whose content drifts far from its prefix pays for it with a longer exact
+ *     list (search time) until the next retraining, never with lost rows.
  * So however the rows arrive (window by window, or all at once on load), the same rows give
  * the same index and the same search results.
  *
