@@ -228,9 +228,12 @@ class Stream:
     most W unrotated keys; when full, memory layers move it to memory (mem_dtype), other
     layers drop it; memory keys unrotated; one fp32 softmax over local + memory."""
 
-    def __init__(self, model, mem_dtype=torch.bfloat16, dtype=torch.float32):
+    def __init__(self, model, mem_dtype=torch.bfloat16, dtype=torch.float32, knn_k=0):
+        """knn_k > 0: REFERENCE.md's kNN memory -- each query attends to its knn_k
+        highest-scoring memory keys (per head) instead of all of them."""
         self.m, self.c = model, model.c
         self.mem_dtype, self.dt = mem_dtype, dtype
+        self.knn_k = knn_k
         dev = next(model.parameters()).device
         self.dev = dev
         nh, D = self.c.heads, self.c.head_dim
@@ -284,13 +287,22 @@ class Stream:
             qr = rope(q, self.cos[C:C + T], self.sin[C:C + T])
             s = (qr @ kl.transpose(1, 2)) / math.sqrt(D)
             s = torch.clamp(s, min=-1e6).masked_fill(masked, float("-inf"))
-            vals = self.cv[l]
-            if l in c.mem_layers and self.mk[l].shape[1]:
+            M = self.mk[l].shape[1]
+            if l in c.mem_layers and M:
                 sm = torch.clamp((qr @ self.mk[l].transpose(1, 2)) / math.sqrt(D), min=-1e6)
-                s = torch.cat([s, sm], -1)
-                vals = torch.cat([vals, self.mv[l]], 1)
-            p = torch.softmax(s.float(), -1).to(self.dt)
-            o = (p @ vals).transpose(0, 1).reshape(T, nh * D)
+                if self.knn_k and M > self.knn_k:
+                    sm, idx = sm.topk(self.knn_k, -1)                      # [nh, T, k]
+                    rows = idx + (torch.arange(nh, device=self.dev) * M)[:, None, None]
+                    vm = self.mv[l].reshape(nh * M, D)[rows]               # [nh, T, k, D]
+                    p = torch.softmax(torch.cat([s, sm], -1).float(), -1).to(self.dt)
+                    o = p[..., :C + T] @ self.cv[l] + \
+                        (p[..., C + T:, None] * vm).sum(-2)
+                else:
+                    p = torch.softmax(torch.cat([s, sm], -1).float(), -1).to(self.dt)
+                    o = p @ torch.cat([self.cv[l], self.mv[l]], 1)
+            else:
+                o = torch.softmax(s.float(), -1).to(self.dt) @ self.cv[l]
+            o = o.transpose(0, 1).reshape(T, nh * D)
             x = x + o @ w(b.o_proj).T
             h = F.rms_norm(x, (c.hidden,), b.post_attention_layernorm.weight.to(self.dt), c.eps) \
                 if hasattr(F, "rms_norm") else b.post_attention_layernorm(x)
@@ -300,8 +312,8 @@ class Stream:
         return (x[-1] @ m.lm_head.weight.to(self.dt).T)
 
 
-def greedy(model, prompt, n_new, mem_dtype=torch.bfloat16):
-    s = Stream(model, mem_dtype)
+def greedy(model, prompt, n_new, mem_dtype=torch.bfloat16, knn_k=0):
+    s = Stream(model, mem_dtype, knn_k=knn_k)
     last = s.feed(prompt)
     out = []
     for i in range(n_new):

@@ -172,13 +172,15 @@ D_PASSKEY_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Her
 D_PASSKEY_QUESTION = "What is the pass key? The pass key is"
 
 
-def eval_passkey(model, sp, lengths, depths, trials, seed, log):
+def eval_passkey(model, sp, lengths, depths, trials, seed, log, knn_k=0):
+    """REFERENCE.md's passkey test at each length, depth and trial (greedy answer, exact
+    token match as clients/passkey.c scores it). knn_k > 0 runs kNN memory."""
     rng = random.Random(seed)
     unit_toks = len(sp.encode((D_PASSKEY_FILLER + " ") * 20)) / (len(D_PASSKEY_FILLER) + 1) / 20
     res = {}
     for L in lengths:
         ok = n = 0
-        toks = []
+        toks, misses, by_depth = [], [], {}
         t0 = time.time()
         for d in depths:
             for _ in range(trials):
@@ -189,13 +191,21 @@ def eval_passkey(model, sp, lengths, depths, trials, seed, log):
                 chars = max(0, int(chars * (L - fixed) / max(1.0, len(prompt) - fixed)))
                 prompt = [1] + sp.encode(passkey_prompt(key, chars, d))
                 ans = sp.encode(str(key))
-                got = greedy(model, prompt, len(ans))
-                ok += int(got == ans)
+                got = greedy(model, prompt, len(ans), knn_k=knn_k)
+                hit = got == ans
+                ok += int(hit)
                 n += 1
+                by_depth.setdefault(str(d), [0, 0])
+                by_depth[str(d)][0] += int(hit)
+                by_depth[str(d)][1] += 1
+                if not hit:
+                    misses.append({"depth": d, "key": key, "got": sp.decode(got)})
                 toks.append(len(prompt))
-        res[str(L)] = {"accuracy": ok / n, "passed": ok, "trials": n,
+        res[str(L)] = {"accuracy": ok / n, "passed": ok, "trials": n, "knn_k": knn_k,
+                       "by_depth": by_depth, "misses": misses,
                        "mean_tokens": float(np.mean(toks)), "seconds": time.time() - t0}
-        log("passkey %6d tokens: %d/%d (%.0f%%)  %.1fs" % (L, ok, n, 100.0 * ok / n, time.time() - t0))
+        log("passkey %6d tokens%s: %d/%d (%.0f%%)  %.1fs" % (
+            L, " knn %d" % knn_k if knn_k else "", ok, n, 100.0 * ok / n, time.time() - t0))
     return res
 
 
