@@ -7,7 +7,7 @@ target_link_libraries(recall_score PRIVATE recall_model)
 # The reference checks itself (windowed vs direct, grouping, determinism); no recall needed.
 # The others compare recall with it on the tiny checkpoints.
 foreach(t ref_selfcheck parity_llama parity_fot parity_fot_bf16 parity_fot_window32
-          parity_variants memory_matters)
+          parity_variants memory_matters parity_knn)
   add_test(NAME ${t}
            COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/ref/parity.py
                    --test ${t} --data ${RECALL_TEST_DATA}

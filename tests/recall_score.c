@@ -8,7 +8,7 @@
  *                [--positional rope|self-extend|dca] [--group G] [--neighbor W]
  *                [--chunk-size S] [--local-window w] [--no-chunk-scale]
  *                [--rope-scaling none|linear|ntk|dynamic|yarn] [--rope-factor F]
- *                [--device cpu|cuda|cuda:N]
+ *                [--device cpu|cuda|cuda:N] [--knn K]
  *
  * The positional options are those of tests/ref/positional_ref.py (parity_positional.py)
  * and map one to one onto model_stream_opts_t; longllama_ref.py has only the first line.
@@ -37,6 +37,7 @@ typedef struct args {
     positional_t positional;
     int group, neighbor, chunk_size, local_window, no_chunk_scale;
     int rope_scaling_set, rope_factor_set;
+    int knn_k; /* 0: exact memory */
     rope_scaling_type_t rope_scaling;
     float rope_factor;
 } args_t;
@@ -52,7 +53,7 @@ static void usage(FILE *f)
                "                    [--chunk-size S] [--local-window w] [--no-chunk-scale]\n"
                "                    [--rope-scaling none|linear|ntk|dynamic|yarn] "
                "[--rope-factor F]\n"
-               "                    [--device cpu|cuda|cuda:N]\n");
+               "                    [--device cpu|cuda|cuda:N] [--knn K]\n");
 }
 
 static int parse_int(const char *flag, const char *s, int *out)
@@ -168,6 +169,11 @@ static int parse_args(int argc, char **argv, args_t *a)
         } else if (!strcmp(f, "--rope-factor")) {
             if (parse_factor(v, &a->rope_factor)) return -1;
             a->rope_factor_set = 1;
+        } else if (!strcmp(f, "--knn")) {
+            if (parse_int(f, v, &a->knn_k) || a->knn_k < 1) {
+                fprintf(stderr, "recall_score: --knn wants k >= 1\n");
+                return -1;
+            }
         } else if (!strcmp(f, "--mem-dtype")) {
             if (dtype_parse(v, &a->mem_dtype)) {
                 fprintf(stderr, "recall_score: unknown --mem-dtype '%s' (f32, bf16, f16)\n", v);
@@ -290,6 +296,8 @@ int main(int argc, char **argv)
     o.mem_dtype_set = a.mem_dtype_set;
     o.mem_dtype = a.mem_dtype;
     o.disable_memory = a.no_memory;
+    o.memory_knn = a.knn_k > 0;
+    o.knn_k = a.knn_k;
     o.positional = a.positional;
     o.group = a.group;
     o.neighbor = a.neighbor;

@@ -201,8 +201,11 @@ def apply_rope(x, cos, sin):
 class Stream:
     """One token stream: per-layer local cache (unrotated keys, values) and FoT memory."""
 
-    def __init__(self, model, window=0, mem_dtype=None, use_memory=True):
+    def __init__(self, model, window=0, mem_dtype=None, use_memory=True, knn_k=0):
+        """knn_k > 0: REFERENCE.md's kNN memory -- each query (and head) keeps only its knn_k
+        best memory scores; equal scores keep the lower memory row."""
         self.m = model
+        self.knn_k = int(knn_k)
         c = model.cfg
         self.W = int(window) if window else c["max_pos"]
         if self.W <= 0:
@@ -288,6 +291,11 @@ class Stream:
                 mk = self.mem_k[l].repeat_interleave(rep, dim=1).permute(1, 2, 0)  # [nh, D, M]
                 mv = self.mem_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)  # [nh, M, D]
                 s_mem = torch.clamp(torch.matmul(qh, mk) * scale, min=-1e6)        # [nh, T, M]
+                if self.knn_k and s_mem.shape[-1] > self.knn_k:
+                    # Stable sort: among equal scores the lower row comes first.
+                    order = torch.sort(s_mem, dim=-1, descending=True, stable=True).indices
+                    drop = order[..., self.knn_k:]
+                    s_mem = s_mem.scatter(-1, drop, float("-inf"))
                 scores.append(s_mem)
                 values.append(mv)
             p = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # one softmax, fp32 (or f64)
@@ -304,9 +312,9 @@ class Stream:
 # ---------------------------------------------------------------------------------------
 # Entry points used by the CLI and by parity.py.
 
-def logprobs(model, tokens, window=0, mem_dtype=None, use_memory=True):
+def logprobs(model, tokens, window=0, mem_dtype=None, use_memory=True, knn_k=0):
     """n-1 log-probs (float64 numpy): lp[i] = log p(tok[i+1] | tok[..i])."""
-    s = Stream(model, window, mem_dtype, use_memory)
+    s = Stream(model, window, mem_dtype, use_memory, knn_k)
     logits = s.feed(tokens).to(torch.float64)
     ls = torch.log_softmax(logits, dim=-1)
     nxt = torch.tensor([int(t) for t in tokens[1:]], dtype=torch.long)
@@ -318,9 +326,9 @@ def greedy_argmax(logits):
 
 
 def generate(model, prompt, n_new, window=0, mem_dtype=None, use_memory=True,
-             margins=None):
+             margins=None, knn_k=0):
     """Greedy continuation of prompt; optionally records the top-2 logit gap per step."""
-    s = Stream(model, window, mem_dtype, use_memory)
+    s = Stream(model, window, mem_dtype, use_memory, knn_k)
     last = s.feed(prompt)[-1]
     out = []
     for i in range(n_new):
@@ -417,6 +425,8 @@ def main(argv=None):
     ap.add_argument("--mem-dtype", choices=["f32", "bf16", "f16"])
     ap.add_argument("--no-memory", action="store_true", help="memory layers ignore memory")
     ap.add_argument("--f64", action="store_true", help="compute in float64")
+    ap.add_argument("--knn", type=int, default=0, metavar="K",
+                    help="kNN memory: each query attends to its K best memory keys")
     ap.add_argument("--logprobs", help="write n-1 float32 LE log-probs here")
     ap.add_argument("--generate", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--gen-out", help="write generated int32 LE ids here")
@@ -430,10 +440,10 @@ def main(argv=None):
         toks = read_tokens(a.tokens)
         md = MEM_DTYPES[a.mem_dtype] if a.mem_dtype else None
         if a.logprobs:
-            lp = logprobs(model, toks, a.window, md, not a.no_memory)
+            lp = logprobs(model, toks, a.window, md, not a.no_memory, a.knn)
             lp.astype("<f4").tofile(a.logprobs)
         if a.generate:
-            g = generate(model, toks, a.generate, a.window, md, not a.no_memory)
+            g = generate(model, toks, a.generate, a.window, md, not a.no_memory, knn_k=a.knn)
             np.asarray(g, dtype="<i4").tofile(a.gen_out)
     except (RefError, OSError, KeyError, ValueError) as e:
         print(f"longllama_ref: {e}", file=sys.stderr)

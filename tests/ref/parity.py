@@ -80,7 +80,7 @@ class Ctx:
         return ids[:n], how
 
     def recall(self, name, toks, window=0, mem_dtype=None, no_memory=False,
-               logprobs=True, generate=0):
+               logprobs=True, generate=0, knn=0):
         """Runs recall_score; returns (logprobs float32 array or None, generated list)."""
         tin = os.path.join(self.tmp, "in.bin")
         lpo = os.path.join(self.tmp, "lp.bin")
@@ -96,6 +96,8 @@ class Ctx:
             cmd += ["--mem-dtype", mem_dtype]
         if no_memory:
             cmd += ["--no-memory"]
+        if knn:
+            cmd += ["--knn", str(knn)]
         if logprobs:
             cmd += ["--logprobs", lpo]
         if generate:
@@ -113,12 +115,13 @@ MEM = {None: None, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.fl
 
 
 def compare_logprobs(ctx, label, name, n, window=0, mem_dtype=None, no_memory=False, tol=TOL,
-                     mean_tol=None):
+                     mean_tol=None, knn=0, outliers=0, outlier_tol=None):
+    """outliers > 0: up to that many tokens may exceed tol, none outlier_tol."""
     toks, how = ctx.tokens(name, n)
     t0 = time.time()
-    ref = R.logprobs(ctx.model(name), toks, window, MEM[mem_dtype], not no_memory)
+    ref = R.logprobs(ctx.model(name), toks, window, MEM[mem_dtype], not no_memory, knn)
     t1 = time.time()
-    rec, _ = ctx.recall(name, toks, window, mem_dtype, no_memory)
+    rec, _ = ctx.recall(name, toks, window, mem_dtype, no_memory, knn=knn)
     t2 = time.time()
     if rec.shape != ref.shape:
         return ctx.check(False, f"{label}: recall wrote {rec.size} log-probs, expected {ref.size}")
@@ -127,19 +130,22 @@ def compare_logprobs(ctx, label, name, n, window=0, mem_dtype=None, no_memory=Fa
     d = np.abs(rec.astype(np.float64) - ref)
     worst = int(np.argmax(d))
     w = window or ctx.model(name).cfg["max_pos"]
+    over = int((d > tol).sum())
+    ok_max = d.max() <= tol if not outliers else (over <= outliers and d.max() <= outlier_tol)
     return ctx.check(
-        d.max() <= tol and (mean_tol is None or d.mean() <= mean_tol),
+        ok_max and (mean_tol is None or d.mean() <= mean_tol),
         f"{label}: {n} tokens ({how}), window {w}: max |Δ logprob| {d.max():.3g} "
         f"(token {worst}) mean {d.mean():.3g}, tolerance {tol:g}"
-        f"{'' if mean_tol is None else f' (mean {mean_tol:g})'} "
+        f"{'' if mean_tol is None else f' (mean {mean_tol:g})'}"
+        f"{f'; {over} tokens over it (allowed {outliers}, none over {outlier_tol:g})' if outliers else ''} "
         f"[ref {t1 - t0:.1f}s, recall {t2 - t1:.1f}s]")
 
 
-def compare_generation(ctx, label, name, n_prompt, n_gen, window=0, mem_dtype=None):
+def compare_generation(ctx, label, name, n_prompt, n_gen, window=0, mem_dtype=None, knn=0):
     toks, _ = ctx.tokens(name, n_prompt)
     margins = []
-    ref = R.generate(ctx.model(name), toks, n_gen, window, MEM[mem_dtype], True, margins)
-    _, rec = ctx.recall(name, toks, window, mem_dtype, logprobs=False, generate=n_gen)
+    ref = R.generate(ctx.model(name), toks, n_gen, window, MEM[mem_dtype], True, margins, knn)
+    _, rec = ctx.recall(name, toks, window, mem_dtype, logprobs=False, generate=n_gen, knn=knn)
     w = window or ctx.model(name).cfg["max_pos"]
     crosses = (n_prompt - 1) // w != (n_prompt + n_gen - 2) // w
     desc = (f"{label}: greedy {n_gen} tokens after a {n_prompt}-token prompt, window {w}"
@@ -300,6 +306,34 @@ def t_memory_matters(ctx):
     ctx.check(d == 0.0, f"recall: first window unaffected by --no-memory (max |Δ| {d:.3g})")
 
 
+def t_parity_knn(ctx):
+    """kNN memory (REFERENCE.md): each query keeps its k best memory keys. Below the IVF
+    threshold recall's search is exact, so the reference's top-k must match it as closely
+    as exact memory does; k small enough that the selection changes the answer."""
+    name, n = "tiny-fot", 800
+    compare_logprobs(ctx, "tiny-fot knn k 4 logprobs", name, n, knn=4)
+    compare_logprobs(ctx, "tiny-fot knn k 16 --window 32 logprobs", name, n, window=32, knn=16)
+    compare_generation(ctx, "tiny-fot knn k 4", name, 600, 48, knn=4)
+    toks, _ = ctx.tokens(name, n)
+    m = ctx.model(name)
+    d = np.abs(R.logprobs(m, toks, knn_k=4) - R.logprobs(m, toks)).mean()
+    ctx.check(d > 100 * TOL, f"reference: knn k 4 vs exact memory mean |Δ logprob| {d:.3g} "
+                             f"(need > {100 * TOL:g}: the selection must matter)")
+    # The embedded model (bf16 weights and memory) on its own tokenizer, at 4 windows of
+    # memory: what recall passkey --memory knn runs, at a testable size. Its trained
+    # attention is sharp, so the one-ulp bf16 rounding flips of parity_fot_bf16 move a few
+    # tokens further (measured: exact memory max 6.6e-4, 1100 tokens, mean 2.5e-6), and in
+    # knn mode a flip between two nearly equal scores at the k-th place swaps a key (7 tokens
+    # over 3e-4, the worst 0.011, mean 3e-5). Up to 1 % of the tokens may go past the bf16
+    # tolerance; a wrong selection moves the mean by ~0.1 or more.
+    emb = os.path.join(SRC, "models", "default")
+    compare_logprobs(ctx, "embedded model exact memory logprobs", emb, 1100,
+                     tol=BF16_TOL, mean_tol=BF16_MEAN_TOL, outliers=11, outlier_tol=0.05)
+    compare_logprobs(ctx, "embedded model knn k 8 logprobs", emb, 1100, knn=8,
+                     tol=BF16_TOL, mean_tol=2 * BF16_MEAN_TOL, outliers=11, outlier_tol=0.05)
+    compare_generation(ctx, "embedded model knn k 8", emb, 1030, 16, knn=8)
+
+
 TESTS = {
     "ref_selfcheck": t_ref_selfcheck,
     "parity_llama": t_parity_llama,
@@ -308,6 +342,7 @@ TESTS = {
     "parity_fot_window32": t_parity_fot_window32,
     "parity_variants": t_parity_variants,
     "memory_matters": t_memory_matters,
+    "parity_knn": t_parity_knn,
 }
 
 
