@@ -9,7 +9,6 @@
  * faiss_get_last_error() then returns (per thread). */
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
-#include <faiss/IndexIVFFlat.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_io.h>
@@ -21,8 +20,6 @@
 extern "C" {
 #include <faiss/c_api/Clustering_c.h>
 #include <faiss/c_api/IndexFlat_c.h>
-#include <faiss/c_api/IndexIVFFlat_c.h>
-#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
@@ -52,11 +49,6 @@ template <typename F> int guard(F &&f)
 
 faiss::Index *IX(FaissIndex *p) { return reinterpret_cast<faiss::Index *>(p); }
 const faiss::Index *IX(const FaissIndex *p) { return reinterpret_cast<const faiss::Index *>(p); }
-faiss::IndexIVF *IVF(FaissIndexIVF *p) { return reinterpret_cast<faiss::IndexIVF *>(p); }
-const faiss::IndexIVF *IVF(const FaissIndexIVF *p)
-{
-    return reinterpret_cast<const faiss::IndexIVF *>(p);
-}
 } // namespace
 
 extern "C" {
@@ -67,17 +59,7 @@ const char *faiss_get_last_error() { return last_error.empty() ? nullptr : last_
 
 void faiss_Index_free(FaissIndex *obj) { delete IX(obj); }
 int faiss_Index_d(const FaissIndex *obj) { return (int)IX(obj)->d; }
-int faiss_Index_is_trained(const FaissIndex *obj) { return IX(obj)->is_trained; }
 idx_t faiss_Index_ntotal(const FaissIndex *obj) { return IX(obj)->ntotal; }
-FaissMetricType faiss_Index_metric_type(const FaissIndex *obj)
-{
-    return (FaissMetricType)IX(obj)->metric_type;
-}
-
-int faiss_Index_train(FaissIndex *index, idx_t n, const float *x)
-{
-    return guard([&] { IX(index)->train(n, x); });
-}
 
 int faiss_Index_add(FaissIndex *index, idx_t n, const float *x)
 {
@@ -90,11 +72,6 @@ int faiss_Index_search(const FaissIndex *index, idx_t n, const float *x, idx_t k
     return guard([&] { IX(index)->search(n, x, k, distances, labels); });
 }
 
-int faiss_Index_reset(FaissIndex *index)
-{
-    return guard([&] { IX(index)->reset(); });
-}
-
 int faiss_Index_remove_ids(FaissIndex *index, const FaissIDSelector *sel, size_t *n_removed)
 {
     return guard([&] {
@@ -103,7 +80,7 @@ int faiss_Index_remove_ids(FaissIndex *index, const FaissIDSelector *sel, size_t
     });
 }
 
-/* ---- flat and IVF-Flat indexes ------------------------------------------------------------ */
+/* ---- the flat index ------------------------------------------------------------------ */
 
 int faiss_IndexFlatIP_new_with(FaissIndexFlatIP **p_index, idx_t d)
 {
@@ -112,24 +89,6 @@ int faiss_IndexFlatIP_new_with(FaissIndexFlatIP **p_index, idx_t d)
     });
 }
 
-int faiss_IndexIVFFlat_new_with_metric(FaissIndexIVFFlat **p_index, FaissIndex *quantizer,
-                                       size_t d, size_t nlist, FaissMetricType metric)
-{
-    return guard([&] {
-        *p_index = reinterpret_cast<FaissIndexIVFFlat *>(new faiss::IndexIVFFlat(
-            IX(quantizer), d, nlist, static_cast<faiss::MetricType>(metric)));
-    });
-}
-
-FaissIndexIVF *faiss_IndexIVF_cast(FaissIndex *index)
-{
-    return reinterpret_cast<FaissIndexIVF *>(dynamic_cast<faiss::IndexIVF *>(IX(index)));
-}
-size_t faiss_IndexIVF_nlist(const FaissIndexIVF *obj) { return IVF(obj)->nlist; }
-size_t faiss_IndexIVF_nprobe(const FaissIndexIVF *obj) { return IVF(obj)->nprobe; }
-void faiss_IndexIVF_set_nprobe(FaissIndexIVF *obj, size_t v) { IVF(obj)->nprobe = v; }
-int faiss_IndexIVF_own_fields(const FaissIndexIVF *obj) { return IVF(obj)->own_fields; }
-void faiss_IndexIVF_set_own_fields(FaissIndexIVF *obj, int v) { IVF(obj)->own_fields = v != 0; }
 
 /* ---- clustering (the coarse quantizer's training, with recall's parameters) -------------- */
 
@@ -198,10 +157,6 @@ int faiss_IDSelectorRange_new(FaissIDSelectorRange **p_sel, idx_t imin, idx_t im
 void faiss_IDSelectorRange_free(FaissIDSelectorRange *obj)
 {
     delete reinterpret_cast<faiss::IDSelectorRange *>(obj);
-}
-void faiss_IDSelector_free(FaissIDSelector *obj)
-{
-    delete reinterpret_cast<faiss::IDSelector *>(obj);
 }
 
 /* ---- serialization (through stdio streams, so fmemopen / open_memstream work) ----------- */
