@@ -42,6 +42,9 @@
 #define KMEANS_MAX_POINTS_PER_CENTROID 64
 /* Rows widened per batch when adding: bounds scratch to ADD_BLOCK × head_dim floats. */
 #define ADD_BLOCK 65536
+/* Rows of one list scored per product: bounds the search's score scratch to max_q × this,
+ * whatever the size of a list (the exact list can grow long; see OUTLIER_QUANTILE). */
+#define SEARCH_ROW_BLOCK 4096
 /* The share of training points below the outlier threshold: rows like the training prefix
  * go to the exact list about this often, so it costs about this share of a flat scan. */
 #define OUTLIER_QUANTILE 0.01
@@ -671,6 +674,7 @@ static rc_t ivf_search(const memory_knn_t *x, const knn_layer_t *L, int kh, cons
     for (int l = 0; l < nla; l++) {
         if (cnt[l + 1] > max_q) max_q = cnt[l + 1];
         if (v->lists[l].n > max_n) max_n = v->lists[l].n;
+        if (max_n > SEARCH_ROW_BLOCK) max_n = SEARCH_ROW_BLOCK;
         cnt[l + 1] += cnt[l];
     }
     /* Queries into their lists' slots; cnt[l] walks to list l's end, then back below. */
@@ -689,17 +693,21 @@ static rc_t ivf_search(const memory_knn_t *x, const knn_layer_t *L, int kh, cons
         if (!nq || !li->n) continue;
         for (size_t a = 0; a < nq; a++)
             memcpy(ql + a * hd, qb + (size_t)byl[q0 + a] * hd, (size_t)hd * sizeof(float));
-        dot_rows(sl, ql, (int)nq, li->keys, (int)li->n, hd);
-        for (size_t a = 0; a < nq; a++) {
-            const size_t i = (size_t)byl[q0 + a];
-            const float *r = sl + a * li->n;
-            float *qs = hs + i * kk;
-            int64_t *qi = hi + i * kk;
-            size_t j = 0;
-            while (j < li->n && hn[i] < kk) heap_push(qs, qi, &hn[i], kk, r[j], li->ids[j]), j++;
-            /* Full: most scores are below the worst kept, a test without a call. */
-            for (; j < li->n; j++)
-                if (r[j] >= qs[0]) heap_push(qs, qi, &hn[i], kk, r[j], li->ids[j]);
+        for (size_t b0 = 0; b0 < li->n; b0 += SEARCH_ROW_BLOCK) {
+            const size_t nr = li->n - b0 < SEARCH_ROW_BLOCK ? li->n - b0 : SEARCH_ROW_BLOCK;
+            const int64_t *ids = li->ids + b0;
+            dot_rows(sl, ql, (int)nq, li->keys + b0 * hd, (int)nr, hd);
+            for (size_t a = 0; a < nq; a++) {
+                const size_t i = (size_t)byl[q0 + a];
+                const float *r = sl + a * nr;
+                float *qs = hs + i * kk;
+                int64_t *qi = hi + i * kk;
+                size_t j = 0;
+                while (j < nr && hn[i] < kk) heap_push(qs, qi, &hn[i], kk, r[j], ids[j]), j++;
+                /* Full: most scores are below the worst kept, a test without a call. */
+                for (; j < nr; j++)
+                    if (r[j] >= qs[0]) heap_push(qs, qi, &hn[i], kk, r[j], ids[j]);
+            }
         }
     }
     for (size_t i = 0; i < nb; i++)
