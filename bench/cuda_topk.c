@@ -8,7 +8,12 @@
  *   RESULT <mode> rows=<n> recall_ms=<median> tflops=<...> key_gbs=<...>
  * TFLOP/s counts 2·n_q·n_heads·rows·head_dim; GB/s counts one read of the keys
  * (rows·n_kv·head_dim·2 bytes). Arguments: "decode" or "prefill" runs only that mode; a
- * number caps the rows (e.g. 262144 on a small GPU). */
+ * number caps the rows (e.g. 262144 on a small GPU).
+ *
+ * "small" runs the embedded model's prefill shape instead (4 heads of 64, 256 queries, k 128,
+ * 64k and 256k rows) twice: random keys, and periodic keys (each row a copy of one of 25 base
+ * rows plus noise of ±0.02, as repeated filler text gives), printing RESULT small-random /
+ * small-periodic lines. Same products, different selection work. */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +60,76 @@ static void *rand_bf16_dev(size_t n, uint64_t seed)
     return d;
 }
 
+/* rows × width bf16 on the device: row r is base row r % period (uniform in [-1.5, 1.5))
+ * plus uniform noise in [-0.02, 0.02). */
+static void *periodic_bf16_dev(size_t rows, size_t width, int period, uint64_t seed)
+{
+    float *base = malloc((size_t)period * width * sizeof(float));
+    uint16_t *h = malloc(rows * width * sizeof(uint16_t));
+    if (!base || !h) exit(1);
+    uint64_t r = 0x9E3779B97F4A7C15ull ^ seed;
+#define NEXT() (r ^= r << 13, r ^= r >> 7, r ^= r << 17, (float)((r >> 40) & 0xffffff) / 16777216.0f)
+    for (size_t i = 0; i < (size_t)period * width; i++) base[i] = 3.0f * NEXT() - 1.5f;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < width; j++)
+            h[i * width + j] = f32_to_bf16(base[(i % period) * width + j] + 0.04f * NEXT() - 0.02f);
+#undef NEXT
+    void *d = NULL;
+    CK(cuda_alloc(&d, rows * width * 2));
+    CK(cuda_upload(d, h, rows * width * 2, NULL));
+    free(base);
+    free(h);
+    return d;
+}
+
+/* The embedded model's prefill shape on random and periodic keys (see the top). */
+static void run_small(void)
+{
+    const int n_heads = 4, n_kv = 4, hd = 64, k = 128, n_q = 256;
+    const long long rows_list[2] = {65536, 262144};
+    void *q = rand_bf16_dev((size_t)n_q * n_heads * hd, 2);
+    void *scores = NULL, *idx = NULL, *ws = NULL;
+    CK(cuda_alloc(&scores, (size_t)n_q * n_heads * k * 4));
+    CK(cuda_alloc(&idx, (size_t)n_q * n_heads * k * 4));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess);
+    for (int kind = 0; kind < 2; kind++) {
+        void *keys = kind ? periodic_bf16_dev((size_t)rows_list[1], (size_t)n_kv * hd, 25, 1)
+                          : rand_bf16_dev((size_t)rows_list[1] * n_kv * hd, 1);
+        for (int ri = 0; ri < 2; ri++) {
+            const long long rows = rows_list[ri];
+            cuda_topk_args_t a = {.n_q = n_q, .n_heads = n_heads, .n_kv_heads = n_kv,
+                                  .head_dim = hd, .q = q, .keys = keys,
+                                  .key_dtype = DTYPE_BF16, .row0 = 0, .row1 = rows, .k = k,
+                                  .scores = scores, .idx = idx};
+            size_t wsb = 0;
+            CK(cuda_topk_workspace(&a, &wsb));
+            CK(cuda_alloc(&ws, wsb));
+            float ms[12];
+            for (int i = 0; i < 14; i++) {
+                CK(cudaEventRecord(e0, 0) != cudaSuccess);
+                CK(cuda_topk(&a, ws, wsb, NULL));
+                CK(cudaEventRecord(e1, 0) != cudaSuccess);
+                CK(cudaEventSynchronize(e1) != cudaSuccess);
+                if (i >= 2) CK(cudaEventElapsedTime(&ms[i - 2], e0, e1) != cudaSuccess);
+            }
+            qsort(ms, 12, sizeof(float), cmp_float);
+            const double med = ms[6], flop = 2.0 * n_q * n_heads * (double)rows * hd;
+            printf("RESULT small-%s rows=%lld recall_ms=%.4f tflops=%.2f gscores_per_s=%.1f\n",
+                   kind ? "periodic" : "random", rows, med, flop / (med * 1e-3) / 1e12,
+                   (double)n_q * n_heads * rows / (med * 1e-3) / 1e9);
+            fflush(stdout);
+            cuda_free(&ws);
+        }
+        cuda_free(&keys);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cuda_free(&scores);
+    cuda_free(&idx);
+    cuda_free(&q);
+}
+
 int main(int argc, char **argv)
 {
     int ndev = 0;
@@ -62,10 +137,12 @@ int main(int argc, char **argv)
         printf("bench_cuda_topk: no GPU\n");
         return 0;
     }
-    int want_decode = 1, want_prefill = 1;
+    int want_decode = 1, want_prefill = 1, small = 0;
     long long max_rows = 1 << 20;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "decode"))
+        if (!strcmp(argv[i], "small"))
+            small = 1;
+        else if (!strcmp(argv[i], "decode"))
             want_prefill = 0;
         else if (!strcmp(argv[i], "prefill"))
             want_decode = 0;
@@ -77,6 +154,11 @@ int main(int argc, char **argv)
     cuda_ctx_t *ctx = NULL;
     CK(cuda_ctx_create(&ctx, 0));
     printf("device: %s (%d SMs)\n", info.name, info.sm_count);
+    if (small) {
+        run_small();
+        cuda_ctx_destroy(&ctx);
+        return 0;
+    }
 
     const int n_heads = 32, n_kv = 32, hd = 100, k = 128;
     const long long rows_list[] = {65536, 262144, 1048576};
