@@ -226,12 +226,37 @@ static float cosine_of(const float *r, int hd, float ip)
     return n2 > 0 ? (float)(ip / sqrt(n2)) : 1.0f; /* a zero key scores 0 everywhere */
 }
 
+/* For each of the m keys [m, hd]: best[i] its best centroid by inner product (ties: the
+ * lower list) and cos[i] its cosine with it. Scored in blocks of ≤ 1024 keys, which bounds
+ * the scratch to 1024 × nlist. */
+static rc_t nearest_centroids(const float *keys, size_t m, const float *cent, int nlist, int hd,
+                              int32_t *best, float *cos)
+{
+    enum { B = 1024 };
+    float *sc = malloc((size_t)B * nlist * sizeof(float)); /* [B, nlist] */
+    if (!sc) return RC_ERR_NOMEM;
+    for (size_t b0 = 0; b0 < m; b0 += B) {
+        const int nb = (int)(m - b0 < B ? m - b0 : B);
+        dot_rows(sc, keys + b0 * hd, nb, cent, nlist, hd);
+        for (int i = 0; i < nb; i++) {
+            const float *r = sc + (size_t)i * nlist;
+            int b = 0;
+            for (int l = 1; l < nlist; l++)
+                if (r[l] > r[b]) b = l;
+            best[b0 + i] = b;
+            cos[b0 + i] = cosine_of(keys + (b0 + i) * hd, hd, r[b]);
+        }
+    }
+    free(sc);
+    return RC_OK;
+}
+
 /* IVF: rows [r0, r0 + m) of head h, keys in buf [m, hd], into their lists. */
 static rc_t ivf_add(memory_knn_t *x, knn_layer_t *L, int h, size_t r0, size_t m,
                     const float *buf)
 {
     ivf_head_t *v = &L->ivf[h];
-    const int hd = x->hd, nl = L->nlist;
+    const int hd = x->hd;
     if (r0 + m > v->cap_rows) {
         size_t cap = v->cap_rows ? v->cap_rows : 1024;
         while (cap < r0 + m) cap *= 2;
@@ -240,26 +265,16 @@ static rc_t ivf_add(memory_knn_t *x, knn_layer_t *L, int h, size_t r0, size_t m,
         v->list_of = lo;
         v->cap_rows = cap;
     }
-    /* Scores against the centroids in blocks of ≤ 1024 rows: bounds scratch to 1024 × nlist. */
-    enum { B = 1024 };
-    float *sc = malloc((size_t)B * nl * sizeof(float)); /* [B, nlist] */
-    if (!sc) return RC_ERR_NOMEM;
-    rc_t rc = RC_OK;
-    for (size_t b0 = 0; b0 < m && !rc; b0 += B) {
-        const int nb = (int)(m - b0 < B ? m - b0 : B);
-        dot_rows(sc, buf + b0 * hd, nb, v->cent, nl, hd);
-        for (int i = 0; i < nb && !rc; i++) {
-            const float *r = sc + (size_t)i * nl;
-            int best = 0;
-            for (int l = 1; l < nl; l++)
-                if (r[l] > r[best]) best = l;
-            if (cosine_of(buf + (b0 + i) * hd, hd, r[best]) < v->thr) best = nl;
-            v->list_of[r0 + b0 + i] = best;
-            rc = list_push(&v->lists[best], (int64_t)(r0 + b0 + i), buf + (b0 + i) * hd, hd,
-                           L->keys_ready);
-        }
+    /* Each row's list is written straight into list_of, then the badly represented ones are
+     * moved to the exact list. */
+    int32_t *best = v->list_of + r0;
+    float *cos = malloc((m ? m : 1) * sizeof *cos);
+    rc_t rc = cos ? nearest_centroids(buf, m, v->cent, L->nlist, hd, best, cos) : RC_ERR_NOMEM;
+    for (size_t i = 0; i < m && !rc; i++) {
+        if (cos[i] < v->thr) best[i] = L->nlist;
+        rc = list_push(&v->lists[best[i]], (int64_t)(r0 + i), buf + i * hd, hd, L->keys_ready);
     }
-    free(sc);
+    free(cos);
     return rc;
 }
 
@@ -304,29 +319,16 @@ static int cmp_float(const void *a, const void *b)
 /* v->thr: the OUTLIER_QUANTILE of the m training points' cosines with their best centroid. */
 static rc_t outlier_threshold(const float *tr, size_t m, int nlist, int hd, ivf_head_t *v)
 {
-    enum { B = 1024 };
-    float *sc = malloc((size_t)B * nlist * sizeof(float)), *cs = malloc(m * sizeof(float));
-    if (!sc || !cs) {
-        free(sc);
-        free(cs);
-        return RC_ERR_NOMEM;
+    int32_t *best = malloc(m * sizeof *best);
+    float *cs = malloc(m * sizeof *cs);
+    rc_t rc = best && cs ? nearest_centroids(tr, m, v->cent, nlist, hd, best, cs) : RC_ERR_NOMEM;
+    if (!rc) {
+        qsort(cs, m, sizeof *cs, cmp_float);
+        v->thr = cs[(size_t)(OUTLIER_QUANTILE * (double)(m - 1))];
     }
-    for (size_t b0 = 0; b0 < m; b0 += B) {
-        const int nb = (int)(m - b0 < B ? m - b0 : B);
-        dot_rows(sc, tr + b0 * hd, nb, v->cent, nlist, hd);
-        for (int i = 0; i < nb; i++) {
-            const float *r = sc + (size_t)i * nlist;
-            float best = r[0];
-            for (int l = 1; l < nlist; l++)
-                if (r[l] > best) best = r[l];
-            cs[b0 + i] = cosine_of(tr + (b0 + i) * hd, hd, best);
-        }
-    }
-    qsort(cs, m, sizeof *cs, cmp_float);
-    v->thr = cs[(size_t)(OUTLIER_QUANTILE * (double)(m - 1))];
-    free(sc);
+    free(best);
     free(cs);
-    return RC_OK;
+    return rc;
 }
 
 /* The centroids of head h, trained on rows [0, trained), into v (lists empty). */
@@ -414,21 +416,15 @@ static rc_t build_layer(memory_knn_t *x, const memory_store_t *s, int layer, siz
 static rc_t materialize_keys(memory_knn_t *x, knn_layer_t *L, const memory_store_t *s, int layer)
 {
     const int hd = x->hd;
-    float *key = malloc((size_t)hd * sizeof(float));
-    if (!key) return RC_ERR_NOMEM;
     for (int h = 0; h < x->n_kv; h++)
         for (int l = 0; l <= L->nlist; l++) {
             ivf_list_t *li = &L->ivf[h].lists[l];
             free(li->keys);
             li->keys = malloc((li->cap ? li->cap : 1) * (size_t)hd * sizeof(float));
-            if (!li->keys) {
-                free(key);
-                return RC_ERR_NOMEM;
-            }
+            if (!li->keys) return RC_ERR_NOMEM;
             for (size_t j = 0; j < li->n; j++)
                 gather_head(x, s, layer, h, (size_t)li->ids[j], 1, 1, li->keys + j * hd);
         }
-    free(key);
     L->keys_ready = 1;
     return RC_OK;
 }
@@ -674,9 +670,9 @@ static rc_t ivf_search(const memory_knn_t *x, const knn_layer_t *L, int kh, cons
     for (int l = 0; l < nla; l++) {
         if (cnt[l + 1] > max_q) max_q = cnt[l + 1];
         if (v->lists[l].n > max_n) max_n = v->lists[l].n;
-        if (max_n > SEARCH_ROW_BLOCK) max_n = SEARCH_ROW_BLOCK;
         cnt[l + 1] += cnt[l];
     }
+    if (max_n > SEARCH_ROW_BLOCK) max_n = SEARCH_ROW_BLOCK; /* lists are scored in blocks */
     /* Queries into their lists' slots; cnt[l] walks to list l's end, then back below. */
     for (size_t i = 0; i < nb; i++)
         for (int j = 0; j < npa; j++)
@@ -776,9 +772,10 @@ int memory_knn_nlist(const memory_knn_t *x, int layer) { return x->layers[layer]
 
 /* ---- persistence -----------------------------------------------------------------------
  * A header, then per head either Faiss's format of the flat index, or (IVF) the centroids
- * [nlist, hd] fp32, the outlier threshold (fp32) and each row's list [rows] int32. The lists' keys are not saved: the
- * store has them, and the first sync after a load copies them in. check is FNV-1a over
- * everything after the header, so a damaged copy is refused rather than searched. */
+ * [nlist, hd] fp32, the outlier threshold (fp32) and each row's list [rows] int32. The
+ * lists' keys are not saved: the store has them, and the first sync after a load copies them
+ * in. check is FNV-1a over everything after the header, so a damaged copy is refused rather
+ * than searched. */
 
 typedef struct knn_header {
     uint32_t magic, version;
