@@ -12,6 +12,18 @@
 /* Products smaller than this (m·n·k multiply-adds) run on the calling thread alone. */
 #define MATMUL_SPLIT_MIN (1 << 20)
 
+int cpu_blas_threads_single(void)
+{
+    const int bt = openblas_get_num_threads();
+    if (bt > 1) openblas_set_num_threads(1);
+    return bt;
+}
+
+void cpu_blas_threads_restore(int prev)
+{
+    if (prev > 1) openblas_set_num_threads(prev);
+}
+
 void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k)
 {
     /* The CPU backend's threads are OpenMP's only: the product is split into row blocks
@@ -26,16 +38,13 @@ void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k
         return;
     }
     const int nt = omp_get_max_threads();
+    const int bt = cpu_blas_threads_single();
     if (nt < 2 || (double)m * n * k < MATMUL_SPLIT_MIN) {
-        const int bt = openblas_get_num_threads();
-        if (bt > 1) openblas_set_num_threads(1);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f,
                     y, n);
-        if (bt > 1) openblas_set_num_threads(bt);
+        cpu_blas_threads_restore(bt);
         return;
     }
-    const int bt = openblas_get_num_threads();
-    if (bt > 1) openblas_set_num_threads(1);
     const int by_rows = m >= 2 * nt;
     const int len = by_rows ? m : n;
     /* Blocks of a multiple of 16 rows or columns keep OpenBLAS on its full micro-tiles. */
@@ -52,7 +61,7 @@ void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, cnt, k, 1.0f, x, k,
                         w + (size_t)lo * k, k, 0.0f, y + lo, n);
     }
-    if (bt > 1) openblas_set_num_threads(bt);
+    cpu_blas_threads_restore(bt);
 }
 
 void cpu_rmsnorm(float *out, const float *x, const float *g, int n_tok, int dim, float eps)
@@ -276,8 +285,7 @@ void cpu_attention_ext(const attn_ext_args_t *e)
     /* Threads split the (head, block) tasks and each calls single-threaded BLAS: OpenBLAS's
      * own threads and OpenMP's, both busy at once, fought over the cores (2-4x slower on
      * 2 cores at 1k-16k memory rows). */
-    const int blas_threads = openblas_get_num_threads();
-    if (tasks > 1) openblas_set_num_threads(1);
+    const int blas_threads = tasks > 1 ? cpu_blas_threads_single() : 1;
 #pragma omp parallel if (tasks > 1)
     {
         float *S = malloc((size_t)QB * job.row_len * sizeof(float)); /* [QB, n_k + n_mem] */
@@ -292,7 +300,7 @@ void cpu_attention_ext(const attn_ext_args_t *e)
         free(O);
         free(T);
     }
-    if (tasks > 1) openblas_set_num_threads(blas_threads);
+    cpu_blas_threads_restore(blas_threads);
     free(wide_k);
     free(wide_v);
 }

@@ -14,6 +14,12 @@
 /* y[m, n] = x[m, k] · w[n, k]ᵀ  (a Linear layer with HF's [out, in] weight layout). */
 void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k);
 
+/* The CPU code's threads are OpenMP's; OpenBLAS's own pool, busy at the same time, fights
+ * it for the cores. cpu_blas_threads_single() sets OpenBLAS to one thread and returns the
+ * count it had; cpu_blas_threads_restore() gives that count back. */
+int cpu_blas_threads_single(void);
+void cpu_blas_threads_restore(int prev);
+
 /* out[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) ⊙ g.  out may equal x. */
 void cpu_rmsnorm(float *out, const float *x, const float *g, int n_tok, int dim, float eps);
 

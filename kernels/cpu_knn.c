@@ -7,7 +7,6 @@
  * then exactly the reference kernel's, whatever it becomes. Heads' local keys and values are
  * copied out contiguous once per kv head (the reference reads one head as a row slice).
  * The (head, query) pairs are split over OpenMP threads. */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,8 +65,7 @@ void cpu_attention_knn(const attn_knn_args_t *p)
     /* (head, query) pairs are independent: threads split them, each with its own gathered
      * rows, and the single-query calls below run on one thread each (BLAS included). */
     const long tasks = (long)nh * a->n_q;
-    const int blas_threads = openblas_get_num_threads();
-    if (blas_threads > 1) openblas_set_num_threads(1);
+    const int blas_threads = cpu_blas_threads_single();
 #pragma omp parallel if (tasks > 1)
     {
         float *mk = xmalloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
@@ -120,7 +118,7 @@ void cpu_attention_knn(const attn_knn_args_t *p)
         free(mk);
         free(mv);
     }
-    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
+    cpu_blas_threads_restore(blas_threads);
     free(kh_rot);
     free(kh_alt);
     free(vh);

@@ -13,7 +13,6 @@
 #define BACKEND_INTERNAL
 #include "model/backend.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -228,7 +227,7 @@ invalid:
 /* Each query's top-k memory rows into s->knn_idx [n, n_heads, k]. The index is brought in
  * line with the store first (adding rows, training at a threshold: Faiss threads itself);
  * then the queries are searched in blocks, one per thread, each block a plain Faiss search
- * on one thread (its BLAS included). A query's list does not depend on its block: every
+ * on one thread (its BLAS included: cpu_forward holds OpenBLAS at one thread). A query's list does not depend on its block: every
  * query is scored against the same rows, and blocks of at least KNN_BLOCK_MIN queries keep
  * Faiss's flat search on the same (BLAS) scoring path a whole window takes (below 20
  * queries it switches to another loop, whose last bits differ). */
@@ -246,8 +245,6 @@ static rc_t knn_search(backend_stream_t *s, int layer, const float *q, int n, in
     const int blk = (n + nb - 1) / nb;
     const size_t q_row = (size_t)c->n_heads * c->head_dim, i_row = (size_t)c->n_heads * k;
     rc_t rcs[64] = {0};
-    const int blas_threads = openblas_get_num_threads();
-    if (blas_threads > 1) openblas_set_num_threads(1);
     /* Searches only read the synced index (memory/knn.c), so blocks may run at once. */
 #pragma omp parallel for num_threads(nb) schedule(static)
     for (int b = 0; b < nb; b++) {
@@ -256,7 +253,6 @@ static rc_t knn_search(backend_stream_t *s, int layer, const float *q, int n, in
             rcs[b] = memory_knn_search(s->knn, s->mem, layer, q + (size_t)lo * q_row, cnt,
                                        c->n_heads, k, s->knn_idx + (size_t)lo * i_row);
     }
-    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
     for (int b = 0; b < nb; b++)
         if (rcs[b]) return rcs[b];
     return RC_OK;
@@ -388,16 +384,11 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
     /* OpenMP threads are the backend's only ones for the whole pass: any BLAS call left
      * multi-threaded (the kNN index's list assignment, k-means) woke OpenBLAS's worker,
      * which then spun in sched_yield for its timeout (~10 % of a knn ingest's time). */
-    const int blas_threads = openblas_get_num_threads();
-    if (blas_threads > 1) openblas_set_num_threads(1);
-    for (int l = 0; l < c->n_layers; l++) {
-        rc_t rc = layer_forward(s, l, n);
-        if (rc) {
-            if (blas_threads > 1) openblas_set_num_threads(blas_threads);
-            return rc;
-        }
-    }
-    if (blas_threads > 1) openblas_set_num_threads(blas_threads);
+    const int blas_threads = cpu_blas_threads_single();
+    rc_t rc = RC_OK;
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(s, l, n);
+    cpu_blas_threads_restore(blas_threads);
+    if (rc) return rc;
 
     if (!logprobs && !last_logits) return RC_OK;
     /* Only the rows whose outputs are wanted go through the final norm and lm_head. */
