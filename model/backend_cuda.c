@@ -690,8 +690,6 @@ fail:
 
 /* ---- the memory mirror and its tiers ---------------------------------------------- */
 
-/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows. The
- * capacity doubles as rows grow, but never past hot_cap unless rows themselves need it. */
 /* Moves the mirror into buffers of `cap` rows (every layer or none: a failure leaves the
  * old buffers in place). */
 static rc_t mirror_move(backend_stream_t *s, size_t cap)
