@@ -298,6 +298,20 @@ rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_
     }
 }
 
+rc_t recall_client_create_session(recall_client *c, const char *name,
+                                  const Recall__SessionOptions *opts,
+                                  int if_not_exists, Recall__Response **out)
+{
+    Recall__Request req = RECALL__REQUEST__INIT;
+    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
+    cs.session = (char *)name;
+    cs.options = (Recall__SessionOptions *)opts;
+    cs.if_not_exists = if_not_exists != 0;
+    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
+    req.create_session = &cs;
+    return recall_client_call(c, &req, out, NULL, NULL);
+}
+
 rc_t recall_client_drop(recall_client *c, const char *name)
 {
     Recall__Request req = RECALL__REQUEST__INIT;

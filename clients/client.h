@@ -85,6 +85,13 @@ rc_t recall_client_call(recall_client *c, Recall__Request *req, Recall__Response
  * the client error (the callback is not called for it). */
 rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_cb cb, void *arg);
 
+/* Creates session `name` with `opts` (NULL: the daemon's defaults). if_not_exists: an
+ * existing session of that name is answered with its info instead of RC_ERR_EXISTS.
+ * recall_client_call's status and *out (the caller checks its body and frees it). */
+rc_t recall_client_create_session(recall_client *c, const char *name,
+                                  const Recall__SessionOptions *opts,
+                                  int if_not_exists, Recall__Response **out);
+
 /* Drops session `name` (recall_client_call's status: the daemon's code, its message the
  * client error, or a transport failure). */
 rc_t recall_client_drop(recall_client *c, const char *name);

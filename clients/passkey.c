@@ -452,15 +452,9 @@ static rc_t call_failed(recall_client *c, rc_t rc, const char *what, char *err, 
 static rc_t create_session(recall_client *c, const passkey_cfg_t *cfg, const char *name, char *err,
                            size_t errlen)
 {
-    Recall__Request req = RECALL__REQUEST__INIT;
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
-    cs.session = (char *)name;
-    cs.options = (Recall__SessionOptions *)cfg->session_opts;
-    cs.if_not_exists = 0; /* a leftover session of the same name would falsify the trial */
-    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    req.create_session = &cs;
+    /* Not if_not_exists: a leftover session of the same name would falsify the trial. */
     Recall__Response *r;
-    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    rc_t rc = recall_client_create_session(c, name, cfg->session_opts, 0, &r);
     if (rc == RC_ERR_EXISTS) {
         set_err(err, errlen,
                 "session '%s' already exists (left by an earlier run?); drop it, or pick "

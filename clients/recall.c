@@ -1280,15 +1280,8 @@ static int cmd_ingest(recall_client *c, const args *a)
     }
     if (total < 0) total = 0;
 
-    Recall__Request req = new_request();
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
-    cs.session = (char *)session;
-    cs.options = &so;
-    cs.if_not_exists = 1;
-    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    req.create_session = &cs;
     Recall__Response *r;
-    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+    rc_t rc = recall_client_create_session(c, session, &so, 1, &r);
     if (rc) return client_error(c, rc);
     if (r->body_case != RECALL__RESPONSE__BODY_CREATE_SESSION || !r->create_session->info) {
         recall__response__free_unpacked(r, NULL);
@@ -2054,14 +2047,8 @@ static int cmd_bench(recall_client *c, const args *a)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    req = new_request();
-    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
-    cs.session = session;
-    cs.options = &so;
-    cs.if_not_exists = 0; /* a session of that name is someone else's */
-    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
-    req.create_session = &cs;
-    rc = recall_client_call(c, &req, &r, NULL, NULL);
+    /* Not if_not_exists: a session of that name is someone else's. */
+    rc = recall_client_create_session(c, session, &so, 0, &r);
     if (rc) {
         result = bench_failed(c, rc, "cannot create the bench session");
         goto out;
