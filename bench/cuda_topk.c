@@ -60,6 +60,25 @@ static void *rand_bf16_dev(size_t n, uint64_t seed)
     return d;
 }
 
+/* The median of reps timed cuda_topk calls (after two untimed ones), in ms, between CUDA
+ * events on the default stream. */
+static double time_topk(const cuda_topk_args_t *a, void *ws, size_t wsb, int reps,
+                        cudaEvent_t e0, cudaEvent_t e1)
+{
+    float ms[64];
+    if (reps > 64) reps = 64;
+    for (int i = 0; i < 2 + reps; i++) {
+        CK(cudaEventRecord(e0, 0) != cudaSuccess);
+        CK(cuda_topk(a, ws, wsb, NULL));
+        CK(cudaEventRecord(e1, 0) != cudaSuccess);
+        CK(cudaEventSynchronize(e1) != cudaSuccess);
+        if (i >= 2) CK(cudaEventElapsedTime(&ms[i - 2], e0, e1) != cudaSuccess);
+    }
+    CK(cuda_stream_sync(NULL));
+    qsort(ms, (size_t)reps, sizeof(float), cmp_float);
+    return ms[reps / 2];
+}
+
 /* rows × width bf16 on the device: row r is base row r % period (uniform in [-1.5, 1.5))
  * plus uniform noise in [-0.02, 0.02). */
 static void *periodic_bf16_dev(size_t rows, size_t width, int period, uint64_t seed)
@@ -105,16 +124,8 @@ static void run_small(void)
             size_t wsb = 0;
             CK(cuda_topk_workspace(&a, &wsb));
             CK(cuda_alloc(&ws, wsb));
-            float ms[12];
-            for (int i = 0; i < 14; i++) {
-                CK(cudaEventRecord(e0, 0) != cudaSuccess);
-                CK(cuda_topk(&a, ws, wsb, NULL));
-                CK(cudaEventRecord(e1, 0) != cudaSuccess);
-                CK(cudaEventSynchronize(e1) != cudaSuccess);
-                if (i >= 2) CK(cudaEventElapsedTime(&ms[i - 2], e0, e1) != cudaSuccess);
-            }
-            qsort(ms, 12, sizeof(float), cmp_float);
-            const double med = ms[6], flop = 2.0 * n_q * n_heads * (double)rows * hd;
+            const double med = time_topk(&a, ws, wsb, 12, e0, e1);
+            const double flop = 2.0 * n_q * n_heads * (double)rows * hd;
             printf("RESULT small-%s rows=%lld recall_ms=%.4f tflops=%.2f gscores_per_s=%.1f\n",
                    kind ? "periodic" : "random", rows, med, flop / (med * 1e-3) / 1e12,
                    (double)n_q * n_heads * rows / (med * 1e-3) / 1e9);
@@ -199,18 +210,8 @@ int main(int argc, char **argv)
                 ws_cap = wsb;
             }
             const double flop = 2.0 * n_q * n_heads * (double)rows * hd;
-            const int warm = 2, reps = mode < 3 ? 50 : (rows >= 1 << 20 ? 5 : 10);
-            float ms[64];
-            for (int i = 0; i < warm + reps; i++) {
-                CK(cudaEventRecord(e0, 0) != cudaSuccess);
-                CK(cuda_topk(&a, ws, wsb, NULL));
-                CK(cudaEventRecord(e1, 0) != cudaSuccess);
-                CK(cudaEventSynchronize(e1) != cudaSuccess);
-                if (i >= warm) CK(cudaEventElapsedTime(&ms[i - warm], e0, e1) != cudaSuccess);
-            }
-            CK(cuda_stream_sync(NULL));
-            qsort(ms, (size_t)reps, sizeof(float), cmp_float);
-            const double med = ms[reps / 2];
+            const int reps = mode < 3 ? 50 : (rows >= 1 << 20 ? 5 : 10);
+            const double med = time_topk(&a, ws, wsb, reps, e0, e1);
             const double tflops = flop / (med * 1e-3) / 1e12;
             const double gbs = (double)rows * n_kv * hd * 2 / (med * 1e-3) / 1e9;
             const char *name = names[mode];
