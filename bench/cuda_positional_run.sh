@@ -11,10 +11,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 carry=${CARRY:-$root/build-cudapos/carry}
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
+. "$root/scripts/gpu_env.sh"
+gpu_libpath "$carry/lib"
 export PYTHONUNBUFFERED=1 RECALL_SOURCE_DIR="$root" RECALL_PYTHON=python3
 export RECALL_GPU_TEST_MODELS="$carry/models"
 t0=$(date +%s)

@@ -55,15 +55,9 @@ out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
 work=${WORK:-/tmp/recall-gpu-model}
 mkdir -p "$work"
-export LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
-for name in $(ldd "$carry/bin/test_cuda_model" | awk '/not found/ { print $1 }'); do
-    f=$(find /usr /opt -name "$name" 2>/dev/null | head -1)
-    [ -n "$f" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$f")" &&
-        echo "found $name at $f"
-done
+. "$root/scripts/gpu_env.sh"
+gpu_libpath "$carry/lib"
+gpu_find_libs "$carry/bin/test_cuda_model"
 export PYTHONUNBUFFERED=1
 py=python3
 t_start=$(date +%s)

@@ -38,10 +38,8 @@ if [ ! -x "$work/stage/bin/recalld" ]; then
     tar -C "$work" -xJf "$root/build-scale-carry/carry.tar.xz" || exit 1
 fi
 bin=$work/stage/bin
-export LD_LIBRARY_PATH="$work/stage/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
+. "$root/scripts/gpu_env.sh"
+gpu_libpath "$work/stage/lib"
 data=$work/data
 rm -rf "$data"
 ep=ipc://$work/recalld.sock

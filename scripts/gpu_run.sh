@@ -12,19 +12,9 @@ root=$PWD
 build=${BUILD:-$root/build}
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
-# CUDA libraries the loader cannot find (a host with the runtime only inside Python's wheels,
-# say): look for them once and add their folders.
-if [ -x "$build/tests/test_cuda_kernels" ]; then
-    for name in $(ldd "$build/tests/test_cuda_kernels" | awk '/not found/ { print $1 }'); do
-        f=$(find /usr /opt -name "$name" 2>/dev/null | head -1)
-        [ -n "$f" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$f")" &&
-            echo "found $name at $f"
-    done
-fi
+. "$root/scripts/gpu_env.sh"
+gpu_libpath "$build/lib"
+[ -x "$build/tests/test_cuda_kernels" ] && gpu_find_libs "$build/tests/test_cuda_kernels"
 
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
       --format=csv,noheader 2>&1 | head -1)
