@@ -4,10 +4,12 @@
     eval_passkey.py --model models/default --lengths 16384,262144 --depths 10 --trials 2 \\
                     [--knn 0,32,128] [--out eval.json]
 
-The same prompt, scoring and memory semantics as `recall passkey` (train.py's
-eval_passkey); meant for the GPU host, where a 256k-token trial takes seconds. --knn 0
-is exact memory; each k > 0 runs kNN memory with that k. Depths are spread evenly over
-[0, 1] as `recall passkey --depths N` spreads them.
+REFERENCE.md's template, `recall passkey`'s scoring and recall's memory semantics
+(train.py's eval_passkey); meant for the GPU host, where a 256k-token trial takes seconds.
+--knn 0 is exact memory; each k > 0 runs kNN memory with that k. Depths are spread evenly
+over [0, 1] as `recall passkey --depths N` spreads them. One difference: a prompt here is
+exactly LENGTH tokens, a whole number of windows when LENGTH is, so the answer starts a fresh
+window (the hard case); `recall passkey`'s prompts land a few tokens short of LENGTH.
 """
 import argparse
 import json
@@ -37,11 +39,8 @@ def main(argv):
 
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=os.path.join(a.model, "tokenizer.model"))
-    hf = json.load(open(os.path.join(a.model, "config.json")))
-    cfg = Config(vocab=hf["vocab_size"], hidden=hf["hidden_size"],
-                 layers=hf["num_hidden_layers"], heads=hf["num_attention_heads"],
-                 ffn=hf["intermediate_size"], window=hf["max_position_embeddings"],
-                 mem_layers=list(hf["mem_layers"]))
+    with open(os.path.join(a.model, "config.json")) as f:
+        cfg = Config.from_hf(json.load(f))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = FoTModel(cfg)
     model.load_hf_state({k: torch.from_numpy(v) for k, v in load_exported(a.model).items()})

@@ -39,6 +39,14 @@ class Config:
         c.__dict__.update(d)
         return c
 
+    @staticmethod
+    def from_hf(d):
+        """The inverse of hf_config: a Config from an exported config.json."""
+        return Config(vocab=d["vocab_size"], hidden=d["hidden_size"],
+                      layers=d["num_hidden_layers"], heads=d["num_attention_heads"],
+                      ffn=d["intermediate_size"], window=d["max_position_embeddings"],
+                      mem_layers=d["mem_layers"], theta=d["rope_theta"], eps=d["rms_norm_eps"])
+
     def hf_config(self):
         """config.json in LongLLaMA's form (what recall's loader reads)."""
         return {
