@@ -22,6 +22,7 @@ static const struct {
     {RC_ERR_SHUTDOWN, "SHUTDOWN", "shutting down"},
     {RC_ERR_DEVICE, "DEVICE", "device error"},
     {RC_ERR_INTERNAL, "INTERNAL", "internal error"},
+    {RC_ERR_UNAVAILABLE, "UNAVAILABLE", "session unavailable"},
 };
 
 const char *rc_strerror(rc_t rc)

@@ -28,6 +28,7 @@ typedef enum rc {
     RC_ERR_SHUTDOWN = -11,   /* daemon is stopping */
     RC_ERR_DEVICE = -12,     /* GPU or backend failure */
     RC_ERR_INTERNAL = -13,   /* a bug: an invariant that should have held did not */
+    RC_ERR_UNAVAILABLE = -14, /* a session whose stored data is damaged or unreadable */
 } rc_t;
 
 /* Static, human-readable name of a code ("invalid argument"); never NULL. */

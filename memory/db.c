@@ -22,7 +22,7 @@
 
 struct memory_db {
     MDB_env *env;
-    MDB_dbi sessions, tokens, memory, index;
+    MDB_dbi sessions, tokens, memory, index, rowsum;
     pthread_mutex_t mu; /* serializes every transaction and map resize */
     size_t map_size;
     size_t max_map_size;
@@ -99,6 +99,7 @@ static rc_t open_env(memory_db_t *db, char *err, size_t errlen)
     if (!e) e = mdb_dbi_open(txn, "tokens", MDB_CREATE, &db->tokens);
     if (!e) e = mdb_dbi_open(txn, "memory", MDB_CREATE, &db->memory);
     if (!e) e = mdb_dbi_open(txn, "index", MDB_CREATE, &db->index);
+    if (!e) e = mdb_dbi_open(txn, "rowsum", MDB_CREATE, &db->rowsum);
     if (!e) {
         e = mdb_txn_commit(txn);
         txn = NULL;
@@ -229,6 +230,27 @@ static int put_window(MDB_txn *txn, memory_db_t *db, const char *name, const mem
     return 0;
 }
 
+static int put_sums(MDB_txn *txn, memory_db_t *db, const memory_db_commit_t *c)
+{
+    uint8_t kb[KEY_CAP];
+    size_t kl = make_key(kb, sizeof kb, c->session, 8);
+    if (!kl) return EINVAL;
+    for (size_t w = 0; w < c->sum_windows; w++) {
+        put_be(kb + kl - 8, c->sum_first + w, 8);
+        MDB_val k = {kl, kb}, v = {8 * (size_t)c->sum_layers, NULL};
+        int e = mdb_put(txn, db->rowsum, &k, &v, MDB_RESERVE);
+        if (e) return e;
+        uint8_t *p = v.mv_data;
+        for (uint32_t l = 0; l < c->sum_layers; l++) {
+            uint64_t x = c->sums[w * c->sum_layers + l];
+            for (int b = 0; b < 8; b++) p[8 * l + b] = (uint8_t)(x >> (8 * b));
+        }
+    }
+    return 0;
+}
+
+static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *prefix, size_t pl);
+
 /* One attempt; the transaction is gone (committed or aborted) when it returns. */
 static int try_commit(memory_db_t *db, const memory_db_commit_t *c)
 {
@@ -238,7 +260,13 @@ static int try_commit(memory_db_t *db, const memory_db_commit_t *c)
     if (c->n_tokens) e = put_tokens(txn, db, c);
     for (size_t i = 0; !e && i < c->n_windows; i++)
         e = put_window(txn, db, c->session, &c->windows[i]);
-    if (!e) {
+    if (!e && c->sum_windows) e = put_sums(txn, db, c);
+    if (!e && c->drop_legacy_rows) {
+        uint8_t kb[KEY_CAP];
+        size_t pl = make_key(kb, sizeof kb, c->session, 0);
+        e = pl ? del_prefix(txn, db->memory, kb, pl) : EINVAL;
+    }
+    if (!e && c->record) {
         MDB_val k = {strlen(c->session), (void *)c->session};
         MDB_val v = {c->record_len, (void *)c->record};
         e = mdb_put(txn, db->sessions, &k, &v, 0);
@@ -327,11 +355,12 @@ static int commit_attempt(memory_db_t *db, void *ctx)
 
 rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, size_t errlen)
 {
-    if (!c->session || !c->session[0] || strlen(c->session) + 13 > KEY_CAP || !c->record) {
+    if (!c->session || !c->session[0] || strlen(c->session) + 13 > KEY_CAP ||
+        (c->sum_windows && (!c->sums || !c->sum_layers))) {
         set_err(err, errlen, "invalid commit (session name missing or too long)");
         return RC_ERR_INVALID;
     }
-    size_t need = c->record_len + c->n_tokens * 4 + 4096;
+    size_t need = c->record_len + c->n_tokens * 4 + 4096 + c->sum_windows * (64 + 8 * c->sum_layers);
     for (size_t i = 0; i < c->n_windows; i++)
         need += 2 * c->windows[i].bytes + 4096;
 
@@ -378,6 +407,7 @@ static int try_drop(memory_db_t *db, const char *session, const uint8_t *prefix,
     if (!e) e = del_prefix(txn, db->tokens, prefix, pl);
     if (!e) e = del_prefix(txn, db->memory, prefix, pl);
     if (!e) e = del_prefix(txn, db->index, prefix, pl);
+    if (!e) e = del_prefix(txn, db->rowsum, prefix, pl);
     if (e) {
         mdb_txn_abort(txn);
         return e;
@@ -570,6 +600,40 @@ rc_t memory_db_read_window(memory_db_t *db, const char *session, uint32_t layer,
             rc = RC_ERR_FORMAT;
         else
             rc = fn(ctx, v.mv_data, (const uint8_t *)v.mv_data + v.mv_size / 2, v.mv_size / 2);
+        mdb_txn_abort(txn);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+rc_t memory_db_get_sums(memory_db_t *db, const char *session, uint64_t first, size_t n,
+                        uint32_t layers, uint64_t *out)
+{
+    uint8_t kb[KEY_CAP];
+    size_t kl = make_key(kb, sizeof kb, session, 8);
+    if (!kl) return RC_ERR_INVALID;
+    pthread_mutex_lock(&db->mu);
+    MDB_txn *txn;
+    rc_t rc = RC_OK;
+    int e = (db->env ? mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn) : MDB_PANIC);
+    if (e) {
+        rc = RC_ERR_IO;
+    } else {
+        for (size_t w = 0; w < n && !rc; w++) {
+            put_be(kb + kl - 8, first + w, 8);
+            MDB_val k = {kl, kb}, v;
+            e = mdb_get(txn, db->rowsum, &k, &v);
+            if (e)
+                rc = e == MDB_NOTFOUND ? RC_ERR_NOT_FOUND : RC_ERR_IO;
+            else if (v.mv_size != 8 * (size_t)layers)
+                rc = RC_ERR_FORMAT;
+            else
+                for (uint32_t l = 0; l < layers; l++) {
+                    uint64_t x = 0;
+                    for (int b = 7; b >= 0; b--) x = x << 8 | ((const uint8_t *)v.mv_data)[8 * l + b];
+                    out[w * layers + l] = x;
+                }
+        }
         mdb_txn_abort(txn);
     }
     pthread_mutex_unlock(&db->mu);

@@ -1,15 +1,23 @@
-/* db.h — the durable tier: sessions, their tokens and their memory rows in LMDB.
+/* db.h — the durable catalogue: sessions, their tokens, their row checksums in LMDB.
  *
  * One LMDB environment per data directory (DIR/data.mdb, DIR/lock.mdb), opened by one
- * process at a time (an exclusive lock on DIR/recalld.lock says so). Four named
+ * process at a time (an exclusive lock on DIR/recalld.lock says so). Five named
  * databases:
  *
  *   "sessions"  name                                  -> the caller's session record (opaque)
  *   "tokens"    name \0 be64(chunk)                   -> int32 little-endian token ids
+ *   "rowsum"    name \0 be64(window)                  -> one little-endian u64 per memory
+ *                                                        layer: the XXH3-64 of that window's
+ *                                                        key rows then value rows
  *   "memory"    name \0 be32(layer) be64(window)      -> key rows then value rows of that
- *                                                        window, as memory_store holds them
+ *                                                        window (the layout before row files;
+ *                                                        read only to migrate it)
  *   "index"     name \0 be32(layer)                   -> be64(rows) then a kNN index blob
  *                                                        (derived data; see below)
+ *
+ * The memory rows themselves live in files beside the environment (memory/session_memory.h);
+ * a window's checksums commit with its tokens and record, after its rows were synced, so
+ * the catalogue never names a window whose rows are not on disk.
  *
  * Names never contain '\0' (the daemon only accepts safe names), so "name \0" is a prefix
  * that belongs to exactly one session and big-endian numbers sort in order.
@@ -60,8 +68,11 @@ typedef struct memory_db_window {
     size_t bytes;
 } memory_db_window_t;
 
-/* One commit unit. record is required; tokens are written when n_tokens > 0 under
- * chunk_index; windows may be empty. Everything is borrowed for the call. */
+/* One commit unit. record is written when not NULL; tokens when n_tokens > 0 under
+ * chunk_index; windows (legacy row blobs) may be empty; sums holds sum_windows windows ×
+ * sum_layers checksums for windows sum_first, sum_first + 1, ...; drop_legacy_rows deletes
+ * the session's "memory" blobs in the same transaction (the end of a migration to row
+ * files). Everything is borrowed for the call. */
 typedef struct memory_db_commit {
     const char *session;
     const void *record;
@@ -71,13 +82,24 @@ typedef struct memory_db_commit {
     size_t n_tokens;
     const memory_db_window_t *windows;
     size_t n_windows;
+    const uint64_t *sums; /* [sum_windows, sum_layers] */
+    uint64_t sum_first;
+    size_t sum_windows;
+    uint32_t sum_layers;
+    int drop_legacy_rows;
 } memory_db_commit_t;
 
 /* Writes c in one transaction and syncs it. RC_OK only when durable. On failure nothing
  * was written; err says why (RC_ERR_LIMIT: the map could not grow enough; RC_ERR_IO). */
 rc_t memory_db_commit(memory_db_t *db, const memory_db_commit_t *c, char *err, size_t errlen);
 
-/* Deletes a session's record, token chunks and memory windows in one transaction.
+/* Checksums of windows [first, first + n) of a session, `layers` per window, into
+ * out [n, layers]. RC_ERR_NOT_FOUND if any window has none; RC_ERR_FORMAT if one holds
+ * another number of layers. */
+rc_t memory_db_get_sums(memory_db_t *db, const char *session, uint64_t first, size_t n,
+                        uint32_t layers, uint64_t *out);
+
+/* Deletes a session's record, token chunks, checksums and memory windows in one transaction.
  * RC_ERR_NOT_FOUND if there was no record (other keys are still removed). */
 rc_t memory_db_drop(memory_db_t *db, const char *session, char *err, size_t errlen);
 

@@ -1,9 +1,14 @@
 /* store.c — growable per-layer arrays of key and value rows (see store.h). */
 #include "memory/store.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/log.h"
 
@@ -51,7 +56,8 @@ static void region_free(char *p, size_t bytes)
 typedef struct layer_rows {
     char *k, *v;            /* [cap, row_dim] in dtype */
     size_t k_bytes, v_bytes; /* mapping sizes (whole regions; may exceed cap rows) */
-    size_t n, cap;           /* rows used / allocated */
+    size_t n, cap;           /* rows used / allocated (files: mapped) */
+    int kfd, vfd;            /* files backing: the keys and values files; else -1 */
 } layer_rows_t;
 
 struct memory_store {
@@ -59,7 +65,10 @@ struct memory_store {
     int row_dim;
     dtype_t dtype;
     size_t row_bytes;
+    int files;            /* rows live in files (memory_store_open_files) */
     layer_rows_t *layers; /* [n_layers] */
+    char *scratch;        /* files: one append's rows converted to dtype */
+    size_t scratch_bytes;
 };
 
 rc_t memory_store_create(int n_layers, int row_dim, dtype_t dtype, memory_store_t **out)
@@ -78,6 +87,7 @@ rc_t memory_store_create(int n_layers, int row_dim, dtype_t dtype, memory_store_
             free(s);
             return RC_ERR_NOMEM;
         }
+        for (int l = 0; l < n_layers; l++) s->layers[l].kfd = s->layers[l].vfd = -1;
     }
     *out = s;
     return RC_OK;
@@ -90,10 +100,164 @@ void memory_store_destroy(memory_store_t **ps)
     for (int l = 0; l < s->n_layers; l++) {
         region_free(s->layers[l].k, s->layers[l].k_bytes);
         region_free(s->layers[l].v, s->layers[l].v_bytes);
+        if (s->layers[l].kfd >= 0) close(s->layers[l].kfd);
+        if (s->layers[l].vfd >= 0) close(s->layers[l].vfd);
     }
     free(s->layers);
+    free(s->scratch);
     free(s);
     *ps = NULL;
+}
+
+/* ---- the files backing --------------------------------------------------------------- */
+
+/* Maps (or re-maps larger) a read-only shared view of fd. The view may reach past the
+ * file's end: those pages are never read (only rows below n are), and rows appended later
+ * appear in it without a new mapping, because the page cache is the same one pwrite fills. */
+static char *file_map(int fd, char *old, size_t old_bytes, size_t new_bytes)
+{
+    void *q = old ? mremap(old, old_bytes, new_bytes, MREMAP_MAYMOVE)
+                  : mmap(NULL, new_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    return q == MAP_FAILED ? NULL : q;
+}
+
+/* Mapped room for `rows` rows in layer L (maps grow by half again, in 2 MiB steps). */
+static rc_t file_reserve(memory_store_t *s, layer_rows_t *L, size_t rows)
+{
+    if (rows <= L->cap && L->k) return RC_OK;
+    size_t want = L->cap + L->cap / 2;
+    if (want < rows) want = rows;
+    size_t bytes = region_round(want * s->row_bytes);
+    if (bytes == 0) bytes = REGION_ALIGN;
+    char *k = file_map(L->kfd, L->k, L->k_bytes, bytes);
+    if (!k) return RC_ERR_NOMEM;
+    L->k = k;
+    L->k_bytes = bytes;
+    char *v = file_map(L->vfd, L->v, L->v_bytes, bytes);
+    if (!v) return RC_ERR_NOMEM; /* keys stay mapped larger: harmless */
+    L->v = v;
+    L->v_bytes = bytes;
+    L->cap = bytes / s->row_bytes;
+    return RC_OK;
+}
+
+static int write_all(int fd, const void *buf, size_t n, off_t off)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* Writes n rows (already in dtype) after the layer's last row, keys then values; on a
+ * failed write both files are cut back and the layer is unchanged. */
+static rc_t file_append(memory_store_t *s, layer_rows_t *L, const void *k, const void *v,
+                        size_t n)
+{
+    const off_t off = (off_t)(L->n * s->row_bytes);
+    const size_t bytes = n * s->row_bytes;
+    rc_t rc = file_reserve(s, L, L->n + n);
+    if (rc) return rc;
+    if (write_all(L->kfd, k, bytes, off) || write_all(L->vfd, v, bytes, off)) {
+        int e = errno;
+        if (ftruncate(L->kfd, off) || ftruncate(L->vfd, off))
+            log_warn("memory store: cannot cut a failed append back: %s", strerror(errno));
+        log_warn("memory store: writing %zu rows failed: %s", n, strerror(e));
+        return RC_ERR_IO;
+    }
+    L->n += n;
+    return RC_OK;
+}
+
+static rc_t open_one(const char *dir, int layer, const char *what, size_t want_bytes,
+                     size_t row_bytes, int create, int *fd_out, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/L%d.%s", dir, layer, what);
+    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+    if (fd < 0)
+        return rc_errf(errno == ENOENT ? RC_ERR_NOT_FOUND : RC_ERR_IO, err, errlen,
+                       "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot stat %s: %s", path, strerror(errno));
+    }
+    size_t have = (size_t)st.st_size;
+    if (have < want_bytes) {
+        close(fd);
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
+                       "%s is truncated: %zu bytes (%zu rows) where the committed windows "
+                       "need %zu (%zu rows)",
+                       path, have, have / row_bytes, want_bytes, want_bytes / row_bytes);
+    }
+    /* Rows past the committed ones were written by a commit that never finished. */
+    if (have > want_bytes && ftruncate(fd, (off_t)want_bytes) != 0) {
+        close(fd);
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot cut %s back to its committed %zu bytes: %s",
+                       path, want_bytes, strerror(errno));
+    }
+    *fd_out = fd;
+    return RC_OK;
+}
+
+rc_t memory_store_open_files(int n_layers, int row_dim, dtype_t dtype, const char *dir,
+                             size_t rows, int create, memory_store_t **out, char *err,
+                             size_t errlen)
+{
+    *out = NULL;
+    memory_store_t *s = NULL;
+    rc_t rc = memory_store_create(n_layers, row_dim, dtype, &s);
+    if (rc) return rc_errf(rc, err, errlen, "cannot create a memory store: %s", rc_strerror(rc));
+    s->files = 1;
+    for (int l = 0; l < n_layers; l++) {
+        layer_rows_t *L = &s->layers[l];
+        const size_t want = rows * s->row_bytes;
+        rc = open_one(dir, l, "keys", want, s->row_bytes, create, &L->kfd, err, errlen);
+        if (!rc) rc = open_one(dir, l, "values", want, s->row_bytes, create, &L->vfd, err, errlen);
+        if (!rc && file_reserve(s, L, rows ? rows : 1))
+            rc = rc_errf(RC_ERR_NOMEM, err, errlen, "cannot map the rows of %s", dir);
+        if (rc) {
+            memory_store_destroy(&s);
+            return rc;
+        }
+        L->n = rows;
+    }
+    *out = s;
+    return RC_OK;
+}
+
+int memory_store_is_files(const memory_store_t *s)
+{
+    return s->files;
+}
+
+rc_t memory_store_sync(memory_store_t *s, char *err, size_t errlen)
+{
+    for (int l = 0; s->files && l < s->n_layers; l++)
+        if (fdatasync(s->layers[l].kfd) != 0 || fdatasync(s->layers[l].vfd) != 0)
+            return rc_errf(RC_ERR_IO, err, errlen, "syncing memory layer %d's rows failed: %s", l,
+                           strerror(errno));
+    return RC_OK;
+}
+
+void memory_store_prefetch(const memory_store_t *s, size_t from, size_t to)
+{
+    for (int l = 0; l < s->n_layers; l++) {
+        const layer_rows_t *L = &s->layers[l];
+        size_t hi = to < L->n ? to : L->n;
+        if (from >= hi || !L->k) continue;
+        /* madvise wants a page-aligned start. */
+        size_t a = from * s->row_bytes & ~(size_t)4095, b = hi * s->row_bytes;
+        madvise(L->k + a, b - a, MADV_WILLNEED);
+        madvise(L->v + a, b - a, MADV_WILLNEED);
+    }
 }
 
 int memory_store_layers(const memory_store_t *s)
@@ -163,6 +327,19 @@ rc_t memory_store_append_f32(memory_store_t *s, int layer, const float *k, const
 {
     if (layer < 0 || layer >= s->n_layers) return RC_ERR_INVALID;
     layer_rows_t *L = &s->layers[layer];
+    if (s->files) {
+        /* Keys and values converted one after the other into one scratch of 2n rows. */
+        size_t need = 2 * n * s->row_bytes;
+        if (need > s->scratch_bytes) {
+            char *p = realloc(s->scratch, need);
+            if (!p) return RC_ERR_NOMEM;
+            s->scratch = p;
+            s->scratch_bytes = need;
+        }
+        dtype_from_f32(s->scratch, s->dtype, k, n * (size_t)s->row_dim);
+        dtype_from_f32(s->scratch + n * s->row_bytes, s->dtype, v, n * (size_t)s->row_dim);
+        return file_append(s, L, s->scratch, s->scratch + n * s->row_bytes, n);
+    }
     rc_t rc = reserve(s, L, n);
     if (rc) return rc;
     dtype_from_f32(L->k + L->n * s->row_bytes, s->dtype, k, n * (size_t)s->row_dim);
@@ -175,6 +352,7 @@ rc_t memory_store_append_raw(memory_store_t *s, int layer, const void *k, const 
 {
     if (layer < 0 || layer >= s->n_layers) return RC_ERR_INVALID;
     layer_rows_t *L = &s->layers[layer];
+    if (s->files) return file_append(s, L, k, v, n);
     rc_t rc = reserve(s, L, n);
     if (rc) return rc;
     memcpy(L->k + L->n * s->row_bytes, k, n * s->row_bytes);
@@ -197,6 +375,15 @@ const void *memory_store_values(const memory_store_t *s, int layer)
 
 void memory_store_truncate(memory_store_t *s, size_t n)
 {
-    for (int l = 0; l < s->n_layers; l++)
-        if (s->layers[l].n > n) s->layers[l].n = n;
+    for (int l = 0; l < s->n_layers; l++) {
+        layer_rows_t *L = &s->layers[l];
+        if (L->n <= n) continue;
+        L->n = n;
+        /* A failed cut leaves bytes past n that nothing reads: the next append overwrites
+         * them, and opening cuts files back to the committed rows. */
+        if (s->files && (ftruncate(L->kfd, (off_t)(n * s->row_bytes)) ||
+                         ftruncate(L->vfd, (off_t)(n * s->row_bytes))))
+            log_warn("memory store: cannot cut layer %d back to %zu rows: %s", l, n,
+                     strerror(errno));
+    }
 }

@@ -5,7 +5,14 @@
  * Rows are appended a window at a time by the forward pass and never change afterwards;
  * the store only shrinks by truncate, which rolls back a query's temporary windows.
  *
- * This is the hot, in-process tier. Durability (LMDB) and the kNN tiers build on it. */
+ * Two backings, one interface (the kernels read both the same way: each layer's keys and
+ * values as one contiguous [rows, row_dim] array):
+ *   - anonymous (memory_store_create): rows in private memory, for streams that nothing
+ *     keeps (Score of a text, tests, tools);
+ *   - files (memory_store_open_files): each layer's keys and values are two append-only
+ *     files, mapped read-only and shared, so a row lives once in host memory — in the page
+ *     cache — however often it is read; appends are written through the files. This is a
+ *     session's host tier (memory/session_memory.h owns it and its durability). */
 #ifndef RECALL_MEMORY_STORE_H
 #define RECALL_MEMORY_STORE_H
 
@@ -26,6 +33,28 @@ int memory_store_layers(const memory_store_t *s);
 int memory_store_row_dim(const memory_store_t *s);
 dtype_t memory_store_dtype(const memory_store_t *s);
 
+/* Opens (creating missing ones when `create`) the files dir/L<i>.keys and dir/L<i>.values
+ * of n_layers layers, which must hold at least `rows` rows each; files longer than that are
+ * cut back to it (rows past `rows` were never committed). dir must exist. Nothing is read
+ * here: pages come in when the kernels touch them (or by memory_store_prefetch).
+ * Errors: RC_ERR_NOT_FOUND (a file is missing and create is 0), RC_ERR_FORMAT (a file is
+ * shorter than `rows` rows, or not a whole number of rows), RC_ERR_IO; err says which file
+ * and why. */
+rc_t memory_store_open_files(int n_layers, int row_dim, dtype_t dtype, const char *dir,
+                             size_t rows, int create, memory_store_t **out, char *err,
+                             size_t errlen);
+
+/* 1 when the store's rows live in files. */
+int memory_store_is_files(const memory_store_t *s);
+
+/* Files backing only: every row appended so far reaches the disk (fdatasync of each file)
+ * before it returns RC_OK; RC_ERR_IO otherwise. A no-op for an anonymous store. */
+rc_t memory_store_sync(memory_store_t *s, char *err, size_t errlen);
+
+/* Asks the kernel to read rows [from, to) of every layer ahead of use (MADV_WILLNEED):
+ * bringing a session back starts its disk reads at once rather than page by page. */
+void memory_store_prefetch(const memory_store_t *s, size_t from, size_t to);
+
 /* Rows in memory layer `layer`. All layers have the same count between windows. */
 size_t memory_store_rows(const memory_store_t *s, int layer);
 /* Rows common to every layer (the token count of the memory); 0 for no layers. */
@@ -33,7 +62,8 @@ size_t memory_store_len(const memory_store_t *s);
 /* Bytes held (keys and values, all layers). */
 size_t memory_store_bytes(const memory_store_t *s);
 
-/* Appends n rows of fp32 keys and values [n, row_dim], converting to the store's dtype. */
+/* Appends n rows of fp32 keys and values [n, row_dim], converting to the store's dtype.
+ * Files backing: RC_ERR_IO when a write fails (a full disk); the layer is then unchanged. */
 rc_t memory_store_append_f32(memory_store_t *s, int layer, const float *k, const float *v,
                              size_t n);
 /* Appends n rows already in the store's dtype (raw bytes, as read back from disk). */
@@ -45,7 +75,7 @@ rc_t memory_store_append_raw(memory_store_t *s, int layer, const void *k, const 
 const void *memory_store_keys(const memory_store_t *s, int layer);
 const void *memory_store_values(const memory_store_t *s, int layer);
 
-/* Drops rows past n in every layer. */
+/* Drops rows past n in every layer (files: they are cut from the files too). */
 void memory_store_truncate(memory_store_t *s, size_t n);
 
 #endif
