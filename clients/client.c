@@ -251,7 +251,7 @@ static rc_t take_status(recall_client *c, const Recall__Response *r)
         r->status->message && r->status->message[0] ? r->status->message : rc_strerror((rc_t)code);
     recall_client_set_error(c, "%s", msg);
     c->err_remote = 1;
-    if (code > 0 || code < RC_ERR_INTERNAL) return RC_ERR_INTERNAL;
+    if (code > 0 || code < RC_ERR_UNAVAILABLE) return RC_ERR_INTERNAL;
     return (rc_t)code;
 }
 

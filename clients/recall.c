@@ -42,6 +42,7 @@ typedef enum cmd {
     CMD_DROP,
     CMD_HEALTH,
     CMD_STATS,
+    CMD_VERIFY,
     CMD_HELP,
     CMD_PASSKEY,
     CMD_BENCH,
@@ -128,6 +129,18 @@ static const cmd_desc cmds[CMD_COUNT] = {
     [CMD_STATS] = {"stats", "recall stats", "daemon counters: requests, tokens, memory",
                    "Example:\n"
                    "  recall stats --json\n"},
+    [CMD_VERIFY] = {"verify", "recall verify SESSION",
+                    "read a session's stored memory back and check every checksum",
+                    "Reads every memory row of the session from disk and checks it against the\n"
+                    "checksum written when its window was committed, and the token count\n"
+                    "against the catalogue. Exits 0 when everything matches and 1 when\n"
+                    "something does not, naming the first damaged window or file. A session\n"
+                    "whose stored data is found damaged (here or when it is brought in) is\n"
+                    "marked unavailable (recall sessions shows it); one that passes again is\n"
+                    "available again. It reads the whole session: large ones take a while.\n"
+                    "\n"
+                    "Example:\n"
+                    "  recall verify books\n"},
     [CMD_HELP] = {"help", "recall help [COMMAND]", "this help, or a command's",
                   "Example:\n"
                   "  recall help ingest\n"},
@@ -791,6 +804,8 @@ static cJSON *info_json(const Recall__SessionInfo *i)
     cJSON_AddNumberToObject(j, "last_seq", (double)i->last_seq);
     cJSON_AddNumberToObject(j, "created_unix", (double)i->created_unix);
     cJSON_AddNumberToObject(j, "ingest_chunks", (double)i->ingest_chunks);
+    cJSON_AddStringToObject(j, "tier", str_or(i->tier, ""));
+    if (i->problem && i->problem[0]) cJSON_AddStringToObject(j, "problem", i->problem);
     return j;
 }
 
@@ -1597,19 +1612,33 @@ static int cmd_sessions(recall_client *c, const args *a)
             int n = (int)strlen(str_or(l->sessions[i]->name, ""));
             if (n > w) w = n;
         }
-        printf("%-*s %12s %9s %7s %-11s %-6s %11s %8s  %s\n", w, "SESSION", "TOKENS", "WINDOWS",
-               "WINDOW", "POSITIONAL", "MEMORY", "MEM_BYTES", "LAST_SEQ", "CREATED");
+        printf("%-*s %12s %9s %7s %-11s %-6s %-11s %11s %8s  %s\n", w, "SESSION", "TOKENS",
+               "WINDOWS", "WINDOW", "POSITIONAL", "MEMORY", "TIER", "DISK_BYTES", "LAST_SEQ",
+               "CREATED");
+        size_t bad = 0;
         for (size_t i = 0; i < l->n_sessions; i++) {
             const Recall__SessionInfo *s = l->sessions[i];
             const Recall__SessionOptions *o = s->options;
             char b[32], t[32];
-            human_bytes(b, sizeof b, (double)(s->memory_bytes_device + s->memory_bytes_host));
+            human_bytes(b, sizeof b, (double)s->memory_bytes_disk);
             format_time(t, sizeof t, s->created_unix);
-            printf("%-*s %12llu %9llu %7u %-11s %-6s %11s %8llu  %s\n", w, str_or(s->name, ""),
-                   (unsigned long long)s->tokens, (unsigned long long)s->windows, o ? o->window : 0,
-                   o ? str_or(o->positional, "-") : "-", o ? str_or(o->memory, "-") : "-", b,
-                   (unsigned long long)s->last_seq, t);
+            int unavailable = s->problem && s->problem[0];
+            bad += unavailable;
+            printf("%-*s %12llu %9llu %7u %-11s %-6s %-11s %11s %8llu  %s\n", w,
+                   str_or(s->name, ""), (unsigned long long)s->tokens,
+                   (unsigned long long)s->windows, o ? o->window : 0,
+                   o ? str_or(o->positional, "-") : "-", o ? str_or(o->memory, "-") : "-",
+                   unavailable ? "UNAVAILABLE" : str_or(s->tier, "-"), b,
+                   (unsigned long long)s->last_seq, unavailable ? "-" : t);
         }
+        for (size_t i = 0; i < l->n_sessions; i++)
+            if (l->sessions[i]->problem && l->sessions[i]->problem[0])
+                printf("%s: UNAVAILABLE: %s\n", str_or(l->sessions[i]->name, ""),
+                       l->sessions[i]->problem);
+        if (bad)
+            printf("%zu session%s unavailable: recall verify SESSION checks one again, recall "
+                   "drop SESSION removes it\n",
+                   bad, bad == 1 ? " is" : "s are");
     }
     recall__response__free_unpacked(r, NULL);
     return EXIT_OK;
@@ -1641,6 +1670,8 @@ static int cmd_info(recall_client *c, const args *a)
         human_bytes(bh, sizeof bh, (double)s->memory_bytes_host);
         human_bytes(bk, sizeof bk, (double)s->memory_bytes_disk);
         printf("session        %s\n", str_or(s->name, ""));
+        if (s->problem && s->problem[0]) printf("UNAVAILABLE    %s\n", s->problem);
+        printf("tier           %s\n", str_or(s->tier, "-"));
         printf("created        %s\n", t);
         printf("tokens         %llu\n", (unsigned long long)s->tokens);
         printf("windows        %llu\n", (unsigned long long)s->windows);
@@ -1755,9 +1786,18 @@ static int cmd_stats(recall_client *c, const args *a)
         cJSON_AddNumberToObject(o, "memory_bytes_disk", (double)s->memory_bytes_disk);
         cJSON_AddStringToObject(o, "device", str_or(s->device, ""));
         cJSON_AddStringToObject(o, "model", str_or(s->model, ""));
+        cJSON_AddNumberToObject(o, "host_budget", (double)s->host_budget);
+        cJSON_AddNumberToObject(o, "gpu_budget", (double)s->gpu_budget);
+        cJSON_AddNumberToObject(o, "sessions_gpu", (double)s->sessions_gpu);
+        cJSON_AddNumberToObject(o, "sessions_host", (double)s->sessions_host);
+        cJSON_AddNumberToObject(o, "sessions_disk", (double)s->sessions_disk);
+        cJSON_AddNumberToObject(o, "sessions_unavailable", (double)s->sessions_unavailable);
+        cJSON_AddNumberToObject(o, "loads", (double)s->loads);
+        cJSON_AddNumberToObject(o, "evictions", (double)s->evictions);
         json_print(o);
     } else {
-        char up[32], bd[32], bh[32], bk[32];
+        char up[32], bd[32], bh[32], bk[32], hb[32] = "none";
+        if (s->host_budget) human_bytes(hb, sizeof hb, (double)s->host_budget);
         human_duration(up, sizeof up, s->uptime_s);
         human_bytes(bd, sizeof bd, (double)s->memory_bytes_device);
         human_bytes(bh, sizeof bh, (double)s->memory_bytes_host);
@@ -1772,9 +1812,57 @@ static int cmd_stats(recall_client *c, const args *a)
         printf("tokens generated %llu\n", (unsigned long long)s->tokens_generated);
         printf("memory tokens    %llu\n", (unsigned long long)s->memory_tokens);
         printf("memory bytes     device %s, host %s, disk %s\n", bd, bh, bk);
+        printf("host budget      %s\n", hb);
+        printf("sessions by tier gpu %llu, host %llu, disk %llu, unavailable %llu\n",
+               (unsigned long long)s->sessions_gpu, (unsigned long long)s->sessions_host,
+               (unsigned long long)s->sessions_disk, (unsigned long long)s->sessions_unavailable);
+        printf("rows moved       %llu loads from disk, %llu evictions\n",
+               (unsigned long long)s->loads, (unsigned long long)s->evictions);
     }
     recall__response__free_unpacked(r, NULL);
     return EXIT_OK;
+}
+
+static int cmd_verify(recall_client *c, const args *a)
+{
+    if (a->n_pos != 1) return usage_error(CMD_VERIFY, "verify needs exactly one SESSION");
+    Recall__Request req = new_request();
+    Recall__VerifySessionRequest vr = RECALL__VERIFY_SESSION_REQUEST__INIT;
+    vr.session = (char *)a->pos[0];
+    req.body_case = RECALL__REQUEST__BODY_VERIFY_SESSION;
+    req.verify_session = &vr;
+    Recall__Response *r;
+    int e = simple_call(c, &req, RECALL__RESPONSE__BODY_VERIFY_SESSION, &r);
+    if (e >= 0) return e;
+    const Recall__VerifySessionResponse *v = r->verify_session;
+    int ok = v->ok;
+    if (g_json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "session", vr.session);
+        cJSON_AddBoolToObject(o, "ok", ok);
+        cJSON_AddNumberToObject(o, "windows", (double)v->windows);
+        cJSON_AddNumberToObject(o, "bad_windows", (double)v->bad_windows);
+        cJSON_AddNumberToObject(o, "bytes_read", (double)v->bytes_read);
+        cJSON_AddNumberToObject(o, "tokens", (double)v->tokens);
+        cJSON_AddNumberToObject(o, "seconds", v->seconds);
+        if (!ok) cJSON_AddStringToObject(o, "problem", str_or(v->problem, ""));
+        json_print(o);
+    } else {
+        char b[32];
+        human_bytes(b, sizeof b, (double)v->bytes_read);
+        if (ok)
+            printf("session '%s' is intact: %llu windows (%s of rows) and %llu tokens checked "
+                   "in %.2f s\n",
+                   vr.session, (unsigned long long)v->windows, b, (unsigned long long)v->tokens,
+                   v->seconds);
+        else
+            printf("session '%s' is DAMAGED: %s\n%llu of %llu windows fail their checksums; the "
+                   "session is unavailable until it verifies clean (or is dropped)\n",
+                   vr.session, str_or(v->problem, "?"), (unsigned long long)v->bad_windows,
+                   (unsigned long long)v->windows);
+    }
+    recall__response__free_unpacked(r, NULL);
+    return ok ? EXIT_OK : EXIT_REMOTE;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -2292,6 +2380,9 @@ int main(int argc, char **argv)
         break;
     case CMD_STATS:
         e = cmd_stats(c, &a);
+        break;
+    case CMD_VERIFY:
+        e = cmd_verify(c, &a);
         break;
     case CMD_PASSKEY:
         e = cmd_passkey(c, &a);

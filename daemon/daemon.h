@@ -1,10 +1,15 @@
 /* daemon.h — recalld's state, shared by its parts (internal to daemon/).
  *
  * Threads: the main thread owns the ZeroMQ ROUTER and answers quick requests; one worker
- * thread runs model work (Ingest, Ask, Score) from a queue and hands its responses back
- * over an inproc PAIR socket that the main loop forwards. Everything both threads touch
- * (the session table, each session's counters, the statistics) is guarded by daemon.mu.
- * A session's stream and token array are written only by the worker. */
+ * thread runs model work (Ingest, Ask, Score, Verify) from a queue and hands its responses
+ * back over an inproc PAIR socket that the main loop forwards. Everything both threads
+ * touch (the session table, each session's counters, the statistics, the tiers' books) is
+ * guarded by daemon.mu. A session's memory object, stream and token array are touched only
+ * by the worker, or by whoever frees the session once no job holds it.
+ *
+ * Sessions open lazily: start-up reads the catalogue only, and a session's tokens and
+ * memory rows come in when a job first needs them (residency.c), moving other sessions'
+ * rows down a tier when the daemon-wide budgets ask for room. */
 #ifndef RECALL_DAEMON_DAEMON_H
 #define RECALL_DAEMON_DAEMON_H
 
@@ -16,6 +21,8 @@
 
 #include "common/rc.h"
 #include "memory/db.h"
+#include "memory/session_memory.h"
+#include "memory/tiers.h"
 #include "model/backend.h"
 #include "model/model.h"
 #include "model/stream.h"
@@ -45,6 +52,7 @@ typedef struct daemon_config {
     int max_sessions;
     int threads;
     size_t map_size; /* initial LMDB map; 0: default */
+    size_t host_budget; /* bytes of host memory for sessions' rows and tokens (resolved) */
     /* Session options for fields a CreateSession (or a Score of text) leaves unset: the
      * --window, --positional, ... flags. Strings point into argv. */
     Recall__SessionOptions defaults;
@@ -55,11 +63,20 @@ typedef struct session {
     int refs;    /* the table's one, plus one per queued or running job (under mu) */
     int dropped; /* removed from the table; a running job must not commit (under mu) */
 
+    /* Non-empty: the session is unavailable and this says why (its record or rows are
+     * damaged, or belong to another model); requests on it fail, the rest are served.
+     * Under mu. An unavailable session may have no mem and unresolved opts. */
+    char problem[512];
+
     model_stream_opts_t opts; /* resolved */
     int window;
-    model_stream_t *stream; /* worker only (and load / create before it is shared) */
-    int32_t *tokens;        /* [n_tokens] every committed token; written by the worker */
+    session_memory_t *mem;  /* its rows in every tier; worker only (see the header comment) */
+    model_stream_t *stream; /* over mem's host tier; NULL until a job needs it (worker only) */
+    int32_t *tokens;        /* [n_tokens] every committed token, once loaded (worker only) */
     size_t tokens_cap;
+    int tokens_loaded;
+    tiers_slot_t slot;      /* its entry in d->tiers (under mu) */
+    const char *tier;       /* "gpu", "host", "disk", "unavailable" (static; under mu) */
 
     /* Under mu. */
     uint64_t n_tokens;
@@ -100,12 +117,15 @@ typedef struct daemon {
     char fingerprint[256];
     int row_dim;
     memory_db_t *db;
+    char *rows_root;       /* DATA/rows: the sessions' row files */
+    memory_tiers_t *tiers; /* the budgets' books (under mu) */
     double start_time;
 
     pthread_mutex_t mu;
     session_t **sessions; /* [n_sessions] */
     size_t n_sessions, cap_sessions;
     uint64_t requests, errors, tokens_ingested, tokens_generated;
+    uint64_t loads, evictions;
 
     /* Worker queue (under mu). */
     pthread_cond_t cv;
@@ -140,10 +160,13 @@ void session_info_fill(const session_t *s, Recall__SessionInfo *info,
                        Recall__SessionOptions *opts);
 /* Under mu. */
 session_t *session_find(daemon_t *d, const char *name);
-/* Creates a session object (not in the table, not persisted). */
-rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, session_t **out);
+/* Creates a session object with `windows` committed windows (not in the table, not
+ * persisted; nothing is read). */
+rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, uint64_t windows,
+                 session_t **out);
 void session_unref(daemon_t *d, session_t *s); /* takes mu itself */
-void session_unref_locked(session_t *s, session_t **to_free);
+/* Under mu; *to_free gets s when that was the last reference (free it after unlocking). */
+void session_unref_locked(daemon_t *d, session_t *s, session_t **to_free);
 void session_free(session_t *s);
 /* Packs the record for s (under mu) with the counters given; *buf malloc'ed. */
 rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uint64_t windows,
@@ -152,8 +175,28 @@ rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uin
 /* Saves a knn session's indexes into the database (derived data, so best effort: a failure
  * is logged and the index is rebuilt at the next start). Worker stopped or worker only. */
 void session_index_save(daemon_t *d, session_t *s);
-/* Loads every session from the database into the table. */
-rc_t session_load_all(daemon_t *d, char *err, size_t errlen);
+/* Installs a knn session's saved indexes into its new stream (a missing or damaged one is
+ * rebuilt from the keys when first needed). Worker only. */
+void session_index_restore(daemon_t *d, session_t *s);
+/* Puts every session of the catalogue into the table, reading records only. A session whose
+ * record is damaged or was written for another model is listed as unavailable. Fails only
+ * when the catalogue itself cannot be read. */
+rc_t session_open_all(daemon_t *d, char *err, size_t errlen);
+/* Under mu: marks s unavailable with the reason. */
+void session_mark_unavailable(session_t *s, const char *why);
+
+/* ---- residency.c (worker thread) ---- */
+/* Brings s in for a job: its tokens, and with rows its memory rows and stream, after moving
+ * least recently used sessions down a tier when the budgets need room. Pins s until
+ * session_release. Fails with RC_ERR_UNAVAILABLE (and marks s) when its stored data is
+ * damaged; err says why. */
+rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t errlen);
+/* After the job: unpins s, records its new size, and moves others down if it grew. */
+void session_release(daemon_t *d, session_t *s);
+/* Moves every session's rows to disk (shutdown: saves knn indexes, unmaps). */
+void session_evict_all(daemon_t *d);
+/* Under mu: refreshes s's reported sizes and tier from its memory object and stream. */
+void session_account_locked(daemon_t *d, session_t *s);
 /* Under mu: table insert / remove. */
 rc_t session_table_add(daemon_t *d, session_t *s);
 void session_table_remove(daemon_t *d, session_t *s);

@@ -77,6 +77,13 @@ static void usage(FILE *f)
 "                         both; an exact session past it fails the window (ingest is refused,\n"
 "                         nothing changed). It must hold at least one window of keys and\n"
 "                         values. The CPU backend ignores it.\n"
+"  --host-memory-budget SIZE\n"
+"                         host memory for sessions' memory rows and tokens, all sessions\n"
+"                         together (e.g. 16G, 512M; none: no limit). When a session needs\n"
+"                         room, the least recently used ones move to disk (nothing is lost:\n"
+"                         their next question brings them back). Default: half the RAM.\n"
+"                         Rows are read through a map of their files, so the page cache holds\n"
+"                         them once; a session larger than the budget still runs.\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
 "  --help                 this text\n"
@@ -232,7 +239,7 @@ int main(int argc, char **argv)
     enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE,
            O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
-           O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET };
+           O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -257,12 +264,14 @@ int main(int argc, char **argv)
         {"nlist", required_argument, 0, O_NLIST},
         {"nprobe", required_argument, 0, O_NPROBE},
         {"gpu-memory-budget", required_argument, 0, O_GPU_BUDGET},
+        {"host-memory-budget", required_argument, 0, O_HOST_BUDGET},
         {"threads", required_argument, 0, O_THREADS},
         {"log-level", required_argument, 0, O_LOG},
         {"db-map-size", required_argument, 0, O_MAP},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    size_t host_budget = 0; /* 0: the default, half the RAM; SIZE_MAX: none */
     int opt;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -311,6 +320,18 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_HOST_BUDGET: {
+            uint64_t b = 0;
+            if (parse_budget(optarg, &b)) {
+                fprintf(stderr,
+                        "recalld: --host-memory-budget must be a size such as 512M, 16G, 1.5G "
+                        "or a number of bytes, or none for no limit; not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            host_budget = b ? (size_t)b : SIZE_MAX; /* none: no limit */
+            break;
+        }
         case O_POSITIONAL: cfg.defaults.positional = optarg; break;
         case O_MEMORY: cfg.defaults.memory = optarg; break;
         case O_MEM_DTYPE: cfg.defaults.mem_dtype = optarg; break;
@@ -386,6 +407,11 @@ int main(int argc, char **argv)
         if (cfg.max_frame_bytes < (8u << 20)) cfg.max_frame_bytes = 8u << 20;
     }
     if (cfg.threads > 0) omp_set_num_threads(cfg.threads);
+    if (host_budget == 0) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        host_budget = pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz / 2 : SIZE_MAX;
+    }
+    cfg.host_budget = host_budget == SIZE_MAX ? 0 : host_budget;
 
     int existed;
     if (check_data_dir(cfg.data_dir, &existed)) return 1;
@@ -471,9 +497,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: %s\n", err);
         goto out;
     }
-    rc = session_load_all(d, err, sizeof err);
+    if (!(d->rows_root = malloc(strlen(cfg.data_dir) + 6))) goto out;
+    sprintf(d->rows_root, "%s/rows", cfg.data_dir);
+    if (mkdir(d->rows_root, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "recalld: cannot create %s: %s\n", d->rows_root, strerror(errno));
+        goto out;
+    }
+    /* The GPU tier is bounded per session for now (SessionOptions.gpu_memory_budget). */
+    if (memory_tiers_create(cfg.host_budget, 0, &d->tiers)) goto out;
+    rc = session_open_all(d, err, sizeof err);
     if (rc) {
-        fprintf(stderr, "recalld: cannot load the sessions in %s: %s\n", cfg.data_dir, err);
+        fprintf(stderr, "recalld: cannot open the sessions in %s: %s\n", cfg.data_dir, err);
         goto out;
     }
 
@@ -499,9 +533,11 @@ int main(int argc, char **argv)
         goto out;
     }
     worker_started = 1;
-    log_info("recalld listening on %s; model %s; device %s; data %s; %zu sessions", cfg.listen,
-             model_describe(d->model), model_backend_describe(d->backend), cfg.data_dir,
-             d->n_sessions);
+    log_info("recalld listening on %s; model %s; device %s; data %s; %zu sessions (opened "
+             "lazily); host memory budget %s%.1f MiB",
+             cfg.listen, model_describe(d->model), model_backend_describe(d->backend),
+             cfg.data_dir, d->n_sessions, cfg.host_budget ? "" : "none, ",
+             (double)cfg.host_budget / 1048576.0);
 
     rc = server_run(d, router, &g_stop);
     exit_code = rc == RC_OK ? 0 : 1;
@@ -517,9 +553,8 @@ out:
         pthread_join(d->worker, NULL);
     }
     /* The worker is gone: streams are quiet, so knn indexes can be written out for a fast
-     * next start. */
-    if (d->db)
-        for (size_t i = 0; i < d->n_sessions; i++) session_index_save(d, d->sessions[i]);
+     * next start (each session's move to disk saves its index). */
+    if (d->db) session_evict_all(d);
     if (router) zmq_close(router);
     if (d->pair_main) zmq_close(d->pair_main);
     if (d->pair_worker) zmq_close(d->pair_worker);
@@ -527,6 +562,8 @@ out:
     for (size_t i = 0; i < d->n_sessions; i++)
         session_free(d->sessions[i]);
     free(d->sessions);
+    memory_tiers_destroy(&d->tiers);
+    free(d->rows_root);
     memory_db_close(&d->db); /* after every commit has returned */
     model_backend_close(&d->backend); /* after every stream on it is gone */
     model_destroy(&d->model);

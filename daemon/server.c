@@ -166,9 +166,9 @@ static void do_create(daemon_t *d, void *router, const route_t *route, uint64_t 
         goto out;
     }
     pthread_mutex_unlock(&d->mu);
-    rc = session_new(d, q->session, &o, &s);
+    rc = session_new(d, q->session, &o, 0, &s);
     if (rc) {
-        set_reply(&r, rc, "cannot create the session's stream: %s", rc_strerror(rc));
+        set_reply(&r, rc, "cannot create the session: %s", rc_strerror(rc));
         goto out;
     }
     pthread_mutex_lock(&d->mu);
@@ -298,7 +298,13 @@ static void do_drop(daemon_t *d, void *router, const route_t *route, uint64_t id
     }
     session_table_remove(d, s);
     s->dropped = 1;
-    session_unref_locked(s, &to_free);
+    session_unref_locked(d, s, &to_free);
+    /* The catalogue no longer names it, so its row files are garbage now; a job still
+     * reading them keeps its mapping (the pages live until it unmaps). A failure here only
+     * leaves files that the next start-up sweeps away. */
+    if (session_memory_remove_files(d->rows_root, q->session, err, sizeof err))
+        log_warn("dropped session '%s', but its row files stay until the next start: %s",
+                 q->session, err);
     pthread_mutex_unlock(&d->mu);
     log_info("dropped session '%s'", q->session);
     session_free(to_free);
@@ -321,11 +327,21 @@ static void do_stats(daemon_t *d, void *router, const route_t *route, uint64_t i
     sr.tokens_ingested = d->tokens_ingested;
     sr.tokens_generated = d->tokens_generated;
     for (size_t i = 0; i < d->n_sessions; i++) {
-        sr.memory_tokens += d->sessions[i]->mem_tokens;
-        sr.memory_bytes_host += d->sessions[i]->mem_bytes_host;
-        sr.memory_bytes_disk += d->sessions[i]->disk_bytes;
-        sr.memory_bytes_device += d->sessions[i]->mem_bytes_device;
+        const session_t *x = d->sessions[i];
+        sr.memory_tokens += x->mem_tokens;
+        sr.memory_bytes_host += x->mem_bytes_host;
+        sr.memory_bytes_disk += x->disk_bytes;
+        sr.memory_bytes_device += x->mem_bytes_device;
+        const char *t = x->problem[0] ? "unavailable" : x->tier ? x->tier : "disk";
+        if (!strcmp(t, "gpu")) sr.sessions_gpu++;
+        else if (!strcmp(t, "host")) sr.sessions_host++;
+        else if (!strcmp(t, "disk")) sr.sessions_disk++;
+        else sr.sessions_unavailable++;
     }
+    sr.host_budget = memory_tiers_host_budget(d->tiers);
+    sr.gpu_budget = memory_tiers_gpu_budget(d->tiers);
+    sr.loads = d->loads;
+    sr.evictions = d->evictions;
     pthread_mutex_unlock(&d->mu);
     sr.device = (char *)model_backend_describe(d->backend);
     sr.model = (char *)model_describe(d->model);
@@ -428,6 +444,15 @@ static int enqueue(daemon_t *d, const route_t *route, Recall__Request *req, cons
             pthread_mutex_unlock(&d->mu);
             free(j);
             set_reply(r, RC_ERR_NOT_FOUND, "no session named '%s'", session);
+            return -1;
+        }
+        if (s->problem[0] && req->body_case != RECALL__REQUEST__BODY_VERIFY_SESSION) {
+            set_reply(r, RC_ERR_UNAVAILABLE,
+                      "session '%s' is unavailable: %s (recall verify %s checks it again; "
+                      "recall drop %s removes it)",
+                      session, s->problem, session, session);
+            pthread_mutex_unlock(&d->mu);
+            free(j);
             return -1;
         }
         if (is_ingest && s->queued_ingest >= DAEMON_CREDIT) {
@@ -550,6 +575,10 @@ static int handle_work(daemon_t *d, void *router, const route_t *route, Recall__
         if (rc) set_reply(&r, rc, "score options: %s", err);
         break;
     }
+    case RECALL__REQUEST__BODY_VERIFY_SESSION:
+        if (!name_ok(req->verify_session->session, &r)) break;
+        session = req->verify_session->session;
+        break;
     default:
         set_reply(&r, RC_ERR_INTERNAL, "not model work");
     }
@@ -674,13 +703,14 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
     case RECALL__REQUEST__BODY_INGEST:
     case RECALL__REQUEST__BODY_ASK:
     case RECALL__REQUEST__BODY_SCORE:
+    case RECALL__REQUEST__BODY_VERIFY_SESSION:
         owned = handle_work(d, router, &m->route, req);
         break;
     default:
         set_reply(&r, RC_ERR_FORMAT,
                   "request %llu has no body (or one this daemon does not know); "
                   "set one of create_session, ingest, ask, score, list_sessions, "
-                  "session_info, drop_session, stats, health, tokenize",
+                  "session_info, drop_session, stats, health, tokenize, verify_session",
                   (unsigned long long)id);
         send_reply(d, router, &m->route, id, &r, &resp);
     }

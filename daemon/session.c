@@ -1,4 +1,4 @@
-/* session.c — the session table, session options, records and loading at start-up. */
+/* session.c — the session table, session options, records and the catalogue at start-up. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +220,14 @@ void session_info_fill(const session_t *s, Recall__SessionInfo *info,
     info->last_seq = s->last_seq;
     info->created_unix = s->created_unix;
     info->ingest_chunks = s->ingest_chunks;
+    info->tier = (char *)(s->problem[0] ? "unavailable" : s->tier ? s->tier : "disk");
+    info->problem = (char *)s->problem;
+}
+
+void session_mark_unavailable(session_t *s, const char *why)
+{
+    snprintf(s->problem, sizeof s->problem, "%s", why);
+    s->tier = "unavailable";
 }
 
 session_t *session_find(daemon_t *d, const char *name)
@@ -229,7 +237,8 @@ session_t *session_find(daemon_t *d, const char *name)
     return NULL;
 }
 
-rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, session_t **out)
+rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, uint64_t windows,
+                 session_t **out)
 {
     *out = NULL;
     session_t *s = calloc(1, sizeof *s);
@@ -239,7 +248,12 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, se
     s->window = o->window;
     s->refs = 1;
     s->created_unix = (int64_t)time(NULL);
-    rc_t rc = model_stream_create_on(d->backend, o, &s->stream);
+    s->tier = "disk";
+    session_memory_shape_t shape = {.n_layers = d->mc->n_mem_layers,
+                                    .row_dim = d->row_dim,
+                                    .dtype = o->mem_dtype,
+                                    .window = o->window};
+    rc_t rc = session_memory_open(d->db, d->rows_root, name, &shape, windows, &s->mem);
     if (rc) {
         free(s);
         return rc;
@@ -251,15 +265,19 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, se
 void session_free(session_t *s)
 {
     if (!s) return;
-    model_stream_destroy(&s->stream);
+    model_stream_destroy(&s->stream); /* before the store it reads */
+    session_memory_close(&s->mem);
     free(s->tokens);
     free(s);
 }
 
-void session_unref_locked(session_t *s, session_t **to_free)
+void session_unref_locked(daemon_t *d, session_t *s, session_t **to_free)
 {
     *to_free = NULL;
-    if (--s->refs == 0) *to_free = s;
+    if (--s->refs == 0) {
+        if (d->tiers) memory_tiers_untrack(d->tiers, &s->slot);
+        *to_free = s;
+    }
 }
 
 void session_unref(daemon_t *d, session_t *s)
@@ -267,9 +285,9 @@ void session_unref(daemon_t *d, session_t *s)
     if (!s) return;
     session_t *f;
     pthread_mutex_lock(&d->mu);
-    session_unref_locked(s, &f);
+    session_unref_locked(d, s, &f);
     pthread_mutex_unlock(&d->mu);
-    session_free(f); /* outside the lock: freeing a large memory takes a while */
+    session_free(f); /* outside the lock: unmapping a large memory takes a while */
 }
 
 rc_t session_table_add(daemon_t *d, session_t *s)
@@ -281,6 +299,8 @@ rc_t session_table_add(daemon_t *d, session_t *s)
         d->sessions = ns;
         d->cap_sessions = nc;
     }
+    rc_t rc = d->tiers ? memory_tiers_track(d->tiers, &s->slot) : RC_OK;
+    if (rc) return rc;
     d->sessions[d->n_sessions++] = s;
     return RC_OK;
 }
@@ -323,26 +343,11 @@ rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uin
     return RC_OK;
 }
 
-/* ---- loading ------------------------------------------------------------------------- */
-
-typedef struct load_ctx {
-    memory_store_t *mem;
-    int layer;
-    size_t want_bytes;
-} load_ctx_t;
-
-static rc_t load_window_cb(void *ctx, const void *keys, const void *values, size_t bytes)
-{
-    load_ctx_t *c = ctx;
-    if (bytes != c->want_bytes) return RC_ERR_FORMAT;
-    size_t rows =
-        bytes / ((size_t)memory_store_row_dim(c->mem) * dtype_size(memory_store_dtype(c->mem)));
-    return memory_store_append_raw(c->mem, c->layer, keys, values, rows);
-}
+/* ---- kNN indexes -------------------------------------------------------------------- */
 
 /* A knn session's indexes as saved at the last shutdown. They are derived from the stored
  * keys, so any problem only costs time: the index is rebuilt when next needed. */
-static void session_index_restore(daemon_t *d, session_t *s)
+void session_index_restore(daemon_t *d, session_t *s)
 {
     memory_store_t *mem = model_stream_memory(s->stream);
     for (int l = 0; l < memory_store_layers(mem); l++) {
@@ -387,120 +392,103 @@ void session_index_save(daemon_t *d, session_t *s)
     }
 }
 
-static rc_t load_one(daemon_t *d, const memory_db_record_t *rec, char *err, size_t errlen)
+/* ---- the catalogue at start-up ------------------------------------------------------ */
+
+/* An entry for a session that cannot be served: listed, with the reason, and nothing else. */
+static rc_t add_unavailable(daemon_t *d, const char *name, const char *why)
 {
+    session_t *s = calloc(1, sizeof *s);
+    if (!s) return RC_ERR_NOMEM;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->refs = 1;
+    session_mark_unavailable(s, why);
+    log_warn("session '%s' is unavailable: %s", name, why);
+    rc_t rc = session_table_add(d, s);
+    if (rc) free(s);
+    return rc;
+}
+
+/* One record: checks that it decodes, belongs to this model and resolves, and makes the
+ * session's entry (nothing else is read: tokens and rows come in on first use). Returns a
+ * status only for what stops the daemon (out of memory); a bad record makes an unavailable
+ * entry. */
+static rc_t open_one(daemon_t *d, const memory_db_record_t *rec)
+{
+    char why[512];
     const char *bad = session_name_problem(rec->name);
     if (bad[0]) {
-        snprintf(err, errlen, "the database holds a session with an unsafe name: %s", bad);
-        return RC_ERR_FORMAT;
+        /* Not listed: a name that is not a safe key cannot be asked about or dropped. */
+        log_warn("the catalogue holds a session with an unsafe name, skipped: %s", bad);
+        return RC_OK;
     }
     Recall__SessionRecord *r =
         recall__session_record__unpack(NULL, rec->len, (const uint8_t *)rec->data);
     if (!r || !r->info) {
         if (r) recall__session_record__free_unpacked(r, NULL);
-        snprintf(err, errlen, "session '%s': its record in the database is malformed", rec->name);
-        return RC_ERR_FORMAT;
+        return add_unavailable(d, rec->name, "its record in the catalogue is malformed");
     }
     rc_t rc = RC_OK;
     session_t *s = NULL;
-    int32_t *toks = NULL;
-    if (r->version != SESSION_RECORD_VERSION) {
-        snprintf(err, errlen, "session '%s': record version %u is not %d", rec->name, r->version,
-                 SESSION_RECORD_VERSION);
-        rc = RC_ERR_FORMAT;
-        goto out;
-    }
-    if (strcmp(r->model_fingerprint, d->fingerprint) != 0 || (int)r->row_dim != d->row_dim) {
-        snprintf(err, errlen,
-                 "session '%s' was built with another model (%s); the loaded model is %s. "
-                 "Start recalld with that model or use another --data directory",
-                 rec->name, r->model_fingerprint, d->fingerprint);
-        rc = RC_ERR_FORMAT;
-        goto out;
-    }
     model_stream_opts_t o;
     char oerr[256];
-    rc = session_opts_resolve(d, r->info->options, &o, oerr, sizeof oerr);
-    if (rc) {
-        snprintf(err, errlen, "session '%s': its options no longer resolve: %s", rec->name, oerr);
-        goto out;
+    if (r->version != SESSION_RECORD_VERSION) {
+        snprintf(why, sizeof why, "its record has version %u; this recalld reads version %d",
+                 r->version, SESSION_RECORD_VERSION);
+        rc = add_unavailable(d, rec->name, why);
+    } else if (strcmp(r->model_fingerprint, d->fingerprint) != 0 || (int)r->row_dim != d->row_dim) {
+        snprintf(why, sizeof why,
+                 "it was built with another model (%s); the loaded model is %s. Start recalld "
+                 "with that model (or another --data directory) to use it",
+                 r->model_fingerprint, d->fingerprint);
+        rc = add_unavailable(d, rec->name, why);
+    } else if (session_opts_resolve(d, r->info->options, &o, oerr, sizeof oerr)) {
+        snprintf(why, sizeof why, "its options no longer resolve: %s", oerr);
+        rc = add_unavailable(d, rec->name, why);
+    } else if (r->info->windows * (uint64_t)o.window > r->info->tokens) {
+        snprintf(why, sizeof why,
+                 "its record is inconsistent: %llu windows of %d tokens but %llu tokens",
+                 (unsigned long long)r->info->windows, o.window,
+                 (unsigned long long)r->info->tokens);
+        rc = add_unavailable(d, rec->name, why);
+    } else if ((rc = session_new(d, rec->name, &o, r->info->windows, &s)) == RC_OK) {
+        s->n_tokens = r->info->tokens;
+        s->windows = r->info->windows;
+        s->last_seq = r->info->last_seq;
+        s->ingest_chunks = r->info->ingest_chunks;
+        s->next_chunk = r->next_chunk;
+        s->created_unix = r->info->created_unix;
+        s->mem_tokens = s->windows * (uint64_t)s->window;
+        s->record_bytes = rec->len;
+        s->disk_bytes = session_memory_disk_bytes(s->mem) + s->n_tokens * 4 + rec->len;
+        rc = session_table_add(d, s);
+        if (rc) session_free(s);
     }
-    rc = session_new(d, rec->name, &o, &s);
-    if (rc) {
-        snprintf(err, errlen, "session '%s': cannot create its stream: %s", rec->name,
-                 rc_strerror(rc));
-        goto out;
-    }
-    size_t n = 0;
-    uint64_t chunks = 0, next = 0;
-    rc = memory_db_load_tokens(d->db, rec->name, &toks, &n, &chunks, &next);
-    if (rc || n != r->info->tokens || r->info->windows * (uint64_t)o.window > n) {
-        snprintf(err, errlen,
-                 "session '%s': the database holds %zu tokens but its record says %llu "
-                 "(with %llu windows of %d)",
-                 rec->name, n, (unsigned long long)r->info->tokens,
-                 (unsigned long long)r->info->windows, o.window);
-        if (!rc) rc = RC_ERR_FORMAT;
-        goto out;
-    }
-    s->tokens = toks;
-    s->tokens_cap = n;
-    toks = NULL;
-    s->n_tokens = n;
-    s->windows = r->info->windows;
-    s->last_seq = r->info->last_seq;
-    s->ingest_chunks = r->info->ingest_chunks;
-    s->next_chunk = r->next_chunk > next ? r->next_chunk : next;
-    s->created_unix = r->info->created_unix;
-
-    /* Memory rows as they were computed: no forward pass at start-up. */
-    memory_store_t *mem = model_stream_memory(s->stream);
-    int layers = memory_store_layers(mem);
-    load_ctx_t lc = {mem, 0,
-                     (size_t)o.window * (size_t)memory_store_row_dim(mem) *
-                         dtype_size(memory_store_dtype(mem))};
-    for (uint64_t w = 0; w < s->windows; w++) {
-        for (int l = 0; l < layers; l++) {
-            lc.layer = l;
-            rc = memory_db_read_window(d->db, rec->name, (uint32_t)l, w, load_window_cb, &lc);
-            if (rc) {
-                snprintf(err, errlen, "session '%s': memory window %llu of memory layer %d is %s",
-                         rec->name, (unsigned long long)w, l,
-                         rc == RC_ERR_NOT_FOUND ? "missing" : "unreadable or of the wrong size");
-                goto out;
-            }
-        }
-    }
-    s->mem_tokens = memory_store_len(mem);
-    s->mem_bytes_host = memory_store_bytes(mem);
-    s->mem_bytes_device = model_stream_device_bytes(s->stream);
-    if (o.memory_knn) session_index_restore(d, s);
-    memory_db_session_bytes(d->db, rec->name, &s->disk_bytes);
-    s->record_bytes = rec->len;
-    rc = session_table_add(d, s);
-    if (rc) goto out;
-    log_info("session '%s': %llu tokens, %llu windows, last seq %llu", s->name,
-             (unsigned long long)s->n_tokens, (unsigned long long)s->windows,
-             (unsigned long long)s->last_seq);
-    s = NULL;
-out:
-    free(toks);
-    session_free(s);
     recall__session_record__free_unpacked(r, NULL);
     return rc;
 }
 
-rc_t session_load_all(daemon_t *d, char *err, size_t errlen)
+static int known_session(void *ctx, const char *name)
+{
+    daemon_t *d = ctx;
+    return session_find(d, name) != NULL;
+}
+
+rc_t session_open_all(daemon_t *d, char *err, size_t errlen)
 {
     memory_db_record_t *recs;
     size_t n;
     rc_t rc = memory_db_list(d->db, &recs, &n);
     if (rc) {
-        snprintf(err, errlen, "cannot list sessions in the database: %s", rc_strerror(rc));
+        snprintf(err, errlen, "cannot list sessions in the catalogue: %s", rc_strerror(rc));
         return rc;
     }
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = load_one(d, &recs[i], err, errlen);
+    for (size_t i = 0; i < n && !rc; i++) rc = open_one(d, &recs[i]);
     memory_db_records_free(recs, n);
-    return rc;
+    if (rc) {
+        snprintf(err, errlen, "cannot open the catalogue's sessions: %s", rc_strerror(rc));
+        return rc;
+    }
+    /* Rows of sessions whose drop stopped between the catalogue and the files. */
+    session_memory_sweep(d->rows_root, known_session, d);
+    return RC_OK;
 }

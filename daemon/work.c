@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "common/log.h"
 #include "daemon/daemon.h"
@@ -109,7 +110,6 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
 
     memory_store_t *mem = model_stream_memory(s->stream);
     model_stream_mark_t mark = model_stream_get_mark(s->stream);
-    memory_db_window_t *wins = NULL;
     uint8_t *rec = NULL;
     size_t rec_len = 0;
     rc_t rc = RC_OK;
@@ -121,6 +121,18 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
         }
         rc = model_stream_feed(s->stream, s->tokens + (win_old + w) * W, (size_t)W, NULL, NULL);
         if (!rc) rc = model_stream_flush(s->stream);
+        if (rc == RC_ERR_IO) {
+            /* The flush writes the window's rows to the session's row files. */
+            struct statvfs fs;
+            double free_mib = statvfs(d->rows_root, &fs) == 0
+                                  ? (double)fs.f_bavail * (double)fs.f_frsize / 1048576.0
+                                  : -1;
+            snprintf(err, errlen,
+                     "writing the memory rows of window %llu to %s failed (%.1f MiB free there; "
+                     "a full disk or a file size limit?)",
+                     (unsigned long long)(win_old + w), d->rows_root, free_mib);
+            goto fail;
+        }
         if (rc) {
             snprintf(err, errlen, "the forward pass failed on window %llu: %s",
                      (unsigned long long)(win_old + w), rc_strerror(rc));
@@ -130,7 +142,6 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
     }
 
     int layers = memory_store_layers(mem);
-    size_t row_bytes = (size_t)memory_store_row_dim(mem) * dtype_size(memory_store_dtype(mem));
     if (layers && memory_store_len(mem) != mark.mem_rows + nwin * W) {
         snprintf(err, errlen, "memory holds %zu rows after %llu windows, expected %llu",
                  memory_store_len(mem), (unsigned long long)nwin,
@@ -138,24 +149,6 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
         rc = RC_ERR_INTERNAL;
         goto fail;
     }
-    size_t n_w = layers ? (size_t)nwin * (size_t)layers : 0;
-    if (n_w && !(wins = calloc(n_w, sizeof *wins))) {
-        snprintf(err, errlen, "out of memory");
-        rc = RC_ERR_NOMEM;
-        goto fail;
-    }
-    uint64_t disk_add = 0;
-    for (uint64_t w = 0; w < nwin && layers; w++)
-        for (int l = 0; l < layers; l++) {
-            memory_db_window_t *x = &wins[w * layers + l];
-            size_t off = (mark.mem_rows + (size_t)(w * W)) * row_bytes;
-            x->layer = (uint32_t)l;
-            x->window = win_old + w;
-            x->keys = (const uint8_t *)memory_store_keys(mem, l) + off;
-            x->values = (const uint8_t *)memory_store_values(mem, l) + off;
-            x->bytes = (size_t)W * row_bytes;
-            disk_add += 2 * x->bytes;
-        }
     uint64_t new_seq = seq ? seq : last_seq;
     uint64_t new_chunks = seq ? chunks + 1 : chunks;
     uint64_t new_next = nn ? next_chunk + 1 : next_chunk;
@@ -177,24 +170,26 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
                             .record_len = rec_len,
                             .chunk_index = next_chunk,
                             .tokens = newt,
-                            .n_tokens = nn,
-                            .windows = wins,
-                            .n_windows = n_w};
-    rc = memory_db_commit(d->db, &c, err, errlen);
+                            .n_tokens = nn};
+    /* The session's memory syncs its row files, then commits their checksums with the
+     * tokens and the record in one transaction. */
+    rc = session_memory_commit(s->mem, &c, plain ? 0 : nwin, err, errlen);
     if (rc) {
         pthread_mutex_unlock(&d->mu);
         goto fail;
     }
     /* Durable: now the session may say so. */
-    disk_add += nn * 4;
+    uint64_t disk_add = nn * 4 + (layers ? nwin * W * 2 * (uint64_t)memory_store_row_dim(mem) *
+                                               dtype_size(memory_store_dtype(mem)) *
+                                               (uint64_t)layers
+                                         : 0);
     s->n_tokens = n_new;
     s->windows = win_new;
     s->last_seq = new_seq;
     s->ingest_chunks = new_chunks;
     s->next_chunk = new_next;
     s->mem_tokens = memory_store_len(mem);
-    s->mem_bytes_host = memory_store_bytes(mem);
-    s->mem_bytes_device = model_stream_device_bytes(s->stream);
+    session_account_locked(d, s);
     /* The record is rewritten, not added: its varint counters may change its size. */
     s->disk_bytes = s->disk_bytes - s->record_bytes + disk_add + rec_len;
     s->record_bytes = rec_len;
@@ -202,12 +197,10 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
     pthread_mutex_unlock(&d->mu);
     res->tokens = n_new;
     res->windows = win_new;
-    free(wins);
     free(rec);
     return RC_OK;
 fail:
     model_stream_rewind(s->stream, mark);
-    free(wins);
     free(rec);
     return rc;
 }
@@ -612,6 +605,80 @@ out:
     free(logits);
 }
 
+/* ---- Verify -------------------------------------------------------------------------- */
+
+/* Reads the whole session back: every row against its checksum, the tokens against the
+ * record. It runs for an unavailable session too (that is when it is wanted), and a
+ * session that passes becomes available again if its rows were what had failed. */
+static void do_verify(daemon_t *d, job_t *j)
+{
+    session_t *s = j->sess;
+    char err[1024] = "";
+    Recall__Response resp = RECALL__RESPONSE__INIT;
+    Recall__VerifySessionResponse vr = RECALL__VERIFY_SESSION_RESPONSE__INIT;
+    double t0 = now_s();
+    pthread_mutex_lock(&d->mu);
+    int dropped = s->dropped;
+    uint64_t want_tokens = s->n_tokens;
+    char problem[sizeof s->problem];
+    snprintf(problem, sizeof problem, "%s", s->problem);
+    pthread_mutex_unlock(&d->mu);
+    if (dropped) {
+        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        return;
+    }
+    rc_t rc = RC_OK;
+    if (!s->mem) {
+        /* Its record is what is damaged: nothing else can be checked. */
+        snprintf(err, sizeof err, "%s", problem);
+        rc = RC_ERR_UNAVAILABLE;
+    } else {
+        session_memory_report_t rep;
+        rc = session_memory_verify(s->mem, &rep, err, sizeof err);
+        vr.windows = rep.windows;
+        vr.bad_windows = rep.bad;
+        vr.bytes_read = rep.bytes;
+        int32_t *toks = NULL;
+        size_t n = 0;
+        rc_t trc = memory_db_load_tokens(d->db, s->name, &toks, &n, NULL, NULL);
+        free(toks);
+        vr.tokens = n;
+        if (!rc && (trc || n != want_tokens)) {
+            rc = RC_ERR_UNAVAILABLE;
+            snprintf(err, sizeof err,
+                     "session '%s': the catalogue holds %zu of its tokens but its record says "
+                     "%llu",
+                     s->name, n, (unsigned long long)want_tokens);
+        }
+    }
+    if (rc && rc != RC_ERR_UNAVAILABLE) {
+        wsend_err(d, j, rc, "verifying '%s' failed: %s", s->name, err);
+        return;
+    }
+    pthread_mutex_lock(&d->mu);
+    if (rc == RC_ERR_UNAVAILABLE && s->mem) {
+        session_mark_unavailable(s, err);
+    } else if (!rc && s->problem[0]) {
+        log_info("session '%s' verified clean: available again", s->name);
+        s->problem[0] = 0;
+        s->tier = "disk";
+        session_account_locked(d, s);
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (rc == RC_ERR_UNAVAILABLE && s->mem) {
+        /* Whatever it held came from rows that no longer check out. */
+        session_index_save(d, s);
+        model_stream_destroy(&s->stream);
+        session_memory_evict(s->mem);
+    }
+    vr.ok = rc == RC_OK;
+    vr.problem = rc ? err : (char *)"";
+    vr.seconds = now_s() - t0;
+    resp.body_case = RECALL__RESPONSE__BODY_VERIFY_SESSION;
+    resp.verify_session = &vr;
+    wsend_ok(d, j, &resp);
+}
+
 /* ---- the thread ---------------------------------------------------------------------- */
 
 static void job_free(daemon_t *d, job_t *j)
@@ -648,19 +715,32 @@ void *worker_main(void *arg)
         if (stopping) {
             if (j->req->body_case == RECALL__REQUEST__BODY_INGEST) ingest_done(d, j->sess);
             wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; the request was not run");
+        } else if (j->req->body_case == RECALL__REQUEST__BODY_VERIFY_SESSION) {
+            do_verify(d, j);
         } else {
-            switch (j->req->body_case) {
-            case RECALL__REQUEST__BODY_INGEST:
-                do_ingest(d, j);
-                break;
-            case RECALL__REQUEST__BODY_ASK:
-                do_ask(d, j);
-                break;
-            case RECALL__REQUEST__BODY_SCORE:
-                do_score(d, j);
-                break;
-            default:
-                wsend_err(d, j, RC_ERR_INTERNAL, "the worker got a request it cannot run");
+            /* Ingest and Ask run on the session's rows; Score of a session re-reads its
+             * tokens only. */
+            char err[1024];
+            int rows = j->req->body_case != RECALL__REQUEST__BODY_SCORE;
+            rc_t rc = j->sess ? session_bring_in(d, j->sess, rows, err, sizeof err) : RC_OK;
+            if (rc) {
+                if (j->req->body_case == RECALL__REQUEST__BODY_INGEST) ingest_done(d, j->sess);
+                wsend_err(d, j, rc, "%s", err);
+            } else {
+                switch (j->req->body_case) {
+                case RECALL__REQUEST__BODY_INGEST:
+                    do_ingest(d, j);
+                    break;
+                case RECALL__REQUEST__BODY_ASK:
+                    do_ask(d, j);
+                    break;
+                case RECALL__REQUEST__BODY_SCORE:
+                    do_score(d, j);
+                    break;
+                default:
+                    wsend_err(d, j, RC_ERR_INTERNAL, "the worker got a request it cannot run");
+                }
+                if (j->sess) session_release(d, j->sess);
             }
         }
         job_free(d, j);

@@ -22,6 +22,7 @@ struct model_stream {
     backend_stream_t *bs;
     model_stream_opts_t o;
     memory_store_t *mem;
+    int owns_mem;    /* mem was created here (not model_stream_create_with's) */
     int local;       /* tokens in the local cache */
     uint64_t tokens; /* tokens fed since creation (or the last rewind's mark) */
 };
@@ -80,6 +81,12 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
 rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t *opts,
                             model_stream_t **out)
 {
+    return model_stream_create_with(b, opts, NULL, out);
+}
+
+rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_t *opts,
+                              memory_store_t *mem, model_stream_t **out)
+{
     *out = NULL;
     const model_t *m = model_backend_model(b);
     char err[256];
@@ -95,9 +102,21 @@ rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t 
     s->c = model_get_config(m);
     s->b = b;
     s->o = o;
-    rc = memory_store_create(s->c->n_mem_layers, s->c->n_kv_heads * s->c->head_dim, o.mem_dtype,
-                             &s->mem);
-    if (rc) goto fail;
+    if (mem) {
+        if (memory_store_layers(mem) != s->c->n_mem_layers ||
+            memory_store_row_dim(mem) != s->c->n_kv_heads * s->c->head_dim ||
+            (s->c->n_mem_layers && memory_store_dtype(mem) != o.mem_dtype)) {
+            log_warn("stream: the memory store given does not match the model or mem_dtype");
+            rc = RC_ERR_INVALID;
+            goto fail;
+        }
+        s->mem = mem;
+    } else {
+        rc = memory_store_create(s->c->n_mem_layers, s->c->n_kv_heads * s->c->head_dim,
+                                 o.mem_dtype, &s->mem);
+        if (rc) goto fail;
+        s->owns_mem = 1;
+    }
     rc = b->ops->stream_create(b->ctx, &s->o, s->mem, &s->bs);
     if (rc) goto fail;
     *out = s;
@@ -127,7 +146,7 @@ void model_stream_destroy(model_stream_t **ps)
     if (!ps || !*ps) return;
     model_stream_t *s = *ps;
     if (s->bs) s->b->ops->stream_destroy(s->bs);
-    memory_store_destroy(&s->mem);
+    if (s->owns_mem) memory_store_destroy(&s->mem);
     model_backend_close(&s->owned_backend);
     free(s);
     *ps = NULL;

@@ -75,6 +75,12 @@ rc_t model_stream_create(const model_t *m, const model_stream_opts_t *o, model_s
  * the stream. */
 rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t *o,
                             model_stream_t **out);
+/* The same over a memory store the caller owns (a session's host tier, memory/
+ * session_memory.h): the stream reads and appends to mem, never frees it, and mem must
+ * outlive the stream. mem's layers, row width and dtype must match the model and
+ * o->mem_dtype (RC_ERR_INVALID otherwise); mem may already hold rows. */
+rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_t *o,
+                              memory_store_t *mem, model_stream_t **out);
 void model_stream_destroy(model_stream_t **s);
 
 /* Feeds n tokens. Outputs are optional:
@@ -100,7 +106,7 @@ int model_stream_window(const model_stream_t *s);
  * the CPU backend. */
 size_t model_stream_device_bytes(const model_stream_t *s);
 
-/* The stream's memory (borrowed). */
+/* The stream's memory (borrowed: the stream's own, or the one it was created with). */
 memory_store_t *model_stream_memory(model_stream_t *s);
 
 /* The kNN index of memory layer `layer` (knn mode), for persisting it: save gives a

@@ -25,6 +25,11 @@ if(TARGET recalld)
   set_tests_properties(e2e_cli PROPERTIES
     ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
     FIXTURES_REQUIRED tiny_models TIMEOUT 600 SKIP_RETURN_CODE 77)
+  # The memory tiers end to end: budgets, lazy open, damaged sessions, kill -9 (e2e_tiers.py).
+  add_test(NAME e2e_tiers COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/e2e_tiers.py)
+  set_tests_properties(e2e_tiers PROPERTIES
+    ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
+    FIXTURES_REQUIRED tiny_models TIMEOUT 600 LABELS "daemon")
 else()
   message(STATUS "recall: no recalld target yet; e2e_cli is not registered")
 endif()

@@ -171,6 +171,12 @@ int rh_open(rh_t **out, const char *model_dir, char *err, size_t errlen)
         snprintf(err, errlen, "%s", merr);
         goto fail;
     }
+    if (!(d->rows_root = malloc(strlen(h->dir) + 6)) ||
+        memory_tiers_create(0, 0, &d->tiers)) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    sprintf(d->rows_root, "%s/rows", h->dir);
 
     d->zctx = zmq_ctx_new();
     h->router = zmq_socket(d->zctx, ZMQ_ROUTER);
@@ -422,6 +428,8 @@ void rh_close(rh_t **ph)
     for (size_t i = 0; i < d->n_sessions; i++)
         session_free(d->sessions[i]);
     free(d->sessions);
+    memory_tiers_destroy(&d->tiers);
+    free(d->rows_root);
     memory_db_close(&d->db);
     model_backend_close(&d->backend);
     model_destroy(&d->model);
