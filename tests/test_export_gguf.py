@@ -11,6 +11,8 @@ Cases:
   3. a tiny LLaMA from tools/make_test_model.py with grouped-query attention (kv heads <
      heads, so k uses its own head count), two shards and tied embeddings (no output.weight).
   4. a checkpoint without tokenizer.model is refused with a non-zero exit and no file.
+  5. with the sentencepiece and yaml modules made unimportable (a bare GPU host), the export
+     is byte-identical: the built-in tokenizer.model reader and the yaml stub stand in.
 
 The expected q/k order is written out index by index here rather than with the exporter's
 reshape, so a wrong permutation cannot agree with itself: llama.cpp rotates adjacent pairs,
@@ -74,11 +76,15 @@ def find_gguf_py(tmp):
     return None
 
 
-def export(src, out, outtype, gguf_py):
-    cmd = [sys.executable, EXPORTER, src, out, "--outtype", outtype]
-    if gguf_py:
-        cmd += ["--gguf-py", gguf_py]
-    return subprocess.run(cmd, capture_output=True, text=True)
+def export(src, out, outtype, gguf_py, bare=False):
+    args = [src, out, "--outtype", outtype] + (["--gguf-py", gguf_py] if gguf_py else [])
+    if not bare:
+        return subprocess.run([sys.executable, EXPORTER] + args, capture_output=True, text=True)
+    # None in sys.modules makes `import name` raise ImportError, as on a host without it
+    boot = ("import runpy, sys; sys.modules['sentencepiece'] = sys.modules['yaml'] = None; "
+            "sys.argv = [%r] + %r; runpy.run_path(%r, run_name='__main__')"
+            % (EXPORTER, args, EXPORTER))
+    return subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True)
 
 
 def read_st(src):
@@ -295,6 +301,15 @@ def main():
     check(p.returncode != 0 and "tokenizer.model" in p.stderr,
           "notok: want a refusal naming tokenizer.model, got rc %d: %s" % (p.returncode, p.stderr))
     check(not os.path.exists(out) and not os.path.exists(out + ".tmp"), "notok: a file was left")
+
+    # 5: no sentencepiece, no yaml: the same bytes
+    for src, name in ((DEFAULT_MODEL, "default"), (tiny, "tiny")):
+        ref, bare = os.path.join(tmp, name + "-ref.gguf"), os.path.join(tmp, name + "-bare.gguf")
+        p1, p2 = export(src, ref, "f16", gguf_py), export(src, bare, "f16", gguf_py, bare=True)
+        if check(p1.returncode == 0 and p2.returncode == 0,
+                 "%s bare: export failed: %s %s" % (name, p1.stderr, p2.stderr)):
+            same = open(ref, "rb").read() == open(bare, "rb").read()
+            check(same, "%s: export without sentencepiece/yaml differs from the one with" % name)
 
     subprocess.run(["rm", "-rf", tmp])
     if failures:

@@ -29,14 +29,19 @@ The default --outtype is f16: llama.cpp's usual type for GPU inference, and exac
 weights drawn from a bf16 checkpoint of this scale (an overflow to inf is refused).
 
 Tensors are read and written one at a time (GGUF header and tensor table first, then the
-data), so memory stays at about the largest tensor. Needs numpy, sentencepiece and gguf-py;
-gguf-py is found through --gguf-py DIR, then $GGUF_PY, then an installed `gguf` module
-(llama.cpp's source tree has it at gguf-py/). The safetensors package is not needed.
+data), so memory stays at about the largest tensor. Needs numpy and gguf-py, found through
+--gguf-py DIR, then $GGUF_PY, then an installed `gguf` module (llama.cpp's source tree has it
+at gguf-py/). Nothing else: the sentencepiece package is used when present, else
+tokenizer.model is read as the protobuf it is; PyYAML, which gguf-py imports but this
+script never uses, is stubbed when absent; safetensors are parsed here. (A GPU host without
+network may have numpy and nothing more.)
 """
 import argparse
 import json
 import os
+import struct
 import sys
+import types
 
 import numpy as np
 
@@ -69,6 +74,13 @@ def import_gguf(explicit):
                 fail("%s is not gguf-py (no gguf/__init__.py in it)" % d)
             sys.path.insert(0, d)
             break
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        # gguf.metadata imports yaml when gguf is imported, but only its model-card parsing
+        # uses it, which this script never calls; a stub saves installing PyYAML on a host
+        # without network.
+        sys.modules["yaml"] = types.ModuleType("yaml")
     try:
         import gguf
     except ImportError:
@@ -218,34 +230,99 @@ def check_shapes(plan, h):
             fail("%s has shape %s, config.json implies %s" % (t.name, t.shape, want[kind]))
 
 
-def sentencepiece_vocab(gguf, path, n_vocab):
-    """(tokens, scores, types) as convert_hf_to_gguf.py's _create_vocab_sentencepiece makes
-    them: ids the model has but the tokenizer lacks become unused [PADi] pieces."""
+def _varint(b, i):
+    v = shift = 0
+    while True:
+        if i >= len(b):
+            raise ValueError("truncated varint")
+        v |= (b[i] & 0x7F) << shift
+        i += 1
+        if b[i - 1] < 0x80:
+            return v, i
+        shift += 7
+
+
+def _proto_fields(b):
+    """(field number, wire type, value) of one protobuf message; value is bytes for
+    length-delimited fields, an int for varints, raw bytes for fixed32/64."""
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(b, i)
+        elif wt == 1:
+            v, i = b[i:i + 8], i + 8
+        elif wt == 2:
+            n, i = _varint(b, i)
+            v, i = b[i:i + n], i + n
+        elif wt == 5:
+            v, i = b[i:i + 4], i + 4
+        else:
+            raise ValueError("wire type %d" % wt)
+        if i > len(b):
+            raise ValueError("truncated field %d" % field)
+        yield field, wt, v
+
+
+def pieces_from_proto(path):
+    """[(piece bytes, score, sentencepiece type)] read straight from tokenizer.model, for
+    hosts without the sentencepiece package. ModelProto field 1 is the repeated
+    SentencePiece {1: piece, 2: score (float), 3: type (enum, NORMAL = 1 when absent)}."""
+    with open(path, "rb") as f:
+        b = f.read()
+    out = []
+    try:
+        for field, wt, v in _proto_fields(b):
+            if field != 1 or wt != 2:
+                continue
+            piece, score, typ = b"", 0.0, 1
+            for f2, wt2, v2 in _proto_fields(v):
+                if f2 == 1 and wt2 == 2:
+                    piece = bytes(v2)
+                elif f2 == 2 and wt2 == 5:
+                    score = struct.unpack("<f", v2)[0]
+                elif f2 == 3 and wt2 == 0:
+                    typ = v2
+            out.append((piece, score, typ))
+    except ValueError as e:
+        fail("%s is not a SentencePiece model: %s" % (path, e))
+    return out
+
+
+def pieces_from_sentencepiece(path):
+    """The same list through the sentencepiece package, as the llama.cpp converter reads it
+    (its Is* predicates are tests of these very types)."""
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor()
     if not sp.LoadFromFile(path):
         fail("cannot load %s" % path)
-    if sp.vocab_size() > n_vocab:
-        fail("tokenizer has %d pieces, the model only %d embedding rows"
-             % (sp.vocab_size(), n_vocab))
+    out = []
+    for i in range(sp.vocab_size()):
+        typ = 2 if sp.IsUnknown(i) else 3 if sp.IsControl(i) else 5 if sp.IsUnused(i) \
+            else 6 if sp.IsByte(i) else 1
+        out.append((sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i), typ))
+    return out
+
+
+def sentencepiece_vocab(gguf, path, n_vocab):
+    """(tokens, scores, types) as convert_hf_to_gguf.py's _create_vocab_sentencepiece makes
+    them: ids the model has but the tokenizer lacks become unused [PADi] pieces; a piece that
+    is none of unknown / control / unused / byte (user-defined included) is NORMAL."""
+    try:
+        pieces = pieces_from_sentencepiece(path)
+    except ImportError:
+        pieces = pieces_from_proto(path)
+    if len(pieces) > n_vocab:
+        fail("tokenizer has %d pieces, the model only %d embedding rows" % (len(pieces), n_vocab))
     T = gguf.TokenType
+    kind = {2: T.UNKNOWN, 3: T.CONTROL, 5: T.UNUSED, 6: T.BYTE}
     tokens = [("[PAD%d]" % i).encode() for i in range(n_vocab)]
     scores = [-10000.0] * n_vocab
     types = [T.UNUSED] * n_vocab
-    for i in range(sp.vocab_size()):
-        tokens[i] = sp.IdToPiece(i).encode("utf-8")
-        scores[i] = sp.GetScore(i)
-        if sp.IsUnknown(i):
-            types[i] = T.UNKNOWN
-        elif sp.IsControl(i):
-            types[i] = T.CONTROL
-        elif sp.IsUnused(i):
-            types[i] = T.UNUSED
-        elif sp.IsByte(i):
-            types[i] = T.BYTE
-        else:
-            types[i] = T.NORMAL
+    for i, (piece, score, typ) in enumerate(pieces):
+        tokens[i], scores[i], types[i] = piece, score, kind.get(typ, T.NORMAL)
     return tokens, scores, types
 
 
@@ -333,6 +410,7 @@ def main(argv):
     p.add_argument("out", help="GGUF file to write")
     p.add_argument("--outtype", choices=sorted(FILE_TYPE), default="f16")
     p.add_argument("--gguf-py", default=None, help="llama.cpp's gguf-py folder")
+
     a = p.parse_args(argv)
     if sys.byteorder != "little":
         fail("big-endian host: safetensors and GGUF here are little-endian")
