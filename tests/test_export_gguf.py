@@ -20,7 +20,7 @@ HF LLaMA pairs i and i + d/2, hence GGUF row h*d + 2i + j = checkpoint row h*d +
 
 gguf-py comes from $GGUF_PY, an installed `gguf`, or is unpacked from the llama.cpp source
 archive ($LLAMA_SRC_TARBALL, peers/llama-src-trimmed.tar.xz in the repo, or
-/work/shared/peers/llama-src-trimmed.tar.xz). Needs numpy and sentencepiece; without them,
+../shared/peers/ beside the checkout). Needs numpy and sentencepiece; without them,
 or without gguf-py, it prints "skipped: <why>" and exits 0.
 """
 import json
@@ -37,7 +37,8 @@ MAKER = os.path.join(REPO, "tools", "make_test_model.py")
 DEFAULT_MODEL = os.path.join(REPO, "models", "default")
 TARBALLS = [os.environ.get("LLAMA_SRC_TARBALL", ""),
             os.path.join(REPO, "peers", "llama-src-trimmed.tar.xz"),
-            "/work/shared/peers/llama-src-trimmed.tar.xz"]
+            # the team's shared folder beside the checkout (../shared/peers)
+            os.path.join(REPO, "..", "shared", "peers", "llama-src-trimmed.tar.xz")]
 
 failures = []
 
