@@ -184,6 +184,8 @@ void session_index_restore(daemon_t *d, session_t *s);
 rc_t session_open_all(daemon_t *d, char *err, size_t errlen);
 /* Under mu: marks s unavailable with the reason. */
 void session_mark_unavailable(session_t *s, const char *why);
+/* Under mu: "gpu", "host", "disk" or "unavailable" (static strings). */
+const char *session_tier(const session_t *s);
 
 /* ---- residency.c (worker thread) ---- */
 /* Brings s in for a job: its tokens, and with rows its memory rows and stream, after moving
@@ -193,7 +195,10 @@ void session_mark_unavailable(session_t *s, const char *why);
 rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t errlen);
 /* After the job: unpins s, records its new size, and moves others down if it grew. */
 void session_release(daemon_t *d, session_t *s);
-/* Moves every session's rows to disk (shutdown: saves knn indexes, unmaps). */
+/* Moves s's rows to disk: its stream (knn index saved first), map and tokens go. Worker only,
+ * between jobs. */
+void session_move_to_disk(daemon_t *d, session_t *s);
+/* The same for every session (shutdown). */
 void session_evict_all(daemon_t *d);
 /* Under mu: refreshes s's reported sizes and tier from its memory object and stream. */
 void session_account_locked(daemon_t *d, session_t *s);

@@ -14,22 +14,30 @@
 
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "memory/knn.h"
+
+/* On the CPU a knn session's stream keeps IVF lists that hold the keys again as fp32:
+ * about the rows' size once the index is IVF (memory/knn.h). An estimate, not a count. */
+static size_t knn_lists_bytes(const daemon_t *d, const session_t *s)
+{
+    if (daemon_memory_on_device(d) || !s->opts.memory_knn ||
+        s->windows * (uint64_t)s->window < MEMORY_KNN_DEFAULT_IVF_MIN_ROWS)
+        return 0;
+    return (size_t)session_memory_disk_bytes(s->mem);
+}
 
 /* The GPU and host bytes a session's job will hold, for the budgets: its committed rows
  * (both tiers hold all of them, the GPU one up to the session's own device budget), its
- * tokens, and on the CPU a knn session's IVF lists, which keep the keys again as fp32
- * (about the rows' size once the index is IVF: memory/knn.h). */
+ * tokens and its kNN lists. */
 static void session_need(const daemon_t *d, const session_t *s, size_t *host, size_t *gpu)
 {
     size_t rows = (size_t)session_memory_disk_bytes(s->mem);
-    *host = rows + (size_t)s->n_tokens * sizeof(int32_t);
+    *host = rows + (size_t)s->n_tokens * sizeof(int32_t) + knn_lists_bytes(d, s);
     *gpu = 0;
     if (daemon_memory_on_device(d)) {
         *gpu = rows;
         if (s->opts.gpu_memory_budget && *gpu > s->opts.gpu_memory_budget)
             *gpu = s->opts.gpu_memory_budget;
-    } else if (s->opts.memory_knn && s->windows * (uint64_t)s->window >= 32768) {
-        *host += rows;
     }
 }
 
@@ -44,9 +52,7 @@ void session_account_locked(daemon_t *d, session_t *s)
               : session_memory_loaded(s->mem)                  ? "host"
                                                                 : "disk";
     if (s->tokens_loaded) host += s->tokens_cap * sizeof(int32_t);
-    if (!daemon_memory_on_device(d) && s->opts.memory_knn &&
-        s->windows * (uint64_t)s->window >= 32768)
-        host += (size_t)session_memory_disk_bytes(s->mem);
+    if (s->stream) host += knn_lists_bytes(d, s); /* the lists live in the stream */
     memory_tiers_set(d->tiers, &s->slot, host, gpu);
 }
 
@@ -98,22 +104,18 @@ static void make_room(daemon_t *d, session_t *s)
     pthread_mutex_unlock(&d->mu);
     for (size_t i = 0; i < n; i++) move_down(d, victims[i], moves[i].to);
     pthread_mutex_lock(&d->mu);
-    session_t **to_free = n ? calloc(n, sizeof *to_free) : NULL;
     for (size_t i = 0; i < n; i++) {
         session_account_locked(d, victims[i]);
         d->evictions++;
-        session_t *f = NULL;
-        session_unref_locked(d, victims[i], &f);
-        if (to_free) to_free[i] = f;
-        else session_free(f); /* cannot happen with to_free NULL only when n is 0 */
+        /* Keeps, in place, the ones this was the last reference to (a Drop came). */
+        session_unref_locked(d, victims[i], &victims[i]);
     }
     pthread_mutex_unlock(&d->mu);
-    for (size_t i = 0; to_free && i < n; i++) session_free(to_free[i]);
+    for (size_t i = 0; i < n; i++) session_free(victims[i]); /* NULL-safe */
     if (!fits)
         log_info("session '%s' (%.1f MiB of rows and tokens) does not fit the budgets beside "
                  "the pinned sessions; it runs from the lower tiers",
                  s->name, (double)host / 1048576.0);
-    free(to_free);
     free(victims);
     free(moves);
 }
@@ -185,8 +187,7 @@ rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t err
     pthread_mutex_unlock(&d->mu);
     if (rc == RC_ERR_UNAVAILABLE) {
         log_warn("%s; the session is now unavailable (the daemon serves the others)", err);
-        drop_stream(d, s);
-        session_memory_evict(s->mem);
+        session_move_to_disk(d, s);
     } else if (!rc && rows && was_on_disk) {
         log_info("session '%s': %llu windows brought in from disk in %.3f s", s->name,
                  (unsigned long long)s->windows, now_s() - t0);
@@ -197,32 +198,28 @@ rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t err
 void session_release(daemon_t *d, session_t *s)
 {
     pthread_mutex_lock(&d->mu);
-    memory_tiers_unpin(&s->slot);
     session_account_locked(d, s);
     memory_tiers_touch(d->tiers, &s->slot);
     size_t host = 0, gpu = 0;
     memory_tiers_used(d->tiers, &host, &gpu);
     size_t hb = memory_tiers_host_budget(d->tiers), gb = memory_tiers_gpu_budget(d->tiers);
-    int over = (hb && host > hb) || (gb && gpu > gb);
+    int over = !s->problem[0] && ((hb && host > hb) || (gb && gpu > gb));
+    if (!over) memory_tiers_unpin(&s->slot);
     pthread_mutex_unlock(&d->mu);
-    /* It grew past a budget (an Ingest): the others make room now, not at the next job. */
-    if (over && s->mem && !s->problem[0]) {
-        pthread_mutex_lock(&d->mu);
-        memory_tiers_pin(&s->slot);
-        pthread_mutex_unlock(&d->mu);
-        make_room(d, s);
-        pthread_mutex_lock(&d->mu);
-        memory_tiers_unpin(&s->slot);
-        pthread_mutex_unlock(&d->mu);
-    }
+    if (!over) return;
+    /* It grew past a budget (an Ingest): the others make room now, still with s pinned. */
+    make_room(d, s);
+    pthread_mutex_lock(&d->mu);
+    memory_tiers_unpin(&s->slot);
+    pthread_mutex_unlock(&d->mu);
+}
+
+void session_move_to_disk(daemon_t *d, session_t *s)
+{
+    if (s->mem) move_down(d, s, TIERS_DISK);
 }
 
 void session_evict_all(daemon_t *d)
 {
-    for (size_t i = 0; i < d->n_sessions; i++) {
-        session_t *s = d->sessions[i];
-        if (s->problem[0] || !s->mem) continue;
-        drop_stream(d, s);
-        session_memory_evict(s->mem);
-    }
+    for (size_t i = 0; i < d->n_sessions; i++) session_move_to_disk(d, d->sessions[i]);
 }

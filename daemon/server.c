@@ -332,7 +332,7 @@ static void do_stats(daemon_t *d, void *router, const route_t *route, uint64_t i
         sr.memory_bytes_host += x->mem_bytes_host;
         sr.memory_bytes_disk += x->disk_bytes;
         sr.memory_bytes_device += x->mem_bytes_device;
-        const char *t = x->problem[0] ? "unavailable" : x->tier ? x->tier : "disk";
+        const char *t = session_tier(x);
         if (!strcmp(t, "gpu")) sr.sessions_gpu++;
         else if (!strcmp(t, "host")) sr.sessions_host++;
         else if (!strcmp(t, "disk")) sr.sessions_disk++;

@@ -220,14 +220,18 @@ void session_info_fill(const session_t *s, Recall__SessionInfo *info,
     info->last_seq = s->last_seq;
     info->created_unix = s->created_unix;
     info->ingest_chunks = s->ingest_chunks;
-    info->tier = (char *)(s->problem[0] ? "unavailable" : s->tier ? s->tier : "disk");
+    info->tier = (char *)session_tier(s);
     info->problem = (char *)s->problem;
+}
+
+const char *session_tier(const session_t *s)
+{
+    return s->problem[0] ? "unavailable" : s->tier ? s->tier : "disk";
 }
 
 void session_mark_unavailable(session_t *s, const char *why)
 {
     snprintf(s->problem, sizeof s->problem, "%s", why);
-    s->tier = "unavailable";
 }
 
 session_t *session_find(daemon_t *d, const char *name)

@@ -141,14 +141,6 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
         if (nwin > 1 && w + 1 < nwin) wsend_progress(d, j, (w + 1) * W, nwin * W);
     }
 
-    int layers = memory_store_layers(mem);
-    if (layers && memory_store_len(mem) != mark.mem_rows + nwin * W) {
-        snprintf(err, errlen, "memory holds %zu rows after %llu windows, expected %llu",
-                 memory_store_len(mem), (unsigned long long)nwin,
-                 (unsigned long long)(mark.mem_rows + nwin * W));
-        rc = RC_ERR_INTERNAL;
-        goto fail;
-    }
     uint64_t new_seq = seq ? seq : last_seq;
     uint64_t new_chunks = seq ? chunks + 1 : chunks;
     uint64_t new_next = nn ? next_chunk + 1 : next_chunk;
@@ -173,16 +165,14 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
                             .n_tokens = nn};
     /* The session's memory syncs its row files, then commits their checksums with the
      * tokens and the record in one transaction. */
-    rc = session_memory_commit(s->mem, &c, plain ? 0 : nwin, err, errlen);
+    const uint64_t rows_before = session_memory_disk_bytes(s->mem);
+    rc = session_memory_commit(s->mem, &c, nwin, err, errlen);
     if (rc) {
         pthread_mutex_unlock(&d->mu);
         goto fail;
     }
     /* Durable: now the session may say so. */
-    uint64_t disk_add = nn * 4 + (layers ? nwin * W * 2 * (uint64_t)memory_store_row_dim(mem) *
-                                               dtype_size(memory_store_dtype(mem)) *
-                                               (uint64_t)layers
-                                         : 0);
+    uint64_t disk_add = nn * 4 + session_memory_disk_bytes(s->mem) - rows_before;
     s->n_tokens = n_new;
     s->windows = win_new;
     s->last_seq = new_seq;
@@ -661,16 +651,11 @@ static void do_verify(daemon_t *d, job_t *j)
     } else if (!rc && s->problem[0]) {
         log_info("session '%s' verified clean: available again", s->name);
         s->problem[0] = 0;
-        s->tier = "disk";
         session_account_locked(d, s);
     }
     pthread_mutex_unlock(&d->mu);
-    if (rc == RC_ERR_UNAVAILABLE && s->mem) {
-        /* Whatever it held came from rows that no longer check out. */
-        session_index_save(d, s);
-        model_stream_destroy(&s->stream);
-        session_memory_evict(s->mem);
-    }
+    /* Whatever it held came from rows that no longer check out. */
+    if (rc == RC_ERR_UNAVAILABLE) session_move_to_disk(d, s);
     vr.ok = rc == RC_OK;
     vr.problem = rc ? err : (char *)"";
     vr.seconds = now_s() - t0;

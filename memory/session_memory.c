@@ -258,16 +258,12 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
     }
     if (L && m->windows) {
         /* Checksums decide the layout: none for window 0 means the rows are still blobs. */
-        uint64_t one[64];
-        uint64_t *probe = L <= 64 ? one : malloc((size_t)L * sizeof *probe);
+        uint64_t *probe = malloc((size_t)L * sizeof *probe);
         if (!probe) return RC_ERR_NOMEM;
         rc_t prc = memory_db_get_sums(m->db, m->name, 0, 1, (uint32_t)L, probe);
-        if (probe != one) free(probe);
-        if (prc == RC_ERR_NOT_FOUND) {
-            rc_t rc = migrate(m, err, errlen);
-            if (rc) return rc;
-            return RC_OK; /* the sums were computed from the blobs as they were copied */
-        }
+        free(probe);
+        /* The sums are computed from the blobs as they are copied: nothing to check after. */
+        if (prc == RC_ERR_NOT_FOUND) return migrate(m, err, errlen);
         if (!have_dir)
             return rc_errf(RC_ERR_UNAVAILABLE, err, errlen,
                            "session '%s': its row files are missing (%s does not exist) though "
