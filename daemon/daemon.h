@@ -53,6 +53,10 @@ typedef struct daemon_config {
     int threads;
     size_t map_size; /* initial LMDB map; 0: default */
     size_t host_budget; /* bytes of host memory for sessions' rows and tokens (resolved) */
+    /* Bytes of device memory for all sessions' memory rows together (resolved; 0: no
+     * limit, and always 0 on the CPU backend). A session's stream gets the smaller of this
+     * and its own gpu_memory_budget (daemon_stream_gpu_budget). */
+    size_t gpu_budget;
     /* Session options for fields a CreateSession (or a Score of text) leaves unset: the
      * --window, --positional, ... flags. Strings point into argv. */
     Recall__SessionOptions defaults;
@@ -223,6 +227,16 @@ double now_s(void);
 static inline int daemon_memory_on_device(const daemon_t *d)
 {
     return strncmp(model_backend_describe(d->backend), "cuda", 4) == 0;
+}
+
+/* The device bytes a stream with these options may hold: the smaller of the session's own
+ * budget and the daemon's (0 in either means no limit from that side). */
+static inline size_t daemon_stream_gpu_budget(const daemon_t *d, const model_stream_opts_t *o)
+{
+    size_t cap = o->gpu_memory_budget, all = d->cfg.gpu_budget;
+    if (!cap) return all;
+    if (!all) return cap;
+    return cap < all ? cap : all;
 }
 
 #endif

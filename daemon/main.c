@@ -70,13 +70,17 @@ static void usage(FILE *f)
 "                         default about 4 x sqrt(keys) lists, 32 probed. Exact sessions\n"
 "                         do not take these defaults.\n"
 "  --gpu-memory-budget SIZE\n"
-"                         GPU backends: device memory each session's memory keys and values\n"
-"                         may use, e.g. 512M, 8G, 1.5G or bytes; 0 or none: no limit (the\n"
-"                         default). A knn session past it keeps its newest windows on the GPU\n"
-"                         and spills the oldest to the Faiss index in host memory, searching\n"
-"                         both; an exact session past it fails the window (ingest is refused,\n"
-"                         nothing changed). It must hold at least one window of keys and\n"
-"                         values. The CPU backend ignores it.\n"
+"                         GPU backends: device memory for the memory keys and values of all\n"
+"                         sessions together, e.g. 8G, 512M, 1.5G or bytes; none: no limit.\n"
+"                         Default: 80%% of the GPU memory the weights leave free. When a\n"
+"                         session needs room, the least recently used sessions' rows leave\n"
+"                         the GPU (they stay in host memory or on disk). A session larger\n"
+"                         than the budget (or than its own, recall's --gpu-memory-budget)\n"
+"                         runs with its newest windows on the GPU and the oldest spilled to\n"
+"                         the Faiss index in host memory, searching both (knn); an exact\n"
+"                         session past it fails the window (ingest is refused, nothing\n"
+"                         changed). It must hold at least one window of keys and values.\n"
+"                         The CPU backend ignores it.\n"
 "  --host-memory-budget SIZE\n"
 "                         host memory for sessions' memory rows and tokens, all sessions\n"
 "                         together (e.g. 16G, 512M; none: no limit). When a session needs\n"
@@ -148,6 +152,24 @@ static int parse_budget(const char *s, uint64_t *out)
     if (v * mul > (double)SESSION_BUDGET_MAX || (v > 0 && v * mul < 1)) return -1;
     *out = (uint64_t)(v * mul);
     return 0;
+}
+
+/* The share of the GPU memory left free by the weights that sessions' rows may use by
+ * default; the rest is for the streams' local caches and scratch. */
+#define GPU_BUDGET_DEFAULT_PERCENT 80
+
+/* The daemon's GPU budget from the flag (0: default, SIZE_MAX: none): 0 (no limit) on the
+ * CPU backend or for none; the default is GPU_BUDGET_DEFAULT_PERCENT of the free memory. */
+static size_t gpu_default(const daemon_t *d, size_t flag)
+{
+    if (!daemon_memory_on_device(d) || flag == SIZE_MAX) return 0;
+    if (flag) return flag;
+    size_t free_b = 0, total = 0;
+    if (model_backend_device_memory(d->backend, &free_b, &total)) {
+        log_warn("cannot read the GPU's free memory; no GPU memory budget");
+        return 0;
+    }
+    return free_b / 100 * GPU_BUDGET_DEFAULT_PERCENT;
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out)
@@ -272,6 +294,7 @@ int main(int argc, char **argv)
         {0, 0, 0, 0},
     };
     size_t host_budget = 0; /* 0: the default, half the RAM; SIZE_MAX: none */
+    size_t gpu_budget = 0;  /* 0: the default, a share of the free GPU memory; SIZE_MAX: none */
     int opt;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -311,15 +334,18 @@ int main(int argc, char **argv)
             *(opt == O_NLIST ? &cfg.defaults.knn_nlist : &cfg.defaults.knn_nprobe) = (uint32_t)v;
             break;
         }
-        case O_GPU_BUDGET:
-            if (parse_budget(optarg, &cfg.defaults.gpu_memory_budget)) {
+        case O_GPU_BUDGET: {
+            uint64_t b = 0;
+            if (parse_budget(optarg, &b)) {
                 fprintf(stderr,
                         "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G or "
                         "a number of bytes (at most 1P), or 0 / none for no limit; not '%s'\n",
                         optarg);
                 return 2;
             }
+            gpu_budget = b ? (size_t)b : SIZE_MAX; /* none: no limit */
             break;
+        }
         case O_HOST_BUDGET: {
             uint64_t b = 0;
             if (parse_budget(optarg, &b)) {
@@ -458,10 +484,21 @@ int main(int argc, char **argv)
                     err);
             goto out;
         }
-        if (cfg.defaults.gpu_memory_budget && !daemon_memory_on_device(d))
+        /* A GPU budget must hold one window of rows of a session with the defaults. */
+        if (gpu_budget && gpu_budget != SIZE_MAX) {
+            w.gpu_memory_budget = gpu_budget;
+            if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
+                fprintf(stderr, "recalld: --gpu-memory-budget does not work with this model: "
+                                "%s\n",
+                        err);
+                goto out;
+            }
+        }
+        if (gpu_budget && !daemon_memory_on_device(d))
             log_warn("--gpu-memory-budget has no effect: the %s backend keeps session memory "
                      "in host memory",
                      model_backend_describe(d->backend));
+        d->cfg.gpu_budget = gpu_default(d, gpu_budget);
     }
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
@@ -503,8 +540,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: cannot create %s: %s\n", d->rows_root, strerror(errno));
         goto out;
     }
-    /* The GPU tier is bounded per session for now (SessionOptions.gpu_memory_budget). */
-    if (memory_tiers_create(cfg.host_budget, 0, &d->tiers)) goto out;
+    if (memory_tiers_create(d->cfg.host_budget, d->cfg.gpu_budget, &d->tiers)) goto out;
     rc = session_open_all(d, err, sizeof err);
     if (rc) {
         fprintf(stderr, "recalld: cannot open the sessions in %s: %s\n", cfg.data_dir, err);
@@ -534,10 +570,12 @@ int main(int argc, char **argv)
     }
     worker_started = 1;
     log_info("recalld listening on %s; model %s; device %s; data %s; %zu sessions (opened "
-             "lazily); host memory budget %s%.1f MiB",
+             "lazily); host memory budget %s%.1f MiB; GPU memory budget %s%.1f MiB",
              cfg.listen, model_describe(d->model), model_backend_describe(d->backend),
              cfg.data_dir, d->n_sessions, cfg.host_budget ? "" : "none, ",
-             (double)cfg.host_budget / 1048576.0);
+             (double)cfg.host_budget / 1048576.0,
+             d->cfg.gpu_budget || !daemon_memory_on_device(d) ? "" : "none, ",
+             (double)d->cfg.gpu_budget / 1048576.0);
 
     rc = server_run(d, router, &g_stop);
     exit_code = rc == RC_OK ? 0 : 1;

@@ -27,17 +27,16 @@ static size_t knn_lists_bytes(const daemon_t *d, const session_t *s)
 }
 
 /* The GPU and host bytes a session's job will hold, for the budgets: its committed rows
- * (both tiers hold all of them, the GPU one up to the session's own device budget), its
- * tokens and its kNN lists. */
+ * (both tiers hold all of them, the GPU one up to its stream's device budget: the session's
+ * own or the daemon's, whichever is smaller), its tokens and its kNN lists. */
 static void session_need(const daemon_t *d, const session_t *s, size_t *host, size_t *gpu)
 {
     size_t rows = (size_t)session_memory_disk_bytes(s->mem);
     *host = rows + (size_t)s->n_tokens * sizeof(int32_t) + knn_lists_bytes(d, s);
     *gpu = 0;
     if (daemon_memory_on_device(d)) {
-        *gpu = rows;
-        if (s->opts.gpu_memory_budget && *gpu > s->opts.gpu_memory_budget)
-            *gpu = s->opts.gpu_memory_budget;
+        size_t cap = daemon_stream_gpu_budget(d, &s->opts);
+        *gpu = cap && rows > cap ? cap : rows;
     }
 }
 
@@ -143,10 +142,14 @@ static rc_t load_tokens(daemon_t *d, session_t *s, char *err, size_t errlen)
     return RC_OK;
 }
 
-/* The stream a job runs on, over the session's host tier. */
+/* The stream a job runs on, over the session's host tier. Its device budget is the
+ * session's own capped by the daemon's: a session larger than the GPU budget keeps its
+ * newest rows there and the rest below (knn), rather than being refused for its size. */
 static rc_t open_stream(daemon_t *d, session_t *s, char *err, size_t errlen)
 {
-    rc_t rc = model_stream_create_with(d->backend, &s->opts, session_memory_store(s->mem),
+    model_stream_opts_t o = s->opts;
+    o.gpu_memory_budget = daemon_stream_gpu_budget(d, &s->opts);
+    rc_t rc = model_stream_create_with(d->backend, &o, session_memory_store(s->mem),
                                        &s->stream);
     if (rc)
         return rc_errf(rc, err, errlen, "session '%s': cannot create its stream: %s", s->name,

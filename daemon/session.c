@@ -54,7 +54,8 @@ Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
     TAKE_STR(memory);
     TAKE_STR(mem_dtype);
     TAKE_STR(rope_scaling);
-    TAKE_NUM(gpu_memory_budget);
+    /* gpu_memory_budget has no daemon default: --gpu-memory-budget bounds all sessions
+     * together (daemon_stream_gpu_budget), not each one. */
     /* The daemon's kNN tuning is for knn sessions; an exact one asking for nothing must not
      * be refused for carrying it. */
     if (o.memory && !strcmp(o.memory, "knn")) {

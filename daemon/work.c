@@ -541,6 +541,7 @@ static void do_score(daemon_t *d, job_t *j)
         wsend_err(d, j, RC_ERR_NOMEM, "out of memory for %zu log-probabilities", n);
         goto out;
     }
+    o.gpu_memory_budget = daemon_stream_gpu_budget(d, &o);
     rc = model_stream_create_on(d->backend, &o, &st);
     if (rc) {
         wsend_err(d, j, rc, "cannot create a stream: %s", rc_strerror(rc));

@@ -92,3 +92,9 @@ const model_t *model_backend_model(const model_backend_t *b)
 {
     return b->model;
 }
+
+rc_t model_backend_device_memory(const model_backend_t *b, size_t *free_bytes, size_t *total)
+{
+    if (!b->ops->device_memory) return RC_ERR_UNSUPPORTED;
+    return b->ops->device_memory(b->ctx, free_bytes, total);
+}

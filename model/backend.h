@@ -28,6 +28,9 @@ void model_backend_close(model_backend_t **b);
 /* "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)". Borrowed; lives as long as the backend. */
 const char *model_backend_describe(const model_backend_t *b);
 const model_t *model_backend_model(const model_backend_t *b);
+/* The device memory of a backend that keeps session memory on a device (GPU): bytes free
+ * now and in all. RC_ERR_UNSUPPORTED for the CPU backend (its memory is host memory). */
+rc_t model_backend_device_memory(const model_backend_t *b, size_t *free_bytes, size_t *total);
 
 #ifdef BACKEND_INTERNAL
 #include "memory/store.h"
@@ -77,6 +80,9 @@ typedef struct backend_ops {
     /* Optional (NULL: 0). Bytes of memory rows (keys and values, all memory layers) the
      * device holds for this stream now: the GPU hot tier. */
     size_t (*device_bytes)(backend_stream_t *bs);
+
+    /* Optional (NULL: RC_ERR_UNSUPPORTED). The device's free and total memory now. */
+    rc_t (*device_memory)(void *ctx, size_t *free_bytes, size_t *total);
 } backend_ops_t;
 
 extern const backend_ops_t backend_cpu_ops;

@@ -386,6 +386,16 @@ static const char *gpu_describe(void *ctx)
     return ((cuda_backend_t *)ctx)->describe;
 }
 
+static rc_t gpu_device_memory(void *ctx, size_t *free_bytes, size_t *total)
+{
+    cuda_device_info_t info;
+    rc_t rc = cuda_device_info(((cuda_backend_t *)ctx)->device, &info);
+    if (rc) return rc;
+    *free_bytes = info.mem_free;
+    *total = info.mem_total;
+    return RC_OK;
+}
+
 /* ---- streams ------------------------------------------------------------------------- */
 
 /* Frees what positional_setup made. */
@@ -1489,6 +1499,7 @@ const backend_ops_t backend_cuda_ops = {
     .index_save = gpu_index_save,
     .index_load = gpu_index_load,
     .device_bytes = gpu_device_bytes,
+    .device_memory = gpu_device_memory,
 };
 
 #else

@@ -30,6 +30,11 @@ if(TARGET recalld)
   set_tests_properties(e2e_tiers PROPERTIES
     ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
     FIXTURES_REQUIRED tiny_models TIMEOUT 600 LABELS "daemon")
+  # The daemon-wide GPU budget on a GPU (e2e_tiers_gpu.py); without one: skipped (77).
+  add_test(NAME e2e_tiers_gpu COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/e2e_tiers_gpu.py)
+  set_tests_properties(e2e_tiers_gpu PROPERTIES
+    ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
+    FIXTURES_REQUIRED tiny_models TIMEOUT 600 LABELS "daemon;gpu" SKIP_RETURN_CODE 77)
 else()
   message(STATUS "recall: no recalld target yet; e2e_cli is not registered")
 endif()

@@ -1,6 +1,7 @@
 /* The kNN index options (nlist, nprobe) and the GPU memory budget on the wire (issue 6):
  *   - recalld refuses bad --nlist / --nprobe / --gpu-memory-budget at start-up, saying why;
- *   - its defaults apply to new sessions (nlist / nprobe to knn sessions only);
+ *   - its defaults apply to new sessions (nlist / nprobe to knn sessions only); its
+ *     --gpu-memory-budget bounds the daemon, so it is no session's default;
  *   - per-session values round-trip through CreateSession and Info, persist, and survive a
  *     restart with other defaults; a record written before the fields existed reads as 0;
  *   - invalid values are refused with a sentence and create nothing; a budget that
@@ -224,12 +225,14 @@ int main(void)
     r = create(&c, "dk", "knn", 0, 0, 0, 0);
     CHECK_MSG(reply_code(r) == 0, "create dk: %s", reply_msg(r));
     if (r) recall__response__free_unpacked(r, NULL);
-    check_info(&c, "dk", "knn", 16, 4, 64 * MIB, "daemon defaults");
-    /* An exact session gets the budget but not the kNN tuning (and is not refused for it). */
+    /* recalld's --gpu-memory-budget bounds all sessions together: it is not a session
+     * option, so a session asking for none has no budget of its own (0). */
+    check_info(&c, "dk", "knn", 16, 4, 0, "daemon defaults");
+    /* An exact session gets no kNN tuning (and is not refused for the daemon's). */
     r = create(&c, "dx", "", 0, 0, 0, 0);
     CHECK_MSG(reply_code(r) == 0, "create dx: %s", reply_msg(r));
     if (r) recall__response__free_unpacked(r, NULL);
-    check_info(&c, "dx", "exact", 0, 0, 64 * MIB, "daemon defaults");
+    check_info(&c, "dx", "exact", 0, 0, 0, "daemon defaults");
 
     /* ---- explicit values win; "none" is no limit ---- */
     r = create(&c, "kx", "knn", 8, 4, 2, 3 * MIB / 2);
@@ -339,7 +342,7 @@ int main(void)
     CHECK(rpc_daemon_start(&dm, g_model, g_data, g_ep, log, dflt2) == 0 &&
           rpc_client_open(&c, g_ep) == 0);
     check_info(&c, "kx", "knn", 4, 2, 3 * MIB / 2, "after restart");
-    check_info(&c, "dx", "exact", 0, 0, 64 * MIB, "after restart");
+    check_info(&c, "dx", "exact", 0, 0, 0, "after restart");
     check_info(&c, "nolimit", "exact", 0, 0, 0, "after restart");
     check_info(&c, "dk", "knn", 0, 0, 0, "old record: fields read as 0");
     d = score_diff(&c, "kx", want, n);
@@ -347,7 +350,7 @@ int main(void)
     r = create(&c, "dk2", "knn", 0, 0, 0, 0);
     CHECK_MSG(reply_code(r) == 0, "create dk2: %s", reply_msg(r));
     if (r) recall__response__free_unpacked(r, NULL);
-    check_info(&c, "dk2", "knn", 32, 8, 3 * (1ull << 29), "new defaults");
+    check_info(&c, "dk2", "knn", 32, 8, 0, "new defaults (the GPU budget is the daemon's)");
 
     rpc_client_close(&c);
     CHECK(rpc_daemon_stop(&dm, SIGTERM) == 0);
