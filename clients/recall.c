@@ -21,13 +21,13 @@
 #include "clients/bench.h"
 #include "clients/chunker.h"
 #include "clients/client.h"
+#include "clients/ingest.h"
 #include "clients/passkey.h"
 #include "common/rc.h"
 
 enum { EXIT_OK = 0, EXIT_REMOTE = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 #define DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
-#define DEFAULT_CHUNK_BYTES (64 * 1024)
 
 /* ---------------------------------------------------------------------------------------
  * Commands and options */
@@ -918,25 +918,11 @@ static void progress_clear(progress *p)
 /* ---------------------------------------------------------------------------------------
  * ingest */
 
-typedef struct chunk {
-    uint64_t seq;
-    uint64_t req_id; /* 0: not awaiting an answer (to be resent) */
-    char *text;
-    size_t len;
-    int sends;
-} chunk;
-
-typedef struct ingest_state {
-    const char *session;
-    uint64_t acked_seq, tokens, windows, tokens_before, tokens_added, chunks_acked;
-    double bytes_acked;
-} ingest_state;
-
-static void ingest_partial(const ingest_state *st)
+static void ingest_partial(const recall_ingest_state *st)
 {
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "session", st->session);
-    cJSON_AddNumberToObject(p, "last_seq", (double)st->acked_seq);
+    cJSON_AddNumberToObject(p, "last_seq", (double)st->last_seq);
     cJSON_AddNumberToObject(p, "tokens", (double)st->tokens);
     cJSON_AddNumberToObject(p, "windows", (double)st->windows);
     cJSON_AddNumberToObject(p, "tokens_added", (double)st->tokens_added);
@@ -947,7 +933,7 @@ static void ingest_partial(const ingest_state *st)
                 "recall: ingest stopped; acknowledged so far: %llu chunks, session '%s' at "
                 "%llu tokens (last_seq %llu)\n",
                 (unsigned long long)st->chunks_acked, st->session, (unsigned long long)st->tokens,
-                (unsigned long long)st->acked_seq);
+                (unsigned long long)st->last_seq);
 }
 
 /* Reads a file through once to find bytes that are not UTF-8 before anything is sent (bad
@@ -1027,233 +1013,38 @@ static void options_ignored(const Recall__SessionOptions *given,
 #undef DIFF
 }
 
-/* One source of ingest text: a file name ("-": standard input), or an open stream f
- * (not closed here) that name only labels in messages. */
-typedef struct ingest_src {
-    const char *name;
-    FILE *f;
-} ingest_src;
-
-/* Streams srcs[0..n_srcs) in order into the existing session st->session, whose state
- * (acked_seq, tokens, windows) st holds on entry; st counts what was acknowledged.
- * total: bytes expected, for the progress bar (0: unknown). stop (may be NULL): non-zero
- * stops after the next acknowledgement. Returns -1 when every chunk was acknowledged (all
- * of it durable), else the exit code of the problem it reported (with the partial state). */
-static int ingest_stream(recall_client *c, const ingest_src *srcs, int n_srcs, double total,
-                         size_t chunk_bytes, ingest_state *st, volatile sig_atomic_t *stop)
-{
-    const char *session = st->session;
-    int n_files = n_srcs;
-    /* Pipelining: at most `credit` chunks unacknowledged. The daemon says how many it
-     * accepts in every ack; until the first one, send one at a time. A chunk refused as
-     * BUSY (or refused for a gap behind a refused one) is resent, in order, once nothing is
-     * in flight; an acknowledged chunk is never sent again. */
-    enum { MAX_WINDOW = 256 };
-    chunk win[MAX_WINDOW];
-    int n_win = 0;
-    uint32_t credit = 1;
-    uint64_t next_seq = st->acked_seq + 1;
-    int file_i = 0, busy_retries = 0, result = -1;
-    FILE *f = NULL;
-    recall_chunker *ch = NULL;
+typedef struct ingest_bar {
     progress pg;
-    progress_init(&pg);
-    const char *file_name = NULL;
-    Recall__Request req;
-    Recall__Response *r;
-    rc_t rc;
+    double total;
+} ingest_bar;
 
-    for (;;) {
-        /* Fill the window with new chunks. */
-        while (n_win < (int)credit && n_win < MAX_WINDOW && file_i <= n_files) {
-            int awaiting_resend = 0;
-            for (int i = 0; i < n_win; i++)
-                awaiting_resend |= !win[i].req_id;
-            if (awaiting_resend) break;
-            if (!ch) {
-                if (file_i == n_files) {
-                    file_i++;
-                    break;
-                }
-                file_name = srcs[file_i].name;
-                f = srcs[file_i].f                 ? srcs[file_i].f
-                    : strcmp(file_name, "-") ? fopen(file_name, "rb")
-                                             : stdin;
-                if (!f) {
-                    ingest_partial(st);
-                    result = report(EXIT_USAGE, RC_ERR_NOT_FOUND, "cannot open %s: %s", file_name,
-                                    strerror(errno));
-                    goto done;
-                }
-                if (recall_chunker_create(f, chunk_bytes, &ch)) {
-                    result = report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
-                    goto done;
-                }
-            }
-            char *text;
-            size_t len, off;
-            rc = recall_chunker_next(ch, &text, &len, &off);
-            if (rc) {
-                ingest_partial(st);
-                result = report(EXIT_USAGE, rc, "cannot read %s", file_name);
-                goto done;
-            }
-            if (!text) { /* end of this file */
-                recall_chunker_destroy(&ch);
-                if (f != stdin && f != srcs[file_i].f) fclose(f);
-                f = NULL;
-                file_i++;
-                continue;
-            }
-            size_t bad;
-            if (!recall_utf8_valid(text, len, &bad)) {
-                free(text);
-                ingest_partial(st);
-                result = report(EXIT_USAGE, RC_ERR_INVALID,
-                                "%s: not UTF-8 text (bad byte at offset %zu); nothing after it "
-                                "was sent",
-                                file_name, off + bad);
-                goto done;
-            }
-            win[n_win++] = (chunk){.seq = next_seq++, .text = text, .len = len};
-            chunk *k = &win[n_win - 1];
-            Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
-            ir.session = (char *)session;
-            ir.seq = k->seq;
-            ir.text = k->text;
-            req = new_request();
-            req.body_case = RECALL__REQUEST__BODY_INGEST;
-            req.ingest = &ir;
-            rc = recall_client_send(c, &req, &k->req_id);
-            k->sends = 1;
-            if (rc) {
-                ingest_partial(st);
-                result = client_error(c, rc);
-                goto done;
-            }
-        }
-        if (n_win == 0) break; /* all sent and acknowledged */
-        if (stop && *stop) {
-            progress_clear(&pg);
-            ingest_partial(st);
-            result = report(EXIT_REMOTE, RC_ERR_SHUTDOWN, "ingest stopped by a signal");
-            goto done;
-        }
+static void draw_bar(const recall_ingest_state *st, double bytes_done, int final, void *arg)
+{
+    ingest_bar *b = arg;
+    progress_draw(&b->pg, "ingest", bytes_done, b->total, (double)st->tokens_added, final);
+}
 
-        /* Resend refused chunks once nothing is awaited. */
-        int awaited = 0;
-        for (int i = 0; i < n_win; i++)
-            awaited += win[i].req_id != 0;
-        if (!awaited) {
-            if (++busy_retries > 200) {
-                ingest_partial(st);
-                result = report(EXIT_REMOTE, RC_ERR_BUSY, "daemon stayed busy; giving up");
-                goto done;
-            }
-            usleep((useconds_t)(busy_retries < 10 ? 20000 * busy_retries : 200000));
-            for (int i = 0; i < n_win && i < (int)credit; i++) {
-                Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
-                ir.session = (char *)session;
-                ir.seq = win[i].seq;
-                ir.text = win[i].text;
-                req = new_request();
-                req.body_case = RECALL__REQUEST__BODY_INGEST;
-                req.ingest = &ir;
-                rc = recall_client_send(c, &req, &win[i].req_id);
-                win[i].sends++;
-                if (rc) {
-                    ingest_partial(st);
-                    result = client_error(c, rc);
-                    goto done;
-                }
-            }
-            continue;
-        }
-
-        uint64_t ids[MAX_WINDOW];
-        int n_ids = 0;
-        for (int i = 0; i < n_win; i++)
-            if (win[i].req_id) ids[n_ids++] = win[i].req_id;
-        rc = recall_client_recv(c, ids, n_ids, &r);
-        if (rc) {
-            progress_clear(&pg);
-            ingest_partial(st);
-            result = client_error(c, rc);
-            goto done;
-        }
-        int wi = 0;
-        while (win[wi].req_id != r->id)
-            wi++;
-        int code = r->status ? r->status->code : 0;
-        if (code == RC_ERR_BUSY || (code == RC_ERR_SEQUENCE && win[wi].seq > win[0].seq)) {
-            /* Not taken: resend later. A gap error behind a refused chunk is the daemon
-             * seeing our pipeline out of order, not a real conflict. */
-            win[wi].req_id = 0;
-            if (code == RC_ERR_BUSY && credit > 1) credit = (uint32_t)(n_win > 1 ? n_win - 1 : 1);
-            recall__response__free_unpacked(r, NULL);
-            continue;
-        }
-        if (code) {
-            progress_clear(&pg);
-            ingest_partial(st);
-            result = report(EXIT_REMOTE, code, "%s (chunk %llu of %s)",
-                            str_or(r->status->message, rc_strerror((rc_t)code)),
-                            (unsigned long long)win[wi].seq, session);
-            recall__response__free_unpacked(r, NULL);
-            goto done;
-        }
-        if (r->more) { /* progress inside a large chunk */
-            if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && r->progress->total > 0)
-                progress_draw(&pg, "ingest",
-                              st->bytes_acked +
-                                  (double)win[wi].len * r->progress->done / r->progress->total,
-                              total, (double)st->tokens_added, 0);
-            recall__response__free_unpacked(r, NULL);
-            continue;
-        }
-        if (r->body_case != RECALL__RESPONSE__BODY_INGEST) {
-            recall__response__free_unpacked(r, NULL);
-            ingest_partial(st);
-            result = report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to an ingest chunk");
-            goto done;
-        }
-        Recall__IngestResponse *ack = r->ingest;
-        if (ack->duplicate && win[wi].sends == 1) {
-            /* We sent this seq once and it was already taken: someone else is writing to
-             * this session, and our chunk was not ingested. Stop rather than lose text. */
-            recall__response__free_unpacked(r, NULL);
-            ingest_partial(st);
-            result = report(EXIT_REMOTE, RC_ERR_SEQUENCE,
-                            "chunk %llu of session '%s' was already written by another client; "
-                            "stopping (ingest into one session from one client at a time)",
-                            (unsigned long long)win[wi].seq, session);
-            goto done;
-        }
-        if (ack->seq > st->acked_seq) {
-            st->acked_seq = ack->seq;
-            st->tokens = ack->tokens;
-            st->windows = ack->windows;
-        }
-        if (!ack->duplicate) st->tokens_added += ack->tokens_added;
-        st->chunks_acked++;
-        st->bytes_acked += (double)win[wi].len;
-        if (ack->credit > 0) credit = ack->credit > MAX_WINDOW ? MAX_WINDOW : ack->credit;
-        busy_retries = 0;
-        recall__response__free_unpacked(r, NULL);
-        free(win[wi].text);
-        memmove(&win[wi], &win[wi + 1], (size_t)(n_win - wi - 1) * sizeof win[0]);
-        n_win--;
-        progress_draw(&pg, "ingest", st->bytes_acked, total, (double)st->tokens_added, 0);
-    }
-    progress_draw(&pg, "ingest", st->bytes_acked, total, (double)st->tokens_added, 1);
-    progress_clear(&pg);
-    result = -1;
-done:
-    for (int i = 0; i < n_win; i++)
-        free(win[i].text);
-    recall_chunker_destroy(&ch);
-    if (f && f != stdin && (file_i >= n_srcs || f != srcs[file_i].f)) fclose(f);
-    return result;
+/* Streams srcs into the existing session st->session (st filled in from its info) through
+ * recall_ingest_text, with a progress bar of `total` bytes (0: unknown). On failure,
+ * reports it together with what was acknowledged (stderr, or "partial" under --json).
+ * Returns -1 when every chunk was acknowledged, else the exit status. */
+static int ingest_stream(recall_client *c, const recall_ingest_src *srcs, int n_srcs,
+                         double total, size_t chunk_bytes, recall_ingest_state *st,
+                         volatile sig_atomic_t *stop)
+{
+    ingest_bar bar = {.total = total};
+    progress_init(&bar.pg);
+    recall_ingest_opts o = {
+        .chunk_bytes = chunk_bytes, .stop = stop, .on_progress = draw_bar, .arg = &bar};
+    recall_ingest_error err;
+    rc_t rc = recall_ingest_text(c, srcs, n_srcs, &o, st, &err);
+    progress_clear(&bar.pg);
+    if (!rc) return -1;
+    /* Out of memory before the first chunk of a source says nothing about the session. */
+    if (err.fault != RECALL_INGEST_NOMEM) ingest_partial(st);
+    if (err.fault == RECALL_INGEST_TRANSPORT) return client_error(c, rc);
+    return report(err.fault == RECALL_INGEST_INPUT ? EXIT_USAGE : EXIT_REMOTE, err.code, "%s",
+                  err.message);
 }
 
 static int cmd_ingest(recall_client *c, const args *a)
@@ -1264,7 +1055,7 @@ static int cmd_ingest(recall_client *c, const args *a)
     Recall__SessionOptions so = RECALL__SESSION_OPTIONS__INIT;
     int any_opt;
     if (!parse_session_opts(a, &so, &any_opt)) return EXIT_USAGE;
-    uint64_t chunk_bytes = DEFAULT_CHUNK_BYTES;
+    uint64_t chunk_bytes = RECALL_INGEST_DEFAULT_CHUNK_BYTES;
     if (a->vals[O_CHUNK_BYTES] &&
         !parse_u64("chunk-bytes", a->vals[O_CHUNK_BYTES], 16, 256u << 20, &chunk_bytes, a->cmd, 1))
         return EXIT_USAGE;
@@ -1303,9 +1094,9 @@ static int cmd_ingest(recall_client *c, const args *a)
         return report(EXIT_REMOTE, RC_ERR_FORMAT, "unexpected answer to CreateSession");
     }
     int created = r->create_session->created;
-    ingest_state st = {.session = session};
-    st.acked_seq = r->create_session->info->last_seq;
-    st.tokens = st.tokens_before = r->create_session->info->tokens;
+    recall_ingest_state st = {.session = session};
+    st.last_seq = r->create_session->info->last_seq;
+    st.tokens = r->create_session->info->tokens;
     st.windows = r->create_session->info->windows;
     const Recall__SessionOptions *have = r->create_session->info->options;
     if (!created && any_opt && !g_quiet) {
@@ -1319,7 +1110,7 @@ static int cmd_ingest(recall_client *c, const args *a)
     }
     recall__response__free_unpacked(r, NULL);
 
-    ingest_src *srcs = calloc((size_t)n_files, sizeof *srcs);
+    recall_ingest_src *srcs = calloc((size_t)n_files, sizeof *srcs);
     if (!srcs) return report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n_files; i++)
         srcs[i].name = files[i];
@@ -1338,7 +1129,7 @@ static int cmd_ingest(recall_client *c, const args *a)
         cJSON_AddNumberToObject(o, "tokens", (double)st.tokens);
         cJSON_AddNumberToObject(o, "windows", (double)st.windows);
         cJSON_AddNumberToObject(o, "chunks", (double)st.chunks_acked);
-        cJSON_AddNumberToObject(o, "last_seq", (double)st.acked_seq);
+        cJSON_AddNumberToObject(o, "last_seq", (double)st.last_seq);
         cJSON_AddNumberToObject(o, "bytes", st.bytes_acked);
         cJSON_AddNumberToObject(o, "seconds", secs);
         cJSON_AddNumberToObject(o, "tokens_per_s", rate);
@@ -2066,7 +1857,7 @@ static int cmd_bench(recall_client *c, const args *a)
 {
     /* Everything the user typed is checked before the daemon is asked anything. */
     if (a->n_pos) return usage_error(CMD_BENCH, "bench takes no arguments, only options");
-    uint64_t target = 64 * 1024, max_tokens = 32, chunk_bytes = DEFAULT_CHUNK_BYTES;
+    uint64_t target = 64 * 1024, max_tokens = 32, chunk_bytes = RECALL_INGEST_DEFAULT_CHUNK_BYTES;
     char err[1024];
     if (a->vals[O_TOKENS]) {
         int n;
@@ -2142,10 +1933,10 @@ static int cmd_bench(recall_client *c, const args *a)
         goto out;
     }
     created = 1;
-    ingest_state st = {.session = session};
+    recall_ingest_state st = {.session = session};
     if (r->body_case == RECALL__RESPONSE__BODY_CREATE_SESSION && r->create_session->info) {
-        st.acked_seq = r->create_session->info->last_seq;
-        st.tokens = st.tokens_before = r->create_session->info->tokens;
+        st.last_seq = r->create_session->info->last_seq;
+        st.tokens = r->create_session->info->tokens;
         st.windows = r->create_session->info->windows;
     }
     recall__response__free_unpacked(r, NULL);
@@ -2161,7 +1952,7 @@ static int cmd_bench(recall_client *c, const args *a)
                         strerror(errno));
         goto out;
     }
-    ingest_src src = {.name = "the bench text", .f = mem};
+    recall_ingest_src src = {.name = "the bench text", .f = mem};
     double t0 = now_s();
     result = ingest_stream(c, &src, 1, (double)n_bytes, (size_t)chunk_bytes, &st, &g_bench_stop);
     double ingest_s = now_s() - t0;
