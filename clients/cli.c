@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "clients/chunker.h"
+#include "common/log.h"
 
 /* ---------------------------------------------------------------------------------------
  * Output: one place for errors, text or JSON */
@@ -81,10 +82,23 @@ int cli_client_error(recall_client *c, rc_t rc)
                       "%s", m);
 }
 
-int cli_simple_call(recall_client *c, Recall__Request *req, Recall__Response__BodyCase want,
-                    Recall__Response **out)
+Recall__Request cli_request(Recall__Request__BodyCase kind, void *body)
 {
-    rc_t rc = recall_client_call(c, req, out, NULL, NULL);
+    /* Each kind of the oneof is its own pointer member; the descriptor says where. */
+    Recall__Request req = RECALL__REQUEST__INIT;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(&recall__request__descriptor, (unsigned)kind);
+    ASSERT(f && f->type == PROTOBUF_C_TYPE_MESSAGE && f->quantifier_offset);
+    req.body_case = kind;
+    memcpy((char *)&req + f->offset, &body, sizeof body);
+    return req;
+}
+
+int cli_simple_call(recall_client *c, Recall__Request__BodyCase kind, void *body,
+                    Recall__Response__BodyCase want, Recall__Response **out)
+{
+    Recall__Request req = cli_request(kind, body);
+    rc_t rc = recall_client_call(c, &req, out, NULL, NULL);
     if (rc) return cli_client_error(c, rc);
     if ((*out)->body_case != want) {
         recall__response__free_unpacked(*out, NULL);

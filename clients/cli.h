@@ -161,10 +161,15 @@ int cli_usage_error(cli_cmd_id cmd, const char *fmt, ...) __attribute__((format(
 /* The client's error after rc: the daemon's verdict (exit 1) or the transport's (exit 3). */
 int cli_client_error(recall_client *c, rc_t rc);
 
-/* One request, one answer of body `want`: -1 with *out (caller frees) on success, else the
- * exit status of the reported failure (*out NULL). */
-int cli_simple_call(recall_client *c, Recall__Request *req, Recall__Response__BodyCase want,
-                    Recall__Response **out);
+/* A Request whose body is `body`, the request message of kind `kind` (a
+ * Recall__SessionInfoRequest * for RECALL__REQUEST__BODY_SESSION_INFO, ...). body stays
+ * the caller's and must outlive the Request's use. */
+Recall__Request cli_request(Recall__Request__BodyCase kind, void *body);
+
+/* One request (kind and body as cli_request), one answer of body `want`: -1 with *out
+ * (caller frees) on success, else the exit status of the reported failure (*out NULL). */
+int cli_simple_call(recall_client *c, Recall__Request__BodyCase kind, void *body,
+                    Recall__Response__BodyCase want, Recall__Response **out);
 
 /* ---------------------------------------------------------------------------------------
  * Option values: 1 on success; 0 after reporting a usage error that names the option. */

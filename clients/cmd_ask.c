@@ -126,9 +126,7 @@ static int cmd_ask(recall_client *c, const cli_args *a)
     ar.append = a->vals[O_APPEND] != NULL;
     ar.ignore_eos = a->vals[O_IGNORE_EOS] != NULL;
 
-    Recall__Request req = RECALL__REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_ASK;
-    req.ask = &ar;
+    Recall__Request req = cli_request(RECALL__REQUEST__BODY_ASK, &ar);
     ask_state s = {.tokens = cJSON_CreateArray()};
     rc_t rc = recall_client_stream(c, &req, ask_cb, &s);
     int result;

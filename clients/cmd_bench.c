@@ -121,10 +121,8 @@ static int cmd_bench(recall_client *c, const cli_args *a)
 
     /* Health first: it says the daemon is there (before anything is created) and names
      * the model and device for the report. */
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__HealthRequest hr = RECALL__HEALTH_REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_HEALTH;
-    req.health = &hr;
+    Recall__Request req = cli_request(RECALL__REQUEST__BODY_HEALTH, &hr);
     Recall__Response *r;
     rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
     if (rc) return cli_client_error(c, rc);
@@ -207,9 +205,7 @@ static int cmd_bench(recall_client *c, const cli_args *a)
     ar.max_tokens = (uint32_t)max_tokens;
     ar.temperature = 0;
     ar.ignore_eos = 1;
-    req = (Recall__Request)RECALL__REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_ASK;
-    req.ask = &ar;
+    req = cli_request(RECALL__REQUEST__BODY_ASK, &ar);
     bench_ask ba = {0};
     double t_ask = cli_now_s();
     rc = recall_client_stream(c, &req, bench_ask_cb, &ba);
@@ -224,9 +220,7 @@ static int cmd_bench(recall_client *c, const cli_args *a)
 
     Recall__SessionInfoRequest ir = RECALL__SESSION_INFO_REQUEST__INIT;
     ir.session = session;
-    req = (Recall__Request)RECALL__REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_SESSION_INFO;
-    req.session_info = &ir;
+    req = cli_request(RECALL__REQUEST__BODY_SESSION_INFO, &ir);
     rc = recall_client_call(c, &req, &r, NULL, NULL);
     if (rc) {
         result = bench_failed(c, rc, "cannot read the session's info");

@@ -22,12 +22,10 @@ const cli_command cli_cmd_stats = {"stats", "recall stats",
 static int cmd_health(recall_client *c, const cli_args *a)
 {
     if (a->n_pos) return cli_usage_error(CMD_HEALTH, "health takes no arguments");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__HealthRequest hr = RECALL__HEALTH_REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_HEALTH;
-    req.health = &hr;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_HEALTH, &r);
+    int e =
+        cli_simple_call(c, RECALL__REQUEST__BODY_HEALTH, &hr, RECALL__RESPONSE__BODY_HEALTH, &r);
     if (e >= 0) return e;
     const Recall__HealthResponse *h = r->health;
     int ok = h->ok;
@@ -51,12 +49,9 @@ static int cmd_health(recall_client *c, const cli_args *a)
 static int cmd_stats(recall_client *c, const cli_args *a)
 {
     if (a->n_pos) return cli_usage_error(CMD_STATS, "stats takes no arguments");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__StatsRequest sr = RECALL__STATS_REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_STATS;
-    req.stats = &sr;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_STATS, &r);
+    int e = cli_simple_call(c, RECALL__REQUEST__BODY_STATS, &sr, RECALL__RESPONSE__BODY_STATS, &r);
     if (e >= 0) return e;
     const Recall__StatsResponse *s = r->stats;
     if (cli_json) {

@@ -59,9 +59,7 @@ static int cmd_ppl(recall_client *c, const cli_args *a)
     } else {
         sr.session = (char *)a->pos[0];
     }
-    Recall__Request req = RECALL__REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_SCORE;
-    req.score = &sr;
+    Recall__Request req = cli_request(RECALL__REQUEST__BODY_SCORE, &sr);
     cli_progress pg;
     cli_progress_init(&pg);
     Recall__Response *r;

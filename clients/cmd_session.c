@@ -51,12 +51,10 @@ const cli_command cli_cmd_verify = {
 static int cmd_sessions(recall_client *c, const cli_args *a)
 {
     if (a->n_pos) return cli_usage_error(CMD_SESSIONS, "sessions takes no arguments");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__ListSessionsRequest lr = RECALL__LIST_SESSIONS_REQUEST__INIT;
-    req.body_case = RECALL__REQUEST__BODY_LIST_SESSIONS;
-    req.list_sessions = &lr;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_LIST_SESSIONS, &r);
+    int e = cli_simple_call(c, RECALL__REQUEST__BODY_LIST_SESSIONS, &lr,
+                            RECALL__RESPONSE__BODY_LIST_SESSIONS, &r);
     if (e >= 0) return e;
     const Recall__ListSessionsResponse *l = r->list_sessions;
     if (cli_json) {
@@ -107,13 +105,11 @@ static int cmd_sessions(recall_client *c, const cli_args *a)
 static int cmd_info(recall_client *c, const cli_args *a)
 {
     if (a->n_pos != 1) return cli_usage_error(CMD_INFO, "info needs exactly one SESSION");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__SessionInfoRequest ir = RECALL__SESSION_INFO_REQUEST__INIT;
     ir.session = (char *)a->pos[0];
-    req.body_case = RECALL__REQUEST__BODY_SESSION_INFO;
-    req.session_info = &ir;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_SESSION_INFO, &r);
+    int e = cli_simple_call(c, RECALL__REQUEST__BODY_SESSION_INFO, &ir,
+                            RECALL__RESPONSE__BODY_SESSION_INFO, &r);
     if (e >= 0) return e;
     const Recall__SessionInfo *s = r->session_info->info;
     if (!s) {
@@ -173,13 +169,11 @@ static int cmd_info(recall_client *c, const cli_args *a)
 static int cmd_drop(recall_client *c, const cli_args *a)
 {
     if (a->n_pos != 1) return cli_usage_error(CMD_DROP, "drop needs exactly one SESSION");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__DropSessionRequest dr = RECALL__DROP_SESSION_REQUEST__INIT;
     dr.session = (char *)a->pos[0];
-    req.body_case = RECALL__REQUEST__BODY_DROP_SESSION;
-    req.drop_session = &dr;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_DROP_SESSION, &r);
+    int e = cli_simple_call(c, RECALL__REQUEST__BODY_DROP_SESSION, &dr,
+                            RECALL__RESPONSE__BODY_DROP_SESSION, &r);
     if (e >= 0) return e;
     recall__response__free_unpacked(r, NULL);
     if (cli_json) {
@@ -195,13 +189,11 @@ static int cmd_drop(recall_client *c, const cli_args *a)
 static int cmd_verify(recall_client *c, const cli_args *a)
 {
     if (a->n_pos != 1) return cli_usage_error(CMD_VERIFY, "verify needs exactly one SESSION");
-    Recall__Request req = RECALL__REQUEST__INIT;
     Recall__VerifySessionRequest vr = RECALL__VERIFY_SESSION_REQUEST__INIT;
     vr.session = (char *)a->pos[0];
-    req.body_case = RECALL__REQUEST__BODY_VERIFY_SESSION;
-    req.verify_session = &vr;
     Recall__Response *r;
-    int e = cli_simple_call(c, &req, RECALL__RESPONSE__BODY_VERIFY_SESSION, &r);
+    int e = cli_simple_call(c, RECALL__REQUEST__BODY_VERIFY_SESSION, &vr,
+                            RECALL__RESPONSE__BODY_VERIFY_SESSION, &r);
     if (e >= 0) return e;
     const Recall__VerifySessionResponse *v = r->verify_session;
     int ok = v->ok;
