@@ -1,6 +1,7 @@
 /* bench.h — the pieces of `recall bench` that do not talk to the daemon: the synthetic
- * text it ingests. The run itself (create, ingest, ask, info, drop) is in clients/recall.c,
- * so that it goes through exactly the code path of `recall ingest`. */
+ * text it ingests. The run itself (create, ingest, ask, info, drop) is in clients/cmd_bench.c,
+ * and its ingest goes through exactly the code path of `recall ingest` (cli_ingest, which is
+ * the library's recall_ingest_text). */
 #ifndef RECALL_CLIENTS_BENCH_H
 #define RECALL_CLIENTS_BENCH_H
 

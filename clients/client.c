@@ -240,10 +240,9 @@ rc_t recall_client_recv(recall_client *c, const uint64_t *ids, int n_ids, Recall
     }
 }
 
-/* Turns a Response's non-zero status into the client error and returns its code. A code
- * outside rc_t's range would confuse callers that map codes to exit statuses, so it is
- * reported as an internal error with the daemon's message kept. */
-static rc_t take_status(recall_client *c, const Recall__Response *r)
+/* A code outside rc_t's range would confuse callers that map codes to exit statuses, so it
+ * is reported as an internal error with the daemon's message kept. */
+rc_t recall_client_status(recall_client *c, const Recall__Response *r)
 {
     if (!r->status || r->status->code == 0) return RC_OK;
     int code = r->status->code;
@@ -266,7 +265,7 @@ rc_t recall_client_call(recall_client *c, Recall__Request *req, Recall__Response
         Recall__Response *r;
         rc = recall_client_recv(c, &id, 1, &r);
         if (rc) return rc;
-        rc = take_status(c, r);
+        rc = recall_client_status(c, r);
         if (rc) {
             recall__response__free_unpacked(r, NULL);
             return rc;
@@ -290,7 +289,7 @@ rc_t recall_client_stream(recall_client *c, Recall__Request *req, recall_client_
         Recall__Response *r;
         rc = recall_client_recv(c, &id, 1, &r);
         if (rc) return rc;
-        rc = take_status(c, r);
+        rc = recall_client_status(c, r);
         int more = r->more;
         if (!rc) rc = cb(r, arg);
         recall__response__free_unpacked(r, NULL);

@@ -96,6 +96,11 @@ rc_t recall_client_create_session(recall_client *c, const char *name,
  * client error, or a transport failure). */
 rc_t recall_client_drop(recall_client *c, const char *name);
 
+/* The daemon's verdict in r: RC_OK when r has no status or code 0; otherwise its code (a
+ * code outside rc_t is RC_ERR_INTERNAL), with its message (or the code's strerror) made
+ * the client error and recall_client_error_remote answering 1. r stays the caller's. */
+rc_t recall_client_status(recall_client *c, const Recall__Response *r);
+
 /* Sets the client error to a formatted message (used by callers that want one place for
  * the text shown to the user). */
 void recall_client_set_error(recall_client *c, const char *fmt, ...)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "clients/chunker.h"
+#include "clients/ingest.h"
 #include "clients/png.h"
 
 const char PASSKEY_INTRO[] = "There is an important info hidden inside a lot of irrelevant text. "
@@ -21,7 +22,6 @@ const char PASSKEY_FILLER[] = "The grass is green. The sky is blue. The sun is y
 const char PASSKEY_QUESTION[] = "What is the pass key? The pass key is";
 
 #define MAX_LENGTH (64ull << 20)
-#define DEFAULT_CHUNK_TOKENS 16384
 /* Characters of context before the question line when measuring its tokens on their own
  * (passkey_question_split): enough for several words, so the cut's first piece is far away. */
 #define SPLIT_CONTEXT 256
@@ -467,46 +467,29 @@ static rc_t create_session(recall_client *c, const passkey_cfg_t *cfg, const cha
     return RC_OK;
 }
 
-/* Ingests ids[0..n) as chunks of at most chunk tokens, one at a time (the worker runs
- * them in order anyway); a BUSY answer is retried after a pause. */
+/* Ingests ids[0..n) into the fresh session `name` through the library's ingest call, in
+ * chunks of cfg->chunk_tokens; each chunk must be taken whole. */
 static rc_t ingest_ids(recall_client *c, const passkey_cfg_t *cfg, const char *name,
                        const int32_t *ids, size_t n, char *err, size_t errlen)
 {
-    size_t chunk = cfg->chunk_tokens ? cfg->chunk_tokens : DEFAULT_CHUNK_TOKENS;
-    uint64_t seq = 1;
-    for (size_t at = 0; at < n; seq++) {
-        size_t m = n - at < chunk ? n - at : chunk;
-        Recall__Request req = RECALL__REQUEST__INIT;
-        Recall__IngestRequest ir = RECALL__INGEST_REQUEST__INIT;
-        ir.session = (char *)name;
-        ir.seq = seq;
-        ir.tokens = (int32_t *)ids + at;
-        ir.n_tokens = m;
-        req.body_case = RECALL__REQUEST__BODY_INGEST;
-        req.ingest = &ir;
-        Recall__Response *r = NULL;
-        rc_t rc;
-        for (int tries = 0;; tries++) {
-            rc = recall_client_call(c, &req, &r, NULL, NULL);
-            if (rc != RC_ERR_BUSY || tries >= 100 || stopped(cfg)) break;
-            usleep(100000);
-        }
-        if (rc) return call_failed(c, rc, "ingest of the prompt failed", err, errlen);
-        int ok = r->body_case == RECALL__RESPONSE__BODY_INGEST && !r->ingest->duplicate &&
-                 r->ingest->tokens_added == m;
-        recall__response__free_unpacked(r, NULL);
-        if (!ok) {
-            set_err(err, errlen, "the daemon did not take chunk %llu of session '%s' as sent",
-                    (unsigned long long)seq, name);
-            return RC_ERR_FORMAT;
-        }
-        at += m;
-        if (stopped(cfg)) {
-            set_err(err, errlen, "stopped by a signal during a trial");
-            return RC_ERR_SHUTDOWN;
-        }
+    recall_ingest_state st = {.session = name};
+    recall_ingest_opts o = {.chunk_tokens = cfg->chunk_tokens, .stop = cfg->stop};
+    recall_ingest_error ie;
+    rc_t rc = recall_ingest_tokens(c, ids, n, &o, &st, &ie);
+    if (rc == RC_OK && !stopped(cfg)) return RC_OK;
+    switch (rc ? ie.fault : RECALL_INGEST_STOPPED) { /* a signal during the last chunk too */
+    case RECALL_INGEST_STOPPED:
+        set_err(err, errlen, "stopped by a signal during a trial");
+        return RC_ERR_SHUTDOWN;
+    case RECALL_INGEST_PROTOCOL:
+        set_err(err, errlen, "the daemon did not take chunk %llu of session '%s' as sent",
+                (unsigned long long)ie.seq, name);
+        return RC_ERR_FORMAT;
+    case RECALL_INGEST_NOMEM:
+        return rc; /* run_trial says "out of memory" */
+    default: /* the daemon's or the transport's words are the client error; INPUT cannot be */
+        return call_failed(c, rc, "ingest of the prompt failed", err, errlen);
     }
-    return RC_OK;
 }
 
 typedef struct ask_acc {

@@ -140,7 +140,7 @@ typedef struct passkey_cfg {
     const char *session_prefix; /* sessions are PREFIX-LEN-dD-tT */
     int keep;                   /* keep each trial's session */
     const void *session_opts;   /* Recall__SessionOptions * for CreateSession, or NULL */
-    size_t chunk_tokens;        /* tokens per Ingest chunk (0: 16384) */
+    size_t chunk_tokens;        /* tokens per Ingest chunk (0: ingest.h's default, 16384) */
     void (*on_trial)(const passkey_trial_t *t, void *arg); /* after each trial, or NULL */
     void (*on_phase)(const char *what, void *arg);         /* "fitting 256k", ... or NULL */
     void *arg;

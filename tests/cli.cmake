@@ -1,6 +1,7 @@
 # recall CLI and client library tests.
 #   test_client          client library against a fake daemon (ids, streams, errors, timeouts)
-#   test_client_ingest   `recall ingest` against a fake daemon (credit, BUSY, resends)
+#   test_client_ingest   `recall ingest` against a fake daemon (credit, BUSY, resends), and the
+#                        library's recall_ingest_tokens against the same daemon
 #   test_client_chunker  ingest chunking at line and UTF-8 boundaries
 #   test_cli_usage       the CLI without a daemon: help, usage errors, dead endpoints
 #   e2e_cli              recalld + recall end to end on tiny-fot: ingest, ask, ppl, restart,
@@ -9,7 +10,7 @@ recall_add_test(test_client SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_client.c
                 LIBS recall_client Threads::Threads PkgConfig::ZMQ TIMEOUT 60)
 # runs the recall binary against a fake daemon: pipelining, credit, BUSY resends
 recall_add_test(test_client_ingest SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_client_ingest.c
-                LIBS recall_proto Threads::Threads PkgConfig::ZMQ TIMEOUT 120)
+                LIBS recall_client Threads::Threads PkgConfig::ZMQ TIMEOUT 120)
 add_dependencies(test_client_ingest recall)
 recall_add_test(test_client_chunker SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_client_chunker.c
                 LIBS recall_client TIMEOUT 60)

@@ -6,6 +6,11 @@
  * Also: a chunk taken by another writer (a duplicate on first send) and a fatal error stop
  * the CLI with exit 1 and report what was acknowledged.
  *
+ * The same daemon then takes token ids from the library call itself (recall_ingest_tokens,
+ * clients/ingest.h, what `recall passkey` uses): the same pipelining and resends, every id
+ * committed once and in order, a chunk not taken whole is a PROTOCOL fault, and a refusal
+ * is a DAEMON fault whose message (the daemon's own words) is the client error.
+ *
  * Needs the recall binary: $RECALL_BIN, else $RECALL_BUILD_DIR/clients/recall. */
 #include <pthread.h>
 #include <stdlib.h>
@@ -15,12 +20,13 @@
 #include <zmq.h>
 
 #include "check.h"
+#include "clients/ingest.h"
 #include "proto/recall.pb-c.h"
 
 #define CREDIT 4
 #define START_SEQ 5 /* the session already holds chunks 1..5 */
 
-enum scenario { SC_BUSY, SC_STOLEN, SC_FATAL };
+enum scenario { SC_BUSY, SC_STOLEN, SC_FATAL, SC_SHORT };
 
 typedef struct pending {
     zmq_msg_t ident;
@@ -35,9 +41,12 @@ static struct {
     /* results */
     char *committed;
     size_t committed_len;
+    int32_t ids[4096]; /* token ids committed, in order */
+    size_t n_ids;
     uint64_t last_seq;
     int max_pending, received_after_ack, first_seq, busy_sent, gaps_sent, creates;
-    int acked[4096]; /* acked[seq]: 1 once acknowledged */
+    int acked[4096];     /* acked[seq]: 1 once acknowledged */
+    int busy_done[4096]; /* busy_done[seq]: 1 once refused as BUSY */
 } S;
 
 static void reply(zmq_msg_t *ident, Recall__Response *r)
@@ -69,10 +78,9 @@ static void answer_ingest(pending *p)
 {
     Recall__IngestRequest *q = p->req->ingest;
     uint64_t seq = q->seq;
-    static int busy_done[4096];
     if (seq < 4096 && S.acked[seq]) S.received_after_ack++;
-    if (S.sc == SC_BUSY && (seq == 9 || seq == 15) && !busy_done[seq]) {
-        busy_done[seq] = 1;
+    if (S.sc == SC_BUSY && (seq == 9 || seq == 15) && !S.busy_done[seq]) {
+        S.busy_done[seq] = 1;
         S.busy_sent++;
         reply_status(&p->ident, p->req->id, -9, "the work queue is full; retry later");
         return;
@@ -98,6 +106,12 @@ static void answer_ingest(pending *p)
         S.gaps_sent++;
         reply_status(&p->ident, p->req->id, -10, "seq leaves a gap");
         return;
+    } else if (q->n_tokens) {
+        for (size_t i = 0; i < q->n_tokens && S.n_ids < 4096; i++)
+            S.ids[S.n_ids++] = q->tokens[i];
+        S.last_seq = seq;
+        ir.tokens_added = q->n_tokens - (S.sc == SC_SHORT && seq == 8); /* one id lost */
+        if (seq < 4096) S.acked[seq] = 1;
     } else {
         size_t n = strlen(q->text);
         S.committed = realloc(S.committed, S.committed_len + n + 1);
@@ -107,8 +121,8 @@ static void answer_ingest(pending *p)
         ir.tokens_added = n; /* one "token" per byte */
         if (seq < 4096) S.acked[seq] = 1;
     }
-    ir.tokens = S.committed_len;
-    ir.windows = S.committed_len / 64;
+    ir.tokens = S.committed_len + S.n_ids;
+    ir.windows = ir.tokens / 64;
     /* a Progress message first, as the daemon sends for chunks of many windows */
     Recall__Response pr = RECALL__RESPONSE__INIT;
     Recall__Progress prog = RECALL__PROGRESS__INIT;
@@ -195,6 +209,24 @@ static int run_recall(const char *recall, const char *file, const char *extra, c
     out[n] = 0;
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* recall_ingest_tokens of ids[0..n) in chunks of 64 into session "s" (at START_SEQ). */
+static rc_t run_library(const int32_t *ids, size_t n, recall_ingest_state *st,
+                        recall_ingest_error *err, char *client_err, size_t cap, int *remote)
+{
+    recall_client *c;
+    const char *cerr;
+    rc_t rc = recall_client_create(S.endpoint, &c, &cerr);
+    if (rc) return rc;
+    recall_client_set_timeout(c, 10000);
+    *st = (recall_ingest_state){.session = "s", .last_seq = START_SEQ};
+    recall_ingest_opts o = {.chunk_tokens = 64};
+    rc = recall_ingest_tokens(c, ids, n, &o, st, err);
+    snprintf(client_err, cap, "%s", recall_client_error(c));
+    *remote = recall_client_error_remote(c);
+    recall_client_destroy(&c);
+    return rc;
 }
 
 static void start(enum scenario sc, pthread_t *th)
@@ -295,6 +327,47 @@ int main(void)
     CHECK_MSG(strstr(out, "chunk too large") && strstr(out, "\"name\":\"LIMIT\""), "%s", out);
     CHECK_MSG(strstr(out, "\"last_seq\":7"), "acknowledged up to seq 7: %s", out);
     CHECK(S.last_seq == 7);
+
+    /* 4. the library with token ids: BUSY refusals mid-pipeline, as in 1 */
+    static int32_t ids[1000];
+    for (int i = 0; i < 1000; i++)
+        ids[i] = (i * 37) % 2048;
+    recall_ingest_state st;
+    recall_ingest_error err;
+    char cerr[512];
+    int remote;
+    start(SC_BUSY, &th);
+    rc = run_library(ids, 1000, &st, &err, cerr, sizeof cerr, &remote);
+    finish(th);
+    CHECK_MSG(rc == RC_OK, "%s: %s", rc_name(rc), err.message);
+    CHECK(S.first_seq == START_SEQ + 1);
+    CHECK_MSG(S.n_ids == 1000 && !memcmp(S.ids, ids, sizeof ids), "committed %zu ids", S.n_ids);
+    CHECK_MSG(S.max_pending <= CREDIT && S.max_pending >= 2, "%d chunks in flight", S.max_pending);
+    CHECK(S.busy_sent == 2);
+    CHECK(S.received_after_ack == 0);
+    CHECK(st.tokens_added == 1000 && st.chunks_acked == 16 && st.last_seq == START_SEQ + 16);
+    CHECK(st.last_seq == S.last_seq && st.tokens == 1000);
+
+    /* 5. a chunk of ids not taken whole */
+    start(SC_SHORT, &th);
+    rc = run_library(ids, 1000, &st, &err, cerr, sizeof cerr, &remote);
+    finish(th);
+    CHECK_MSG(rc == RC_ERR_FORMAT && err.fault == RECALL_INGEST_PROTOCOL && err.seq == 8,
+              "%s fault %d seq %llu: %s", rc_name(rc), (int)err.fault, (unsigned long long)err.seq,
+              err.message);
+    CHECK(st.last_seq == 7);
+
+    /* 6. a refusal: the daemon's words become the client error, marked remote */
+    start(SC_FATAL, &th);
+    rc = run_library(ids, 1000, &st, &err, cerr, sizeof cerr, &remote);
+    finish(th);
+    CHECK_MSG(rc == RC_ERR_LIMIT && err.fault == RECALL_INGEST_DAEMON && err.code == -7 &&
+                  err.seq == 8,
+              "%s fault %d: %s", rc_name(rc), (int)err.fault, err.message);
+    CHECK_MSG(remote && !strcmp(cerr, "chunk too large for this daemon"), "client error '%s'",
+              cerr);
+    CHECK_MSG(strstr(err.message, "(chunk 8 of s)"), "%s", err.message);
+    CHECK(st.last_seq == 7 && st.tokens_added == 128);
 
     free(S.committed);
     unlink(path);
