@@ -323,7 +323,7 @@ static const char session_opts_help[] =
     "Session options (when ingest creates a session, for ppl --text, for passkey's trial\n"
     "sessions and bench's session; 0 or absent = the checkpoint's default):\n"
     "  --window N              tokens per window\n"
-    "  --positional SCHEME     rope | self-extend | dca\n"
+    "  --positional SCHEME     rope | self-extend | dca | clex (a CLEX checkpoint's default)\n"
     "  --group G --neighbor W  self-extend group size and neighbour window\n"
     "  --chunk-size S --local-window w   dca chunk size and local window\n"
     "  --memory MODE           exact (default): every memory layer attends to all of the\n"
@@ -653,7 +653,7 @@ static int parse_budget(const char *s, uint64_t *out, cmd_t cmd)
 /* Session options from the command line into opts (zeros where not given). 1 on success. */
 static int parse_session_opts(const args *a, Recall__SessionOptions *so, int *any)
 {
-    static const char *const positional[] = {"rope", "self-extend", "dca", NULL};
+    static const char *const positional[] = {"rope", "self-extend", "dca", "clex", NULL};
     static const char *const memory[] = {"exact", "knn", NULL};
     static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
     struct {
