@@ -661,8 +661,56 @@ static void test_model(const char *dir, int has_memory)
     model_destroy(&m);
 }
 
+/* ---- CLEX: the row rule, the log factor, resolve's defaults and limits ---- */
+
+static void test_clex_rules(void)
+{
+    /* t = ceil(n / L), within [1, M] */
+    CHECK(positional_clex_t(1, 64, 8) == 1);
+    CHECK(positional_clex_t(64, 64, 8) == 1);
+    CHECK(positional_clex_t(65, 64, 8) == 2);
+    CHECK(positional_clex_t(160, 64, 8) == 3);
+    CHECK(positional_clex_t(512, 64, 8) == 8);
+    CHECK(positional_clex_t(513, 64, 8) == 8);
+    CHECK(positional_clex_log_scale(1, 64) == 0.0f);
+    CHECK(positional_clex_log_scale(64, 64) == 1.0f);
+    CHECK(fabsf(positional_clex_log_scale(8, 64) - 0.5f) < 1e-7f); /* below L: under 1 */
+    CHECK(fabsf(positional_clex_log_scale(4096, 64) - 2.0f) < 1e-6f);
+
+    model_config_t c = config(64, 16, 1e4f);
+    c.clex = 1;
+    c.clex_max_factor = 4;
+    c.clex_param_factor = 1;
+    c.clex_time_dt = 0.01f;
+    c.log_scale = 1;
+    char err[256] = "";
+    model_stream_opts_t o = {0}; /* rope, the zero value, is "the default": clex */
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK);
+    CHECK(o.positional == POSITIONAL_CLEX && o.window == 64);
+    CHECK(!strcmp(positional_name(o.positional), "clex"));
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK); /* idempotent */
+    CHECK(o.positional == POSITIONAL_CLEX);
+    model_stream_opts_t full = {.window = 256, .positional = POSITIONAL_CLEX};
+    CHECK(positional_resolve(&c, &full, err, sizeof err) == RC_OK);
+    expect_invalid(&c, (model_stream_opts_t){.window = 257}, "max_factor 4");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_DCA}, "trained with CLEX");
+    expect_invalid(&c,
+                   (model_stream_opts_t){.rope_scaling_set = 1,
+                                         .rope_scaling = ROPE_SCALING_YARN,
+                                         .rope_factor = 2.0f},
+                   "yarn");
+    model_config_t plain = config(64, 16, 1e4f);
+    expect_invalid(&plain, (model_stream_opts_t){.positional = POSITIONAL_CLEX},
+                   "CLEX checkpoint");
+    positional_params_t p = positional_params(&c, &full);
+    int qp, kp;
+    positional_pair(&p, 200, 3, &qp, &kp); /* positions stay (i, j) */
+    CHECK(qp == 200 && kp == 3 && positional_mem_query(&p, 200) == 200);
+}
+
 int main(void)
 {
+    test_clex_rules();
     test_dca_llama2_defaults();
     test_self_extend_maps();
     test_scalings();
