@@ -18,6 +18,12 @@
 #define CONFIG_MAX_BYTES (16u << 20) /* a config.json is a few KB; refuse anything absurd */
 
 
+/* Three %s arguments that print a member for a message: "\"value\"" for a string, else
+ * "not a string". */
+#define STRING_VALUE(v)                                                                            \
+    cJSON_IsString(v) ? "\"" : "", cJSON_IsString(v) ? (v)->valuestring : "not a string",        \
+        cJSON_IsString(v) ? "\"" : ""
+
 /* A present, non-null member (HF writes null for "use the default"). */
 static const cJSON *member(const cJSON *obj, const char *name)
 {
@@ -178,7 +184,8 @@ static rc_t get_clex_count(const cJSON *rs, const char *name, int *out, char *er
     double d = v->valuedouble;
     if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d))
         return rc_errf(RC_ERR_FORMAT, err, errlen,
-                       "config.json: field \"rope_scaling.%s\" must be an integer", name);
+                       "config.json: field \"rope_scaling.%s\" must be an integer of at least 1%s",
+                       name, cJSON_IsNumber(v) ? " (got a fraction)" : "");
     if (d < 1 || d > 65536)
         return rc_errf(RC_ERR_INVALID, err, errlen,
                        "config.json: field \"rope_scaling.%s\" is %g; it must be between 1 "
@@ -209,9 +216,7 @@ static rc_t parse_clex(const cJSON *rs, model_config_t *c, char *err, size_t err
             return rc_errf(RC_ERR_INVALID, err, errlen,
                            "config.json: field \"rope_scaling.act\" is %s%s%s; CLEX's act is "
                            "\"silu\" or \"tanh\"",
-                           cJSON_IsString(act) ? "\"" : "",
-                           cJSON_IsString(act) ? act->valuestring : "not a string",
-                           cJSON_IsString(act) ? "\"" : "");
+                           STRING_VALUE(act));
     }
     if ((rc = get_float(rs, "time_dt", 0.01f, &c->clex_time_dt, err, errlen))) return rc;
     /* A step that leaves more than ~10^7 grid points is a typo, not a setting. */
@@ -288,9 +293,7 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
         return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
                     "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
                     "supported",
-                    cJSON_IsString(act) ? "\"" : "",
-                    cJSON_IsString(act) ? act->valuestring : "not a string",
-                    cJSON_IsString(act) ? "\"" : "");
+                    STRING_VALUE(act));
 
     INT("vocab_size", 1, 0, &c->vocab_size);
     POSITIVE("vocab_size", c->vocab_size);
