@@ -65,8 +65,8 @@ struct backend_stream {
     const float *clex_freq; /* [M, head_dim / 2] */
     const float *clex_row;  /* this forward's row of clex_freq */
     int clex_t;
-    float clex_qscale;      /* log_scale's ln(n) / ln(L), else 1 */
-    int32_t *pos_all;       /* [window] j */
+    float clex_qscale; /* log_scale's ln(n) / ln(L), else 1 */
+    int32_t *pos_all;  /* [window] j */
 
     /* Scratch for one chunk of up to `window` tokens. */
     float *x;      /* [window, hidden] residual stream */
@@ -214,7 +214,8 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         if (!c->clex || !s->clex_freq || o->window > (int64_t)c->clex_max_factor * c->max_pos)
             goto invalid;
         if (!(s->pos_all = malloc(W * sizeof(int32_t)))) goto fail;
-        for (size_t j = 0; j < W; j++) s->pos_all[j] = (int32_t)j;
+        for (size_t j = 0; j < W; j++)
+            s->pos_all[j] = (int32_t)j;
         s->mscale = 1.0f;
     }
     if (o->positional == POSITIONAL_SELF_EXTEND && (s->pp.group < 1 || s->pp.neighbor < 1))
@@ -309,7 +310,8 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
     } else if (s->pp.kind == POSITIONAL_CLEX) {
         cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->clex_row, 1.0f);
         if (s->clex_qscale != 1.0f)
-            for (size_t i = 0; i < (size_t)n * s->q_dim; i++) s->q[i] *= s->clex_qscale;
+            for (size_t i = 0; i < (size_t)n * s->q_dim; i++)
+                s->q[i] *= s->clex_qscale;
         if (L->clex_t != s->clex_t && s->local > 0) {
             /* The cached keys were rotated with another row: rotate them all again. */
             memcpy(L->k_rot, L->k_raw, (size_t)s->local * kvb);

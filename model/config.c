@@ -17,11 +17,10 @@
 
 #define CONFIG_MAX_BYTES (16u << 20) /* a config.json is a few KB; refuse anything absurd */
 
-
 /* Three %s arguments that print a member for a message: "\"value\"" for a string, else
  * "not a string". */
 #define STRING_VALUE(v)                                                                            \
-    cJSON_IsString(v) ? "\"" : "", cJSON_IsString(v) ? (v)->valuestring : "not a string",        \
+    cJSON_IsString(v) ? "\"" : "", cJSON_IsString(v) ? (v)->valuestring : "not a string",          \
         cJSON_IsString(v) ? "\"" : ""
 
 /* A present, non-null member (HF writes null for "use the default"). */
@@ -172,8 +171,7 @@ static rc_t parse_mem_layers(const cJSON *root, model_config_t *c, char *err, si
 
 /* An integer-valued number >= 1 (CLEX writes max_factor and param_factor as ints; a float
  * such as 16.0 is the same value). Required. */
-static rc_t get_clex_count(const cJSON *rs, const char *name, int *out, char *err,
-                           size_t errlen)
+static rc_t get_clex_count(const cJSON *rs, const char *name, int *out, char *err, size_t errlen)
 {
     const cJSON *v = member(rs, name);
     if (!v)
@@ -203,8 +201,7 @@ static rc_t parse_clex(const cJSON *rs, model_config_t *c, char *err, size_t err
     rc_t rc;
     c->clex = 1;
     if ((rc = get_clex_count(rs, "max_factor", &c->clex_max_factor, err, errlen))) return rc;
-    if ((rc = get_clex_count(rs, "param_factor", &c->clex_param_factor, err, errlen)))
-        return rc;
+    if ((rc = get_clex_count(rs, "param_factor", &c->clex_param_factor, err, errlen))) return rc;
     const cJSON *act = member(rs, "act");
     c->clex_act = CLEX_ACT_SILU;
     if (act) {
@@ -220,8 +217,7 @@ static rc_t parse_clex(const cJSON *rs, model_config_t *c, char *err, size_t err
     }
     if ((rc = get_float(rs, "time_dt", 0.01f, &c->clex_time_dt, err, errlen))) return rc;
     /* A step that leaves more than ~10^7 grid points is a typo, not a setting. */
-    if (!(c->clex_time_dt > 0.0f) ||
-        (double)(c->clex_max_factor - 1) / c->clex_time_dt > 1e7)
+    if (!(c->clex_time_dt > 0.0f) || (double)(c->clex_max_factor - 1) / c->clex_time_dt > 1e7)
         return rc_errf(RC_ERR_INVALID, err, errlen,
                        "config.json: field \"rope_scaling.time_dt\" is %g; it must be positive "
                        "and at least (max_factor - 1) / 1e7",
@@ -258,9 +254,9 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
         c->rope_scaling = ROPE_SCALING_NTK;
     else
         return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
-                    "config.json: field \"rope_scaling.type\" is \"%s\"; supported: linear, "
-                    "dynamic, ntk, yarn, clex",
-                    s);
+                       "config.json: field \"rope_scaling.type\" is \"%s\"; supported: linear, "
+                       "dynamic, ntk, yarn, clex",
+                       s);
     rc_t rc = get_float(rs, "factor", 0.0f, &c->rope_factor, err, errlen);
     if (rc) return rc;
     if (!(c->rope_factor > 0.0f))
@@ -291,9 +287,9 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
     const cJSON *act = member(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
         return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
-                    "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
-                    "supported",
-                    STRING_VALUE(act));
+                       "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
+                       "supported",
+                       STRING_VALUE(act));
 
     INT("vocab_size", 1, 0, &c->vocab_size);
     POSITIVE("vocab_size", c->vocab_size);

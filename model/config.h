@@ -58,13 +58,13 @@ typedef struct model_config {
     /* CLEX (rope_scaling type "clex", a checkpoint fine-tuned with learned continuous RoPE
      * scaling; model/positional.h). rope_scaling above stays NONE for such a config: CLEX
      * is a positional scheme of its own, with weights. */
-    int clex;               /* rope_scaling.type == "clex" */
-    int clex_max_factor;    /* M = rope_scaling.max_factor: integer >= 1 (required) */
-    int clex_param_factor;  /* p = rope_scaling.param_factor: integer >= 1 (required) */
-    clex_act_t clex_act;    /* rope_scaling.act: "silu" (default: first releases) or "tanh" */
-    float clex_time_dt;     /* rope_scaling.time_dt: RK4 step, > 0 (0.01 when absent) */
-    int log_scale;          /* top-level log_scale (true when absent: the config class's
-                               default); read for every config, used by CLEX only */
+    int clex;              /* rope_scaling.type == "clex" */
+    int clex_max_factor;   /* M = rope_scaling.max_factor: integer >= 1 (required) */
+    int clex_param_factor; /* p = rope_scaling.param_factor: integer >= 1 (required) */
+    clex_act_t clex_act;   /* rope_scaling.act: "silu" (default: first releases) or "tanh" */
+    float clex_time_dt;    /* rope_scaling.time_dt: RK4 step, > 0 (0.01 when absent) */
+    int log_scale;         /* top-level log_scale (true when absent: the config class's
+                              default); read for every config, used by CLEX only */
 } model_config_t;
 
 /* Parses config.json text. On failure returns RC_ERR_FORMAT or RC_ERR_INVALID and writes a

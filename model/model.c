@@ -91,8 +91,8 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
     }
     float *buf = owned_alloc(m, t->numel);
     if (!buf)
-        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)", full,
-                    t->numel);
+        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)",
+                       full, t->numel);
     convert(buf, t->data, t->dtype, t->numel);
     *out = buf;
     return RC_OK;

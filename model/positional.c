@@ -369,20 +369,24 @@ static void clex_rhs(const clex_ode_t *o, double t, const double *z, double *dz)
     const double alpha = t < 1.0 ? 1.0 : 2.0 * t - 1.0;
     /* ln ν_i = −(2i/d) · ln(10000 · α^(d/(d−2))) */
     const double lbase = log(10000.0) + (double)d / (d - 2) * log(alpha);
-    for (int k = 0; k < pd; k++) o->pre[k] = 0.0;
+    for (int k = 0; k < pd; k++)
+        o->pre[k] = 0.0;
     for (int i = 0; i < h; i++) {
         const double x = z[i] - (2.0 * i / d) * lbase;
         const float *u = o->up + (size_t)i * pd;
-        for (int k = 0; k < pd; k++) o->pre[k] += x * u[k];
+        for (int k = 0; k < pd; k++)
+            o->pre[k] += x * u[k];
     }
     for (int k = 0; k < pd; k++) {
         const double a = o->pre[k];
         o->pre[k] = o->act == CLEX_ACT_TANH ? tanh(a) : a / (1.0 + exp(-a));
     }
-    for (int i = 0; i < h; i++) dz[i] = -4.0 * i / ((double)(d - 2) * alpha);
+    for (int i = 0; i < h; i++)
+        dz[i] = -4.0 * i / ((double)(d - 2) * alpha);
     for (int k = 0; k < pd; k++) {
         const float *dn = o->down + (size_t)k * h;
-        for (int i = 0; i < h; i++) dz[i] += o->pre[k] * dn[i];
+        for (int i = 0; i < h; i++)
+            dz[i] += o->pre[k] * dn[i];
     }
 }
 
@@ -391,7 +395,8 @@ rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const
 {
     const int d = c->head_dim, h = d / 2, M = c->clex_max_factor;
     const int pd = c->clex_param_factor * d;
-    for (int i = 0; i < h; i++) table[i] = inv_freq[i]; /* t = 1: the tensor itself */
+    for (int i = 0; i < h; i++)
+        table[i] = inv_freq[i]; /* t = 1: the tensor itself */
     if (M == 1) return RC_OK;
     if (d <= 2) return RC_ERR_FORMAT; /* d − 2 divides */
 
@@ -406,9 +411,10 @@ rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const
     if (!buf) return RC_ERR_NOMEM;
     double *y0 = buf, *y1 = buf + h, *k1 = buf + 2 * h, *k2 = buf + 3 * h, *k3 = buf + 4 * h,
            *k4 = buf + 5 * h, *tmp = buf + 6 * h, *yi = buf + 7 * h;
-    clex_ode_t o = {.d = d, .h = h, .pd = pd, .act = c->clex_act, .up = up, .down = down,
-                    .pre = buf + 8 * h};
-    for (int i = 0; i < h; i++) y0[i] = log((double)inv_freq[i]);
+    clex_ode_t o = {
+        .d = d, .h = h, .pd = pd, .act = c->clex_act, .up = up, .down = down, .pre = buf + 8 * h};
+    for (int i = 0; i < h; i++)
+        y0[i] = log((double)inv_freq[i]);
 
     int next = 2; /* the next integer t to fill */
     volatile float g0 = 1.0f;
@@ -419,11 +425,14 @@ rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const
         const double t0 = g0, t1 = g1, dt = t1 - t0;
         /* RK4, 3/8 rule (torchdiffeq's rk4_alt_step_func). */
         clex_rhs(&o, t0, y0, k1);
-        for (int i = 0; i < h; i++) tmp[i] = y0[i] + dt * k1[i] / 3.0;
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * k1[i] / 3.0;
         clex_rhs(&o, t0 + dt / 3.0, tmp, k2);
-        for (int i = 0; i < h; i++) tmp[i] = y0[i] + dt * (k2[i] - k1[i] / 3.0);
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * (k2[i] - k1[i] / 3.0);
         clex_rhs(&o, t0 + dt * 2.0 / 3.0, tmp, k3);
-        for (int i = 0; i < h; i++) tmp[i] = y0[i] + dt * (k1[i] - k2[i] + k3[i]);
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * (k1[i] - k2[i] + k3[i]);
         clex_rhs(&o, t1, tmp, k4);
         for (int i = 0; i < h; i++)
             y1[i] = y0[i] + (k1[i] + 3.0 * (k2[i] + k3[i]) + k4[i]) * dt * 0.125;
@@ -431,14 +440,16 @@ rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const
         while (next <= M && t1 >= (double)next) {
             const double t = next;
             for (int i = 0; i < h; i++)
-                yi[i] = t == t0 ? y0[i]
+                yi[i] = t == t0   ? y0[i]
                         : t == t1 ? y1[i]
                                   : y0[i] + (t - t0) / (t1 - t0) * (y1[i] - y0[i]);
             float *row = table + (size_t)(next - 1) * h;
-            for (int i = 0; i < h; i++) row[i] = (float)exp(yi[i]);
+            for (int i = 0; i < h; i++)
+                row[i] = (float)exp(yi[i]);
             next++;
         }
-        for (int i = 0; i < h; i++) y0[i] = y1[i];
+        for (int i = 0; i < h; i++)
+            y0[i] = y1[i];
         g0 = g1;
     }
     free(buf);

@@ -165,8 +165,10 @@ static int parse_args(int argc, char **argv, args_t *a)
                 long x = strtol(p, &end, 10);
                 if (end == p || x < 1 || x > 1 << 30 || (*end && *end != ',') ||
                     a->n_feeds == (int)(sizeof a->feeds / sizeof a->feeds[0])) {
-                    fprintf(stderr, "recall_score: --feeds wants up to 64 positive sizes, "
-                                    "comma-separated, got '%s'\n", v);
+                    fprintf(stderr,
+                            "recall_score: --feeds wants up to 64 positive sizes, "
+                            "comma-separated, got '%s'\n",
+                            v);
                     return -1;
                 }
                 a->feeds[a->n_feeds++] = (int)x;
@@ -232,7 +234,8 @@ static int parse_args(int argc, char **argv, args_t *a)
         return -1;
     }
     if (!a->logprobs && !a->generate && !a->clex_table) {
-        fprintf(stderr, "recall_score: nothing to do: give --logprobs, --generate or --clex-table\n");
+        fprintf(stderr,
+                "recall_score: nothing to do: give --logprobs, --generate or --clex-table\n");
         return -1;
     }
     return 0;
@@ -314,7 +317,8 @@ static int feed_in_parts(const args_t *a, model_stream_t *s, const int32_t *tok,
             for (int j = 0; j < vocab; j++)
                 if (last[j] > mx) mx = last[j];
             double sum = 0;
-            for (int j = 0; j < vocab; j++) sum += exp((double)(last[j] - mx));
+            for (int j = 0; j < vocab; j++)
+                sum += exp((double)(last[j] - mx));
             lp[off - 1] = (float)((double)(last[tok[off]] - mx) - log(sum));
         }
     }
@@ -402,7 +406,7 @@ int main(int argc, char **argv)
     }
     if (a.generate) {
         if (!logits) logits = malloc((size_t)vocab * sizeof *logits); /* [vocab] */
-        gen = malloc((size_t)a.generate * sizeof *gen);                /* [generate] */
+        gen = malloc((size_t)a.generate * sizeof *gen);               /* [generate] */
         if (!logits || !gen) goto oom;
         rc = b ? model_stream_create_on(b, &o, &s) : model_stream_create(m, &o, &s);
         if (rc) goto fail_rc;

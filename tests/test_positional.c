@@ -700,8 +700,7 @@ static void test_clex_rules(void)
                                          .rope_factor = 2.0f},
                    "yarn");
     model_config_t plain = config(64, 16, 1e4f);
-    expect_invalid(&plain, (model_stream_opts_t){.positional = POSITIONAL_CLEX},
-                   "CLEX checkpoint");
+    expect_invalid(&plain, (model_stream_opts_t){.positional = POSITIONAL_CLEX}, "CLEX checkpoint");
     positional_params_t p = positional_params(&c, &full);
     int qp, kp;
     positional_pair(&p, 200, 3, &qp, &kp); /* positions stay (i, j) */
