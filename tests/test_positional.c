@@ -6,8 +6,11 @@
  *     key at each pair's positions (positional_pair, positional_mem_query);
  *   - on the tiny checkpoints: schemes that reduce to plain RoPE give bit-identical
  *     log-probs, feeding in pieces equals feeding at once, memory is used, and windows up to
- *     4x the trained length run (time printed, not asserted). */
+ *     4x the trained length run (time printed, not asserted);
+ *   - CLEX's row rule, log factor and resolve limits, and its refusal on backends other
+ *     than the CPU (the numbers are tests/ref/parity_clex.py's). */
 #define _POSIX_C_SOURCE 200809L
+#define BACKEND_INTERNAL /* a stand-in backend for the CLEX refusal (test_clex_backends) */
 #define PI 3.14159265358979323846
 #include <math.h>
 #include <stdint.h>
@@ -17,6 +20,7 @@
 #include <time.h>
 
 #include "kernels/cpu.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "model/positional.h"
 #include "model/stream.h"
@@ -707,6 +711,32 @@ static void test_clex_rules(void)
     CHECK(qp == 200 && kp == 3 && positional_mem_query(&p, 200) == 200);
 }
 
+/* CLEX runs on the CPU backend only: a stream of any other backend is refused in generic
+ * code (model_stream_create_with), before the backend is asked. A stand-in with the CPU's
+ * ops under another name shows it without a GPU. */
+static void test_clex_backends(const char *dir)
+{
+    model_t *m = NULL;
+    char err[512] = "";
+    rc_t rc = model_load(dir, 1, &m, err, sizeof err);
+    CHECK_MSG(rc == RC_OK, "%s", err);
+    if (rc) return;
+    model_stream_opts_t o = {0};
+    model_stream_t *s = NULL;
+    CHECK(model_stream_create(m, &o, &s) == RC_OK && s);
+    int32_t tok[3] = {1, 7, 9};
+    float lp[3];
+    CHECK(s && model_stream_feed(s, tok, 3, lp, NULL) == RC_OK && isfinite(lp[0]));
+    model_stream_destroy(&s);
+    backend_ops_t other = backend_cpu_ops;
+    other.name = "cuda";
+    model_backend_t fake = {.ops = &other, .model = m};
+    CHECK(other.open(m, 0, &fake.ctx, err, sizeof err) == RC_OK);
+    CHECK(model_stream_create_on(&fake, &o, &s) == RC_ERR_UNSUPPORTED && !s);
+    other.close(fake.ctx);
+    model_destroy(&m);
+}
+
 int main(void)
 {
     test_clex_rules();
@@ -723,6 +753,8 @@ int main(void)
         test_model(dir, 1);
         snprintf(dir, sizeof dir, "%s/tiny-llama", data);
         test_model(dir, 0);
+        snprintf(dir, sizeof dir, "%s/tiny-clex", data);
+        test_clex_backends(dir);
     } else {
         printf("RECALL_TEST_DATA not set: model tests skipped\n");
     }
