@@ -332,7 +332,7 @@ static int parse_budget(const char *s, uint64_t *out, cli_cmd_id cmd)
 /* Session options from the command line into opts (zeros where not given). 1 on success. */
 int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *any)
 {
-    static const char *const positional[] = {"rope", "self-extend", "dca", NULL};
+    static const char *const positional[] = {"rope", "self-extend", "dca", "clex", NULL};
     static const char *const memory[] = {"exact", "knn", NULL};
     static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
     struct {

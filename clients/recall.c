@@ -28,7 +28,7 @@ static const char session_opts_help[] =
     "Session options (when ingest creates a session, for ppl --text, for passkey's trial\n"
     "sessions and bench's session; 0 or absent = the checkpoint's default):\n"
     "  --window N              tokens per window\n"
-    "  --positional SCHEME     rope | self-extend | dca\n"
+    "  --positional SCHEME     rope | self-extend | dca | clex (a CLEX checkpoint's default)\n"
     "  --group G --neighbor W  self-extend group size and neighbour window\n"
     "  --chunk-size S --local-window w   dca chunk size and local window\n"
     "  --memory MODE           exact (default): every memory layer attends to all of the\n"

@@ -57,7 +57,7 @@ static void usage(FILE *f)
 "  --threads N            compute threads for the CPU backend (default: all cores)\n"
 "\n"
 "session defaults (for sessions created without these options; stored sessions keep theirs):\n"
-"  --window N  --positional rope|self-extend|dca  --group G  --neighbor W\n"
+"  --window N  --positional rope|self-extend|dca|clex  --group G  --neighbor W\n"
 "  --chunk-size S  --local-window w  --no-chunk-scale  --rope-scaling TYPE  --rope-factor F\n"
 "  --memory exact|knn  --k K  --mem-dtype f32|bf16|f16  --last-context N\n"
 "                         the same meaning as the recall CLI's session options; checked at\n"

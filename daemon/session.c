@@ -79,9 +79,11 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
             o->positional = POSITIONAL_SELF_EXTEND;
         } else if (!strcmp(pos, "dca")) {
             o->positional = POSITIONAL_DCA;
+        } else if (!strcmp(pos, "clex")) {
+            o->positional = POSITIONAL_CLEX;
         } else {
-            snprintf(err, errlen, "unknown positional scheme '%s' (use rope, self-extend or dca)",
-                     pos);
+            snprintf(err, errlen,
+                     "unknown positional scheme '%s' (use rope, self-extend, dca or clex)", pos);
             return RC_ERR_INVALID;
         }
         if (in->group > 1u << 30 || in->neighbor > 1u << 30 || in->chunk_size > 1u << 30 ||
@@ -179,7 +181,7 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
 
 void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out)
 {
-    static const char *const pos[] = {"rope", "self-extend", "dca"};
+    static const char *const pos[] = {"rope", "self-extend", "dca", "clex"};
     static const char *const scal[] = {"none", "linear", "ntk", "dynamic", "yarn"};
     recall__session_options__init(out);
     out->window = (uint32_t)o->window;

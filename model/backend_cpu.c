@@ -9,7 +9,14 @@
  * Self-Extend where it is cached rotated twice (at j and at j // G); each query is rotated
  * every way its scheme can pair it (Self-Extend 2, DCA 3, plus the position it takes against
  * memory keys), and cpu_attention_ext picks per (query, key) pair which score to use. All
- * positions depend only on the index inside the window, so grouping does not matter. */
+ * positions depend only on the index inside the window, so grouping does not matter.
+ *
+ * CLEX is plain RoPE at the forward's row t of the checkpoint's frequency table (t from the
+ * forward's local key count: positional.h). Every layer then also caches its unrotated keys
+ * and remembers the row its rotated keys were made with; a forward whose t differs rotates
+ * the whole cache again from the unrotated keys, one with the same t only its new keys
+ * (the same numbers, since a key's rotation depends only on its index and the row). Queries
+ * are multiplied by the log_scale factor after rotation. */
 #define BACKEND_INTERNAL
 #include "model/backend.h"
 
@@ -38,6 +45,7 @@ typedef struct layer_cache {
     float *k_grp;  /* [window, kv_dim] self-extend: keys rotated at j // G, else NULL */
     float *v;      /* [window, kv_dim] */
     int mem_layer; /* index into the memory store, or -1 */
+    int clex_t;    /* clex: the table row k_rot's cached keys are rotated with; 0 none */
 } layer_cache_t;
 
 struct backend_stream {
@@ -52,6 +60,13 @@ struct backend_stream {
     float mscale;          /* cos/sin multiplier: YaRN's attention factor, DCA's chunk scale */
     positional_params_t pp;
     int need_qmem;         /* memory queries need their own rotation (not rope) */
+    /* clex only: the table (the model's), this forward's row and query factor, and the
+     * positions 0 … window − 1 for rotating a whole cache. */
+    const float *clex_freq; /* [M, head_dim / 2] */
+    const float *clex_row;  /* this forward's row of clex_freq */
+    int clex_t;
+    float clex_qscale; /* log_scale's ln(n) / ln(L), else 1 */
+    int32_t *pos_all;  /* [window] j */
 
     /* Scratch for one chunk of up to `window` tokens. */
     float *x;      /* [window, hidden] residual stream */
@@ -123,6 +138,7 @@ static void cpu_stream_destroy(backend_stream_t *s)
     free(s->gate);
     free(s->up);
     free(s->pos);
+    free(s->pos_all);
     free(s->kpos);
     free(s->kpos_grp);
     for (int v = 0; v < 3; v++) free(s->qpos[v]);
@@ -163,7 +179,9 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         L->k_rot = malloc(W * s->kv_dim * sizeof(float));
         L->v = malloc(W * s->kv_dim * sizeof(float));
         if (!L->k_rot || !L->v) goto fail;
-        if (L->mem_layer >= 0 && !(L->k_raw = malloc(W * s->kv_dim * sizeof(float)))) goto fail;
+        if ((L->mem_layer >= 0 || o->positional == POSITIONAL_CLEX) &&
+            !(L->k_raw = malloc(W * s->kv_dim * sizeof(float))))
+            goto fail;
         if (o->positional == POSITIONAL_SELF_EXTEND &&
             !(L->k_grp = malloc(W * s->kv_dim * sizeof(float))))
             goto fail;
@@ -190,6 +208,16 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     if (o->positional == POSITIONAL_DCA && !o->dca_no_scale)
         s->mscale = positional_dca_scale(o->window, c->max_pos);
     if (o->positional == POSITIONAL_DCA && s->pp.chunk_len < 1) goto invalid; /* unresolved */
+    if (o->positional == POSITIONAL_CLEX) {
+        /* Opts that passed positional_resolve: a CLEX checkpoint, window ≤ M · L. */
+        s->clex_freq = s->w->clex_freq;
+        if (!c->clex || !s->clex_freq || o->window > (int64_t)c->clex_max_factor * c->max_pos)
+            goto invalid;
+        if (!(s->pos_all = malloc(W * sizeof(int32_t)))) goto fail;
+        for (size_t j = 0; j < W; j++)
+            s->pos_all[j] = (int32_t)j;
+        s->mscale = 1.0f;
+    }
     if (o->positional == POSITIONAL_SELF_EXTEND && (s->pp.group < 1 || s->pp.neighbor < 1))
         goto invalid;
     if (o->memory_knn && c->n_mem_layers > 0) {
@@ -200,7 +228,7 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         if (rc || !(s->knn_idx = malloc(W * c->n_heads * (size_t)o->knn_k * sizeof(int64_t))))
             goto fail;
     }
-    if (o->positional != POSITIONAL_ROPE) {
+    if (o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_DCA) {
         const int n_alt = o->positional == POSITIONAL_DCA ? 2 : 1;
         s->need_qmem = c->n_mem_layers > 0;
         s->kpos = malloc(W * sizeof(int32_t));
@@ -279,6 +307,18 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
     if (s->pp.kind == POSITIONAL_ROPE) {
         cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->inv_freq, s->mscale);
         cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->inv_freq, s->mscale);
+    } else if (s->pp.kind == POSITIONAL_CLEX) {
+        cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->clex_row, 1.0f);
+        if (s->clex_qscale != 1.0f)
+            for (size_t i = 0; i < (size_t)n * s->q_dim; i++)
+                s->q[i] *= s->clex_qscale;
+        if (L->clex_t != s->clex_t && s->local > 0) {
+            /* The cached keys were rotated with another row: rotate them all again. */
+            memcpy(L->k_rot, L->k_raw, (size_t)s->local * kvb);
+            cpu_rope(L->k_rot, s->local, c->n_kv_heads, hd, s->pos_all, s->clex_row, 1.0f);
+        }
+        L->clex_t = s->clex_t;
+        cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->clex_row, 1.0f);
     } else {
         /* Every extra rotation starts from the unrotated projections. */
         const int n_alt = s->pp.kind == POSITIONAL_DCA ? 2 : 1;
@@ -363,7 +403,13 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
                c->hidden * sizeof(float));
         s->pos[t] = local + t;
     }
-    if (s->pp.kind != POSITIONAL_ROPE) {
+    if (s->pp.kind == POSITIONAL_CLEX) {
+        /* One row for the whole forward: t of the local keys it attends to. */
+        const int n_keys = local + n;
+        s->clex_t = positional_clex_t(n_keys, c->max_pos, s->pp.clex_max);
+        s->clex_row = s->clex_freq + (size_t)(s->clex_t - 1) * (c->head_dim / 2);
+        s->clex_qscale = c->log_scale ? positional_clex_log_scale(n_keys, c->max_pos) : 1.0f;
+    } else if (s->pp.kind != POSITIONAL_ROPE) {
         const positional_params_t *p = &s->pp;
         for (int t = 0; t < n; t++) {
             const int i = local + t;

@@ -17,6 +17,11 @@
 
 #define CONFIG_MAX_BYTES (16u << 20) /* a config.json is a few KB; refuse anything absurd */
 
+/* Three %s arguments that print a member for a message: "\"value\"" for a string, else
+ * "not a string". */
+#define STRING_VALUE(v)                                                                            \
+    cJSON_IsString(v) ? "\"" : "", cJSON_IsString(v) ? (v)->valuestring : "not a string",          \
+        cJSON_IsString(v) ? "\"" : ""
 
 /* A present, non-null member (HF writes null for "use the default"). */
 static const cJSON *member(const cJSON *obj, const char *name)
@@ -164,11 +169,68 @@ static rc_t parse_mem_layers(const cJSON *root, model_config_t *c, char *err, si
     return RC_OK;
 }
 
+/* An integer-valued number >= 1 (CLEX writes max_factor and param_factor as ints; a float
+ * such as 16.0 is the same value). Required. */
+static rc_t get_clex_count(const cJSON *rs, const char *name, int *out, char *err, size_t errlen)
+{
+    const cJSON *v = member(rs, name);
+    if (!v)
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
+                       "config.json: field \"rope_scaling.%s\" is missing (required with "
+                       "type \"clex\")",
+                       name);
+    double d = v->valuedouble;
+    if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d))
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
+                       "config.json: field \"rope_scaling.%s\" must be an integer of at least 1%s",
+                       name, cJSON_IsNumber(v) ? " (got a fraction)" : "");
+    if (d < 1 || d > 65536)
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       "config.json: field \"rope_scaling.%s\" is %g; it must be between 1 "
+                       "and 65536",
+                       name, d);
+    *out = (int)d;
+    return RC_OK;
+}
+
+/* rope_scaling {"type": "clex", "max_factor": M, "param_factor": p, "act": ..., "time_dt":
+ * dt} (training also writes "factor": 1, unused). First releases have no act and time_dt:
+ * silu and 0.01 then, as their code hard-wired. */
+static rc_t parse_clex(const cJSON *rs, model_config_t *c, char *err, size_t errlen)
+{
+    rc_t rc;
+    c->clex = 1;
+    if ((rc = get_clex_count(rs, "max_factor", &c->clex_max_factor, err, errlen))) return rc;
+    if ((rc = get_clex_count(rs, "param_factor", &c->clex_param_factor, err, errlen))) return rc;
+    const cJSON *act = member(rs, "act");
+    c->clex_act = CLEX_ACT_SILU;
+    if (act) {
+        if (cJSON_IsString(act) && !strcmp(act->valuestring, "silu"))
+            c->clex_act = CLEX_ACT_SILU;
+        else if (cJSON_IsString(act) && !strcmp(act->valuestring, "tanh"))
+            c->clex_act = CLEX_ACT_TANH;
+        else
+            return rc_errf(RC_ERR_INVALID, err, errlen,
+                           "config.json: field \"rope_scaling.act\" is %s%s%s; CLEX's act is "
+                           "\"silu\" or \"tanh\"",
+                           STRING_VALUE(act));
+    }
+    if ((rc = get_float(rs, "time_dt", 0.01f, &c->clex_time_dt, err, errlen))) return rc;
+    /* A step that leaves more than ~10^7 grid points is a typo, not a setting. */
+    if (!(c->clex_time_dt > 0.0f) || (double)(c->clex_max_factor - 1) / c->clex_time_dt > 1e7)
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       "config.json: field \"rope_scaling.time_dt\" is %g; it must be positive "
+                       "and at least (max_factor - 1) / 1e7",
+                       (double)c->clex_time_dt);
+    return RC_OK;
+}
+
 static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, size_t errlen)
 {
     c->rope_scaling = ROPE_SCALING_NONE;
     c->rope_factor = 1.0f;
     c->rope_original_max_pos = 0;
+    c->clex = 0;
     const cJSON *rs = member(root, "rope_scaling");
     if (!rs) return RC_OK;
     if (!cJSON_IsObject(rs))
@@ -181,6 +243,7 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
                     "config.json: field \"rope_scaling.type\" (or rope_type) must be a string");
     const char *s = t->valuestring;
     if (!strcmp(s, "default") || !strcmp(s, "none")) return RC_OK;
+    if (!strcmp(s, "clex")) return parse_clex(rs, c, err, errlen);
     if (!strcmp(s, "linear"))
         c->rope_scaling = ROPE_SCALING_LINEAR;
     else if (!strcmp(s, "dynamic"))
@@ -191,9 +254,9 @@ static rc_t parse_rope_scaling(const cJSON *root, model_config_t *c, char *err, 
         c->rope_scaling = ROPE_SCALING_NTK;
     else
         return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
-                    "config.json: field \"rope_scaling.type\" is \"%s\"; supported: linear, "
-                    "dynamic, ntk, yarn",
-                    s);
+                       "config.json: field \"rope_scaling.type\" is \"%s\"; supported: linear, "
+                       "dynamic, ntk, yarn, clex",
+                       s);
     rc_t rc = get_float(rs, "factor", 0.0f, &c->rope_factor, err, errlen);
     if (rc) return rc;
     if (!(c->rope_factor > 0.0f))
@@ -224,11 +287,9 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
     const cJSON *act = member(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
         return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
-                    "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
-                    "supported",
-                    cJSON_IsString(act) ? "\"" : "",
-                    cJSON_IsString(act) ? act->valuestring : "not a string",
-                    cJSON_IsString(act) ? "\"" : "");
+                       "config.json: field \"hidden_act\" is %s%s%s; only \"silu\" (LLaMA) is "
+                       "supported",
+                       STRING_VALUE(act));
 
     INT("vocab_size", 1, 0, &c->vocab_size);
     POSITIVE("vocab_size", c->vocab_size);
@@ -285,6 +346,7 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
                     "vocab_size %d",
                     c->bos_id, c->eos_id, c->vocab_size);
     if ((rc = parse_rope_scaling(root, c, err, errlen))) return rc;
+    if ((rc = get_bool(root, "log_scale", 1, &c->log_scale, err, errlen))) return rc;
 
     /* FoT fields. A plain LLaMA config has none and gets no memory layers. */
     c->is_longllama = is_longllama_config(root);

@@ -20,6 +20,12 @@ typedef enum rope_scaling_type {
     ROPE_SCALING_YARN,
 } rope_scaling_type_t;
 
+/* CLEX's ODE activation (rope_scaling.act). */
+typedef enum clex_act {
+    CLEX_ACT_SILU = 0,
+    CLEX_ACT_TANH = 1,
+} clex_act_t;
+
 typedef struct model_config {
     int vocab_size;      /* vocab_size */
     int hidden;          /* hidden_size */
@@ -48,6 +54,17 @@ typedef struct model_config {
     rope_scaling_type_t rope_scaling;
     float rope_factor;
     int rope_original_max_pos; /* original_max_position_embeddings (YaRN); 0 if absent */
+
+    /* CLEX (rope_scaling type "clex", a checkpoint fine-tuned with learned continuous RoPE
+     * scaling; model/positional.h). rope_scaling above stays NONE for such a config: CLEX
+     * is a positional scheme of its own, with weights. */
+    int clex;              /* rope_scaling.type == "clex" */
+    int clex_max_factor;   /* M = rope_scaling.max_factor: integer >= 1 (required) */
+    int clex_param_factor; /* p = rope_scaling.param_factor: integer >= 1 (required) */
+    clex_act_t clex_act;   /* rope_scaling.act: "silu" (default: first releases) or "tanh" */
+    float clex_time_dt;    /* rope_scaling.time_dt: RK4 step, > 0 (0.01 when absent) */
+    int log_scale;         /* top-level log_scale (true when absent: the config class's
+                              default); read for every config, used by CLEX only */
 } model_config_t;
 
 /* Parses config.json text. On failure returns RC_ERR_FORMAT or RC_ERR_INVALID and writes a

@@ -9,6 +9,7 @@
 #include "model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@
 
 #include "common/dtype.h"
 #include "common/log.h"
+#include "kernels/cpu.h"
+#include "model/positional.h"
 #include "model/safetensors.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
@@ -49,6 +52,21 @@ static void convert(float *dst, const void *src, dtype_t t, size_t n)
     }
 }
 
+/* A buffer the model owns (freed by model_destroy). */
+static float *owned_alloc(model_t *m, size_t n)
+{
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
+        if (!p) return NULL;
+        m->owned = p;
+        m->cap_owned = cap;
+    }
+    float *buf = malloc((n ? n : 1) * sizeof(float));
+    if (buf) m->owned[m->n_owned++] = buf;
+    return buf;
+}
+
 /* Finds prefix+name, checks it is [rows] (cols == 0) or [rows, cols], and returns fp32. */
 static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t rows, int64_t cols,
                        const char *why, const float **out, char *err, size_t errlen)
@@ -71,18 +89,10 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
         *out = t->data;
         return RC_OK;
     }
-    if (m->n_owned == m->cap_owned) {
-        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
-        float **p = realloc(m->owned, (size_t)cap * sizeof(*p));
-        if (!p) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory loading %s", full);
-        m->owned = p;
-        m->cap_owned = cap;
-    }
-    float *buf = malloc((t->numel ? t->numel : 1) * sizeof(float));
+    float *buf = owned_alloc(m, t->numel);
     if (!buf)
-        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)", full,
-                    t->numel);
-    m->owned[m->n_owned++] = buf;
+        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory converting %s (%zu elements)",
+                       full, t->numel);
     convert(buf, t->data, t->dtype, t->numel);
     *out = buf;
     return RC_OK;
@@ -106,6 +116,53 @@ static rc_t check_no_extra_layers(const model_t *m, const char *prefix, char *er
                         "is %d",
                         m->dir, t->name, m->config.n_layers);
     }
+    return RC_OK;
+}
+
+/* CLEX: the ODE's weights and the frequency table for t = 1 … max_factor. The checkpoint's
+ * inv_freq is used as stored (row t = 1 is that tensor itself); without one, rope_theta's
+ * frequencies stand in, as the released code's buffer would have held them. */
+static rc_t load_clex(model_t *m, const char *p, char *err, size_t errlen)
+{
+    const model_config_t *c = &m->config;
+    model_weights_t *w = &m->weights;
+    const int64_t h = c->head_dim / 2, pd = (int64_t)c->clex_param_factor * c->head_dim;
+    rc_t rc;
+    char name[128];
+    snprintf(name, sizeof name, "%sclex_layer.inv_freq", p);
+    if (safetensors_find(m->st, name)) {
+        if ((rc = get_tensor(m, p, "clex_layer.inv_freq", h, 0, "head_dim / 2", &w->clex_inv_freq,
+                             err, errlen)))
+            return rc;
+        for (int64_t i = 0; i < h; i++)
+            if (!(w->clex_inv_freq[i] > 0.0f) || !isfinite(w->clex_inv_freq[i]))
+                return rc_errf(RC_ERR_FORMAT, err, errlen,
+                               "%s: tensor %s holds %g at index %lld; inverse frequencies must "
+                               "be positive and finite",
+                               m->dir, name, (double)w->clex_inv_freq[i], (long long)i);
+    } else {
+        float *f = owned_alloc(m, (size_t)h);
+        if (!f) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
+        cpu_rope_inv_freq(f, c->head_dim, c->rope_theta);
+        w->clex_inv_freq = f;
+        log_info("%s: CLEX checkpoint without %s: starting the ODE from rope_theta %g's "
+                 "frequencies, as the released code does",
+                 m->dir, name, (double)c->rope_theta);
+    }
+    if ((rc = get_tensor(m, p, "clex_layer.proj_func.ode_up_proj", h, pd,
+                         "head_dim / 2 x param_factor*head_dim", &w->clex_up, err, errlen)))
+        return rc;
+    if ((rc = get_tensor(m, p, "clex_layer.proj_func.ode_down_proj", pd, h,
+                         "param_factor*head_dim x head_dim / 2", &w->clex_down, err, errlen)))
+        return rc;
+    float *table = owned_alloc(m, (size_t)c->clex_max_factor * (size_t)h);
+    if (!table) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
+    if ((rc = positional_clex_table(c, w->clex_inv_freq, w->clex_up, w->clex_down, table)))
+        return rc_errf(rc, err, errlen,
+                       "%s: the CLEX frequency table is not finite (the ODE weights "
+                       "model.clex_layer.proj_func.* diverge)",
+                       m->dir);
+    w->clex_freq = table;
     return RC_OK;
 }
 
@@ -164,6 +221,7 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
                                 &w->lm_head, err, errlen))) {
         return rc;
     }
+    if (c->clex && (rc = load_clex(m, p, err, errlen))) return rc;
     return RC_OK;
 }
 
@@ -203,11 +261,16 @@ static void make_description(model_t *m)
             o += (size_t)snprintf(mem + o, sizeof mem - o, "%s%d", i ? "," : "", c->mem_layers[i]);
         if (o < sizeof mem) snprintf(mem + o, sizeof mem - o, "] (%s)", dtype_name(c->mem_dtype));
     }
+    char clex[64] = "";
+    if (c->clex)
+        snprintf(clex, sizeof clex, ", clex x%d (p %d, %s%s)", c->clex_max_factor,
+                 c->clex_param_factor, c->clex_act == CLEX_ACT_TANH ? "tanh" : "silu",
+                 c->log_scale ? ", log scale" : "");
     snprintf(m->describe, sizeof m->describe,
-             "%s %d layers, hidden %d, %d heads of %d (%d kv), ffn %d%s, vocab %d, %s (%s)",
+             "%s %d layers, hidden %d, %d heads of %d (%d kv), ffn %d%s%s, vocab %d, %s (%s)",
              c->is_longllama ? "longllama" : "llama", c->n_layers, c->hidden, c->n_heads,
-             c->head_dim, c->n_kv_heads, c->ffn, mem, c->vocab_size, dtype_name(m->weight_dtype),
-             m->dir);
+             c->head_dim, c->n_kv_heads, c->ffn, mem, clex, c->vocab_size,
+             dtype_name(m->weight_dtype), m->dir);
 }
 
 rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
@@ -265,4 +328,12 @@ const tokenizer_t *model_get_tokenizer(const model_t *m)
 const char *model_describe(const model_t *m)
 {
     return m->describe;
+}
+
+const float *model_clex_table(const model_t *m, int *rows, int *cols)
+{
+    if (!m->weights.clex_freq) return NULL;
+    *rows = m->config.clex_max_factor;
+    *cols = m->config.head_dim / 2;
+    return m->weights.clex_freq;
 }

@@ -33,4 +33,8 @@ const tokenizer_t *model_get_tokenizer(const model_t *m);
 /* One line for humans: "longllama 4 layers, hidden 64, mem layers [1,2], vocab 512 (DIR)". */
 const char *model_describe(const model_t *m);
 
+/* A CLEX checkpoint's frequency table (model/positional.h): [*rows = max_factor,
+ * *cols = head_dim / 2], row t − 1 for t = 1 … max_factor. NULL for other checkpoints. */
+const float *model_clex_table(const model_t *m, int *rows, int *cols);
+
 #endif

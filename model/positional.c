@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "kernels/cpu.h"
 
@@ -31,6 +32,8 @@ const char *positional_name(positional_t kind)
         return "self-extend";
     case POSITIONAL_DCA:
         return "dca";
+    case POSITIONAL_CLEX:
+        return "clex";
     }
     return "unknown";
 }
@@ -82,6 +85,17 @@ rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *e
                     positional_scaling_name(o->rope_scaling), (double)o->rope_factor);
     }
     const char *scaling = positional_scaling_name(o->rope_scaling);
+
+    /* A CLEX checkpoint is fine-tuned with its learned frequencies: clex is its scheme
+     * (rope, the zero value, means "the default"), and other schemes would run it at
+     * frequencies it was not trained with. */
+    if (c->clex && o->positional == POSITIONAL_ROPE) o->positional = POSITIONAL_CLEX;
+    if (c->clex && o->positional != POSITIONAL_CLEX &&
+        (o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_DCA))
+        return fail(err, errlen,
+                    "this checkpoint is trained with CLEX (config.json rope_scaling type "
+                    "\"clex\"): its positional scheme is clex, not %s",
+                    positional_name(o->positional));
 
     switch (o->positional) {
     case POSITIONAL_ROPE: {
@@ -145,6 +159,31 @@ rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *e
                         o->chunk_size, o->local_window, L);
         break;
     }
+    case POSITIONAL_CLEX: {
+        if (!c->clex)
+            return fail(err, errlen,
+                        "positional scheme clex needs a CLEX checkpoint (config.json "
+                        "rope_scaling type \"clex\" and the model.clex_layer.* weights it was "
+                        "fine-tuned with); this checkpoint has none: use rope, self-extend or "
+                        "dca");
+        if (o->rope_scaling != ROPE_SCALING_NONE)
+            return fail(err, errlen,
+                        "clex cannot be combined with RoPE scaling %s (CLEX scales the "
+                        "frequencies itself; set the RoPE scaling to none)",
+                        scaling);
+        if (c->log_scale && L < 2)
+            return fail(err, errlen,
+                        "clex with log_scale needs a trained context of at least 2 tokens "
+                        "(ln L divides; got L=%d)",
+                        L);
+        int64_t reach = (int64_t)c->clex_max_factor * L;
+        if (o->window > reach)
+            return fail(err, errlen,
+                        "window %d is longer than CLEX reaches: max_factor %d x trained context "
+                        "%d = %lld tokens",
+                        o->window, c->clex_max_factor, L, (long long)reach);
+        break;
+    }
     default:
         return fail(err, errlen, "unknown positional scheme %d", (int)o->positional);
     }
@@ -163,6 +202,7 @@ positional_params_t positional_params(const model_config_t *c, const model_strea
         .chunk_size = o->chunk_size,
         .local_window = o->local_window,
         .chunk_len = o->chunk_size - o->local_window,
+        .clex_max = c->clex ? c->clex_max_factor : 0,
     };
     return p;
 }
@@ -298,4 +338,123 @@ void positional_rope_freqs(const model_config_t *c, rope_scaling_type_t type, fl
         cpu_rope_inv_freq(inv_freq, d, c->rope_theta);
         return;
     }
+}
+
+/* ---- CLEX ---------------------------------------------------------------------------- */
+
+int positional_clex_t(int n, int trained, int max_factor)
+{
+    int t = (int)(((int64_t)n + trained - 1) / trained);
+    if (t < 1) t = 1;
+    if (t > max_factor) t = max_factor;
+    return t;
+}
+
+float positional_clex_log_scale(int n, int trained)
+{
+    return (float)(log((double)n) / log((double)trained));
+}
+
+typedef struct clex_ode {
+    int d, h, pd;
+    clex_act_t act;
+    const float *up, *down; /* [h, pd], [pd, h] */
+    double *pre;            /* [pd] scratch */
+} clex_ode_t;
+
+/* dz/dt at time t (see positional.h). */
+static void clex_rhs(const clex_ode_t *o, double t, const double *z, double *dz)
+{
+    const int d = o->d, h = o->h, pd = o->pd;
+    const double alpha = t < 1.0 ? 1.0 : 2.0 * t - 1.0;
+    /* ln ν_i = −(2i/d) · ln(10000 · α^(d/(d−2))) */
+    const double lbase = log(10000.0) + (double)d / (d - 2) * log(alpha);
+    for (int k = 0; k < pd; k++)
+        o->pre[k] = 0.0;
+    for (int i = 0; i < h; i++) {
+        const double x = z[i] - (2.0 * i / d) * lbase;
+        const float *u = o->up + (size_t)i * pd;
+        for (int k = 0; k < pd; k++)
+            o->pre[k] += x * u[k];
+    }
+    for (int k = 0; k < pd; k++) {
+        const double a = o->pre[k];
+        o->pre[k] = o->act == CLEX_ACT_TANH ? tanh(a) : a / (1.0 + exp(-a));
+    }
+    for (int i = 0; i < h; i++)
+        dz[i] = -4.0 * i / ((double)(d - 2) * alpha);
+    for (int k = 0; k < pd; k++) {
+        const float *dn = o->down + (size_t)k * h;
+        for (int i = 0; i < h; i++)
+            dz[i] += o->pre[k] * dn[i];
+    }
+}
+
+rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const float *up,
+                           const float *down, float *table)
+{
+    const int d = c->head_dim, h = d / 2, M = c->clex_max_factor;
+    const int pd = c->clex_param_factor * d;
+    for (int i = 0; i < h; i++)
+        table[i] = inv_freq[i]; /* t = 1: the tensor itself */
+    if (M == 1) return RC_OK;
+    if (d <= 2) return RC_ERR_FORMAT; /* d − 2 divides */
+
+    /* torchdiffeq's grid, in float32 as it builds it from a float32 time tensor:
+     * n = ceil((t_end − t_start) / dt + 1), points k · dt + t_start, the last set to t_end. */
+    const float dtf = c->clex_time_dt;
+    volatile float span = (float)(M - 1) / dtf; /* volatile: keep each float rounding */
+    volatile float span1 = span + 1.0f;
+    const long n_grid = (long)ceilf(span1);
+
+    double *buf = malloc((size_t)(8 * h + pd) * sizeof(double));
+    if (!buf) return RC_ERR_NOMEM;
+    double *y0 = buf, *y1 = buf + h, *k1 = buf + 2 * h, *k2 = buf + 3 * h, *k3 = buf + 4 * h,
+           *k4 = buf + 5 * h, *tmp = buf + 6 * h, *yi = buf + 7 * h;
+    clex_ode_t o = {
+        .d = d, .h = h, .pd = pd, .act = c->clex_act, .up = up, .down = down, .pre = buf + 8 * h};
+    for (int i = 0; i < h; i++)
+        y0[i] = log((double)inv_freq[i]);
+
+    int next = 2; /* the next integer t to fill */
+    volatile float g0 = 1.0f;
+    for (long k = 0; k + 1 < n_grid && next <= M; k++) {
+        volatile float g1 = (float)(k + 1) * dtf;
+        g1 = g1 + 1.0f;
+        if (k + 2 == n_grid) g1 = (float)M;
+        const double t0 = g0, t1 = g1, dt = t1 - t0;
+        /* RK4, 3/8 rule (torchdiffeq's rk4_alt_step_func). */
+        clex_rhs(&o, t0, y0, k1);
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * k1[i] / 3.0;
+        clex_rhs(&o, t0 + dt / 3.0, tmp, k2);
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * (k2[i] - k1[i] / 3.0);
+        clex_rhs(&o, t0 + dt * 2.0 / 3.0, tmp, k3);
+        for (int i = 0; i < h; i++)
+            tmp[i] = y0[i] + dt * (k1[i] - k2[i] + k3[i]);
+        clex_rhs(&o, t1, tmp, k4);
+        for (int i = 0; i < h; i++)
+            y1[i] = y0[i] + (k1[i] + 3.0 * (k2[i] + k3[i]) + k4[i]) * dt * 0.125;
+        /* Linear interpolation onto each integer t this step reaches. */
+        while (next <= M && t1 >= (double)next) {
+            const double t = next;
+            for (int i = 0; i < h; i++)
+                yi[i] = t == t0   ? y0[i]
+                        : t == t1 ? y1[i]
+                                  : y0[i] + (t - t0) / (t1 - t0) * (y1[i] - y0[i]);
+            float *row = table + (size_t)(next - 1) * h;
+            for (int i = 0; i < h; i++)
+                row[i] = (float)exp(yi[i]);
+            next++;
+        }
+        for (int i = 0; i < h; i++)
+            y0[i] = y1[i];
+        g0 = g1;
+    }
+    free(buf);
+    if (next <= M) return RC_ERR_FORMAT; /* cannot happen: the grid ends at M */
+    for (size_t i = 0; i < (size_t)M * h; i++)
+        if (!(table[i] > 0.0f) || !isfinite(table[i])) return RC_ERR_FORMAT;
+    return RC_OK;
 }

@@ -18,9 +18,35 @@
  * is multiplied by it once more than the query's rotation already does — exactly what a
  * local key at index 0 would get.
  *
- * Everything here depends only on the window-local index and on constants of the session
- * (trained length, window, parameters), so feeding tokens in any grouping gives the same
- * positions. */
+ * For rope, self-extend and dca everything here depends only on the window-local index and
+ * on constants of the session (trained length, window, parameters), so feeding tokens in
+ * any grouping gives the same positions.
+ *
+ * CLEX is the exception (a scheme whose checkpoints are fine-tuned with it; DAMO-NLP-SG's
+ * released code is the definition). Positions stay (i, j), but the frequencies depend on
+ * the forward:
+ *   - a forward (one backend call: model_stream_feed cuts its input at window boundaries
+ *     only) that attends to n local keys — the window's cached keys plus its new ones —
+ *     uses row t = ceil(n / L) of the table (positional_clex_t) for every query and every
+ *     key; keys are cached unrotated and rotated again with that row. So a window's
+ *     prefill uses the t of its own length, and a decode step the t of the current length:
+ *     results DO depend on how the tokens are grouped into feeds (as in the released code).
+ *   - with log_scale (config.json, true when absent) queries are multiplied by
+ *     ln(n) / ln(L) for every n, below L too (a factor under 1; 0 for n = 1).
+ *   - FoT memory keys do not count in n (memory grows without bound; the table stops at
+ *     M): they stay unrotated and are scored as a local key at index 0, against the query
+ *     rotated with row t at i and scaled by the same log factor.
+ *   - a window longer than M · L is refused (the released code cannot run there), so
+ *     t ≤ M always.
+ * The table (positional_clex_table, computed once at load) is what the released code's
+ * odeint solves, in double: row 1 is the checkpoint's inv_freq as stored; rows 2 … M are
+ * exp(z(t)) with z(1) = ln inv_freq and
+ *   dz/dt = act((z + ln ν(t)) · U) · D − 4i / ((d − 2) α),  α = 2t − 1,
+ *   ν_i(t) = (10000 · α^(d/(d−2)))^(−2i/d)            (base 10000 whatever rope_theta is)
+ * (U = ode_up_proj [d/2, p·d], D = ode_down_proj [p·d, d/2], act silu or tanh), by
+ * fixed-step RK4 in the 3/8-rule form on torchdiffeq's grid 1 + k·dt (float32 points,
+ * ceil(float32((M − 1) / dt) + 1) of them, the last forced to M), and linear interpolation
+ * onto each integer t from the step that first reaches it. */
 #ifndef RECALL_MODEL_POSITIONAL_H
 #define RECALL_MODEL_POSITIONAL_H
 
@@ -40,13 +66,17 @@ typedef struct positional_params {
     int chunk_size;   /* dca: S */
     int local_window; /* dca: w */
     int chunk_len;    /* dca: c = S − w */
+    int clex_max;     /* clex: M, the table's rows */
 } positional_params_t;
 
 /* Fills the positional defaults of opts (DCA's S = 3L/4 and w = L/8, the window, the RoPE
- * scaling from the config unless rope_scaling_set) and checks every limit: the window a scheme
+ * scaling from the config unless rope_scaling_set; on a CLEX checkpoint rope, the zero
+ * value, becomes clex) and checks every limit: the window a scheme
  * can reach (rope: L; rope with a scaling of factor f ≥ 1: f · L; self-extend with
- * 1 ≤ W < L, G ≥ 1: (L − W) · G + W; dca with 0 < w < S ≤ L: any length), non-positive sizes,
- * self-extend or dca combined with a RoPE scaling (refused). Idempotent: resolving
+ * 1 ≤ W < L, G ≥ 1: (L − W) · G + W; dca with 0 < w < S ≤ L: any length; clex: M · L),
+ * non-positive sizes, self-extend or dca combined with a RoPE scaling (refused), clex on a
+ * checkpoint without CLEX weights and self-extend, dca or a RoPE scaling on one with them
+ * (refused). Idempotent: resolving
  * resolved opts changes nothing. On failure returns RC_ERR_INVALID with a sentence in err.
  * Called by model_stream_opts_resolve before its other checks. */
 rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *err, size_t errlen);
@@ -90,7 +120,21 @@ float positional_dca_scale(int n, int trained);
 void positional_rope_freqs(const model_config_t *c, rope_scaling_type_t type, float factor,
                            int window, float *inv_freq, float *mscale);
 
-/* "rope", "self-extend", "dca"; "none", "linear", "ntk", "dynamic", "yarn". */
+/* CLEX (see the top). The table's row for a forward attending to n local keys:
+ * ceil(n / L), at least 1 and at most M. */
+int positional_clex_t(int n, int trained, int max_factor);
+
+/* The query factor under log_scale: ln(n) / ln(L) (0 for n = 1), as float. */
+float positional_clex_log_scale(int n, int trained);
+
+/* Fills table [M, d/2] (row t − 1 for t = 1 … M; M = c->clex_max_factor, d = c->head_dim)
+ * from the checkpoint's inv_freq [d/2], ode_up_proj [d/2, p·d] and ode_down_proj [p·d, d/2],
+ * in double, rounded to float at the end. RC_ERR_FORMAT if some entry is not finite or not
+ * positive (weights that make the ODE blow up). */
+rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const float *up,
+                           const float *down, float *table);
+
+/* "rope", "self-extend", "dca", "clex"; "none", "linear", "ntk", "dynamic", "yarn". */
 const char *positional_name(positional_t kind);
 const char *positional_scaling_name(rope_scaling_type_t type);
 

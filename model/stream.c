@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/log.h"
 #include "model/backend.h"
@@ -95,6 +96,14 @@ rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_
     if (rc) {
         log_warn("stream: %s", err);
         return rc;
+    }
+    /* CLEX runs on the CPU backend only so far: refuse it here, for every other backend,
+     * rather than let one run a CLEX checkpoint at the wrong frequencies. */
+    if (o.positional == POSITIONAL_CLEX && strcmp(b->ops->name, "cpu") != 0) {
+        log_warn("stream: positional scheme clex is not supported on %s yet (use the cpu "
+                 "device)",
+                 b->ops->name);
+        return RC_ERR_UNSUPPORTED;
     }
     model_stream_t *s = calloc(1, sizeof *s);
     if (!s) return RC_ERR_NOMEM;

@@ -11,7 +11,10 @@
  *     append its unrotated keys and values to memory (in mem_dtype), other layers drop it.
  *
  * model_stream_feed splits its input at window boundaries counted from the stream's first
- * token, so feeding a session's tokens in any grouping gives the same result. */
+ * token, so feeding a session's tokens in any grouping gives the same result — except under
+ * CLEX, whose frequencies depend on how many keys each forward attends to (a prefill of a
+ * whole window and the same tokens fed one by one differ, as in the released code;
+ * model/positional.h). */
 #ifndef RECALL_MODEL_STREAM_H
 #define RECALL_MODEL_STREAM_H
 
@@ -26,11 +29,12 @@
 typedef struct model_stream model_stream_t;
 
 /* How local attention places tokens (REFERENCE.md): plain RoPE, Self-Extend's grouped
- * positions, or Dual Chunk Attention. */
+ * positions, Dual Chunk Attention, or CLEX's learned frequencies. */
 typedef enum positional {
     POSITIONAL_ROPE = 0,
     POSITIONAL_SELF_EXTEND = 1,
     POSITIONAL_DCA = 2,
+    POSITIONAL_CLEX = 3, /* CLEX checkpoints only (their default); model/positional.h */
 } positional_t;
 
 typedef struct model_stream_opts {

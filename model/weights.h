@@ -27,6 +27,15 @@ typedef struct model_weights {
     model_layer_t *layers;  /* [n_layers] */
     const float *norm;      /* [hidden]         model.norm */
     const float *lm_head;   /* [vocab, hidden]  lm_head (= tok_emb when tied) */
+
+    /* CLEX checkpoints only (config clex), else NULL. d = head_dim, h = d / 2, p =
+     * param_factor, M = max_factor. */
+    const float *clex_inv_freq; /* [h]      model.clex_layer.inv_freq (rope_theta's when
+                                            the checkpoint has none) */
+    const float *clex_up;       /* [h, p·d] model.clex_layer.proj_func.ode_up_proj */
+    const float *clex_down;     /* [p·d, h] model.clex_layer.proj_func.ode_down_proj */
+    const float *clex_freq;     /* [M, h] row t − 1: the inverse frequencies at t = 1 … M
+                                            (positional_clex_table), computed at load */
 } model_weights_t;
 
 #endif

@@ -9,15 +9,21 @@
  *                [--chunk-size S] [--local-window w] [--no-chunk-scale]
  *                [--rope-scaling none|linear|ntk|dynamic|yarn] [--rope-factor F]
  *                [--device cpu|cuda|cuda:N] [--knn K]
+ *                [--positional clex] [--feeds N[,N...]] [--clex-table OUT.bin]
  *
  * The positional options are those of tests/ref/positional_ref.py (parity_positional.py)
  * and map one to one onto model_stream_opts_t; longllama_ref.py has only the first line.
  *
  * IN.bin holds int32 little-endian token ids. --logprobs writes n-1 float32 values,
  * logprob[i] = log p(tok[i+1] | tok[..i]); --generate feeds the whole input as a prompt and
- * continues it greedily for N tokens (int32 ids to --gen-out). Only public APIs are used:
+ * continues it greedily for N tokens (int32 ids to --gen-out). --feeds gives the sizes of
+ * successive model_stream_feed calls (the last size repeats; default: everything in one
+ * call), which matters under CLEX only; each feed's last log-prob comes from its last
+ * logits. --clex-table writes a CLEX checkpoint's frequency table (max_factor x head_dim/2
+ * float32). Only public APIs are used:
  * model_load and the model_stream_* calls, exactly as a session would drive them. */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +46,8 @@ typedef struct args {
     int knn_k; /* 0: exact memory */
     rope_scaling_type_t rope_scaling;
     float rope_factor;
+    int feeds[64], n_feeds; /* model_stream_feed sizes, the last repeating; 0: one feed */
+    const char *clex_table;
 } args_t;
 
 static void usage(FILE *f)
@@ -53,7 +61,9 @@ static void usage(FILE *f)
                "                    [--chunk-size S] [--local-window w] [--no-chunk-scale]\n"
                "                    [--rope-scaling none|linear|ntk|dynamic|yarn] "
                "[--rope-factor F]\n"
-               "                    [--device cpu|cuda|cuda:N] [--knn K]\n");
+               "                    [--device cpu|cuda|cuda:N] [--knn K]\n"
+               "                    [--positional clex] [--feeds N[,N...]] "
+               "[--clex-table OUT.bin]\n");
 }
 
 static int parse_int(const char *flag, const char *s, int *out)
@@ -90,8 +100,11 @@ static int parse_positional(const char *s, positional_t *out)
         *out = POSITIONAL_SELF_EXTEND;
     else if (!strcmp(s, "dca"))
         *out = POSITIONAL_DCA;
+    else if (!strcmp(s, "clex"))
+        *out = POSITIONAL_CLEX;
     else {
-        fprintf(stderr, "recall_score: unknown --positional '%s' (rope, self-extend, dca)\n", s);
+        fprintf(stderr, "recall_score: unknown --positional '%s' (rope, self-extend, dca, clex)\n",
+                s);
         return -1;
     }
     return 0;
@@ -143,6 +156,24 @@ static int parse_args(int argc, char **argv, args_t *a)
             a->model = v;
         } else if (!strcmp(f, "--device")) {
             a->device = v;
+        } else if (!strcmp(f, "--clex-table")) {
+            a->clex_table = v;
+        } else if (!strcmp(f, "--feeds")) {
+            const char *p = v;
+            while (*p) {
+                char *end;
+                long x = strtol(p, &end, 10);
+                if (end == p || x < 1 || x > 1 << 30 || (*end && *end != ',') ||
+                    a->n_feeds == (int)(sizeof a->feeds / sizeof a->feeds[0])) {
+                    fprintf(stderr,
+                            "recall_score: --feeds wants up to 64 positive sizes, "
+                            "comma-separated, got '%s'\n",
+                            v);
+                    return -1;
+                }
+                a->feeds[a->n_feeds++] = (int)x;
+                p = *end ? end + 1 : end;
+            }
         } else if (!strcmp(f, "--tokens")) {
             a->tokens = v;
         } else if (!strcmp(f, "--logprobs")) {
@@ -202,8 +233,9 @@ static int parse_args(int argc, char **argv, args_t *a)
         fprintf(stderr, "recall_score: --generate needs --gen-out\n");
         return -1;
     }
-    if (!a->logprobs && !a->generate) {
-        fprintf(stderr, "recall_score: nothing to do: give --logprobs and/or --generate\n");
+    if (!a->logprobs && !a->generate && !a->clex_table) {
+        fprintf(stderr,
+                "recall_score: nothing to do: give --logprobs, --generate or --clex-table\n");
         return -1;
     }
     return 0;
@@ -268,6 +300,31 @@ static int feed(model_stream_t *s, const int32_t *tok, size_t n, float *lp, floa
     return 0;
 }
 
+/* Feeds tok[0..n) in calls of the --feeds sizes. lp [n] (optional): every feed's last entry,
+ * which model_stream_feed leaves alone, is filled from that feed's logits (into last
+ * [vocab], required then), in double as the backends do. */
+static int feed_in_parts(const args_t *a, model_stream_t *s, const int32_t *tok, size_t n,
+                         float *lp, float *last, int vocab)
+{
+    if (!a->n_feeds) return feed(s, tok, n, lp, last);
+    size_t off = 0;
+    for (int f = 0; off < n; f = f + 1 < a->n_feeds ? f + 1 : f) {
+        size_t k = (size_t)a->feeds[f] < n - off ? (size_t)a->feeds[f] : n - off;
+        if (feed(s, tok + off, k, lp ? lp + off : NULL, last)) return -1;
+        off += k;
+        if (lp && off < n) {
+            float mx = -INFINITY;
+            for (int j = 0; j < vocab; j++)
+                if (last[j] > mx) mx = last[j];
+            double sum = 0;
+            for (int j = 0; j < vocab; j++)
+                sum += exp((double)(last[j] - mx));
+            lp[off - 1] = (float)((double)(last[tok[off]] - mx) - log(sum));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     args_t a;
@@ -318,6 +375,15 @@ int main(int argc, char **argv)
         goto done;
     }
     int vocab = model_get_config(m)->vocab_size;
+    if (a.clex_table) {
+        int rows, cols;
+        const float *tab = model_clex_table(m, &rows, &cols);
+        if (!tab) {
+            fprintf(stderr, "recall_score: --clex-table: %s is not a CLEX checkpoint\n", a.model);
+            goto done;
+        }
+        if (write_file(a.clex_table, tab, (size_t)rows * cols * sizeof *tab)) goto done;
+    }
     for (size_t i = 0; i < n; i++) {
         if (tok[i] < 0 || tok[i] >= vocab) {
             fprintf(stderr,
@@ -330,19 +396,21 @@ int main(int argc, char **argv)
     if (a.logprobs) {
         lp = malloc(n * sizeof *lp); /* [n]; the last entry is not an output */
         if (!lp) goto oom;
+        logits = malloc((size_t)vocab * sizeof *logits); /* [vocab] */
+        if (!logits) goto oom;
         rc = b ? model_stream_create_on(b, &o, &s) : model_stream_create(m, &o, &s);
         if (rc) goto fail_rc;
-        if (feed(s, tok, n, lp, NULL)) goto done;
+        if (feed_in_parts(&a, s, tok, n, lp, a.n_feeds ? logits : NULL, vocab)) goto done;
         if (write_file(a.logprobs, lp, (n - 1) * sizeof *lp)) goto done;
         model_stream_destroy(&s);
     }
     if (a.generate) {
-        logits = malloc((size_t)vocab * sizeof *logits); /* [vocab] */
-        gen = malloc((size_t)a.generate * sizeof *gen);  /* [generate] */
+        if (!logits) logits = malloc((size_t)vocab * sizeof *logits); /* [vocab] */
+        gen = malloc((size_t)a.generate * sizeof *gen);               /* [generate] */
         if (!logits || !gen) goto oom;
         rc = b ? model_stream_create_on(b, &o, &s) : model_stream_create(m, &o, &s);
         if (rc) goto fail_rc;
-        if (feed(s, tok, n, NULL, logits)) goto done;
+        if (feed_in_parts(&a, s, tok, n, NULL, logits, vocab)) goto done;
         for (int i = 0; i < a.generate; i++) {
             gen[i] = cpu_argmax(logits, vocab);
             if (i + 1 < a.generate && feed(s, &gen[i], 1, NULL, logits)) goto done;

@@ -6,8 +6,11 @@
  *     key at each pair's positions (positional_pair, positional_mem_query);
  *   - on the tiny checkpoints: schemes that reduce to plain RoPE give bit-identical
  *     log-probs, feeding in pieces equals feeding at once, memory is used, and windows up to
- *     4x the trained length run (time printed, not asserted). */
+ *     4x the trained length run (time printed, not asserted);
+ *   - CLEX's row rule, log factor and resolve limits, and its refusal on backends other
+ *     than the CPU (the numbers are tests/ref/parity_clex.py's). */
 #define _POSIX_C_SOURCE 200809L
+#define BACKEND_INTERNAL /* a stand-in backend for the CLEX refusal (test_clex_backends) */
 #define PI 3.14159265358979323846
 #include <math.h>
 #include <stdint.h>
@@ -17,6 +20,7 @@
 #include <time.h>
 
 #include "kernels/cpu.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "model/positional.h"
 #include "model/stream.h"
@@ -661,8 +665,81 @@ static void test_model(const char *dir, int has_memory)
     model_destroy(&m);
 }
 
+/* ---- CLEX: the row rule, the log factor, resolve's defaults and limits ---- */
+
+static void test_clex_rules(void)
+{
+    /* t = ceil(n / L), within [1, M] */
+    CHECK(positional_clex_t(1, 64, 8) == 1);
+    CHECK(positional_clex_t(64, 64, 8) == 1);
+    CHECK(positional_clex_t(65, 64, 8) == 2);
+    CHECK(positional_clex_t(160, 64, 8) == 3);
+    CHECK(positional_clex_t(512, 64, 8) == 8);
+    CHECK(positional_clex_t(513, 64, 8) == 8);
+    CHECK(positional_clex_log_scale(1, 64) == 0.0f);
+    CHECK(positional_clex_log_scale(64, 64) == 1.0f);
+    CHECK(fabsf(positional_clex_log_scale(8, 64) - 0.5f) < 1e-7f); /* below L: under 1 */
+    CHECK(fabsf(positional_clex_log_scale(4096, 64) - 2.0f) < 1e-6f);
+
+    model_config_t c = config(64, 16, 1e4f);
+    c.clex = 1;
+    c.clex_max_factor = 4;
+    c.clex_param_factor = 1;
+    c.clex_time_dt = 0.01f;
+    c.log_scale = 1;
+    char err[256] = "";
+    model_stream_opts_t o = {0}; /* rope, the zero value, is "the default": clex */
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK);
+    CHECK(o.positional == POSITIONAL_CLEX && o.window == 64);
+    CHECK(!strcmp(positional_name(o.positional), "clex"));
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK); /* idempotent */
+    CHECK(o.positional == POSITIONAL_CLEX);
+    model_stream_opts_t full = {.window = 256, .positional = POSITIONAL_CLEX};
+    CHECK(positional_resolve(&c, &full, err, sizeof err) == RC_OK);
+    expect_invalid(&c, (model_stream_opts_t){.window = 257}, "max_factor 4");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_DCA}, "trained with CLEX");
+    expect_invalid(&c,
+                   (model_stream_opts_t){.rope_scaling_set = 1,
+                                         .rope_scaling = ROPE_SCALING_YARN,
+                                         .rope_factor = 2.0f},
+                   "yarn");
+    model_config_t plain = config(64, 16, 1e4f);
+    expect_invalid(&plain, (model_stream_opts_t){.positional = POSITIONAL_CLEX}, "CLEX checkpoint");
+    positional_params_t p = positional_params(&c, &full);
+    int qp, kp;
+    positional_pair(&p, 200, 3, &qp, &kp); /* positions stay (i, j) */
+    CHECK(qp == 200 && kp == 3 && positional_mem_query(&p, 200) == 200);
+}
+
+/* CLEX runs on the CPU backend only: a stream of any other backend is refused in generic
+ * code (model_stream_create_with), before the backend is asked. A stand-in with the CPU's
+ * ops under another name shows it without a GPU. */
+static void test_clex_backends(const char *dir)
+{
+    model_t *m = NULL;
+    char err[512] = "";
+    rc_t rc = model_load(dir, 1, &m, err, sizeof err);
+    CHECK_MSG(rc == RC_OK, "%s", err);
+    if (rc) return;
+    model_stream_opts_t o = {0};
+    model_stream_t *s = NULL;
+    CHECK(model_stream_create(m, &o, &s) == RC_OK && s);
+    int32_t tok[3] = {1, 7, 9};
+    float lp[3];
+    CHECK(s && model_stream_feed(s, tok, 3, lp, NULL) == RC_OK && isfinite(lp[0]));
+    model_stream_destroy(&s);
+    backend_ops_t other = backend_cpu_ops;
+    other.name = "cuda";
+    model_backend_t fake = {.ops = &other, .model = m};
+    CHECK(other.open(m, 0, &fake.ctx, err, sizeof err) == RC_OK);
+    CHECK(model_stream_create_on(&fake, &o, &s) == RC_ERR_UNSUPPORTED && !s);
+    other.close(fake.ctx);
+    model_destroy(&m);
+}
+
 int main(void)
 {
+    test_clex_rules();
     test_dca_llama2_defaults();
     test_self_extend_maps();
     test_scalings();
@@ -676,6 +753,8 @@ int main(void)
         test_model(dir, 1);
         snprintf(dir, sizeof dir, "%s/tiny-llama", data);
         test_model(dir, 0);
+        snprintf(dir, sizeof dir, "%s/tiny-clex", data);
+        test_clex_backends(dir);
     } else {
         printf("RECALL_TEST_DATA not set: model tests skipped\n");
     }

@@ -7,6 +7,12 @@ The directory holds config.json (Hugging Face LLaMA or LongLLaMA form), model.sa
 (or --shards N files plus model.safetensors.index.json) and tokenizer.model (a SentencePiece
 BPE model trained here on --corpus, or a copy of --tokenizer, or none with --no-tokenizer).
 
+--clex-max-factor M makes a CLEX checkpoint (rope_scaling type "clex", DAMO-NLP-SG's
+layout): model.clex_layer.inv_freq (rope_theta's frequencies times exp(0.15 N(0,1)), so not
+rope_theta's), proj_func.ode_up_proj [d/2, p*d] and ode_down_proj [p*d, d/2] (normal, with
+--clex-up-std / --clex-down-std), drawn after every other tensor so the rest of a seed's
+weights do not change.
+
 Weights come from a seeded numpy RandomState in float32, in a fixed tensor order, and are
 cast to --dtype only when written: the same seed gives the same weights in every dtype
 (bf16 rounds to nearest even, as torch does). Needs only numpy and sentencepiece.
@@ -53,8 +59,9 @@ def encode(a, dtype):
 class Tensor:
     """A tensor described by how to draw it: out = mean + std * N(0,1), shape row-major."""
 
-    def __init__(self, name, shape, std, mean=0.0):
+    def __init__(self, name, shape, std, mean=0.0, fn=None):
         self.name, self.shape, self.std, self.mean = name, tuple(shape), std, mean
+        self.fn = fn  # optional: fn(drawn values, offset of the first) -> values written
 
     @property
     def numel(self):
@@ -86,6 +93,14 @@ def tensor_plan(a):
     t.append(Tensor("model.norm.weight", (a.hidden,), 0.1, 1.0))
     if not a.tie:
         t.append(Tensor("lm_head.weight", (a.vocab, a.hidden), 1.0 / np.sqrt(a.hidden)))
+    if a.clex_max_factor:
+        pd = a.clex_param_factor * hd
+        base = 1.0 / (float(a.rope_theta) ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+        if not a.clex_no_inv_freq:
+            t.append(Tensor("model.clex_layer.inv_freq", (hd // 2,), 0.15,
+                            fn=lambda x, off: base[off:off + x.size] * np.exp(x)))
+        t += [Tensor("model.clex_layer.proj_func.ode_up_proj", (hd // 2, pd), a.clex_up_std),
+              Tensor("model.clex_layer.proj_func.ode_down_proj", (pd, hd // 2), a.clex_down_std)]
     return t
 
 
@@ -115,6 +130,8 @@ def write_shards(out, shards, dtype, rng):
                     n = min(left, CHUNK)
                     x = rng.standard_normal(n).astype(np.float32)
                     x = (np.float32(t.mean) + np.float32(t.std) * x).astype(np.float32)
+                    if t.fn is not None:
+                        x = t.fn(x, t.numel - left).astype(np.float32)
                     f.write(encode(x, dtype))
                     left -= n
 
@@ -162,6 +179,16 @@ def make_config(a):
         "use_cache": True,
         "vocab_size": a.vocab,
     }
+    if a.clex_max_factor:
+        rs = {"type": "clex", "factor": 1, "max_factor": a.clex_max_factor,
+              "param_factor": a.clex_param_factor}
+        if a.clex_act != "none":
+            rs["act"] = a.clex_act
+        if a.clex_time_dt:
+            rs["time_dt"] = a.clex_time_dt
+        c["rope_scaling"] = rs
+    if a.log_scale != "absent":
+        c["log_scale"] = a.log_scale == "true"
     if a.kind == "longllama":
         c.update({
             "architectures": ["LongLlamaForCausalLM"],
@@ -220,6 +247,15 @@ def parse_args(argv):
     p.add_argument("--tie", action="store_true", help="tie lm_head to the embeddings")
     p.add_argument("--gain", type=float, default=1.0)
     p.add_argument("--qk-gain", type=float, default=1.0)
+    p.add_argument("--clex-max-factor", type=int, default=0, help="CLEX: max_factor M (0: no CLEX)")
+    p.add_argument("--clex-param-factor", type=int, default=1)
+    p.add_argument("--clex-act", choices=["silu", "tanh", "none"], default="silu",
+                   help="none: leave act out (first releases)")
+    p.add_argument("--clex-time-dt", type=float, default=0.0, help="0: leave time_dt out")
+    p.add_argument("--clex-up-std", type=float, default=0.05)
+    p.add_argument("--clex-down-std", type=float, default=0.05)
+    p.add_argument("--clex-no-inv-freq", action="store_true", help="leave inv_freq out")
+    p.add_argument("--log-scale", choices=["true", "false", "absent"], default="absent")
     p.add_argument("--tokenizer", default=None, help="copy this tokenizer.model")
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
     p.add_argument("--no-tokenizer", action="store_true")

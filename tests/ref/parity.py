@@ -346,6 +346,35 @@ TESTS = {
 }
 
 
+def test_names(ap, arg, tests):
+    """--test's list ("all" or NAME[,NAME]) checked against tests (ap.error otherwise)."""
+    names = list(tests) if arg == "all" else arg.split(",")
+    for n in names:
+        if n not in tests:
+            ap.error(f"unknown test {n}; known: {', '.join(tests)}")
+    return names
+
+
+def run_tests(ctx, tests, names, tmp, keep, errors=(R.RefError, OSError,
+                                                 subprocess.TimeoutExpired)):
+    """Runs tests[n](ctx) for each name (an exception of `errors` is one failed check),
+    removes tmp unless keep, prints the totals; returns the exit status."""
+    try:
+        for n in names:
+            t0 = time.time()
+            print(f"== {n}", flush=True)
+            try:
+                tests[n](ctx)
+            except errors as e:
+                ctx.check(False, f"{n}: {e}")
+            print(f"== {n} done in {time.time() - t0:.1f}s", flush=True)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{ctx.passed} passed, {ctx.failed} failed")
+    return 1 if ctx.failed else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--test", default="all", help="|".join(["all"] + list(TESTS)))
@@ -355,10 +384,7 @@ def main():
     ap.add_argument("--corpus", default=os.path.join(SRC, "tests", "data", "corpus.txt"))
     ap.add_argument("--keep", help="keep temporary files in this folder")
     a = ap.parse_args()
-    names = list(TESTS) if a.test == "all" else a.test.split(",")
-    for n in names:
-        if n not in TESTS:
-            ap.error(f"unknown test {n}; known: {', '.join(TESTS)}")
+    names = test_names(ap, a.test, TESTS)
     if not a.data or not os.path.isdir(a.data):
         print(f"parity: no test data folder ({a.data}); run tests/make_tiny_models.sh",
               file=sys.stderr)
@@ -370,20 +396,7 @@ def main():
     tmp = a.keep or tempfile.mkdtemp(prefix="recall-parity-")
     os.makedirs(tmp, exist_ok=True)
     ctx = Ctx(a, tmp)
-    try:
-        for n in names:
-            t0 = time.time()
-            print(f"== {n}", flush=True)
-            try:
-                TESTS[n](ctx)
-            except (R.RefError, OSError, subprocess.TimeoutExpired) as e:
-                ctx.check(False, f"{n}: {e}")
-            print(f"== {n} done in {time.time() - t0:.1f}s", flush=True)
-    finally:
-        if not a.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ctx.passed} passed, {ctx.failed} failed")
-    return 1 if ctx.failed else 0
+    return run_tests(ctx, TESTS, names, tmp, a.keep)
 
 
 if __name__ == "__main__":

@@ -417,10 +417,7 @@ def main():
     ap.add_argument("--corpus", default=os.path.join(PAR.SRC, "tests", "data", "corpus.txt"))
     ap.add_argument("--keep", help="keep temporary files in this folder")
     a = ap.parse_args()
-    names = list(TESTS) if a.test == "all" else a.test.split(",")
-    for n in names:
-        if n not in TESTS:
-            ap.error(f"unknown test {n}; known: {', '.join(TESTS)}")
+    names = PAR.test_names(ap, a.test, TESTS)
     if not a.data or not os.path.isdir(a.data):
         print(f"parity_positional: no test data folder ({a.data}); run "
               "tests/make_tiny_models.sh", file=sys.stderr)
@@ -433,20 +430,7 @@ def main():
     tmp = a.keep or tempfile.mkdtemp(prefix="recall-pos-parity-")
     os.makedirs(tmp, exist_ok=True)
     ctx = Ctx(a, tmp)
-    try:
-        for n in names:
-            t0 = time.time()
-            print(f"== {n}", flush=True)
-            try:
-                TESTS[n](ctx)
-            except (R.RefError, OSError, subprocess.TimeoutExpired) as e:
-                ctx.check(False, f"{n}: {e}")
-            print(f"== {n} done in {time.time() - t0:.1f}s", flush=True)
-    finally:
-        if not a.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{ctx.passed} passed, {ctx.failed} failed")
-    return 1 if ctx.failed else 0
+    return PAR.run_tests(ctx, TESTS, names, tmp, a.keep)
 
 
 if __name__ == "__main__":
