@@ -148,41 +148,120 @@ static int row_segments(const attn_ext_args_t *e, int i, int lo[MAX_VARIANTS],
     }
 }
 
-/* Attention is computed per (head, block of queries) with matrix products: scores for
- * local and memory keys side by side in one row, a row-wise softmax, then the weighted
- * sums. Heads are slices of the interleaved [token, head, dim] rows, read with strides,
- * so nothing is copied except a bf16/f16 memory, which is widened to fp32 once per call.
- * A layout with several variants computes each over the union of the ranges the block's
- * rows take from it, the first straight into the score rows, the others into a side buffer
- * from which each row copies its own range; the plain layout is exactly one product. */
+/* Attention is computed per (head, block of queries) with matrix products. The local keys'
+ * scores of every variant go into one row per query; the memory keys (FoT) follow in tiles
+ * of MT rows, each folded into the rows' running maximum, sum and output (the online
+ * softmax), so the scratch is the same few MiB whatever the memory holds: a 256k-row memory
+ * is neither widened to fp32 nor scored all at once. Heads are slices of the interleaved
+ * [token, head, dim] rows, read with strides; a bf16/f16 memory tile is widened to fp32 for
+ * the one kv head it is read for. A layout with several variants computes each over the
+ * union of the ranges the block's rows take from it, the first straight into the score
+ * rows, the others into a side buffer from which each row copies its own range; the plain
+ * layout is exactly one product. */
+#define MT 2048 /* memory rows per tile */
+
 /* Everything one (head, block of queries) needs; shared read-only by the threads. */
 typedef struct attn_job {
     const attn_ext_args_t *e;
     const float *vq[MAX_VARIANTS], *vk[MAX_VARIANTS];
-    const float *mk, *mv, *q_mem;
+    const float *q_mem;
     float mem_scale;
-    size_t row_len;
 } attn_job_t;
 
-/* Head h, queries i0 .. i0 + QB: scores of every needed variant and of memory into one row
- * per query, a row-wise softmax, then the weighted sums. S [QB, row_len], O [QB, hd] and
- * T [QB, n_k] (extended layouts only) are the calling thread's scratch. */
-static void attend_block(const attn_job_t *j, int h, int i0, float *S, float *O, float *T)
+/* One thread's scratch: S [QB, n_k] local scores, T [QB, n_k] a second or third variant's
+ * (extended layouts only), M [QB, MT] a memory tile's scores, Kt and Vt [MT, hd] a widened
+ * memory tile, O [QB, hd] the output, mx and sum [QB] the running softmax. */
+typedef struct attn_scratch {
+    float *S, *T, *M, *Kt, *Vt, *O, *mx;
+    double *sum;
+} attn_scratch_t;
+
+static void scratch_free(attn_scratch_t *w)
+{
+    free(w->S), free(w->T), free(w->M), free(w->Kt), free(w->Vt), free(w->O), free(w->mx);
+    free(w->sum);
+}
+
+static int scratch_alloc(attn_scratch_t *w, const attn_ext_args_t *e)
+{
+    const attn_args_t *a = &e->a;
+    const size_t hd = (size_t)a->head_dim, nk = a->n_k > 0 ? (size_t)a->n_k : 1;
+    memset(w, 0, sizeof *w);
+    w->S = malloc(QB * nk * sizeof(float));
+    w->O = malloc(QB * hd * sizeof(float));
+    w->mx = malloc(QB * sizeof(float));
+    w->sum = malloc(QB * sizeof(double));
+    int ok = w->S && w->O && w->mx && w->sum;
+    if (e->layout != CPU_ATTN_PLAIN) ok = ok && (w->T = malloc(QB * nk * sizeof(float)));
+    if (a->n_mem) {
+        w->M = malloc((size_t)QB * MT * sizeof(float));
+        ok = ok && w->M;
+        if (a->mem_dtype != DTYPE_F32) {
+            w->Kt = malloc(MT * hd * sizeof(float));
+            w->Vt = malloc(MT * hd * sizeof(float));
+            ok = ok && w->Kt && w->Vt;
+        }
+    }
+    if (!ok) scratch_free(w);
+    return ok;
+}
+
+/* Rows [m0, m0 + n) of kv head kh of a memory matrix as fp32: a pointer into it (fp32
+ * memory, leading dimension kv_row) or the rows widened into buf (leading dimension hd). */
+static const float *mem_tile(const void *mat, dtype_t dt, size_t m0, int n, int kh, int hd,
+                             int kv_row, float *buf, int *ld)
+{
+    if (dt == DTYPE_F32) {
+        *ld = kv_row;
+        return (const float *)mat + m0 * (size_t)kv_row + (size_t)kh * hd;
+    }
+    const size_t es = dtype_size(dt);
+    const char *src = (const char *)mat + (m0 * (size_t)kv_row + (size_t)kh * hd) * es;
+    for (int t = 0; t < n; t++)
+        dtype_to_f32(buf + (size_t)t * hd, src + (size_t)t * kv_row * es, dt, (size_t)hd);
+    *ld = hd;
+    return buf;
+}
+
+/* Folds scores x[0..n) into a row's running softmax: the row's output o [hd] and sum are
+ * rescaled when the maximum rises; x becomes the weights exp(x − max). */
+static void softmax_fold(float *x, int n, float *mx, double *sum, float *o, int hd)
+{
+    float m = *mx;
+    for (int t = 0; t < n; t++) {
+        if (x[t] < -1e6f) x[t] = -1e6f;
+        if (x[t] > m) m = x[t];
+    }
+    if (m > *mx) {
+        const float alpha = expf(*mx - m);
+        *sum *= alpha;
+        for (int d = 0; d < hd; d++) o[d] *= alpha;
+        *mx = m;
+    }
+    double s = 0;
+    for (int t = 0; t < n; t++) s += (x[t] = expf(x[t] - m));
+    *sum += s;
+}
+
+/* Head h, queries i0 .. i0 + QB: scores of every needed variant into one row per query, a
+ * softmax over them, the weighted sum of the local values; then the memory in tiles, each
+ * folded in; finally the division by the sum. */
+static void attend_block(const attn_job_t *j, int h, int i0, attn_scratch_t *w)
 {
     const attn_ext_args_t *e = j->e;
     const attn_args_t *a = &e->a;
     const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
     const int group = nh / nkv;
     const int kv_row = nkv * hd, q_row = nh * hd;
-    const size_t n_mem = a->n_mem, row_len = j->row_len;
+    const size_t n_mem = a->n_mem;
+    const int nk = a->n_k;
     const float *const *vq = j->vq, *const *vk = j->vk;
-    const float *mk = j->mk, *mv = j->mv, *q_mem = j->q_mem;
-    const float mem_scale = j->mem_scale;
     const int kh = h / group;
     const float *vl = a->v + (size_t)kh * hd;
     const int nb = a->n_q - i0 < QB ? a->n_q - i0 : QB;
     /* Local keys visible to the block's last query; earlier rows mask the rest. */
     const int n_loc = a->q_offset + i0 + nb;
+    float *S = w->S, *O = w->O;
 
     /* Per variant, the union of the block's row ranges. */
     int blo[MAX_VARIANTS], bhi[MAX_VARIANTS], n_var = 1;
@@ -200,59 +279,55 @@ static void attend_block(const attn_job_t *j, int h, int i0, float *S, float *O,
         if (blo[v] >= bhi[v]) continue;
         const float *qb = vq[v] + (size_t)i0 * q_row + (size_t)h * hd;
         const float *kb = vk[v] + (size_t)blo[v] * kv_row + (size_t)kh * hd;
-        const int ld = v == 0 ? (int)row_len : a->n_k;
-        float *dst = (v == 0 ? S : T) + blo[v];
+        float *dst = (v == 0 ? S : w->T) + blo[v];
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, bhi[v] - blo[v], hd,
-                    a->scale, qb, q_row, kb, kv_row, 0.0f, dst, ld);
+                    a->scale, qb, q_row, kb, kv_row, 0.0f, dst, nk);
         if (v == 0) continue;
         for (int r = 0; r < nb; r++) {
             int lo[MAX_VARIANTS], hi[MAX_VARIANTS];
             row_segments(e, a->q_offset + i0 + r, lo, hi);
             if (lo[v] < hi[v])
-                memcpy(S + (size_t)r * row_len + lo[v], T + (size_t)r * a->n_k + lo[v],
+                memcpy(S + (size_t)r * nk + lo[v], w->T + (size_t)r * nk + lo[v],
                        (size_t)(hi[v] - lo[v]) * sizeof(float));
         }
     }
-    if (n_mem)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_mem, hd,
-                    mem_scale, q_mem + (size_t)i0 * q_row + (size_t)h * hd, q_row,
-                    mk + (size_t)kh * hd, kv_row, 0.0f, S + a->n_k, (int)row_len);
+    /* The local keys: every query sees at least itself, so the maximum is finite. */
     for (int r = 0; r < nb; r++) {
-        float *sr = S + (size_t)r * row_len;
+        float *sr = S + (size_t)r * nk;
         const int n_vis = a->q_offset + i0 + r + 1; /* causal */
-        float mx = -INFINITY;
-        for (int j = 0; j < n_vis; j++) {
-            if (sr[j] < -1e6f) sr[j] = -1e6f;
-            if (sr[j] > mx) mx = sr[j];
-        }
-        for (size_t m = 0; m < n_mem; m++) {
-            float *x = sr + a->n_k + m;
-            if (*x < -1e6f) *x = -1e6f;
-            if (*x > mx) mx = *x;
-        }
-        double sum = 0;
-        for (int j = 0; j < n_vis; j++) sum += (sr[j] = expf(sr[j] - mx));
-        for (int j = n_vis; j < a->n_k; j++) sr[j] = 0.0f; /* masked */
-        for (size_t m = 0; m < n_mem; m++) sum += (sr[a->n_k + m] = expf(sr[a->n_k + m] - mx));
-        const float inv = (float)(1.0 / sum);
-        for (size_t j = 0; j < row_len; j++) sr[j] *= inv;
+        w->mx[r] = -INFINITY;
+        w->sum[r] = 0;
+        softmax_fold(sr, n_vis, &w->mx[r], &w->sum[r], O, 0);
+        for (int t = n_vis; t < n_loc; t++) sr[t] = 0.0f; /* masked */
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n_loc, 1.0f, S,
-                (int)row_len, vl, kv_row, 0.0f, O, hd);
-    if (n_mem)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, (int)n_mem, 1.0f,
-                    S + a->n_k, (int)row_len, mv + (size_t)kh * hd, kv_row, 1.0f, O, hd);
-    for (int r = 0; r < nb; r++)
-        memcpy(a->out + (size_t)(i0 + r) * q_row + (size_t)h * hd, O + (size_t)r * hd,
-               hd * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n_loc, 1.0f, S, nk, vl,
+                kv_row, 0.0f, O, hd);
+    /* The memory, tile by tile. */
+    const float *qm = j->q_mem + (size_t)i0 * q_row + (size_t)h * hd;
+    for (size_t m0 = 0; m0 < n_mem; m0 += MT) {
+        const int n = n_mem - m0 < MT ? (int)(n_mem - m0) : MT;
+        int ldk, ldv;
+        const float *kt = mem_tile(a->mem_k, a->mem_dtype, m0, n, kh, hd, kv_row, w->Kt, &ldk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, hd, j->mem_scale, qm, q_row,
+                    kt, ldk, 0.0f, w->M, MT);
+        for (int r = 0; r < nb; r++)
+            softmax_fold(w->M + (size_t)r * MT, n, &w->mx[r], &w->sum[r], O + (size_t)r * hd,
+                         hd);
+        const float *vt = mem_tile(a->mem_v, a->mem_dtype, m0, n, kh, hd, kv_row, w->Vt, &ldv);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n, 1.0f, w->M, MT, vt,
+                    ldv, 1.0f, O, hd);
+    }
+    for (int r = 0; r < nb; r++) {
+        const float inv = (float)(1.0 / w->sum[r]);
+        float *dst = a->out + (size_t)(i0 + r) * q_row + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) dst[d] = O[(size_t)r * hd + d] * inv;
+    }
 }
 
 void cpu_attention_ext(const attn_ext_args_t *e)
 {
     const attn_args_t *a = &e->a;
-    const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads;
-    const int kv_row = nkv * hd;
-    const size_t n_mem = a->n_mem;
+    const int nh = a->n_heads;
     const float mem_scale = e->mem_scale != 0.0f ? e->mem_scale : a->scale;
     const float *q_mem = e->q_mem ? e->q_mem : a->q;
 
@@ -260,27 +335,11 @@ void cpu_attention_ext(const attn_ext_args_t *e)
     const float *vq[MAX_VARIANTS] = {a->q, e->q_alt[0], e->q_alt[1]};
     const float *vk[MAX_VARIANTS] = {a->k, e->layout == CPU_ATTN_SELF_EXTEND ? e->k_alt : a->k,
                                      a->k};
-
-    float *wide_k = NULL, *wide_v = NULL;
-    const float *mk = a->mem_k, *mv = a->mem_v;
-    if (n_mem && a->mem_dtype != DTYPE_F32) {
-        wide_k = malloc(n_mem * (size_t)kv_row * sizeof(float));
-        wide_v = malloc(n_mem * (size_t)kv_row * sizeof(float));
-        if (!wide_k || !wide_v) abort();
-        dtype_to_f32(wide_k, a->mem_k, a->mem_dtype, n_mem * (size_t)kv_row);
-        dtype_to_f32(wide_v, a->mem_v, a->mem_dtype, n_mem * (size_t)kv_row);
-        mk = wide_k;
-        mv = wide_v;
-    }
-
     attn_job_t job = {.e = e,
                       .vq = {vq[0], vq[1], vq[2]},
                       .vk = {vk[0], vk[1], vk[2]},
-                      .mk = mk,
-                      .mv = mv,
                       .q_mem = q_mem,
-                      .mem_scale = mem_scale,
-                      .row_len = (size_t)a->n_k + n_mem};
+                      .mem_scale = mem_scale};
     const int n_blocks = (a->n_q + QB - 1) / QB, tasks = nh * n_blocks;
     /* Threads split the (head, block) tasks and each calls single-threaded BLAS: OpenBLAS's
      * own threads and OpenMP's, both busy at once, fought over the cores (2-4x slower on
@@ -288,21 +347,15 @@ void cpu_attention_ext(const attn_ext_args_t *e)
     const int blas_threads = tasks > 1 ? cpu_blas_threads_single() : 1;
 #pragma omp parallel if (tasks > 1)
     {
-        float *S = malloc((size_t)QB * job.row_len * sizeof(float)); /* [QB, n_k + n_mem] */
-        float *O = malloc((size_t)QB * hd * sizeof(float));          /* [QB, hd] */
-        float *T = NULL; /* [QB, n_k] scores of a second or third variant */
-        if (e->layout != CPU_ATTN_PLAIN && !(T = malloc((size_t)QB * a->n_k * sizeof(float))))
-            abort();
-        if (!S || !O) abort();
+        /* A few MiB whatever the input (QB, MT, the window, head_dim): failing to get them
+         * is the machine being out of memory, not a request being too large. */
+        attn_scratch_t w;
+        if (!scratch_alloc(&w, e)) abort();
 #pragma omp for schedule(dynamic)
-        for (int t = 0; t < tasks; t++) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, S, O, T);
-        free(S);
-        free(O);
-        free(T);
+        for (int t = 0; t < tasks; t++) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, &w);
+        scratch_free(&w);
     }
     cpu_blas_threads_restore(blas_threads);
-    free(wide_k);
-    free(wide_v);
 }
 
 void cpu_attention(const attn_args_t *a)

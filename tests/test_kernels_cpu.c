@@ -229,6 +229,11 @@ int main(void)
     test_attention(4, 2, 16, 3, 7, 20, DTYPE_BF16);
     test_attention(2, 2, 100, 4, 3, 50, DTYPE_F16);
     test_attention(2, 1, 128, 1, 30, 64, DTYPE_BF16);
+    /* Memories of several tiles (the kernel folds 2048 rows at a time into an online
+     * softmax), the last one partial, with more than one block of queries. */
+    test_attention(4, 2, 16, 70, 5, 5000, DTYPE_BF16);
+    test_attention(2, 2, 32, 3, 9, 4096, DTYPE_F32);
+    test_attention(4, 4, 16, 2, 0, 2049, DTYPE_F16);
     test_attention_causal_mask();
     test_log_softmax();
     return check_summary();
