@@ -16,8 +16,8 @@ and ask times are therefore real; what the answers say is not the point.
                                      times under --host-memory-budget (and once with none):
                                      peak RSS (VmHWM) against the budget, the idle RSS of
                                      the same daemon, loads and evictions
-  bench/tiers.py [options] reopen    one session of --reopen-tokens tokens: restart to the
-                                     first answer (the fast-restart target), also with the
+  bench/tiers.py [options] reopen    one session of each --reopen-tokens length: restart to
+                                     the first answer (the fast-restart target), also with the
                                      page cache dropped where the machine allows it
 
 Options: --build DIR (default build), --model DIR (default: tests' tiny-fot-bf16, made if
@@ -207,32 +207,34 @@ def cycle(a, res):
 
 
 def reopen(a, res):
-    data = os.path.join(a.work, "reopen")
-    make_template(a, data, a.port + 2)
-    print("reopen: one session of %d tokens" % a.reopen_tokens, flush=True)
-    fill(a, data, "r", 1, a.reopen_tokens)
     out = []
-    for cold in (0, 1):
-        dropped = drop_caches() if cold else 0
-        if cold and not dropped:
-            print("  (cannot drop the page cache here: no cold-cache run)", flush=True)
-            break
-        t0 = now()
-        dm = Daemon(a, data, a.port + 2)
-        t_health = dm.start()
-        t_ask = ask(dm, "r000", 1)
-        t_first = now() - t0
-        t_again = ask(dm, "r000", 1)
-        dm.stop()
-        row = {"tokens": a.reopen_tokens, "rows_gib": disk_bytes(os.path.join(data, "rows",
-                                                                              "r000")) / 2**30,
-               "page_cache": "dropped" if cold else "warm", "health_s": t_health,
-               "first_ask_s": t_ask, "start_to_first_answer_s": t_first, "next_ask_s": t_again}
-        print("  " + json.dumps(row), flush=True)
-        out.append(row)
+    for tokens in a.reopen_tokens:
+        data = os.path.join(a.work, "reopen-%d" % tokens)
+        make_template(a, data, a.port + 2)
+        print("reopen: one session of %d tokens" % tokens, flush=True)
+        fill(a, data, "r", 1, tokens)
+        for cold in (0, 1):
+            dropped = drop_caches() if cold else 0
+            if cold and not dropped:
+                print("  (cannot drop the page cache here: no cold-cache run)", flush=True)
+                break
+            t0 = now()
+            dm = Daemon(a, data, a.port + 2, a.reopen_flags)
+            t_health = dm.start()
+            t_ask = ask(dm, "r000", 1)
+            t_first = now() - t0
+            t_again = ask(dm, "r000", 1)
+            dm.stop()
+            row = {"tokens": tokens,
+                   "rows_gib": disk_bytes(os.path.join(data, "rows", "r000")) / 2**30,
+                   "page_cache": "dropped" if cold else "warm", "health_s": t_health,
+                   "first_ask_s": t_ask, "start_to_first_answer_s": t_first,
+                   "next_ask_s": t_again}
+            print("  " + json.dumps(row), flush=True)
+            out.append(row)
+        if not a.keep:
+            shutil.rmtree(data)
     res["reopen"] = out
-    if not a.keep:
-        shutil.rmtree(data)
 
 
 def report(a, res):
@@ -286,7 +288,8 @@ def main():
     p.add_argument("--cycle-sessions", type=int, default=6)
     p.add_argument("--cycle-budget", default="256M")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--reopen-tokens", type=int, default=262144)
+    p.add_argument("--reopen-tokens", default="262144", help="comma-separated lengths")
+    p.add_argument("--reopen-flags", default="", help="extra recalld flags for reopen")
     p.add_argument("--port", type=int, default=5780)
     p.add_argument("--keep", action="store_true")
     a = p.parse_args()
@@ -307,6 +310,8 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     os.makedirs(a.out, exist_ok=True)
     a.sizes = [int(x) for x in a.sizes.split(",")]
+    a.reopen_tokens = [int(x) for x in a.reopen_tokens.split(",")]
+    a.reopen_flags = a.reopen_flags.split()
     res = {}
     for m in a.modes:
         {"startup": startup, "cycle": cycle, "reopen": reopen}[m](a, res)

@@ -18,6 +18,12 @@ for pair in "$old_bin:$build" "$old_src:$root"; do
         find "$build" -name CTestTestfile.cmake -exec \
             sed -i "s#\([\"=; ]\)$from\([/\";]\)#\1$to\2#g" {} +
 done
+# Tools at this host's paths: the build recorded the development machine's cmake and the
+# system python3 (which here may lack numpy; the one on PATH has it).
+for tool in cmake python3; do
+    here=$(command -v "$tool") || continue
+    find "$build" -name CTestTestfile.cmake -exec sed -i "s#/usr/bin/$tool\([\"; ]\)#$here\1#g" {} +
+done
 sed -i "s#^CMAKE_CACHEFILE_DIR:INTERNAL=.*#CMAKE_CACHEFILE_DIR:INTERNAL=$build#;s#^CMAKE_HOME_DIRECTORY:INTERNAL=.*#CMAKE_HOME_DIRECTORY:INTERNAL=$root#" \
     "$build/CMakeCache.txt"
 cd "$build" && ctest --output-on-failure "$@"
