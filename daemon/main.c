@@ -69,6 +69,8 @@ static void usage(FILE *f)
 "                         more cost; nprobe = nlist is an exact search. 1..%d;\n"
 "                         default about 4 x sqrt(keys) lists, 32 probed. Exact sessions\n"
 "                         do not take these defaults.\n"
+"\n"
+"memory budgets (all sessions together; sessions move between tiers, nothing is lost):\n"
 "  --gpu-memory-budget SIZE\n"
 "                         GPU backends: device memory for the memory keys and values of all\n"
 "                         sessions together, e.g. 8G, 512M, 1.5G or bytes; none: no limit.\n"
@@ -82,12 +84,13 @@ static void usage(FILE *f)
 "                         changed). It must hold at least one window of keys and values.\n"
 "                         The CPU backend ignores it.\n"
 "  --host-memory-budget SIZE\n"
-"                         host memory for sessions' memory rows and tokens, all sessions\n"
+"                         host memory for the memory rows and tokens of all sessions\n"
 "                         together (e.g. 16G, 512M; none: no limit). When a session needs\n"
 "                         room, the least recently used ones move to disk (nothing is lost:\n"
 "                         their next question brings them back). Default: half the RAM.\n"
 "                         Rows are read through a map of their files, so the page cache holds\n"
 "                         them once; a session larger than the budget still runs.\n"
+"\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
 "  --help                 this text\n"
@@ -99,7 +102,8 @@ static void usage(FILE *f)
 "example:\n"
 "  recalld --model ~/models/long_llama_3b --data ~/recall-data --listen tcp://127.0.0.1:5555\n"
 "  recall ingest notes ~/notes/*.txt && recall ask notes \"What did I decide about X?\"\n"
-"  recalld --memory knn --nprobe 64 --gpu-memory-budget 8G   (knn sessions by default)\n",
+"  recalld --memory knn --nprobe 64 --gpu-memory-budget 8G\n"
+"      (knn sessions by default; 8 GiB of GPU memory for all sessions' rows)\n",
             SESSION_KNN_LISTS_MAX, SESSION_NAME_RULE);
 }
 /* clang-format on */
