@@ -9,8 +9,10 @@
  *          window's key rows then value rows, in the catalogue (memory/db.h "rowsum").
  *   host   a read-only shared map of those files (memory_store_open_files): a row is in host
  *          memory at most once, in the page cache, and evicting it is an unmap.
- *   GPU    a backend stream's mirror of the host rows (model/backend.h), kept or dropped by
- *          the daemon's tiers policy (memory/tiers.h); it is rebuilt from the host tier.
+ *   GPU    a GPU stream's copy of the newest host rows (memory/gpu_tier.h, one per stream,
+ *          held by the CUDA backend), kept or dropped by the daemon's tiers policy
+ *          (memory/tiers.h) within the daemon's and the session's GPU budgets; it is
+ *          rebuilt from the host tier.
  *
  * Life of an object:
  *   open    catalogue numbers only (committed windows, shape): no file is touched.

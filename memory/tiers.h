@@ -71,4 +71,16 @@ size_t memory_tiers_plan(const memory_tiers_t *t, const tiers_slot_t *self, size
 /* Slots tracked (moves never exceed this many). */
 size_t memory_tiers_count(const memory_tiers_t *t);
 
+/* Inside one stream: the spill point of a knn stream's GPU tier (memory/gpu_tier.h) for
+ * `rows` memory rows when the device holds at most hot_cap rows: rows
+ * [0, spill) are spilled, [spill, rows) hot. 0 while rows <= hot_cap. Beyond that, the
+ * smallest multiple of the step S = max(window, hot_cap / 2 rounded down to whole windows)
+ * that leaves at most hot_cap rows hot: the split moves in whole windows, about half the
+ * hot tier at a time (so a spill moves the newer rows to the front of the device buffer in
+ * at most a couple of non-overlapping copies, and happens once per ~hot_cap / 2 rows).
+ * A function of the row count alone, so a restarted stream splits where the old one did.
+ * Monotone in rows. With hot_cap >= window at least one row stays hot; a smaller hot_cap
+ * (refused by model_stream_opts_resolve) is clamped so the result never exceeds rows. */
+size_t memory_tiers_spill_rows(size_t rows, size_t hot_cap, size_t window);
+
 #endif

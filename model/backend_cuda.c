@@ -22,11 +22,12 @@
  * attention alone (n_mem = 0) with its log-sum-exp, finds each query's top-k memory rows,
  * and cuda_knn_attention adds those rows to the softmax. The rows come from two tiers. The
  * hot tier is the device mirror, searched exactly by cuda_topk. Under a device memory budget
- * (gpu_memory_budget) the mirror holds at most hot_cap rows: past that the oldest rows spill
- * (whole windows, about half the hot tier at a time: knn_tiers_spill_rows, a function of the
- * row count alone) and the mirror holds only rows [spill_rows, spill_rows + mirror_rows).
+ * (gpu_memory_budget) the mirror (memory/gpu_tier.h, which owns it) holds at most hot_cap
+ * rows: past that the oldest rows spill (whole windows, about half the hot tier at a time:
+ * memory_tiers_spill_rows, a function of the row count alone) and the mirror holds only rows
+ * [spill, spill + rows).
  * The spilled rows are searched on the host by a Faiss index (memory/knn.h) over the host
- * store's first spill_rows rows; per layer and chunk the queries come down, both lists are
+ * store's first `spill` rows; per layer and chunk the queries come down, both lists are
  * merged per (query, head) (model/knn_tiers.c), and the spilled rows used are gathered from
  * the host store into a small device buffer for the kernel. A rewind below the split
  * re-mirrors from the host store. Exact mode needs every row on the device: past the budget
@@ -61,7 +62,9 @@
 
 #include "common/log.h"
 #include "kernels/cuda.h"
+#include "memory/gpu_tier.h"
 #include "memory/knn.h"
+#include "memory/tiers.h"
 #include "model/knn_probe.h"
 #include "model/knn_tiers.h"
 #include "model/positional.h"
@@ -156,22 +159,19 @@ struct backend_stream {
     void *ws;         /* attention workspace (splits), grown on demand */
     size_t ws_bytes;
 
-    /* Device mirror of the host memory store: device row p of every memory layer equals
-     * host row spill_rows + p, for p in [0, mirror_rows). spill_rows is 0 unless a knn
+    /* The memory rows on the device (memory/gpu_tier.h): device row p of every memory
+     * layer is host row mt.spill + p, for p in [0, mt.rows); mt.spill is 0 unless a knn
      * stream outgrew its budget (then rows below it are the spilled tier). */
-    dtype_t mdt;
-    size_t row_bytes;          /* kv_dim × dtype_size(mdt) */
-    size_t mirror_rows, mirror_cap;
-    size_t spill_rows;
-    size_t hot_cap;            /* most rows the mirror may hold (gpu_memory_budget); SIZE_MAX: any */
-    void **mk, **mv;           /* [n_mem_layers] device, each [mirror_cap, kv_dim] mdt */
+    gpu_tier_t mt;
+    dtype_t mdt;               /* mt.dtype */
+    size_t row_bytes;          /* mt.row_bytes: kv_dim × dtype_size(mdt) */
     void *flush_k, *flush_v;   /* [window, kv_dim] mdt, page-locked: a flush's rows */
-    /* Bumped whenever a buffer a captured step points to is replaced or device rows move
-     * (mirror growth, spills, re-mirrors, workspace growth): part of the graph key. */
+    /* Bumped whenever a buffer a captured step points to is replaced (workspace growth);
+     * with mt.gen (growth, spills, re-mirrors) part of the graph key. */
     uint64_t gen;
 
     /* knn mode (memory layers present), else NULL. */
-    memory_knn_t *knn;         /* the spilled tier's index: host rows [0, spill_rows) */
+    memory_knn_t *knn;         /* the spilled tier's index: host rows [0, mt.spill) */
     float *k_lse;              /* [window, n_heads] device: the local attention's log-sum-exp */
     float *k_sc;               /* [window, n_heads, knn_k] device: hot tier scores (cuda_topk) */
     int32_t *k_idx;            /* [window, n_heads, knn_k] device: cuda_knn_attention's rows */
@@ -481,12 +481,7 @@ static void gpu_stream_destroy(backend_stream_t *s)
         }
     }
     free(s->layers);
-    if (s->mk)
-        for (int i = 0; i < s->c->n_mem_layers; i++) cuda_free(&s->mk[i]);
-    if (s->mv)
-        for (int i = 0; i < s->c->n_mem_layers; i++) cuda_free(&s->mv[i]);
-    free(s->mk);
-    free(s->mv);
+    gpu_tier_free(&s->mt);
     void **dev[] = {(void **)&s->inv_freq, (void **)&s->pos, (void **)&s->tok,
                     (void **)&s->tgt,      (void **)&s->x,   (void **)&s->xn,
                     (void **)&s->q,        (void **)&s->att, (void **)&s->gate,
@@ -584,11 +579,6 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     s->scale = 1.0f / sqrtf((float)hd);
     s->mdt = o->mem_dtype;
     s->row_bytes = (size_t)s->kv_dim * dtype_size(s->mdt);
-    {
-        /* The budget covers every memory layer's keys and values. */
-        const size_t per_row = (size_t)c->n_mem_layers * 2 * s->row_bytes;
-        s->hot_cap = o->gpu_memory_budget && per_row ? o->gpu_memory_budget / per_row : SIZE_MAX;
-    }
     s->ext = ext;
     s->mscale = mscale;
     s->pp = pp;
@@ -626,12 +616,10 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         (rc = cuda_host_alloc((void **)&s->lp_host, W * sizeof(float))))
         goto fail;
     if (c->n_mem_layers) {
-        s->mk = calloc((size_t)c->n_mem_layers, sizeof *s->mk);
-        s->mv = calloc((size_t)c->n_mem_layers, sizeof *s->mv);
-        if (!s->mk || !s->mv) {
-            rc = RC_ERR_NOMEM;
+        /* The budget covers every memory layer's keys and values. */
+        if ((rc = gpu_tier_init(&s->mt, c->n_mem_layers, s->kv_dim, s->mdt, W,
+                                o->gpu_memory_budget, s->st, b->describe)))
             goto fail;
-        }
         if ((rc = cuda_host_alloc(&s->flush_k, W * s->row_bytes)) ||
             (rc = cuda_host_alloc(&s->flush_v, W * s->row_bytes)))
             goto fail;
@@ -696,159 +684,6 @@ fail:
     free(inv_freq);
     gpu_stream_destroy(s);
     return rc;
-}
-
-/* ---- the memory mirror and its tiers ---------------------------------------------- */
-
-/* Moves the mirror into buffers of `cap` rows (every layer or none: a failure leaves the
- * old buffers in place). */
-static rc_t mirror_move(backend_stream_t *s, size_t cap)
-{
-    const int nm = s->c->n_mem_layers;
-    void **nk = calloc((size_t)nm, sizeof *nk), **nv = calloc((size_t)nm, sizeof *nv);
-    rc_t rc = nk && nv ? RC_OK : RC_ERR_NOMEM;
-    for (int i = 0; i < nm && !rc; i++) {
-        if ((rc = cuda_alloc(&nk[i], cap * s->row_bytes)) ||
-            (rc = cuda_alloc(&nv[i], cap * s->row_bytes)))
-            break;
-        if ((rc = cuda_copy(nk[i], s->mk[i], s->mirror_rows * s->row_bytes, s->st)) ||
-            (rc = cuda_copy(nv[i], s->mv[i], s->mirror_rows * s->row_bytes, s->st)))
-            break;
-    }
-    if (!rc) rc = cuda_stream_sync(s->st); /* the copies are done before the old go */
-    void **drop_k = rc ? nk : s->mk, **drop_v = rc ? nv : s->mv;
-    for (int i = 0; i < nm; i++) {
-        if (drop_k) cuda_free(&drop_k[i]);
-        if (drop_v) cuda_free(&drop_v[i]);
-    }
-    if (rc) {
-        free(nk);
-        free(nv);
-        return rc;
-    }
-    free(s->mk);
-    free(s->mv);
-    s->mk = nk;
-    s->mv = nv;
-    s->mirror_cap = cap;
-    s->gen++;
-    return RC_OK;
-}
-
-/* Room for `rows` rows in every memory layer's mirror, keeping the first mirror_rows.
- * Growing copies, so old and new buffers coexist for a moment: small mirrors double, large
- * ones (past MIRROR_DOUBLE_ROWS) grow by a quarter, and when even that does not fit the
- * device, by just what is needed (whole windows). A 1M-row mirror of a 3B-shaped model is
- * 38 GB: doubling it would need 116 GB at once. */
-#define MIRROR_DOUBLE_ROWS (256u * 1024u)
-static rc_t mirror_reserve(backend_stream_t *s, size_t rows)
-{
-    if (rows <= s->mirror_cap) return RC_OK;
-    const size_t W = (size_t)s->W;
-    size_t cap = s->mirror_cap < MIRROR_DOUBLE_ROWS ? s->mirror_cap * 2
-                                                    : s->mirror_cap + s->mirror_cap / 4;
-    if (cap < W) cap = W;
-    if (cap > s->hot_cap) cap = s->hot_cap;
-    if (cap < rows) cap = rows;
-    rc_t rc = mirror_move(s, cap);
-    const size_t tight = (rows + W - 1) / W * W;
-    if (rc == RC_ERR_NOMEM && tight < cap) rc = mirror_move(s, tight);
-    if (rc == RC_ERR_NOMEM)
-        log_warn("backend %s: the device cannot hold %zu memory rows (%.1f GiB of keys and "
-                 "values, plus a copy while growing): give the session a gpu memory budget "
-                 "(knn memory then spills its oldest windows to host memory) or use a GPU "
-                 "with more memory",
-                 s->b->describe, rows,
-                 (double)rows * s->row_bytes * 2 * s->c->n_mem_layers / (1u << 30));
-    return rc;
-}
-
-static double mib(size_t bytes)
-{
-    return (double)bytes / (1024.0 * 1024.0);
-}
-
-/* Exact mode keeps every row on the device: `rows` rows must fit the budget. */
-static rc_t exact_fits(const backend_stream_t *s, size_t rows)
-{
-    if (rows <= s->hot_cap) return RC_OK;
-    const size_t per_row = (size_t)s->c->n_mem_layers * 2 * s->row_bytes;
-    log_warn("backend %s: exact memory of %zu rows needs %.1f MiB of device memory, over the "
-             "stream's gpu memory budget of %.1f MiB (%zu rows); knn memory mode can spill "
-             "older rows to host memory",
-             s->b->describe, rows, mib(rows * per_row), mib(s->o.gpu_memory_budget), s->hot_cap);
-    return RC_ERR_NOMEM;
-}
-
-/* Moves the split up to `spill` (> spill_rows): the device rows below it leave (the host
- * store keeps them, and the spilled tier's index takes them at its next search); the rest
- * move to the front of the mirror. */
-static rc_t tiers_spill_to(backend_stream_t *s, size_t spill)
-{
-    const size_t d = spill - s->spill_rows; /* device rows that leave */
-    const size_t keep = s->mirror_rows > d ? s->mirror_rows - d : 0;
-    const size_t rb = s->row_bytes;
-    /* Rows [d, d + keep) move to [0, keep) in pieces of at most d rows, so no copy's source
-     * and destination overlap; the stream runs them in order, and each piece's destination
-     * is a source already read. */
-    for (int i = 0; i < s->c->n_mem_layers; i++)
-        for (size_t p = 0; p < keep; p += d) {
-            const size_t cnt = keep - p < d ? keep - p : d;
-            TRY(cuda_copy((char *)s->mk[i] + p * rb, (char *)s->mk[i] + (p + d) * rb, cnt * rb,
-                          s->st));
-            TRY(cuda_copy((char *)s->mv[i] + p * rb, (char *)s->mv[i] + (p + d) * rb, cnt * rb,
-                          s->st));
-        }
-    log_info("backend %s: knn memory rows [%zu, %zu) spilled to the host tier (%zu stay on the "
-             "device)", s->b->describe, s->spill_rows, spill, keep);
-    s->spill_rows = spill;
-    s->mirror_rows = keep;
-    s->gen++;
-    return RC_OK;
-}
-
-/* Puts the split where knn_tiers_spill_rows wants it for `rows` memory rows, but never above
- * `limit` (a flush: its new rows are not written yet). Only moves it up, or, after a rewind
- * below it, back down; back down drops the device rows, which mirror_sync re-uploads. */
-static rc_t tiers_place(backend_stream_t *s, size_t rows, size_t limit)
-{
-    size_t want = knn_tiers_spill_rows(rows, s->hot_cap, (size_t)s->W);
-    if (want > limit) want = limit;
-    if (want > s->spill_rows) return tiers_spill_to(s, want);
-    if (want < s->spill_rows) {
-        s->spill_rows = want;
-        s->mirror_rows = 0;
-        s->gen++;
-    }
-    return RC_OK;
-}
-
-/* Makes the mirror equal the host store: drops rows the host no longer has, uploads rows it
- * has beyond the mirror (restored sessions, a re-mirror after a rewind below the split, or
- * a flush whose device copy was skipped), spilling first where the budget asks. */
-static rc_t mirror_sync(backend_stream_t *s)
-{
-    if (!s->c->n_mem_layers) return RC_OK;
-    const size_t host = memory_store_len(s->mem);
-    if (s->knn)
-        TRY(tiers_place(s, host, host));
-    else
-        TRY(exact_fits(s, host));
-    const size_t have = s->spill_rows + s->mirror_rows;
-    if (host <= have) {
-        s->mirror_rows = host - s->spill_rows; /* spill_rows <= host: tiers_place */
-        return RC_OK;
-    }
-    TRY(mirror_reserve(s, host - s->spill_rows));
-    const size_t n = host - have, rb = s->row_bytes;
-    const size_t src = have * rb, dst = s->mirror_rows * rb;
-    for (int i = 0; i < s->c->n_mem_layers; i++) {
-        const char *hk = memory_store_keys(s->mem, i), *hv = memory_store_values(s->mem, i);
-        TRY(cuda_upload((char *)s->mk[i] + dst, hk + src, n * rb, s->st));
-        TRY(cuda_upload((char *)s->mv[i] + dst, hv + src, n * rb, s->st));
-    }
-    s->mirror_rows = host - s->spill_rows;
-    return RC_OK;
 }
 
 /* ---- forward ------------------------------------------------------------------------- */
@@ -927,7 +762,7 @@ static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, int
 
 /* ---- knn memory ---------------------------------------------------------------------- */
 
-/* The hot tier's exact top-k over the mirror's rows [0, mirror_rows) of memory layer mi:
+/* The hot tier's exact top-k over the mirror's rows [0, mt.rows) of memory layer mi:
  * scores and idx [n, n_heads, k], idx being device rows (cuda_knn_attention's hot range). */
 static rc_t hot_topk(backend_stream_t *s, int mi, int n, const uint16_t *q, int k, float *scores,
                      int32_t *idx)
@@ -939,10 +774,10 @@ static rc_t hot_topk(backend_stream_t *s, int mi, int n, const uint16_t *q, int 
         .n_kv_heads = c->n_kv_heads,
         .head_dim = c->head_dim,
         .q = q,
-        .keys = s->mk[mi],
+        .keys = s->mt.k[mi],
         .key_dtype = s->mdt,
         .row0 = 0,
-        .row1 = (int64_t)s->mirror_rows,
+        .row1 = (int64_t)s->mt.rows,
         .k = k,
         .scores = scores,
         .idx = idx,
@@ -1030,7 +865,7 @@ static rc_t knn_memory_spilled(backend_stream_t *s, int mi, int n, const uint16_
     TRY(knn_spill_alloc(s));
     const model_config_t *c = s->c;
     const int nh = c->n_heads, k = base->k;
-    const size_t sp = s->spill_rows, hot = s->mirror_rows, q_dim = (size_t)s->q_dim;
+    const size_t sp = s->mt.spill, hot = s->mt.rows, q_dim = (size_t)s->q_dim;
     const int k_sp = (size_t)k < sp ? k : (int)sp;
     const int k_hot = (size_t)k < hot ? k : (int)hot;
     const size_t per_q = (size_t)nh * (size_t)k;
@@ -1088,7 +923,7 @@ static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q
                        float mem_scale)
 {
     const model_config_t *c = s->c;
-    const size_t hot = s->mirror_rows, total = s->spill_rows + hot;
+    const size_t hot = s->mt.rows, total = s->mt.spill + hot;
     const int k = (size_t)s->o.knn_k < total ? s->o.knn_k : (int)total;
     cuda_knn_attn_args_t a = {
         .n_q = n,
@@ -1100,13 +935,13 @@ static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q
         .k = k,
         .idx = s->k_idx,
         .mem_dtype = s->mdt,
-        .hot_k = s->mk[mi],
-        .hot_v = s->mv[mi],
+        .hot_k = s->mt.k[mi],
+        .hot_v = s->mt.v[mi],
         .n_hot = (int64_t)hot,
         .lse = s->k_lse,
         .out = s->att,
     };
-    if (s->spill_rows) return knn_memory_spilled(s, mi, n, mem_q, &a);
+    if (s->mt.spill) return knn_memory_spilled(s, mi, n, mem_q, &a);
     /* Hot tier only: the top-k's rows are already in the kernel's encoding; nothing leaves
      * the device (so a decode step can be a graph). */
     TRY(hot_topk(s, mi, n, mem_q, k, s->k_sc, s->k_idx));
@@ -1120,7 +955,7 @@ static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q
 static void knn_probe_layer(backend_stream_t *s, int l, int mi, int n,
                             const cuda_attn_args_t *exact, const uint16_t *mem_q, float mem_scale)
 {
-    const size_t total = s->spill_rows + s->mirror_rows;
+    const size_t total = s->mt.spill + s->mt.rows;
     if (n < 2 || !knn_probe_due(s->probe, mi, total)) return; /* prefill chunks only */
     const knn_probe_in_t in = {
         .layer = l,
@@ -1129,9 +964,9 @@ static void knn_probe_layer(backend_stream_t *s, int l, int mi, int n,
         .attn = exact,
         .fast = BACKEND_CUDA_FAST_ATTENTION || s->ext,
         .rows = total,
-        .spilled = s->spill_rows,
-        .mem_k = s->mk[mi],
-        .mem_v = s->mv[mi],
+        .spilled = s->mt.spill,
+        .mem_k = s->mt.k[mi],
+        .mem_v = s->mt.v[mi],
         .mem_dtype = s->mdt,
         .mem_q = mem_q,
         .mem_scale = mem_scale,
@@ -1194,12 +1029,12 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
         .out = s->att,
     };
     const int mem = L->mem_layer >= 0 && !s->o.disable_memory &&
-                    s->spill_rows + s->mirror_rows > 0;
+                    s->mt.spill + s->mt.rows > 0;
     const int knn = mem && s->knn;
     if (mem && !knn) {
-        a.n_mem = s->mirror_rows;
-        a.mem_k = s->mk[L->mem_layer];
-        a.mem_v = s->mv[L->mem_layer];
+        a.n_mem = s->mt.rows;
+        a.mem_k = s->mt.k[L->mem_layer];
+        a.mem_v = s->mt.v[L->mem_layer];
     }
     if (s->ext) TRY(positional_prepare(s, l, n, local, mem, &a));
     /* knn: the local part alone, with its log-sum-exp; the memory rows join it after. The
@@ -1240,7 +1075,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
 static rc_t step_ws_reserve(backend_stream_t *s)
 {
     const model_config_t *c = s->c;
-    const int mem = c->n_mem_layers && !s->o.disable_memory && s->mirror_rows > 0;
+    const int mem = c->n_mem_layers && !s->o.disable_memory && s->mt.rows > 0;
     cuda_attn_args_t a = {
         .n_q = 1,
         .n_k = s->W,
@@ -1249,7 +1084,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
         .head_dim = c->head_dim,
         .q_offset = s->W - 1,
         .dtype = DTYPE_BF16,
-        .n_mem = mem && !s->knn ? s->mirror_rows : 0,
+        .n_mem = mem && !s->knn ? s->mt.rows : 0,
         .mem_dtype = s->mdt,
         .scale = s->scale,
         .lse = mem && s->knn ? s->k_lse : NULL,
@@ -1259,7 +1094,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
     TRY(grow(s, &s->ws, &s->ws_bytes, need));
     if (!mem || !s->knn) return RC_OK;
     /* Graph steps have an empty spilled tier: k over the hot rows alone. */
-    const int k = (size_t)s->o.knn_k < s->mirror_rows ? s->o.knn_k : (int)s->mirror_rows;
+    const int k = (size_t)s->o.knn_k < s->mt.rows ? s->o.knn_k : (int)s->mt.rows;
     cuda_topk_args_t t = {
         .n_q = 1,
         .n_heads = c->n_heads,
@@ -1267,7 +1102,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
         .head_dim = c->head_dim,
         .key_dtype = s->mdt,
         .row0 = 0,
-        .row1 = (int64_t)s->mirror_rows,
+        .row1 = (int64_t)s->mt.rows,
         .k = k,
     };
     TRY(cuda_topk_workspace(&t, &need));
@@ -1276,7 +1111,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
 
 static struct graph_key step_key(const backend_stream_t *s, int local)
 {
-    struct graph_key k = {local, s->mirror_rows, s->spill_rows, s->gen};
+    struct graph_key k = {local, s->mt.rows, s->mt.spill, s->gen + s->mt.gen};
     return k;
 }
 
@@ -1342,9 +1177,9 @@ static rc_t gpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
     if (n <= 0) return n == 0 ? RC_OK : RC_ERR_INVALID;
     if (local < 0 || local + n > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
-    TRY(mirror_sync(s));
+    TRY(gpu_tier_sync(&s->mt, s->mem, s->knn != NULL));
     /* A spilled tier is searched on the host inside the step: not capturable. */
-    if (n == 1 && s->graphs && !s->spill_rows && last_logits && !(logprobs && targets)) {
+    if (n == 1 && s->graphs && !s->mt.spill && last_logits && !(logprobs && targets)) {
         rc_t rc = step_graph(s, tok[0], local, last_logits);
         if (rc != RC_ERR_UNSUPPORTED) return rc;
     }
@@ -1393,26 +1228,26 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     if (!c->n_mem_layers || local <= 0) return RC_OK;
     if (local > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
-    TRY(mirror_sync(s));
+    TRY(gpu_tier_sync(&s->mt, s->mem, s->knn != NULL));
     const size_t before = memory_store_len(s->mem), n = (size_t)local;
     /* Exact: the budget must hold the new rows too (else nothing changes). knn: spill first
      * where the budget asks, but not the new rows themselves (not written yet): the next
      * sync moves the split to its place if that was short of it. */
     if (s->knn)
-        TRY(tiers_place(s, before + n, before));
+        TRY(gpu_tier_place(&s->mt, before + n, before));
     else
-        TRY(exact_fits(s, before + n));
-    TRY(mirror_reserve(s, before + n - s->spill_rows));
+        TRY(gpu_tier_exact_fits(&s->mt, before + n));
+    TRY(gpu_tier_reserve(&s->mt, before + n - s->mt.spill));
     /* The rows go into the mirror in mem_dtype first; the host store then gets those exact
      * bytes, so the two copies agree bit for bit. Device row of host row `before`: after the
-     * sync and any spill the mirror holds exactly [spill_rows, before). */
-    const size_t off = (before - s->spill_rows) * s->row_bytes, bytes = n * s->row_bytes;
+     * sync and any spill the mirror holds exactly [mt.spill, before). */
+    const size_t off = (before - s->mt.spill) * s->row_bytes, bytes = n * s->row_bytes;
     rc_t rc = RC_OK;
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const cuda_layer_cache_t *L = &s->layers[l];
         const int i = L->mem_layer;
         if (i < 0) continue;
-        char *dk = (char *)s->mk[i] + off, *dv = (char *)s->mv[i] + off;
+        char *dk = (char *)s->mt.k[i] + off, *dv = (char *)s->mt.v[i] + off;
         const size_t elems = n * s->kv_dim;
         if ((rc = cuda_convert(dk, s->mdt, L->k_raw, DTYPE_BF16, elems, s->st)) ||
             (rc = cuda_convert(dv, s->mdt, L->v, DTYPE_BF16, elems, s->st)) ||
@@ -1423,36 +1258,28 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     }
     if (rc) {
         memory_store_truncate(s->mem, before); /* all layers or none */
-        s->mirror_rows = before - s->spill_rows;
+        gpu_tier_written(&s->mt, before);
         return rc;
     }
-    s->mirror_rows = before + n - s->spill_rows;
+    gpu_tier_written(&s->mt, before + n);
     return RC_OK;
 }
 
 static void gpu_memory_truncated(backend_stream_t *s, size_t rows)
 {
-    if (rows < s->spill_rows) {
-        /* Below the split every device row is gone: re-mirror from the host store at the
-         * split these rows call for (the next sync uploads them). */
-        s->spill_rows = knn_tiers_spill_rows(rows, s->hot_cap, (size_t)s->W);
-        s->mirror_rows = 0;
-        s->gen++;
-    } else if (s->spill_rows + s->mirror_rows > rows) {
-        s->mirror_rows = rows - s->spill_rows;
-    }
+    gpu_tier_truncated(&s->mt, rows);
     /* The spilled tier's index must drop rewound rows now: new rows of the same count would
      * otherwise look indexed already. A failed sync leaves the layer to be rebuilt. */
     for (int l = 0; s->knn && l < s->c->n_mem_layers; l++)
         if (memory_knn_rows(s->knn, l) > rows &&
-            memory_knn_sync_rows(s->knn, s->mem, l, s->spill_rows))
+            memory_knn_sync_rows(s->knn, s->mem, l, s->mt.spill))
             memory_knn_reset(s->knn, l);
 }
 
 /* ---- the spilled tier's index, persisted -------------------------------------------- */
 
 /* The index of memory layer `layer`'s spilled rows. It is brought up to the split the
- * store's rows call for first (knn_tiers_spill_rows, a function of the row count), which is
+ * store's rows call for first (memory_tiers_spill_rows, a function of the row count), which is
  * where a restarted stream over the same rows splits: loaded there, it needs no adds. The
  * hot tier is searched exactly and has no index. */
 static rc_t gpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
@@ -1463,7 +1290,7 @@ static rc_t gpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *l
     if (!s->knn) return RC_ERR_UNSUPPORTED;
     if (layer < 0 || layer >= s->c->n_mem_layers) return RC_ERR_INVALID;
     const size_t split =
-        knn_tiers_spill_rows(memory_store_rows(s->mem, layer), s->hot_cap, (size_t)s->W);
+        memory_tiers_spill_rows(memory_store_rows(s->mem, layer), s->mt.hot_cap, (size_t)s->W);
     rc_t rc = memory_knn_sync_rows(s->knn, s->mem, layer, split);
     if (rc) return rc;
     *rows = memory_knn_rows(s->knn, layer);
@@ -1472,7 +1299,7 @@ static rc_t gpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *l
 
 static size_t gpu_device_bytes(backend_stream_t *s)
 {
-    return s->mirror_rows * s->row_bytes * 2 * (size_t)s->c->n_mem_layers;
+    return gpu_tier_bytes(&s->mt);
 }
 
 static rc_t gpu_index_load(backend_stream_t *s, int layer, const void *buf, size_t len,

@@ -8,19 +8,6 @@
 
 #include "common/log.h"
 
-size_t knn_tiers_spill_rows(size_t rows, size_t hot_cap, size_t window)
-{
-    if (rows <= hot_cap) return 0;
-    if (window < 1) window = 1;
-    size_t step = hot_cap / 2 / window * window;
-    if (step < window) step = window;
-    const size_t need = rows - hot_cap; /* at least this many must leave the device */
-    size_t spill = (need + step - 1) / step * step;
-    /* Only reachable with hot_cap < window (a budget the options check refuses). */
-    if (spill > rows) spill = rows;
-    return spill;
-}
-
 /* ---- merging ------------------------------------------------------------------------- */
 
 typedef struct cand {

@@ -16,16 +16,7 @@
 
 #include "common/rc.h"
 
-/* The spill point for `rows` memory rows when the hot tier holds at most hot_cap rows: rows
- * [0, spill) are spilled, [spill, rows) hot. 0 while rows <= hot_cap. Beyond that, the
- * smallest multiple of the step S = max(window, hot_cap / 2 rounded down to whole windows)
- * that leaves at most hot_cap rows hot: the split moves in whole windows, about half the
- * hot tier at a time (so a spill moves the newer rows to the front of the device buffer in
- * at most a couple of non-overlapping copies, and happens once per ~hot_cap / 2 rows).
- * A function of the row count alone, so a restarted stream splits where the old one did.
- * Monotone in rows. With hot_cap >= window at least one row stays hot; a smaller hot_cap
- * (refused by model_stream_opts_resolve) is clamped so the result never exceeds rows. */
-size_t knn_tiers_spill_rows(size_t rows, size_t hot_cap, size_t window);
+/* Where the tiers split: memory_tiers_spill_rows (memory/tiers.h), used by memory/gpu_tier.h. */
 
 /* Merges two candidate lists per (query, head) into the best k by score, ties to the lower
  * absolute row:

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "memory/tiers.h"
 #include "model/knn_tiers.h"
 #include "model/model.h"
 #include "model/stream.h"
@@ -18,21 +19,21 @@
 static void test_spill_rows(void)
 {
     /* Within the budget nothing spills. */
-    CHECK(knn_tiers_spill_rows(0, 256, 64) == 0);
-    CHECK(knn_tiers_spill_rows(256, 256, 64) == 0);
+    CHECK(memory_tiers_spill_rows(0, 256, 64) == 0);
+    CHECK(memory_tiers_spill_rows(256, 256, 64) == 0);
     /* cap 256, window 64: step 128 (half the hot tier, whole windows). */
-    CHECK(knn_tiers_spill_rows(257, 256, 64) == 128);
-    CHECK(knn_tiers_spill_rows(320, 256, 64) == 128);
-    CHECK(knn_tiers_spill_rows(384, 256, 64) == 128);
-    CHECK(knn_tiers_spill_rows(385, 256, 64) == 256);
+    CHECK(memory_tiers_spill_rows(257, 256, 64) == 128);
+    CHECK(memory_tiers_spill_rows(320, 256, 64) == 128);
+    CHECK(memory_tiers_spill_rows(384, 256, 64) == 128);
+    CHECK(memory_tiers_spill_rows(385, 256, 64) == 256);
     /* cap of one window: step one window, one window hot at most. */
-    CHECK(knn_tiers_spill_rows(64, 64, 64) == 0);
-    CHECK(knn_tiers_spill_rows(128, 64, 64) == 64);
-    CHECK(knn_tiers_spill_rows(129, 64, 64) == 128);
+    CHECK(memory_tiers_spill_rows(64, 64, 64) == 0);
+    CHECK(memory_tiers_spill_rows(128, 64, 64) == 64);
+    CHECK(memory_tiers_spill_rows(129, 64, 64) == 128);
     /* cap 100, window 64: step 64 (half of 100 is under a window). */
-    CHECK(knn_tiers_spill_rows(134, 100, 64) == 64);
+    CHECK(memory_tiers_spill_rows(134, 100, 64) == 64);
     /* No limit. */
-    CHECK(knn_tiers_spill_rows((size_t)1 << 40, SIZE_MAX, 2048) == 0);
+    CHECK(memory_tiers_spill_rows((size_t)1 << 40, SIZE_MAX, 2048) == 0);
     /* Properties over a range: monotone, whole steps, hot part within (0, cap]. */
     int bad = 0;
     const size_t caps[] = {64, 100, 192, 256, 1000, 4096}, win = 64;
@@ -42,7 +43,7 @@ static void test_spill_rows(void)
         if (step < win) step = win;
         size_t prev = 0;
         for (size_t rows = 0; rows < 20000; rows++) {
-            const size_t sp = knn_tiers_spill_rows(rows, cap, win);
+            const size_t sp = memory_tiers_spill_rows(rows, cap, win);
             if (sp < prev || sp % step || rows - sp > cap || (rows > 0 && sp >= rows)) {
                 if (bad++ < 5)
                     fprintf(stderr, "cap %zu rows %zu: spill %zu (prev %zu, step %zu)\n", cap, rows,
@@ -53,7 +54,7 @@ static void test_spill_rows(void)
     }
     CHECK_MSG(bad == 0, "%d spill points break monotone / whole steps / hot <= cap", bad);
     /* A cap under a window (refused by the options check) still never passes rows. */
-    CHECK(knn_tiers_spill_rows(70, 10, 64) <= 70);
+    CHECK(memory_tiers_spill_rows(70, 10, 64) <= 70);
 }
 
 static void test_merge_basic(void)
