@@ -17,7 +17,8 @@
 #include "memory/knn.h"
 
 /* On the CPU a knn session's stream keeps IVF lists that hold the keys again as fp32:
- * about the rows' size once the index is IVF (memory/knn.h). An estimate, not a count. */
+ * about the rows' size once the index is IVF (memory/knn.h). An estimate of what bringing
+ * the session in will take; once it is in, model_stream_index_bytes counts it. */
 static size_t knn_lists_bytes(const daemon_t *d, const session_t *s)
 {
     if (daemon_memory_on_device(d) || !s->opts.memory_knn ||
@@ -51,7 +52,7 @@ void session_account_locked(daemon_t *d, session_t *s)
               : session_memory_loaded(s->mem)                  ? "host"
                                                                 : "disk";
     if (s->tokens_loaded) host += s->tokens_cap * sizeof(int32_t);
-    if (s->stream) host += knn_lists_bytes(d, s); /* the lists live in the stream */
+    if (s->stream) host += model_stream_index_bytes(s->stream); /* its kNN index */
     memory_tiers_set(d->tiers, &s->slot, host, gpu);
 }
 

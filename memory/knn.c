@@ -770,6 +770,29 @@ size_t memory_knn_rows(const memory_knn_t *x, int layer) { return x->layers[laye
 int memory_knn_is_ivf(const memory_knn_t *x, int layer) { return x->layers[layer].trained > 0; }
 int memory_knn_nlist(const memory_knn_t *x, int layer) { return x->layers[layer].nlist; }
 
+size_t memory_knn_bytes(const memory_knn_t *x)
+{
+    if (!x) return 0;
+    const size_t hd = (size_t)x->hd;
+    size_t total = 0;
+    for (int l = 0; l < x->n_layers; l++) {
+        const knn_layer_t *L = &x->layers[l];
+        for (int h = 0; h < x->n_kv; h++) {
+            if (L->heads && L->heads[h]) /* IndexFlatIP keeps every vector in fp32 */
+                total += (size_t)faiss_Index_ntotal(L->heads[h]) * hd * sizeof(float);
+            if (!L->ivf) continue;
+            const ivf_head_t *H = &L->ivf[h];
+            total += (size_t)L->nlist * hd * sizeof(float) + H->cap_rows * sizeof(int32_t);
+            for (int i = 0; H->lists && i <= L->nlist; i++) {
+                const ivf_list_t *li = &H->lists[i];
+                total += li->cap * sizeof(int64_t);
+                if (li->keys) total += li->cap * hd * sizeof(float);
+            }
+        }
+    }
+    return total;
+}
+
 /* ---- persistence -----------------------------------------------------------------------
  * A header, then per head either Faiss's format of the flat index, or (IVF) the centroids
  * [nlist, hd] fp32, the outlier threshold (fp32) and each row's list [rows] int32. The

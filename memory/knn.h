@@ -79,6 +79,10 @@ rc_t memory_knn_search_rows(memory_knn_t *x, const memory_store_t *s, int layer,
 size_t memory_knn_rows(const memory_knn_t *x, int layer);
 int memory_knn_is_ivf(const memory_knn_t *x, int layer);
 int memory_knn_nlist(const memory_knn_t *x, int layer);
+/* Host bytes the indexes hold now, all layers and heads: a flat head's fp32 copy of the
+ * keys; an IVF head's centroids, row-to-list map and lists (ids, and the keys in fp32 once
+ * materialized). Allocated capacity, not just what is in use. */
+size_t memory_knn_bytes(const memory_knn_t *x);
 
 /* Serializes layer's indexes (all heads; a small header then Faiss's own format) into a
  * malloc'ed buffer the caller frees. */

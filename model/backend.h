@@ -81,6 +81,9 @@ typedef struct backend_ops {
      * device holds for this stream now: the GPU hot tier. */
     size_t (*device_bytes)(backend_stream_t *bs);
 
+    /* Optional (NULL: 0). Host bytes of the stream's kNN index (memory_knn_bytes). */
+    size_t (*index_bytes)(backend_stream_t *bs);
+
     /* Optional (NULL: RC_ERR_UNSUPPORTED). The device's free and total memory now. */
     rc_t (*device_memory)(void *ctx, size_t *free_bytes, size_t *total);
 } backend_ops_t;

@@ -502,6 +502,11 @@ static rc_t cpu_index_load(backend_stream_t *s, int layer, const void *buf, size
     return memory_knn_load(s->knn, layer, buf, len, rows);
 }
 
+static size_t cpu_index_bytes(backend_stream_t *s)
+{
+    return memory_knn_bytes(s->knn);
+}
+
 const backend_ops_t backend_cpu_ops = {
     .name = "cpu",
     .open = cpu_open,
@@ -514,4 +519,5 @@ const backend_ops_t backend_cpu_ops = {
     .memory_truncated = cpu_memory_truncated,
     .index_save = cpu_index_save,
     .index_load = cpu_index_load,
+    .index_bytes = cpu_index_bytes,
 };

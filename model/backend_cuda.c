@@ -1313,6 +1313,11 @@ static rc_t gpu_index_load(backend_stream_t *s, int layer, const void *buf, size
     return memory_knn_load(s->knn, layer, buf, len, rows);
 }
 
+static size_t gpu_index_bytes(backend_stream_t *s)
+{
+    return memory_knn_bytes(s->knn);
+}
+
 const backend_ops_t backend_cuda_ops = {
     .name = "cuda",
     .open = gpu_open,
@@ -1327,6 +1332,7 @@ const backend_ops_t backend_cuda_ops = {
     .index_load = gpu_index_load,
     .device_bytes = gpu_device_bytes,
     .device_memory = gpu_device_memory,
+    .index_bytes = gpu_index_bytes,
 };
 
 #else

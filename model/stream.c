@@ -222,6 +222,11 @@ size_t model_stream_device_bytes(const model_stream_t *s)
     return s->b->ops->device_bytes ? s->b->ops->device_bytes(s->bs) : 0;
 }
 
+size_t model_stream_index_bytes(const model_stream_t *s)
+{
+    return s->b->ops->index_bytes ? s->b->ops->index_bytes(s->bs) : 0;
+}
+
 memory_store_t *model_stream_memory(model_stream_t *s)
 {
     return s->mem;

@@ -109,6 +109,9 @@ int model_stream_window(const model_stream_t *s);
  * or under a gpu memory budget the newest part; filled on first use after a restore); 0 on
  * the CPU backend. */
 size_t model_stream_device_bytes(const model_stream_t *s);
+/* Host bytes of the stream's kNN index (knn memory; 0 otherwise): on the CPU its IVF lists
+ * hold the keys again in fp32, so it is about the rows' size again once past 32k rows. */
+size_t model_stream_index_bytes(const model_stream_t *s);
 
 /* The stream's memory (borrowed: the stream's own, or the one it was created with). */
 memory_store_t *model_stream_memory(model_stream_t *s);

@@ -193,6 +193,9 @@ static void test_index(void)
     CHECK_RC(memory_knn_create(1, IKV, IHD, &o, &x), RC_OK);
     CHECK_RC(memory_knn_search(x, s, 0, q, NQ, NH, K, a), RC_OK);
     CHECK(!memory_knn_is_ivf(x, 0) && memory_knn_rows(x, 0) == 3000);
+    /* A flat head keeps every key in fp32: exactly that, counted. */
+    CHECK_MSG(memory_knn_bytes(x) == (size_t)3000 * IKV * IHD * sizeof(float),
+              "flat index: %zu bytes counted", memory_knn_bytes(x));
     int bad = 0;
     for (int i = 0; i < NQ * NH; i++) {
         const float *qq = q + (size_t)i * IHD;
@@ -226,6 +229,13 @@ static void test_index(void)
     }
     CHECK(memory_knn_is_ivf(x, 0) && memory_knn_nlist(x, 0) == 512);
     CHECK_RC(memory_knn_search(x, s, 0, q, NQ, NH, K, a), RC_OK);
+    /* IVF: at least the keys in fp32 and their ids, and not wildly more (the lists grow by
+     * doubling; the centroids and the row map add a little). */
+    {
+        const size_t floor = (size_t)N * IKV * (IHD * sizeof(float) + sizeof(int64_t));
+        CHECK_MSG(memory_knn_bytes(x) >= floor && memory_knn_bytes(x) < 3 * floor,
+                  "IVF index: %zu bytes counted, %zu at least", memory_knn_bytes(x), floor);
+    }
     fresh_search(&o, s, q, NQ, K, b);
     CHECK_MSG(memcmp(a, b, sizeof(int64_t) * NQ * NH * K) == 0,
               "window-by-window IVF differs from one built at once");
