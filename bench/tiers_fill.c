@@ -63,9 +63,9 @@ static void fill_random(void *dst, dtype_t t, size_t n, uint64_t *s)
 static int count_layers(const char *dir)
 {
     int n = 0;
-    char path[4096];
+    char path[4200];
     for (;;) {
-        snprintf(path, sizeof path, "%s/L%d.keys", dir, n);
+        if (snprintf(path, sizeof path, "%s/L%d.keys", dir, n) >= (int)sizeof path) return 0;
         FILE *f = fopen(path, "rb");
         if (!f) return n;
         fclose(f);
@@ -109,8 +109,11 @@ int main(int argc, char **argv)
     uint64_t seed = argc > 6 ? strtoull(argv[6], NULL, 10) : 1;
     if (!seed) seed = 1;
     char err[1024] = "", rows_root[4096], tdir[4096];
-    snprintf(rows_root, sizeof rows_root, "%s/rows", data);
-    snprintf(tdir, sizeof tdir, "%s/%s", rows_root, tmpl);
+    if (snprintf(rows_root, sizeof rows_root, "%s/rows", data) >= (int)sizeof rows_root ||
+        snprintf(tdir, sizeof tdir, "%s/%s", rows_root, tmpl) >= (int)sizeof tdir) {
+        fprintf(stderr, "tiers_fill: path too long\n");
+        return 2;
+    }
 
     memory_db_t *db = NULL;
     if (memory_db_open(data, NULL, &db, err, sizeof err)) {
