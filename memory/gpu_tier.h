@@ -15,7 +15,9 @@
  * Ownership: the tier owns its device buffers (freed by gpu_tier_free); the host store and
  * the CUDA stream are borrowed. Blocking: every call queues its copies on the borrowed
  * stream; growing waits for that stream (the old buffers are freed only after the copies),
- * and gpu_tier_sync's uploads read pageable host memory, so they finish before it returns.
+ * and gpu_tier_sync's uploads are complete when it returns (large ones go through two
+ * page-locked staging buffers of up to 64 MiB, allocated for the call, filled by the
+ * OpenMP threads while the bus copies the other).
  * Threads: one stream, one thread. Compiled only with the CUDA backend. */
 #ifndef RECALL_MEMORY_GPU_TIER_H
 #define RECALL_MEMORY_GPU_TIER_H
@@ -29,19 +31,19 @@
 
 typedef struct gpu_tier {
     /* Read by the caller, changed only through the calls below. */
-    void **k, **v;     /* [n_layers] device, each [cap, row_dim] dtype */
-    size_t rows;       /* device rows: host rows [spill, spill + rows) */
-    size_t spill;      /* host rows below the device ones */
-    uint64_t gen;      /* bumped whenever k, v or the rows' device positions change */
+    void **k, **v; /* [n_layers] device, each [cap, row_dim] dtype */
+    size_t rows;   /* device rows: host rows [spill, spill + rows) */
+    size_t spill;  /* host rows below the device ones */
+    uint64_t gen;  /* bumped whenever k, v or the rows' device positions change */
     /* Fixed at init. */
     int n_layers;
     dtype_t dtype;
-    size_t row_bytes;  /* row_dim · dtype_size */
-    size_t window;     /* rows per window: the split moves in whole windows */
-    size_t hot_cap;    /* most rows on the device (the budget); SIZE_MAX: no limit */
-    size_t cap;        /* rows allocated per layer */
-    void *stream;      /* cudaStream_t, borrowed */
-    const char *who;   /* names the device in log messages, borrowed */
+    size_t row_bytes; /* row_dim · dtype_size */
+    size_t window;    /* rows per window: the split moves in whole windows */
+    size_t hot_cap;   /* most rows on the device (the budget); SIZE_MAX: no limit */
+    size_t cap;       /* rows allocated per layer */
+    void *stream;     /* cudaStream_t, borrowed */
+    const char *who;  /* names the device in log messages, borrowed */
 } gpu_tier_t;
 
 /* An empty tier for n_layers layers of row_dim-wide rows of dtype, at most `budget` bytes
