@@ -12,7 +12,6 @@
 extern "C" {
 #endif
 
-
 typedef enum rc {
     RC_OK = 0,
     RC_ERR_INVALID = -1,     /* bad argument or input from a caller */
@@ -42,6 +41,15 @@ const char *rc_name(rc_t rc);
  * reads `return rc_errf(RC_ERR_FORMAT, err, errlen, "...", ...);`. */
 rc_t rc_errf(rc_t rc, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Returns from the enclosing function (which returns rc_t) with expr's code when expr
+ * fails: `RC_TRY(load_header(f, &h));`. For steps with nothing to clean up; a function
+ * that must free on failure uses one `goto fail` instead. */
+#define RC_TRY(expr)                                                                           \
+    do {                                                                                       \
+        rc_t rc_try_ = (expr);                                                                 \
+        if (rc_try_) return rc_try_;                                                           \
+    } while (0)
 
 #ifdef __cplusplus
 }

@@ -10,11 +10,7 @@
 #include "kernels/cuda.h"
 #include "memory/tiers.h"
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        rc_t rc_ = (x);                                                                            \
-        if (rc_) return rc_;                                                                       \
-    } while (0)
+#define TRY(expr) RC_TRY(expr) /* common/rc.h */
 
 static double mib(size_t bytes)
 {

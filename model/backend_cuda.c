@@ -99,11 +99,7 @@
 /* fp32 elements per staging step when uploading weights (64 MB). */
 #define UPLOAD_CHUNK ((size_t)16 << 20)
 
-#define TRY(expr)                                                                              \
-    do {                                                                                       \
-        rc_t rc_ = (expr);                                                                     \
-        if (rc_) return rc_;                                                                   \
-    } while (0)
+#define TRY(expr) RC_TRY(expr) /* common/rc.h */
 
 typedef struct cuda_layer_w {
     uint16_t *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down; /* bf16 */

@@ -54,11 +54,7 @@ constexpr int M_MIN_TILES_PER_SPLIT = 4; /* 256 keys: below that the merge costs
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 
-#define TRY_RC(expr)                                                                           \
-    do {                                                                                       \
-        rc_t rc_ = (expr);                                                                     \
-        if (rc_) return rc_;                                                                   \
-    } while (0)
+#define TRY_RC(expr) RC_TRY(expr) /* common/rc.h */
 
 template <int D>
 struct mcfg {

@@ -794,11 +794,7 @@ __global__ void __launch_bounds__(MERGE_THREADS)
 
 /* ---- host side ------------------------------------------------------------------------- */
 
-#define TRY_RC(expr)                                                                           \
-    do {                                                                                       \
-        rc_t rc_ = (expr);                                                                     \
-        if (rc_) return rc_;                                                                   \
-    } while (0)
+#define TRY_RC(expr) RC_TRY(expr) /* common/rc.h */
 
 rc_t tk_check(const cuda_topk_args_t *a)
 {
