@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "clients/chunker.h"
+#include "common/clock.h"
 #include "common/log.h"
 
 /* ---------------------------------------------------------------------------------------
@@ -416,13 +417,6 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
 /* ---------------------------------------------------------------------------------------
  * Small helpers */
 
-double cli_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 const char *cli_str_or(const char *s, const char *dflt)
 {
     return s && s[0] ? s : dflt;
@@ -548,7 +542,7 @@ int cli_read_text_file(const char *path, char **out, size_t *len)
 void cli_progress_init(cli_progress *p)
 {
     p->on = !cli_quiet && isatty(STDERR_FILENO);
-    p->t0 = cli_now_s();
+    p->t0 = clock_now_s();
     p->last_draw = 0;
 }
 
@@ -557,7 +551,7 @@ void cli_progress_draw(cli_progress *p, const char *what, double done, double to
                        int force)
 {
     if (!p->on) return;
-    double t = cli_now_s();
+    double t = clock_now_s();
     if (!force && t - p->last_draw < 0.1) return;
     p->last_draw = t;
     double el = t - p->t0;

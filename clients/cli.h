@@ -190,7 +190,6 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
 /* ---------------------------------------------------------------------------------------
  * Small helpers */
 
-double cli_now_s(void);                                    /* monotonic seconds */
 const char *cli_str_or(const char *s, const char *dflt);   /* s unless NULL or empty */
 void cli_human_bytes(char *buf, size_t n, double b);       /* "1.5 MiB" */
 void cli_human_duration(char *buf, size_t n, double s);    /* "1:02:03", "2:03", "--:--" */

@@ -11,6 +11,8 @@
 
 #include <zmq.h>
 
+#include "common/clock.h"
+
 struct recall_client {
     void *ctx;
     void *sock;
@@ -168,24 +170,17 @@ rc_t recall_client_send(recall_client *c, Recall__Request *req, uint64_t *id_out
     }
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 rc_t recall_client_recv(recall_client *c, const uint64_t *ids, int n_ids, Recall__Response **out)
 {
     *out = NULL;
     c->err[0] = 0;
     c->err_remote = 0;
     /* The timeout is for the next *matching* response: stale answers must not extend it. */
-    double deadline = c->timeout_ms > 0 ? now_ms() + c->timeout_ms : 0;
+    double deadline = c->timeout_ms > 0 ? clock_now_s() * 1e3 + c->timeout_ms : 0;
     for (;;) {
         int wait = -1;
         if (c->timeout_ms > 0) {
-            double left = deadline - now_ms();
+            double left = deadline - clock_now_s() * 1e3;
             wait = left > 0 ? (int)left + 1 : 0;
         }
         zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};

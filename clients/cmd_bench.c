@@ -11,6 +11,7 @@
 
 #include "clients/bench.h"
 #include "clients/passkey.h"
+#include "common/clock.h"
 
 static int cmd_bench(recall_client *c, const cli_args *a);
 
@@ -56,7 +57,7 @@ static void bench_on_signal(int sig)
 }
 
 typedef struct bench_ask {
-    double t_first; /* cli_now_s() at the first streamed token; 0 before */
+    double t_first; /* clock_now_s() at the first streamed token; 0 before */
     uint32_t generated, prompt_tokens;
     float prefill_ms, decode_ms;
     int got_final;
@@ -69,7 +70,7 @@ static rc_t bench_ask_cb(const Recall__Response *r, void *arg)
     if (r->body_case != RECALL__RESPONSE__BODY_ASK) return RC_OK; /* prefill progress */
     const Recall__AskResponse *a = r->ask;
     if (!a->done) {
-        if (!b->t_first) b->t_first = cli_now_s();
+        if (!b->t_first) b->t_first = clock_now_s();
         return RC_OK;
     }
     b->generated = a->generated;
@@ -193,9 +194,9 @@ static int cmd_bench(recall_client *c, const cli_args *a)
         goto out;
     }
     recall_ingest_src src = {.name = "the bench text", .f = mem};
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     result = cli_ingest(c, &src, 1, (double)n_bytes, (size_t)chunk_bytes, &st, &g_bench_stop);
-    double ingest_s = cli_now_s() - t0;
+    double ingest_s = clock_now_s() - t0;
     if (result >= 0) goto out;
 
     /* The question, greedy, G tokens whatever the model says. */
@@ -207,7 +208,7 @@ static int cmd_bench(recall_client *c, const cli_args *a)
     ar.ignore_eos = 1;
     req = cli_request(RECALL__REQUEST__BODY_ASK, &ar);
     bench_ask ba = {0};
-    double t_ask = cli_now_s();
+    double t_ask = clock_now_s();
     rc = recall_client_stream(c, &req, bench_ask_cb, &ba);
     if (rc) {
         result = bench_failed(c, rc, "the question failed");

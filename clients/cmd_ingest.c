@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "clients/chunker.h"
+#include "common/clock.h"
 
 static int cmd_ingest(recall_client *c, const cli_args *a);
 
@@ -225,12 +226,12 @@ static int cmd_ingest(recall_client *c, const cli_args *a)
     if (!srcs) return cli_report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n_files; i++)
         srcs[i].name = files[i];
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     int result = cli_ingest(c, srcs, n_files, total, (size_t)chunk_bytes, &st, NULL);
     free(srcs);
     if (result >= 0) return result;
 
-    double secs = cli_now_s() - t0;
+    double secs = clock_now_s() - t0;
     double rate = secs > 0 ? st.tokens_added / secs : 0;
     if (cli_json) {
         cJSON *o = cJSON_CreateObject();

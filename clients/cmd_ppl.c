@@ -4,6 +4,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "common/clock.h"
+
 static int cmd_ppl(recall_client *c, const cli_args *a);
 
 const cli_command cli_cmd_ppl = {
@@ -23,7 +25,7 @@ static rc_t score_progress(const Recall__Response *r, void *arg)
 {
     cli_progress *p = arg;
     if (r->body_case == RECALL__RESPONSE__BODY_PROGRESS && p->on && r->progress->total) {
-        double el = cli_now_s() - p->t0, done = (double)r->progress->done,
+        double el = clock_now_s() - p->t0, done = (double)r->progress->done,
                tot = (double)r->progress->total;
         char eta[32];
         cli_human_duration(eta, sizeof eta, done > 0 ? el * (tot - done) / done : NAN);

@@ -13,6 +13,7 @@
 #include "clients/chunker.h"
 #include "clients/ingest.h"
 #include "clients/png.h"
+#include "common/clock.h"
 
 const char PASSKEY_INTRO[] = "There is an important info hidden inside a lot of irrelevant text. "
                              "Find it and memorize them. I will quiz you about the important "
@@ -429,13 +430,6 @@ double passkey_overall_accuracy(const passkey_result_t *r)
 /* ---------------------------------------------------------------------------------------
  * The run */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int stopped(const passkey_cfg_t *cfg)
 {
     return cfg->stop && *cfg->stop;
@@ -533,7 +527,7 @@ static rc_t run_trial(recall_client *c, const passkey_cfg_t *cfg, passkey_trial_
     size_t len, q_at, n, n_ans, split;
     int created = 0;
     ask_acc acc = {0};
-    double t0 = now_s();
+    double t0 = clock_now_s();
     rc_t rc = passkey_prompt(t->key, filler_chars, t->depth, &prompt, &len, &q_at);
     if (rc) goto out;
     rc = passkey_tokenize_rpc(c, prompt, len, 1, 0, &ids, &n, err, errlen);
@@ -594,7 +588,7 @@ out:
         rc_t drc = recall_client_drop(c, t->session);
         if (drc && !rc) rc = call_failed(c, drc, "cannot drop the trial's session", err, errlen);
     }
-    t->seconds = now_s() - t0;
+    t->seconds = clock_now_s() - t0;
     free(prompt);
     free(ids);
     free(ans);
@@ -605,7 +599,7 @@ out:
 rc_t passkey_run(recall_client *c, const passkey_cfg_t *cfg, passkey_result_t *res, char *err,
                  size_t errlen)
 {
-    double t_start = now_s();
+    double t_start = clock_now_s();
     int total = cfg->n_lengths * cfg->n_depths * cfg->trials, index = 0;
     rc_t rc = RC_OK;
     for (int li = 0; li < cfg->n_lengths && !rc; li++) {
@@ -651,7 +645,7 @@ rc_t passkey_run(recall_client *c, const passkey_cfg_t *cfg, passkey_result_t *r
             }
         }
     }
-    res->seconds = now_s() - t_start;
+    res->seconds = clock_now_s() - t_start;
     return rc;
 }
 

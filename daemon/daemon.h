@@ -221,8 +221,6 @@ int server_send_status(void *sock, const route_t *route, uint64_t id, rc_t code,
                        ...) __attribute__((format(printf, 5, 6)));
 rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
 
-double now_s(void);
-
 /* Non-zero when the backend keeps session memory on a GPU (a mirror of the host store). */
 static inline int daemon_memory_on_device(const daemon_t *d)
 {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 
@@ -451,7 +452,7 @@ int main(int argc, char **argv)
     d->cfg = cfg;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
-    d->start_time = now_s();
+    d->start_time = clock_now_s();
     int exit_code = 1;
     void *router = NULL;
     int worker_started = 0;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 #include "memory/knn.h"
@@ -178,7 +179,7 @@ rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t err
 
     int was_on_disk = !session_memory_loaded(s->mem) || !s->tokens_loaded;
     if (rows && (!s->stream || was_on_disk)) make_room(d, s);
-    double t0 = now_s();
+    double t0 = clock_now_s();
     rc_t rc = RC_OK;
     if (!s->tokens_loaded) rc = load_tokens(d, s, err, errlen);
     if (!rc && rows && !session_memory_loaded(s->mem)) rc = session_memory_load(s->mem, err, errlen);
@@ -194,7 +195,7 @@ rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t err
         session_move_to_disk(d, s);
     } else if (!rc && rows && was_on_disk) {
         log_info("session '%s': %llu windows brought in from disk in %.3f s", s->name,
-                 (unsigned long long)s->windows, now_s() - t0);
+                 (unsigned long long)s->windows, clock_now_s() - t0);
     }
     return rc;
 }

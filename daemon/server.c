@@ -11,6 +11,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 
@@ -19,13 +20,6 @@
 #else
 #define RECALL_VERSION_STR "unknown"
 #endif
-
-double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int server_send(void *sock, const route_t *route, Recall__Response *resp)
 {
@@ -320,7 +314,7 @@ static void do_stats(daemon_t *d, void *router, const route_t *route, uint64_t i
     Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__StatsResponse sr = RECALL__STATS_RESPONSE__INIT;
     pthread_mutex_lock(&d->mu);
-    sr.uptime_s = now_s() - d->start_time;
+    sr.uptime_s = clock_now_s() - d->start_time;
     sr.sessions = (uint32_t)d->n_sessions;
     sr.requests = d->requests;
     sr.errors = d->errors;
@@ -758,7 +752,7 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
             /* Stop accepting; the worker finishes or rolls back its job and answers the
              * queue with RC_ERR_SHUTDOWN, then says goodbye. */
             stopping = 1;
-            stop_deadline = now_s() + 60;
+            stop_deadline = clock_now_s() + 60;
             log_info("stopping: finishing the current job");
             pthread_mutex_lock(&d->mu);
             d->stopping = 1;
@@ -783,7 +777,7 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
                 inmsg_close(&m);
             }
         }
-        if (stopping && now_s() > stop_deadline) {
+        if (stopping && clock_now_s() > stop_deadline) {
             log_warn("the worker did not finish within 60 s; exiting anyway");
             return RC_ERR_SHUTDOWN;
         }

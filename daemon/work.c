@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 #include "model/sample.h"
@@ -396,9 +397,9 @@ static void do_ask(daemon_t *d, job_t *j)
     int eos = tokenizer_eos_id(d->tok);
     if (eos < 0) eos = d->mc->eos_id;
     model_stream_mark_t mark = model_stream_get_mark(s->stream);
-    double t0 = now_s();
+    double t0 = clock_now_s();
     rc = model_stream_feed(s->stream, prompt, np, NULL, logits);
-    double t1 = now_s();
+    double t1 = clock_now_s();
     if (rc) {
         model_stream_rewind(s->stream, mark);
         wsend_err(d, j, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
@@ -438,7 +439,7 @@ static void do_ask(daemon_t *d, job_t *j)
             goto out;
         }
     }
-    double t2 = now_s();
+    double t2 = clock_now_s();
     /* The question leaves the session as it was... */
     model_stream_rewind(s->stream, mark);
     pthread_mutex_lock(&d->mu);
@@ -607,7 +608,7 @@ static void do_verify(daemon_t *d, job_t *j)
     char err[1024] = "";
     Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__VerifySessionResponse vr = RECALL__VERIFY_SESSION_RESPONSE__INIT;
-    double t0 = now_s();
+    double t0 = clock_now_s();
     pthread_mutex_lock(&d->mu);
     int dropped = s->dropped;
     uint64_t want_tokens = s->n_tokens;
@@ -659,7 +660,7 @@ static void do_verify(daemon_t *d, job_t *j)
     if (rc == RC_ERR_UNAVAILABLE) session_move_to_disk(d, s);
     vr.ok = rc == RC_OK;
     vr.problem = rc ? err : (char *)"";
-    vr.seconds = now_s() - t0;
+    vr.seconds = clock_now_s() - t0;
     resp.body_case = RECALL__RESPONSE__BODY_VERIFY_SESSION;
     resp.verify_session = &vr;
     wsend_ok(d, j, &resp);

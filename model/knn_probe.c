@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "common/log.h"
 #include "memory/knn.h"
@@ -95,13 +96,6 @@ int knn_probe_due(const knn_probe_t *p, int mem_layer, size_t rows)
     for (int t = 0; t < p->n_thr && p->thr[t] <= rows; t++)
         if (!p->done[(size_t)t * p->n_mem_layers + mem_layer]) return 1;
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Marks every threshold <= rows done for mem_layer; returns the largest one not done before
@@ -200,7 +194,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
     if (!p || !in || !in->attn || in->mem_layer < 0 || in->mem_layer >= p->n_mem_layers ||
         in->n < 1 || in->k < 1)
         return RC_ERR_INVALID;
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     const size_t thr = mark_done(p, in->mem_layer, in->rows);
     if (in->spilled) {
         log_info("knn-probe rows=%zu threshold=%zu layer=%d mem_layer=%d skipped: %zu rows are "
@@ -287,7 +281,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
      * heads alone then count in recall and in the IVF error (each head's index is separate,
      * so a head's lists do not depend on which others are built). The other heads keep their
      * exact lists in o_ivf. */
-    const double ti = now_s();
+    const double ti = clock_now_s();
     const int n_kv = A->n_kv_heads, group = nh / n_kv;
     const int h_sub = p->ivf_heads > 0 && p->ivf_heads < n_kv ? p->ivf_heads : n_kv;
     const int nh_sub = h_sub * group;
@@ -333,7 +327,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
                        sub_idx + ((size_t)i * nh_sub + (size_t)j * group) * k,
                        (size_t)group * k * sizeof *h_iidx);
     }
-    const double index_s = now_s() - ti;
+    const double index_s = clock_now_s() - ti;
     const int ixl = h_sub == n_kv ? in->mem_layer : 0;
     const int is_ivf = memory_knn_is_ivf(ix, ixl);
     const int nlist = memory_knn_nlist(ix, ixl);
@@ -386,7 +380,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
     const double e_knn = rel_err(h_knn, h_ex, outs, hd, NULL, nh);
     const double e_knn_sub = rel_err(h_knn, h_ex, outs, hd, qh, nh);
     const double e_ivf = rel_err(h_iv, h_ex, outs, hd, qh, nh);
-    const double probe_s = now_s() - t0;
+    const double probe_s = clock_now_s() - t0;
     p->total_s += probe_s;
     log_info("knn-probe rows=%zu threshold=%zu layer=%d mem_layer=%d queries=%d k=%d "
              "rel_err_exact_topk=%.6f rel_err_ivf=%.6f recall_at_k=%.6f ivf_heads=%d/%d "
@@ -397,7 +391,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
 done:
     if (rc) {
         (void)cuda_stream_sync(st);
-        p->total_s += now_s() - t0;
+        p->total_s += clock_now_s() - t0;
         log_warn("knn-probe rows=%zu threshold=%zu layer=%d mem_layer=%d failed: %s (%s)",
                  in->rows, thr, in->layer, in->mem_layer, rc_strerror(rc), in->describe);
     }

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
@@ -589,24 +590,17 @@ done:
 
 /* ---- 4. at scale ----------------------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 /* Mean seconds of `iters` calls of cuda_knn_attention (or of the attention when la). */
 static double time_calls(const cuda_knn_attn_args_t *ka, const cuda_attn_args_t *la, int iters)
 {
     rc_t rc = la ? cuda_attention_fast(la, NULL) : cuda_knn_attention(ka, NULL); /* warm up */
     if (!rc) rc = cuda_stream_sync(NULL);
-    const double t0 = now_s();
+    const double t0 = clock_now_s();
     for (int i = 0; i < iters && !rc; i++)
         rc = la ? cuda_attention_fast(la, NULL) : cuda_knn_attention(ka, NULL);
     if (!rc) rc = cuda_stream_sync(NULL);
     CHECK_MSG(rc == RC_OK, "timed calls: %s", rc_strerror(rc));
-    return (now_s() - t0) / iters;
+    return (clock_now_s() - t0) / iters;
 }
 
 /* Uniform in [−1, 1), bf16: cheap enough for hundreds of millions. */

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "model/model.h"
 #include "model/safetensors.h"
@@ -24,13 +25,6 @@
 #include "tests/check.h"
 
 static const char *data_dir, *src_dir, *python;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int run(const char *cmd)
 {
@@ -468,13 +462,13 @@ static int real_main(void)
         }
         snprintf(cmd, sizeof cmd, "'%s' '%s/tests/loader_shapes.py' real '%s/ckpt' %s '%s'", python,
                  src_dir, dir, R[i].kind, tok);
-        double t0 = now();
+        double t0 = clock_now_s();
         if (run(cmd) == 0) {
-            double t1 = now();
+            double t1 = clock_now_s();
             char ck[1100];
             snprintf(ck, sizeof ck, "%s/ckpt", dir);
             model_t *m = load_ok(ck, 0);
-            double t2 = now();
+            double t2 = clock_now_s();
             if (m) {
                 const model_config_t *c = model_get_config(m);
                 CHECK(c->n_layers == 2 && c->hidden == R[i].hidden && c->n_heads == R[i].heads);

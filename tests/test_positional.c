@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "kernels/cpu.h"
 #include "model/backend.h"
 #include "model/model.h"
@@ -560,13 +561,6 @@ static double max_diff(const float *a, const float *b, int n)
     return m;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void test_model(const char *dir, int has_memory)
 {
     char err[512];
@@ -630,9 +624,9 @@ static void test_model(const char *dir, int has_memory)
     for (int e = 0; e < n_ext; e++) {
         const char *name = ext[e].positional ? positional_name(ext[e].positional)
                                              : positional_scaling_name(ext[e].rope_scaling);
-        double t0 = now();
+        double t0 = clock_now_s();
         CHECK_RC(score(m, &ext[e], tok, n, NULL, a), RC_OK);
-        double dt = now() - t0;
+        double dt = clock_now_s() - t0;
         CHECK_RC(score(m, &ext[e], tok, n, pieces, b), RC_OK);
         double d = max_diff(a, b, n - 1);
         CHECK_MSG(d < 1e-4, "%s window %d: fed in pieces differs by %g", name, 4 * L, d);

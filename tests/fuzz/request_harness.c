@@ -146,7 +146,7 @@ int rh_open(rh_t **out, const char *model_dir, char *err, size_t errlen)
     omp_set_num_threads(1);
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
-    d->start_time = now_s();
+    d->start_time = clock_now_s();
     log_set_level(LOG_ERROR); /* the daemon's per-request info lines would drown the fuzzer */
 
     const char *t = getenv("TMPDIR");
