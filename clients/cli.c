@@ -14,6 +14,7 @@
 #include "clients/chunker.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/size.h"
 
 /* ---------------------------------------------------------------------------------------
  * Output: one place for errors, text or JSON */
@@ -300,33 +301,20 @@ static int one_of(const char *opt, const char *s, const char *const *choices, cl
 #define BUDGET_MAX (1ull << 50)
 static int parse_budget(const char *s, uint64_t *out, cli_cmd_id cmd)
 {
-    if (!strcmp(s, "none")) {
-        *out = BUDGET_NONE;
+    uint64_t b;
+    rc_t rc = size_parse(s, BUDGET_MAX, &b);
+    if (rc == RC_OK) {
+        *out = b ? b : BUDGET_NONE;
         return 1;
     }
-    char *end;
-    errno = 0;
-    size_t digits = strspn(s, "0123456789."); /* no sign, exponent, hex, inf or nan */
-    double v = strtod(s, &end);
-    const char *units = "KMGT", *u = NULL;
-    if (!errno && digits && end == s + digits && v >= 0) {
-        if (*end) u = strchr(units, toupper((unsigned char)*end));
-        if (u) end++;
-        if (!*end || !strcmp(end, "B") || (u && !strcmp(end, "iB"))) {
-            double b = v * (u ? (double)(1ull << (10 * (u - units + 1))) : 1.0);
-            if (b > (double)BUDGET_MAX || (v > 0 && b < 1)) {
-                cli_usage_error(cmd, "--gpu-memory-budget %s is %s; use none (or 0) for no limit",
-                                s, v > 0 && b < 1 ? "less than a byte" : "more than 1P");
-                return 0;
-            }
-            *out = v == 0 ? BUDGET_NONE : (uint64_t)b;
-            return 1;
-        }
-    }
-    cli_usage_error(cmd,
-                    "--gpu-memory-budget needs a size such as 512M, 8G, 1.5G or a number of bytes, "
-                    "or none; not '%s'",
-                    s);
+    if (rc == RC_ERR_FORMAT)
+        cli_usage_error(cmd,
+                        "--gpu-memory-budget needs a size such as 512M, 8G, 1.5G or a number of "
+                        "bytes, or none; not '%s'",
+                        s);
+    else
+        cli_usage_error(cmd, "--gpu-memory-budget %s is %s; use none (or 0) for no limit", s,
+                        rc == RC_ERR_INVALID ? "less than a byte" : "more than 1P");
     return 0;
 }
 

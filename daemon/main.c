@@ -3,7 +3,6 @@
  * Start-up checks everything that can fail before writing anything: the flags, the data
  * directory's permissions, the checkpoint, the listen address. Only then is the data
  * directory created and the LMDB environment opened. */
-#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -18,6 +17,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/size.h"
 #include "daemon/daemon.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGTERM / SIGINT */
@@ -109,53 +109,13 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
-/* Parses "123", "64K", "1M", "2G" (binary units). Returns 0 on success. */
+/* The byte-size flags (--max-chunk-bytes, --max-frame-bytes, --db-map-size): common/size.h's
+ * sizes ("65536", "64K", "1M", "1.5G"). Returns 0 on success. */
 static int parse_size(const char *s, size_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-') return -1;
-    unsigned long long mul = 1;
-    if (*end == 'k' || *end == 'K')
-        mul = 1ull << 10;
-    else if (*end == 'm' || *end == 'M')
-        mul = 1ull << 20;
-    else if (*end == 'g' || *end == 'G')
-        mul = 1ull << 30;
-    else if (*end)
-        return -1;
-    if (mul > 1 && end[1] && strcmp(end + 1, "iB") != 0 && strcmp(end + 1, "B") != 0) return -1;
-    if (v > ULLONG_MAX / mul) return -1;
-    *out = (size_t)(v * mul);
-    return 0;
-}
-
-/* --gpu-memory-budget: "512M", "8G", "1.5G", "4096" (binary units, K to T, an optional
- * "B" or "iB"); "0" or "none": no limit (0). Whole bytes, rounded down. 0 on success. */
-static int parse_budget(const char *s, uint64_t *out)
-{
-    if (!strcmp(s, "none")) {
-        *out = 0;
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    size_t digits = strspn(s, "0123456789."); /* no sign, exponent, hex, inf or nan */
-    double v = strtod(s, &end);
-    if (errno || !digits || end != s + digits || !(v >= 0)) return -1;
-    double mul = 1;
-    const char *units = "KMGT";
-    const char *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
-    if (u) {
-        mul = (double)(1ull << (10 * (u - units + 1)));
-        end++;
-        if (*end && strcmp(end, "B") != 0 && strcmp(end, "iB") != 0) return -1;
-    } else if (*end && strcmp(end, "B") != 0) {
-        return -1;
-    }
-    if (v * mul > (double)SESSION_BUDGET_MAX || (v > 0 && v * mul < 1)) return -1;
-    *out = (uint64_t)(v * mul);
+    uint64_t v;
+    if (size_parse(s, SESSION_BUDGET_MAX, &v)) return -1;
+    *out = (size_t)v;
     return 0;
 }
 
@@ -341,7 +301,7 @@ int main(int argc, char **argv)
         }
         case O_GPU_BUDGET: {
             uint64_t b = 0;
-            if (parse_budget(optarg, &b)) {
+            if (size_parse(optarg, SESSION_BUDGET_MAX, &b)) {
                 fprintf(stderr,
                         "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G or "
                         "a number of bytes (at most 1P), or 0 / none for no limit; not '%s'\n",
@@ -353,7 +313,7 @@ int main(int argc, char **argv)
         }
         case O_HOST_BUDGET: {
             uint64_t b = 0;
-            if (parse_budget(optarg, &b)) {
+            if (size_parse(optarg, SESSION_BUDGET_MAX, &b)) {
                 fprintf(stderr,
                         "recalld: --host-memory-budget must be a size such as 512M, 16G, 1.5G "
                         "or a number of bytes, or none for no limit; not '%s'\n",
