@@ -18,6 +18,7 @@
  * that no query about it probes, and be lost to search. */
 #include "memory/knn.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -55,16 +56,14 @@
  * (the caller rebuilds). */
 #define KNN_VERSION 3u
 
-/* Fortran BLAS, as Faiss calls it (and links it): column-major C = alpha op(A) op(B) + beta C. */
-extern int sgemm_(const char *transa, const char *transb, const int *m, const int *n,
-                  const int *k, const float *alpha, const float *a, const int *lda,
-                  const float *b, const int *ldb, const float *beta, float *c, const int *ldc);
-
-/* s[i, j] = q[i] . y[j] for q [m, d] and y [n, d] (row-major); s is [m, n] row-major. */
+/* s[i, j] = q[i] . y[j] for q [m, d] and y [n, d] (row-major); s is [m, n] row-major.
+ * OpenBLAS, the same library Faiss links (the row-major call is the column-major
+ * sgemm("T", "N", n, m, d, y, q) underneath). */
 static void dot_rows(float *s, const float *q, int m, const float *y, int n, int d)
 {
-    const float one = 1.0f, zero = 0.0f;
-    if (m > 0 && n > 0) sgemm_("T", "N", &n, &m, &d, &one, y, &d, q, &d, &zero, s, &n);
+    if (m > 0 && n > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, d, 1.0f, q, d, y, d, 0.0f, s,
+                    n);
 }
 
 typedef struct ivf_list {
