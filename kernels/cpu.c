@@ -324,7 +324,7 @@ static void attend_block(const attn_job_t *j, int h, int i0, attn_scratch_t *w)
     }
 }
 
-void cpu_attention_ext(const attn_ext_args_t *e)
+rc_t cpu_attention_ext(const attn_ext_args_t *e)
 {
     const attn_args_t *a = &e->a;
     const int nh = a->n_heads;
@@ -345,23 +345,36 @@ void cpu_attention_ext(const attn_ext_args_t *e)
      * own threads and OpenMP's, both busy at once, fought over the cores (2-4x slower on
      * 2 cores at 1k-16k memory rows). */
     const int blas_threads = tasks > 1 ? cpu_blas_threads_single() : 1;
+    int failed = 0; /* some thread had no scratch: the output is incomplete */
 #pragma omp parallel if (tasks > 1)
     {
-        /* A few MiB whatever the input (QB, MT, the window, head_dim): failing to get them
-         * is the machine being out of memory, not a request being too large. */
+        /* QB rows of n_k scores and more per thread: a few MiB at the usual windows, but
+         * the window comes with the request, so running short is the caller's to answer.
+         * A thread without scratch still takes part in the loop (every thread must), doing
+         * nothing; the others stop early. */
         attn_scratch_t w;
-        if (!scratch_alloc(&w, e)) abort();
+        const int ok = scratch_alloc(&w, e);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic)
-        for (int t = 0; t < tasks; t++) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, &w);
-        scratch_free(&w);
+        for (int t = 0; t < tasks; t++) {
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (ok && !stop) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, &w);
+        }
+        if (ok) scratch_free(&w);
     }
     cpu_blas_threads_restore(blas_threads);
+    return failed ? RC_ERR_NOMEM : RC_OK;
 }
 
-void cpu_attention(const attn_args_t *a)
+rc_t cpu_attention(const attn_args_t *a)
 {
     attn_ext_args_t e = {.a = *a, .layout = CPU_ATTN_PLAIN};
-    cpu_attention_ext(&e);
+    return cpu_attention_ext(&e);
 }
 
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab)

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "common/dtype.h"
+#include "common/rc.h"
 
 /* y[m, n] = x[m, k] · w[n, k]ᵀ  (a Linear layer with HF's [out, in] weight layout). */
 void cpu_matmul_nt(float *y, const float *x, const float *w, int m, int n, int k);
@@ -59,7 +60,9 @@ typedef struct attn_args {
     float scale;           /* 1 / sqrt(head_dim) */
     float *out;            /* [n_q, n_heads, head_dim] */
 } attn_args_t;
-void cpu_attention(const attn_args_t *a);
+/* Returns RC_OK, or RC_ERR_NOMEM when its scratch (a few score blocks of n_k columns per
+ * thread) cannot be had; out is then unspecified. The same for the two variants below. */
+rc_t cpu_attention(const attn_args_t *a);
 
 /* Local attention whose (query, key) pairs take positions by distance (Self-Extend, Dual
  * Chunk Attention; model/positional.h says what the positions are). The caller rotates the
@@ -89,7 +92,7 @@ typedef struct attn_ext_args {
     const float *q_mem;    /* [n_q, n_heads, head_dim] queries for memory scores; NULL: a.q */
     float mem_scale;       /* factor of memory scores; 0: a.scale */
 } attn_ext_args_t;
-void cpu_attention_ext(const attn_ext_args_t *e);
+rc_t cpu_attention_ext(const attn_ext_args_t *e);
 
 /* out[t, :] = log_softmax(logits[t, :]), computed in double for the normalizer. */
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab);
@@ -111,6 +114,8 @@ typedef struct attn_knn_args {
     int k;              /* memory rows per (query, head) */
     const int64_t *idx; /* [n_q, n_heads, k] */
 } attn_knn_args_t;
-void cpu_attention_knn(const attn_knn_args_t *a);
+/* RC_ERR_NOMEM when the heads' local keys ([n_kv_heads, n_k, head_dim] copies) or a
+ * thread's k gathered rows cannot be allocated. */
+rc_t cpu_attention_knn(const attn_knn_args_t *a);
 
 #endif

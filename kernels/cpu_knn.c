@@ -13,16 +13,6 @@
 
 #include "kernels/cpu.h"
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, n);
-        abort();
-    }
-    return p;
-}
-
 /* dst [n, hd] = head kh of src [n, n_kv, hd]. */
 static void head_slice(float *dst, const float *src, int n, int n_kv, int kh, int hd)
 {
@@ -42,7 +32,7 @@ static void gather_row(float *dst, const char *src, dtype_t t, int hd)
     }
 }
 
-void cpu_attention_knn(const attn_knn_args_t *p)
+rc_t cpu_attention_knn(const attn_knn_args_t *p)
 {
     const attn_ext_args_t *e = &p->e;
     const attn_args_t *a = &e->a;
@@ -52,10 +42,18 @@ void cpu_attention_knn(const attn_knn_args_t *p)
     const int self_extend = e->layout == CPU_ATTN_SELF_EXTEND;
     const size_t hsz = (size_t)a->n_k * hd; /* floats of one head's slice */
 
-    /* Every kv head's local keys and values, contiguous: [n_kv, n_k, hd] each. */
-    float *kh_rot = xmalloc(nkv * hsz * sizeof(float));
-    float *kh_alt = self_extend ? xmalloc(nkv * hsz * sizeof(float)) : NULL;
-    float *vh = xmalloc(nkv * hsz * sizeof(float));
+    /* Every kv head's local keys and values, contiguous: [n_kv, n_k, hd] each. Their size
+     * (and k's, below) comes with the request: running short is the caller's to answer. */
+    const size_t hbytes = (nkv * hsz > 0 ? nkv * hsz : 1) * sizeof(float);
+    float *kh_rot = malloc(hbytes);
+    float *kh_alt = self_extend ? malloc(hbytes) : NULL;
+    float *vh = malloc(hbytes);
+    if (!kh_rot || (self_extend && !kh_alt) || !vh) {
+        free(kh_rot);
+        free(kh_alt);
+        free(vh);
+        return RC_ERR_NOMEM;
+    }
     for (int kv = 0; kv < nkv; kv++) {
         head_slice(kh_rot + kv * hsz, a->k, a->n_k, nkv, kv, hd);
         head_slice(vh + kv * hsz, a->v, a->n_k, nkv, kv, hd);
@@ -66,12 +64,22 @@ void cpu_attention_knn(const attn_knn_args_t *p)
      * rows, and the single-query calls below run on one thread each (BLAS included). */
     const long tasks = (long)nh * a->n_q;
     const int blas_threads = cpu_blas_threads_single();
+    int failed = 0; /* a thread had no rows buffer, or a single-query call no scratch */
 #pragma omp parallel if (tasks > 1)
     {
-        float *mk = xmalloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
-        float *mv = xmalloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
+        float *mk = malloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
+        float *mv = malloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
+        if (!mk || !mv) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        /* Every thread takes part in the loop; once one has failed, all skip the rest. */
 #pragma omp for schedule(static)
         for (long t = 0; t < tasks; t++) {
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop) continue;
             const int h = (int)(t / a->n_q), r = (int)(t % a->n_q), kv = h / group;
             const size_t qo = ((size_t)r * nh + h) * hd;
             const int64_t *ix = p->idx + ((size_t)r * nh + h) * k;
@@ -113,7 +121,10 @@ void cpu_attention_knn(const attn_knn_args_t *p)
                 .q_mem = e->q_mem ? e->q_mem + qo : NULL,
                 .mem_scale = e->mem_scale,
             };
-            cpu_attention_ext(&one);
+            if (cpu_attention_ext(&one)) {
+#pragma omp atomic write
+                failed = 1;
+            }
         }
         free(mk);
         free(mv);
@@ -122,4 +133,5 @@ void cpu_attention_knn(const attn_knn_args_t *p)
     free(kh_rot);
     free(kh_alt);
     free(vh);
+    return failed ? RC_ERR_NOMEM : RC_OK;
 }

@@ -369,17 +369,19 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
          * the scheme's cos/sin multiplier, which the query's rotation carries only once. */
         if (s->mscale != 1.0f) e.mem_scale = e.a.scale * s->mscale;
     }
+    rc_t rc;
     if (use_mem && s->knn) {
         /* The same rotated queries as exact memory scores; the score's positive factor does
          * not change the order. With k ≥ rows the lists hold every row: exact attention. */
         const size_t rows = e.a.n_mem;
         const int k = (size_t)s->o.knn_k < rows ? s->o.knn_k : (int)rows;
-        rc_t rc = knn_search(s, L->mem_layer, e.q_mem ? e.q_mem : s->q, n, k);
+        rc = knn_search(s, L->mem_layer, e.q_mem ? e.q_mem : s->q, n, k);
         if (rc) return rc;
-        cpu_attention_knn(&(attn_knn_args_t){.e = e, .k = k, .idx = s->knn_idx});
+        rc = cpu_attention_knn(&(attn_knn_args_t){.e = e, .k = k, .idx = s->knn_idx});
     } else {
-        cpu_attention_ext(&e);
+        rc = cpu_attention_ext(&e);
     }
+    if (rc) return rc;
     /* x += att · Woᵀ, through xn as the product's output. */
     cpu_matmul_nt(s->xn, s->att, W->wo, n, c->hidden, s->q_dim);
     for (size_t i = 0; i < (size_t)n * c->hidden; i++) s->x[i] += s->xn[i];
