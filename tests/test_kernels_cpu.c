@@ -1,7 +1,9 @@
 /* The CPU kernels against naive double-precision versions written out here. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common/dtype.h"
 #include "kernels/cpu.h"
@@ -217,6 +219,42 @@ static void test_log_softmax(void)
     CHECK(cpu_argmax(t, 4) == 1);
 }
 
+/* A window too large for memory (the window comes with a client's session options) is an
+ * RC_ERR_NOMEM answer, not an abort: the address space is capped at 64 GiB, so the
+ * attention's score scratch (64 query rows of n_k scores per thread) and the kNN path's
+ * copies of the heads' keys cannot be had, whatever the machine's memory and overcommit
+ * policy. Runs last: the cap stays. Not under AddressSanitizer, whose shadow memory needs
+ * the address space. */
+static void test_attention_nomem(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    return;
+#else
+    struct rlimit rl;
+    const rlim_t cap = (rlim_t)64 << 30;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > cap)) {
+        rl.rlim_cur = cap;
+        CHECK(setrlimit(RLIMIT_AS, &rl) == 0);
+    }
+    float q[64], k[64], v[64], out[64];
+    fill(q, 64, 1);
+    fill(k, 64, 1);
+    fill(v, 64, 1);
+    /* One query at offset 0 reads key 0 only; n_k sizes the scratch. */
+    attn_args_t a = {.n_q = 1, .n_k = INT_MAX, .n_heads = 1, .n_kv_heads = 1, .head_dim = 64,
+                     .q = q, .k = k, .v = v, .scale = 0.125f, .out = out};
+    CHECK_RC(cpu_attention(&a), RC_ERR_NOMEM);
+    const int64_t idx[1] = {-1};
+    attn_knn_args_t ka = {.e = {.a = a, .layout = CPU_ATTN_PLAIN}, .k = 1, .idx = idx};
+    CHECK_RC(cpu_attention_knn(&ka), RC_ERR_NOMEM);
+    /* The same call with a sane window still works under the cap. */
+    a.n_k = 1;
+    CHECK_RC(cpu_attention(&a), RC_OK);
+    ka.e.a.n_k = 1;
+    CHECK_RC(cpu_attention_knn(&ka), RC_OK);
+#endif
+}
+
 int main(void)
 {
     test_matmul();
@@ -236,5 +274,6 @@ int main(void)
     test_attention(4, 4, 16, 2, 0, 2049, DTYPE_F16);
     test_attention_causal_mask();
     test_log_softmax();
+    test_attention_nomem();
     return check_summary();
 }
