@@ -9,6 +9,15 @@
 #include "kernels/cpu.h"
 #include "tests/check.h"
 
+/* AddressSanitizer: GCC says so with __SANITIZE_ADDRESS__, clang through __has_feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
 static unsigned long long rng = 88172645463325252ull;
 static float frand(void) /* uniform in [-1, 1) */
 {
@@ -227,7 +236,7 @@ static void test_log_softmax(void)
  * the address space. */
 static void test_attention_nomem(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef UNDER_ASAN
     return;
 #else
     struct rlimit rl;
