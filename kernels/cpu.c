@@ -202,7 +202,10 @@ static int scratch_alloc(attn_scratch_t *w, const attn_ext_args_t *e)
             ok = ok && w->Kt && w->Vt;
         }
     }
-    if (!ok) scratch_free(w);
+    if (!ok) {
+        scratch_free(w);
+        memset(w, 0, sizeof *w); /* so that freeing it again is harmless */
+    }
     return ok;
 }
 
@@ -344,31 +347,27 @@ rc_t cpu_attention_ext(const attn_ext_args_t *e)
     /* Threads split the (head, block) tasks and each calls single-threaded BLAS: OpenBLAS's
      * own threads and OpenMP's, both busy at once, fought over the cores (2-4x slower on
      * 2 cores at 1k-16k memory rows). */
-    const int blas_threads = tasks > 1 ? cpu_blas_threads_single() : 1;
-    int failed = 0; /* some thread had no scratch: the output is incomplete */
-#pragma omp parallel if (tasks > 1)
-    {
-        /* QB rows of n_k scores and more per thread: a few MiB at the usual windows, but
-         * the window comes with the request, so running short is the caller's to answer.
-         * A thread without scratch still takes part in the loop (every thread must), doing
-         * nothing; the others stop early. */
-        attn_scratch_t w;
-        const int ok = scratch_alloc(&w, e);
-        if (!ok) {
-#pragma omp atomic write
-            failed = 1;
-        }
+    /* One scratch per thread: QB rows of n_k scores and more, a few MiB at the usual
+     * windows, but the window comes with the request, so running short is the caller's to
+     * answer. Allocated before the parallel region, so that no thread has to find out. */
+    const int nt = tasks > 1 ? omp_get_max_threads() : 1;
+    attn_scratch_t *ws = calloc((size_t)nt, sizeof *ws);
+    int ok = ws != NULL;
+    for (int i = 0; ok && i < nt; i++) ok = scratch_alloc(&ws[i], e);
+    if (ok) {
+        const int blas_threads = tasks > 1 ? cpu_blas_threads_single() : 1;
+#pragma omp parallel num_threads(nt) if (tasks > 1)
+        {
+            attn_scratch_t *w = &ws[omp_get_thread_num()];
 #pragma omp for schedule(dynamic)
-        for (int t = 0; t < tasks; t++) {
-            int stop;
-#pragma omp atomic read
-            stop = failed;
-            if (ok && !stop) attend_block(&job, t / n_blocks, (t % n_blocks) * QB, &w);
+            for (int t = 0; t < tasks; t++)
+                attend_block(&job, t / n_blocks, (t % n_blocks) * QB, w);
         }
-        if (ok) scratch_free(&w);
+        cpu_blas_threads_restore(blas_threads);
     }
-    cpu_blas_threads_restore(blas_threads);
-    return failed ? RC_ERR_NOMEM : RC_OK;
+    for (int i = 0; ws && i < nt; i++) scratch_free(&ws[i]);
+    free(ws);
+    return ok ? RC_OK : RC_ERR_NOMEM;
 }
 
 rc_t cpu_attention(const attn_args_t *a)

@@ -7,6 +7,7 @@
  * then exactly the reference kernel's, whatever it becomes. Heads' local keys and values are
  * copied out contiguous once per kv head (the reference reads one head as a row slice).
  * The (head, query) pairs are split over OpenMP threads. */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,18 +43,19 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
     const int self_extend = e->layout == CPU_ATTN_SELF_EXTEND;
     const size_t hsz = (size_t)a->n_k * hd; /* floats of one head's slice */
 
-    /* Every kv head's local keys and values, contiguous: [n_kv, n_k, hd] each. Their size
-     * (and k's, below) comes with the request: running short is the caller's to answer. */
+    /* Every kv head's local keys and values, contiguous: [n_kv, n_k, hd] each, and each
+     * thread's k gathered rows. Their sizes come with the request (the window, knn_k), so
+     * running short is the caller's to answer, before any thread starts. */
+    const long tasks = (long)nh * a->n_q;
+    const int nt = tasks > 1 ? omp_get_max_threads() : 1;
     const size_t hbytes = (nkv * hsz > 0 ? nkv * hsz : 1) * sizeof(float);
+    const size_t kk = k ? k : 1;
     float *kh_rot = malloc(hbytes);
     float *kh_alt = self_extend ? malloc(hbytes) : NULL;
     float *vh = malloc(hbytes);
-    if (!kh_rot || (self_extend && !kh_alt) || !vh) {
-        free(kh_rot);
-        free(kh_alt);
-        free(vh);
-        return RC_ERR_NOMEM;
-    }
+    float *gathered = malloc((size_t)nt * 2 * kk * hd * sizeof(float)); /* [nt, 2, k, hd] */
+    int failed = !kh_rot || (self_extend && !kh_alt) || !vh || !gathered;
+    if (failed) goto out;
     for (int kv = 0; kv < nkv; kv++) {
         head_slice(kh_rot + kv * hsz, a->k, a->n_k, nkv, kv, hd);
         head_slice(vh + kv * hsz, a->v, a->n_k, nkv, kv, hd);
@@ -62,18 +64,13 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
 
     /* (head, query) pairs are independent: threads split them, each with its own gathered
      * rows, and the single-query calls below run on one thread each (BLAS included). */
-    const long tasks = (long)nh * a->n_q;
     const int blas_threads = cpu_blas_threads_single();
-    int failed = 0; /* a thread had no rows buffer, or a single-query call no scratch */
-#pragma omp parallel if (tasks > 1)
+#pragma omp parallel num_threads(nt) if (tasks > 1)
     {
-        float *mk = malloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
-        float *mv = malloc((k ? k : 1) * hd * sizeof(float)); /* [k, hd] */
-        if (!mk || !mv) {
-#pragma omp atomic write
-            failed = 1;
-        }
-        /* Every thread takes part in the loop; once one has failed, all skip the rest. */
+        float *mk = gathered + (size_t)omp_get_thread_num() * 2 * kk * hd; /* [k, hd] */
+        float *mv = mk + kk * hd;                                           /* [k, hd] */
+        /* A single-query call that found no scratch fails the whole: every thread still
+         * takes part in the loop (all must), skipping what is left. */
 #pragma omp for schedule(static)
         for (long t = 0; t < tasks; t++) {
             int stop;
@@ -126,12 +123,12 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
                 failed = 1;
             }
         }
-        free(mk);
-        free(mv);
     }
     cpu_blas_threads_restore(blas_threads);
+out:
     free(kh_rot);
     free(kh_alt);
     free(vh);
+    free(gathered);
     return failed ? RC_ERR_NOMEM : RC_OK;
 }
