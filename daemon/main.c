@@ -299,28 +299,25 @@ int main(int argc, char **argv)
             *(opt == O_NLIST ? &cfg.defaults.knn_nlist : &cfg.defaults.knn_nprobe) = (uint32_t)v;
             break;
         }
-        case O_GPU_BUDGET: {
-            uint64_t b = 0;
-            if (size_parse(optarg, SESSION_BUDGET_MAX, &b)) {
-                fprintf(stderr,
-                        "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G or "
-                        "a number of bytes (at most 1P), or 0 / none for no limit; not '%s'\n",
-                        optarg);
-                return 2;
-            }
-            gpu_budget = b ? (size_t)b : SIZE_MAX; /* none: no limit */
-            break;
-        }
+        case O_GPU_BUDGET:
         case O_HOST_BUDGET: {
+            const int gpu = opt == O_GPU_BUDGET;
             uint64_t b = 0;
             if (size_parse(optarg, SESSION_BUDGET_MAX, &b)) {
-                fprintf(stderr,
-                        "recalld: --host-memory-budget must be a size such as 512M, 16G, 1.5G "
-                        "or a number of bytes, or none for no limit; not '%s'\n",
-                        optarg);
+                if (gpu)
+                    fprintf(stderr,
+                            "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G "
+                            "or a number of bytes (at most 1P), or 0 / none for no limit; not "
+                            "'%s'\n",
+                            optarg);
+                else
+                    fprintf(stderr,
+                            "recalld: --host-memory-budget must be a size such as 512M, 16G, "
+                            "1.5G or a number of bytes, or none for no limit; not '%s'\n",
+                            optarg);
                 return 2;
             }
-            host_budget = b ? (size_t)b : SIZE_MAX; /* none: no limit */
+            *(gpu ? &gpu_budget : &host_budget) = b ? (size_t)b : SIZE_MAX; /* none: no limit */
             break;
         }
         case O_POSITIONAL: cfg.defaults.positional = optarg; break;
