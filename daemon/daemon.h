@@ -7,6 +7,9 @@
  * guarded by daemon.mu. A session's memory object, stream and token array are touched only
  * by the worker, or by whoever frees the session once no job holds it.
  *
+ * Which thread answers each request kind, what is checked before it runs and how its
+ * reply is built is one table (request.c); both threads answer through its reply path.
+ *
  * Sessions open lazily: start-up reads the catalogue only, and a session's tokens and
  * memory rows come in when a job first needs them (residency.c), moving other sessions'
  * rows down a tier when the daemon-wide budgets ask for room. */
@@ -210,16 +213,87 @@ void session_account_locked(daemon_t *d, session_t *s);
 rc_t session_table_add(daemon_t *d, session_t *s);
 void session_table_remove(daemon_t *d, session_t *s);
 
+/* ---- request.c: the request table and the reply path ---- */
+typedef enum request_thread {
+    REQUEST_MAIN,   /* answered by the main loop at once (no model work) */
+    REQUEST_WORKER, /* queued for the worker */
+} request_thread_t;
+
+/* What the worker brings in (residency.c) before a job on a session runs. */
+typedef enum request_bring {
+    BRING_NONE = 0, /* nothing: the handler reads what it needs itself (Verify) */
+    BRING_TOKENS,   /* the session's tokens (Score of a session) */
+    BRING_ROWS,     /* its tokens, memory rows and stream (Ingest, Ask) */
+} request_bring_t;
+
+/* One request being answered, on either thread. Replies go through request_reply,
+ * request_progress and request_error only; each request gets exactly one final reply
+ * (more = 0) after any number of more = 1 ones. */
+typedef struct request request_t;
+
+/* One row of the table: everything that differs between request kinds. */
+typedef struct request_kind {
+    int body;         /* Recall__Request__BodyCase */
+    const char *name; /* the oneof field's name on the wire */
+    request_thread_t thread;
+    /* Decoder (main thread, before anything runs or is queued; NULL: nothing to check):
+     * refuses what needs no model — a bad session name, sizes over the limits, invalid
+     * UTF-8, token ids out of range — with err set; for worker kinds *session gets the
+     * session to queue the job on (left NULL for none). */
+    rc_t (*decode)(daemon_t *d, const Recall__Request *req, const char **session, char *err,
+                   size_t errlen);
+    /* Handler: runs on `thread` and sends the final reply (worker handlers run with the
+     * session brought in as `bring` says). */
+    void (*handle)(request_t *q);
+    /* Reply builder: puts this kind's response body into the Response's oneof. */
+    void (*put)(Recall__Response *resp, void *body);
+    request_bring_t bring; /* worker kinds */
+    int credit;            /* takes one of the session's Ingest credits (DAEMON_CREDIT) */
+    int unavailable_ok;    /* runs on an unavailable session (Verify) */
+} request_kind_t;
+
+struct request {
+    daemon_t *d;
+    const request_kind_t *kind; /* NULL only for a frame that did not decode */
+    void *sock;                 /* the ROUTER (main thread) or the worker's PAIR */
+    route_t route;
+    uint64_t id;
+    const Recall__Request *req; /* borrowed: the job's or the main loop's */
+    session_t *sess;            /* the job's reference, or NULL (main thread, Score of text) */
+    int credit;                 /* holds an Ingest credit of sess until the final reply */
+};
+
+/* The row for a Request's body_case, or NULL for none / an unknown one. */
+const request_kind_t *request_kind_find(int body_case);
+/* The kinds' wire names, comma-separated, into buf. */
+void request_kind_names(char *buf, size_t len);
+/* Success with this kind's body (NULL: status only); more = 1 for a partial reply. Takes
+ * no lock unless the reply is the last of an Ingest, so it may be called under mu with a
+ * body pointing at session counters (but not for an Ingest). */
+void request_reply(request_t *q, void *body, int more);
+/* A partial reply with a Progress body. */
+void request_progress(request_t *q, uint64_t done, uint64_t total);
+/* The final reply of a failure: Status code (the rc_t itself) and message, no body;
+ * counts in d->errors (takes mu: never call it under mu). */
+void request_error(request_t *q, rc_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- server.c: the main loop and the main thread's handlers ---- */
+rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
+void serve_create(request_t *q);
+void serve_info(request_t *q);
+void serve_list(request_t *q);
+void serve_drop(request_t *q);
+void serve_stats(request_t *q);
+void serve_health(request_t *q);
+void serve_tokenize(request_t *q);
+
 /* ---- work.c (worker thread) ---- */
 void *worker_main(void *arg);
-
-/* ---- server.c ---- */
-/* Packs resp and sends it to route over sock (ROUTER or the worker's PAIR). */
-int server_send(void *sock, const route_t *route, Recall__Response *resp);
-/* Sends a response with only a status (and optionally more=false). */
-int server_send_status(void *sock, const route_t *route, uint64_t id, rc_t code, const char *fmt,
-                       ...) __attribute__((format(printf, 5, 6)));
-rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
+void work_ingest(request_t *q);
+void work_ask(request_t *q);
+void work_score(request_t *q);
+void work_verify(request_t *q);
 
 /* Non-zero when the backend keeps session memory on a GPU (a mirror of the host store). */
 static inline int daemon_memory_on_device(const daemon_t *d)

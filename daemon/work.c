@@ -1,4 +1,8 @@
-/* work.c — the worker thread: Ingest, Ask and Score, one job at a time.
+/* work.c — the worker thread: Ingest, Ask, Score and Verify, one job at a time.
+ *
+ * The jobs come from the queue server.c fills; each runs through its row of the request
+ * table (request.c) and answers through request_reply / request_error, whose messages the
+ * main loop forwards.
  *
  * The worker owns every session's stream and token array. It takes a mark before touching
  * a stream and rewinds to it on any failure, so a failed or rolled-back job leaves the
@@ -20,47 +24,6 @@
 #include "model/sample.h"
 #include <zmq.h>
 
-static void wsend(daemon_t *d, job_t *j, Recall__Response *resp)
-{
-    resp->id = j->req->id;
-    server_send(d->pair_worker, &j->route, resp);
-}
-
-static void wsend_ok(daemon_t *d, job_t *j, Recall__Response *resp)
-{
-    Recall__Status st = RECALL__STATUS__INIT;
-    st.message = (char *)"ok";
-    resp->status = &st;
-    wsend(d, j, resp);
-}
-
-static void wsend_err(daemon_t *d, job_t *j, rc_t code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void wsend_err(daemon_t *d, job_t *j, rc_t code, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&d->mu);
-    d->errors++;
-    pthread_mutex_unlock(&d->mu);
-    server_send_status(d->pair_worker, &j->route, j->req->id, code, "%s", msg);
-}
-
-static void wsend_progress(daemon_t *d, job_t *j, uint64_t done, uint64_t total)
-{
-    Recall__Response resp = RECALL__RESPONSE__INIT;
-    Recall__Progress p = RECALL__PROGRESS__INIT;
-    p.done = done;
-    p.total = total;
-    resp.more = 1;
-    resp.body_case = RECALL__RESPONSE__BODY_PROGRESS;
-    resp.progress = &p;
-    wsend_ok(d, j, &resp);
-}
-
 /* ---- durable append: the commit unit ------------------------------------------------- */
 
 typedef struct append_result {
@@ -70,9 +33,10 @@ typedef struct append_result {
 /* Appends nn tokens to s, runs every window they complete through the stream, and commits
  * tokens, windows and record in one transaction. seq > 0 marks an Ingest chunk (last_seq
  * and ingest_chunks advance). On failure the session is unchanged and err says why. */
-static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *newt, size_t nn,
-                           uint64_t seq, append_result_t *res, char *err, size_t errlen)
+static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size_t nn, uint64_t seq,
+                           append_result_t *res, char *err, size_t errlen)
 {
+    daemon_t *d = q->d;
     pthread_mutex_lock(&d->mu);
     uint64_t n_old = s->n_tokens, win_old = s->windows, last_seq = s->last_seq;
     uint64_t chunks = s->ingest_chunks, next_chunk = s->next_chunk;
@@ -139,7 +103,7 @@ static rc_t append_durable(daemon_t *d, job_t *j, session_t *s, const int32_t *n
                      (unsigned long long)(win_old + w), rc_strerror(rc));
             goto fail;
         }
-        if (nwin > 1 && w + 1 < nwin) wsend_progress(d, j, (w + 1) * W, nwin * W);
+        if (nwin > 1 && w + 1 < nwin) request_progress(q, (w + 1) * W, nwin * W);
     }
 
     uint64_t new_seq = seq ? seq : last_seq;
@@ -198,77 +162,65 @@ fail:
 
 /* ---- Ingest -------------------------------------------------------------------------- */
 
-static void ingest_done(daemon_t *d, session_t *s)
+/* Every reply below is the job's last, so it also gives the session's Ingest credit back
+ * (request.c), before the client can send its next chunk. */
+void work_ingest(request_t *q)
 {
-    pthread_mutex_lock(&d->mu);
-    s->queued_ingest--;
-    pthread_mutex_unlock(&d->mu);
-}
-
-static void do_ingest(daemon_t *d, job_t *j)
-{
-    Recall__IngestRequest *q = j->req->ingest;
-    session_t *s = j->sess;
+    daemon_t *d = q->d;
+    const Recall__IngestRequest *in = q->req->ingest;
+    session_t *s = q->sess;
     char err[1024];
     pthread_mutex_lock(&d->mu);
     int dropped = s->dropped;
     uint64_t last_seq = s->last_seq, n_tok = s->n_tokens, windows = s->windows;
     pthread_mutex_unlock(&d->mu);
-    Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__IngestResponse ir = RECALL__INGEST_RESPONSE__INIT;
-    ir.seq = q->seq;
+    ir.seq = in->seq;
     ir.credit = DAEMON_CREDIT;
-    resp.body_case = RECALL__RESPONSE__BODY_INGEST;
-    resp.ingest = &ir;
     if (dropped) {
-        ingest_done(d, s);
-        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        request_error(q, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
         return;
     }
-    if (q->seq <= last_seq) {
+    if (in->seq <= last_seq) {
         ir.duplicate = 1;
         ir.tokens = n_tok;
         ir.windows = windows;
-        ingest_done(d, s);
-        wsend_ok(d, j, &resp);
+        request_reply(q, &ir, 0);
         return;
     }
-    if (q->seq != last_seq + 1) {
-        ingest_done(d, s);
-        wsend_err(d, j, RC_ERR_SEQUENCE,
-                  "Ingest seq %llu for session '%s' leaves a gap: expected seq %llu (the last "
-                  "acknowledged is %llu)",
-                  (unsigned long long)q->seq, s->name, (unsigned long long)(last_seq + 1),
-                  (unsigned long long)last_seq);
+    if (in->seq != last_seq + 1) {
+        request_error(q, RC_ERR_SEQUENCE,
+                      "Ingest seq %llu for session '%s' leaves a gap: expected seq %llu (the "
+                      "last acknowledged is %llu)",
+                      (unsigned long long)in->seq, s->name, (unsigned long long)(last_seq + 1),
+                      (unsigned long long)last_seq);
         return;
     }
     int32_t *toks = NULL;
     size_t nn = 0;
     rc_t rc = RC_OK;
-    size_t tl = strlen(q->text);
+    size_t tl = strlen(in->text);
     if (tl) {
         int bos = n_tok == 0 && tokenizer_bos_id(d->tok) >= 0;
-        rc = tokenizer_encode(d->tok, q->text, tl, bos, &toks, &nn);
+        rc = tokenizer_encode(d->tok, in->text, tl, bos, &toks, &nn);
         if (rc) {
-            ingest_done(d, s);
-            wsend_err(d, j, rc, "cannot tokenize the chunk: %s", rc_strerror(rc));
+            request_error(q, rc, "cannot tokenize the chunk: %s", rc_strerror(rc));
             return;
         }
     }
     append_result_t res = {0};
-    rc = append_durable(d, j, s, tl ? toks : q->tokens, tl ? nn : q->n_tokens, q->seq, &res, err,
+    rc = append_durable(q, s, tl ? toks : in->tokens, tl ? nn : in->n_tokens, in->seq, &res, err,
                         sizeof err);
     free(toks);
-    ingest_done(d, s);
     if (rc) {
-        wsend_err(d, j, rc, "Ingest seq %llu into '%s' failed, nothing changed: %s",
-                  (unsigned long long)q->seq, s->name, err);
+        request_error(q, rc, "Ingest seq %llu into '%s' failed, nothing changed: %s",
+                      (unsigned long long)in->seq, s->name, err);
         return;
     }
     ir.tokens_added = res.tokens - n_tok;
     ir.tokens = res.tokens;
     ir.windows = res.windows;
-    wsend_ok(d, j, &resp);
+    request_reply(q, &ir, 0);
 }
 
 /* ---- Ask ----------------------------------------------------------------------------- */
@@ -339,10 +291,11 @@ static char *text_delta(daemon_t *d, text_stream_t *ts, const int32_t *gen, size
     return out;
 }
 
-static void do_ask(daemon_t *d, job_t *j)
+void work_ask(request_t *q)
 {
-    Recall__AskRequest *q = j->req->ask;
-    session_t *s = j->sess;
+    daemon_t *d = q->d;
+    const Recall__AskRequest *a = q->req->ask;
+    session_t *s = q->sess;
     const int vocab = d->mc->vocab_size;
     char err[1024];
     pthread_mutex_lock(&d->mu);
@@ -350,50 +303,50 @@ static void do_ask(daemon_t *d, job_t *j)
     uint64_t n_tok = s->n_tokens, windows = s->windows;
     pthread_mutex_unlock(&d->mu);
     if (dropped) {
-        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        request_error(q, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
         return;
     }
     int32_t *qt = NULL, *prompt = NULL, *gen = NULL, *app = NULL;
     float *logits = NULL;
     size_t nq = 0;
     rc_t rc = RC_OK;
-    size_t ql = strlen(q->question);
+    size_t ql = strlen(a->question);
     if (ql) {
         /* An empty session: the question is its first token, so BOS comes first. */
         int bos = n_tok == 0 && tokenizer_bos_id(d->tok) >= 0;
-        rc = tokenizer_encode(d->tok, q->question, ql, bos, &qt, &nq);
+        rc = tokenizer_encode(d->tok, a->question, ql, bos, &qt, &nq);
         if (rc) {
-            wsend_err(d, j, rc, "cannot tokenize the question: %s", rc_strerror(rc));
+            request_error(q, rc, "cannot tokenize the question: %s", rc_strerror(rc));
             return;
         }
-    } else if (q->n_question_tokens) {
-        nq = q->n_question_tokens;
+    } else if (a->n_question_tokens) {
+        nq = a->n_question_tokens;
         qt = malloc(nq * sizeof *qt);
-        if (qt) memcpy(qt, q->question_tokens, nq * sizeof *qt);
+        if (qt) memcpy(qt, a->question_tokens, nq * sizeof *qt);
     }
     uint64_t tail_start = windows * (uint64_t)s->window;
     size_t ntail = (size_t)(n_tok - tail_start);
     size_t np = ntail + nq;
-    uint32_t max_tokens = q->max_tokens ? q->max_tokens : ASK_DEFAULT_TOKENS;
+    uint32_t max_tokens = a->max_tokens ? a->max_tokens : ASK_DEFAULT_TOKENS;
     if (max_tokens > ASK_MAX_TOKENS) max_tokens = ASK_MAX_TOKENS;
     prompt = malloc((np ? np : 1) * sizeof *prompt);
     gen = malloc(max_tokens * sizeof *gen);
     logits = malloc((size_t)vocab * sizeof *logits);
     if ((nq && !qt) || !prompt || !gen || !logits) {
-        wsend_err(d, j, RC_ERR_NOMEM, "out of memory for the question");
+        request_error(q, RC_ERR_NOMEM, "out of memory for the question");
         goto out;
     }
     if (np == 0) {
-        wsend_err(d, j, RC_ERR_INVALID,
-                  "nothing to answer from: session '%s' is empty and the question is empty",
-                  s->name);
+        request_error(q, RC_ERR_INVALID,
+                      "nothing to answer from: session '%s' is empty and the question is empty",
+                      s->name);
         goto out;
     }
     if (ntail) memcpy(prompt, s->tokens + tail_start, ntail * sizeof *prompt);
     if (nq) memcpy(prompt + ntail, qt, nq * sizeof *prompt);
 
     sampler_t sm;
-    sampler_init(&sm, q->temperature, q->top_p, q->seed);
+    sampler_init(&sm, a->temperature, a->top_p, a->seed);
     int eos = tokenizer_eos_id(d->tok);
     if (eos < 0) eos = d->mc->eos_id;
     model_stream_mark_t mark = model_stream_get_mark(s->stream);
@@ -402,7 +355,7 @@ static void do_ask(daemon_t *d, job_t *j)
     double t1 = clock_now_s();
     if (rc) {
         model_stream_rewind(s->stream, mark);
-        wsend_err(d, j, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
+        request_error(q, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
         goto out;
     }
     size_t ng = 0;
@@ -411,31 +364,27 @@ static void do_ask(daemon_t *d, job_t *j)
     while (ng < max_tokens) {
         if (d->worker_stop_now) {
             model_stream_rewind(s->stream, mark);
-            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; the answer was cut short");
+            request_error(q, RC_ERR_SHUTDOWN, "the daemon is stopping; the answer was cut short");
             goto out;
         }
         int tok = sampler_sample(&sm, logits, vocab);
-        if (tok == eos && !q->ignore_eos) {
+        if (tok == eos && !a->ignore_eos) {
             reason = "eos";
             break;
         }
         gen[ng++] = tok;
-        Recall__Response resp = RECALL__RESPONSE__INIT;
         Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
         char *delta = text_delta(d, &ts, gen, ng, 0);
         ar.token = tok;
         ar.text = delta ? delta : (char *)"";
-        resp.more = 1;
-        resp.body_case = RECALL__RESPONSE__BODY_ASK;
-        resp.ask = &ar;
-        wsend_ok(d, j, &resp);
+        request_reply(q, &ar, 1);
         free(delta);
         if (ng == max_tokens) break;
         int32_t t32 = tok;
         rc = model_stream_feed(s->stream, &t32, 1, NULL, logits);
         if (rc) {
             model_stream_rewind(s->stream, mark);
-            wsend_err(d, j, rc, "the forward pass failed while generating: %s", rc_strerror(rc));
+            request_error(q, rc, "the forward pass failed while generating: %s", rc_strerror(rc));
             goto out;
         }
     }
@@ -446,23 +395,22 @@ static void do_ask(daemon_t *d, job_t *j)
     d->tokens_generated += ng;
     pthread_mutex_unlock(&d->mu);
     /* ...unless the client asked to keep it: question and answer become a durable chunk. */
-    if (q->append && nq + ng > 0) {
+    if (a->append && nq + ng > 0) {
         app = malloc((nq + ng) * sizeof *app);
         if (!app) {
-            wsend_err(d, j, RC_ERR_NOMEM, "out of memory appending the answer");
+            request_error(q, RC_ERR_NOMEM, "out of memory appending the answer");
             goto out;
         }
         if (nq) memcpy(app, qt, nq * sizeof *app);
         if (ng) memcpy(app + nq, gen, ng * sizeof *app);
         append_result_t res;
-        rc = append_durable(d, j, s, app, nq + ng, 0, &res, err, sizeof err);
+        rc = append_durable(q, s, app, nq + ng, 0, &res, err, sizeof err);
         if (rc) {
-            wsend_err(d, j, rc, "the answer was generated but appending it to '%s' failed: %s",
-                      s->name, err);
+            request_error(q, rc, "the answer was generated but appending it to '%s' failed: %s",
+                          s->name, err);
             goto out;
         }
     }
-    Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
     char *rest = text_delta(d, &ts, gen, ng, 1);
     ar.token = -1;
@@ -473,9 +421,7 @@ static void do_ask(daemon_t *d, job_t *j)
     ar.prefill_ms = (t1 - t0) * 1e3;
     ar.decode_ms = (t2 - t1) * 1e3;
     ar.stop_reason = (char *)reason;
-    resp.body_case = RECALL__RESPONSE__BODY_ASK;
-    resp.ask = &ar;
-    wsend_ok(d, j, &resp);
+    request_reply(q, &ar, 0);
     free(rest);
 out:
     free(qt);
@@ -487,10 +433,11 @@ out:
 
 /* ---- Score --------------------------------------------------------------------------- */
 
-static void do_score(daemon_t *d, job_t *j)
+void work_score(request_t *q)
 {
-    Recall__ScoreRequest *q = j->req->score;
-    session_t *s = j->sess;
+    daemon_t *d = q->d;
+    const Recall__ScoreRequest *sq = q->req->score;
+    session_t *s = q->sess;
     const int vocab = d->mc->vocab_size;
     char err[1024];
     model_stream_opts_t o;
@@ -507,45 +454,45 @@ static void do_score(daemon_t *d, job_t *j)
         o = s->opts;
         pthread_mutex_unlock(&d->mu);
         if (dropped) {
-            wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+            request_error(q, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
             return;
         }
         toks = s->tokens; /* only this thread appends to it */
     } else {
-        Recall__SessionOptions want = session_opts_with_defaults(d, q->options);
+        Recall__SessionOptions want = session_opts_with_defaults(d, sq->options);
         rc = session_opts_resolve(d, &want, &o, err, sizeof err);
         if (rc) {
-            wsend_err(d, j, rc, "score options: %s", err);
+            request_error(q, rc, "score options: %s", err);
             return;
         }
-        size_t tl = strlen(q->text);
+        size_t tl = strlen(sq->text);
         if (tl) {
-            rc = tokenizer_encode(d->tok, q->text, tl, q->add_bos && tokenizer_bos_id(d->tok) >= 0,
-                                  &owned, &n);
+            rc = tokenizer_encode(d->tok, sq->text, tl,
+                                  sq->add_bos && tokenizer_bos_id(d->tok) >= 0, &owned, &n);
             if (rc) {
-                wsend_err(d, j, rc, "cannot tokenize the text: %s", rc_strerror(rc));
+                request_error(q, rc, "cannot tokenize the text: %s", rc_strerror(rc));
                 return;
             }
             toks = owned;
         } else {
-            toks = q->tokens;
-            n = q->n_tokens;
+            toks = sq->tokens;
+            n = sq->n_tokens;
         }
     }
     if (n < 2) {
-        wsend_err(d, j, RC_ERR_INVALID, "scoring needs at least 2 tokens; got %zu", n);
+        request_error(q, RC_ERR_INVALID, "scoring needs at least 2 tokens; got %zu", n);
         goto out;
     }
     lp = malloc(n * sizeof *lp);
     logits = malloc((size_t)vocab * sizeof *logits);
     if (!lp || !logits) {
-        wsend_err(d, j, RC_ERR_NOMEM, "out of memory for %zu log-probabilities", n);
+        request_error(q, RC_ERR_NOMEM, "out of memory for %zu log-probabilities", n);
         goto out;
     }
     o.gpu_memory_budget = daemon_stream_gpu_budget(d, &o);
     rc = model_stream_create_on(d->backend, &o, &st);
     if (rc) {
-        wsend_err(d, j, rc, "cannot create a stream: %s", rc_strerror(rc));
+        request_error(q, rc, "cannot create a stream: %s", rc_strerror(rc));
         goto out;
     }
     /* Window by window (aligned to the first token), so long texts report progress; the
@@ -554,13 +501,13 @@ static void do_score(daemon_t *d, job_t *j)
     const size_t W = (size_t)o.window;
     for (size_t pos = 0; pos < n; pos += W) {
         if (d->worker_stop_now) {
-            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; scoring was abandoned");
+            request_error(q, RC_ERR_SHUTDOWN, "the daemon is stopping; scoring was abandoned");
             goto out;
         }
         size_t piece = n - pos < W ? n - pos : W;
         rc = model_stream_feed(st, toks + pos, piece, lp + pos, logits);
         if (rc) {
-            wsend_err(d, j, rc, "the forward pass failed at token %zu: %s", pos, rc_strerror(rc));
+            request_error(q, rc, "the forward pass failed at token %zu: %s", pos, rc_strerror(rc));
             goto out;
         }
         if (pos + piece < n) {
@@ -571,25 +518,22 @@ static void do_score(daemon_t *d, job_t *j)
             for (int v = 0; v < vocab; v++)
                 sum += exp((double)(logits[v] - mx));
             lp[pos + piece - 1] = (float)((double)(logits[toks[pos + piece]] - mx) - log(sum));
-            wsend_progress(d, j, pos + piece, n);
+            request_progress(q, pos + piece, n);
         }
     }
     double nll = 0;
     for (size_t i = 0; i + 1 < n; i++)
         nll -= (double)lp[i];
-    Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__ScoreResponse sr = RECALL__SCORE_RESPONSE__INIT;
     sr.tokens = n;
     sr.scored = n - 1;
     sr.nll = nll;
     sr.ppl = exp(nll / (double)(n - 1));
-    if (q->want_logprobs) {
+    if (sq->want_logprobs) {
         sr.n_logprobs = n - 1;
         sr.logprobs = lp;
     }
-    resp.body_case = RECALL__RESPONSE__BODY_SCORE;
-    resp.score = &sr;
-    wsend_ok(d, j, &resp);
+    request_reply(q, &sr, 0);
 out:
     model_stream_destroy(&st);
     free(owned);
@@ -602,11 +546,11 @@ out:
 /* Reads the whole session back: every row against its checksum, the tokens against the
  * record. It runs for an unavailable session too (that is when it is wanted), and a
  * session that passes becomes available again if its rows were what had failed. */
-static void do_verify(daemon_t *d, job_t *j)
+void work_verify(request_t *q)
 {
-    session_t *s = j->sess;
+    daemon_t *d = q->d;
+    session_t *s = q->sess;
     char err[1024] = "";
-    Recall__Response resp = RECALL__RESPONSE__INIT;
     Recall__VerifySessionResponse vr = RECALL__VERIFY_SESSION_RESPONSE__INIT;
     double t0 = clock_now_s();
     pthread_mutex_lock(&d->mu);
@@ -616,7 +560,7 @@ static void do_verify(daemon_t *d, job_t *j)
     snprintf(problem, sizeof problem, "%s", s->problem);
     pthread_mutex_unlock(&d->mu);
     if (dropped) {
-        wsend_err(d, j, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
+        request_error(q, RC_ERR_NOT_FOUND, "session '%s' was dropped", s->name);
         return;
     }
     rc_t rc = RC_OK;
@@ -644,7 +588,7 @@ static void do_verify(daemon_t *d, job_t *j)
         }
     }
     if (rc && rc != RC_ERR_UNAVAILABLE) {
-        wsend_err(d, j, rc, "verifying '%s' failed: %s", s->name, err);
+        request_error(q, rc, "verifying '%s' failed: %s", s->name, err);
         return;
     }
     pthread_mutex_lock(&d->mu);
@@ -661,9 +605,7 @@ static void do_verify(daemon_t *d, job_t *j)
     vr.ok = rc == RC_OK;
     vr.problem = rc ? err : (char *)"";
     vr.seconds = clock_now_s() - t0;
-    resp.body_case = RECALL__RESPONSE__BODY_VERIFY_SESSION;
-    resp.verify_session = &vr;
-    wsend_ok(d, j, &resp);
+    request_reply(q, &vr, 0);
 }
 
 /* ---- the thread ---------------------------------------------------------------------- */
@@ -673,6 +615,45 @@ static void job_free(daemon_t *d, job_t *j)
     recall__request__free_unpacked(j->req, NULL);
     session_unref(d, j->sess);
     free(j);
+}
+
+/* Runs one job through its row of the request table: the session brought in as the row
+ * says, the handler, the session released. */
+static void run_job(daemon_t *d, job_t *j, int stopping)
+{
+    const request_kind_t *k = request_kind_find((int)j->req->body_case);
+    request_t q = {.d = d,
+                   .kind = k,
+                   .sock = d->pair_worker,
+                   .route = j->route,
+                   .id = j->req->id,
+                   .req = j->req,
+                   .sess = j->sess,
+                   .credit = k && k->credit && j->sess};
+    if (stopping) {
+        request_error(&q, RC_ERR_SHUTDOWN, "the daemon is stopping; the request was not run");
+    } else if (!k || k->thread != REQUEST_WORKER) {
+        request_error(&q, RC_ERR_INTERNAL, "the worker got a request it cannot run");
+    } else if (k->bring == BRING_NONE) {
+        k->handle(&q);
+    } else {
+        /* Ingest and Ask run on the session's rows; Score of a session re-reads its tokens
+         * only; Score of a text has no session. */
+        char err[1024];
+        rc_t rc =
+            q.sess ? session_bring_in(d, q.sess, k->bring == BRING_ROWS, err, sizeof err) : RC_OK;
+        if (rc) {
+            request_error(&q, rc, "%s", err);
+        } else {
+            k->handle(&q);
+            if (q.sess) session_release(d, q.sess);
+        }
+    }
+    if (q.credit) { /* a handler that sent no final reply: the credit must not leak */
+        pthread_mutex_lock(&d->mu);
+        q.sess->queued_ingest--;
+        pthread_mutex_unlock(&d->mu);
+    }
 }
 
 void *worker_main(void *arg)
@@ -699,37 +680,7 @@ void *worker_main(void *arg)
         int stopping = d->stopping;
         pthread_mutex_unlock(&d->mu);
         if (!j) break; /* stopping and nothing left */
-        if (stopping) {
-            if (j->req->body_case == RECALL__REQUEST__BODY_INGEST) ingest_done(d, j->sess);
-            wsend_err(d, j, RC_ERR_SHUTDOWN, "the daemon is stopping; the request was not run");
-        } else if (j->req->body_case == RECALL__REQUEST__BODY_VERIFY_SESSION) {
-            do_verify(d, j);
-        } else {
-            /* Ingest and Ask run on the session's rows; Score of a session re-reads its
-             * tokens only. */
-            char err[1024];
-            int rows = j->req->body_case != RECALL__REQUEST__BODY_SCORE;
-            rc_t rc = j->sess ? session_bring_in(d, j->sess, rows, err, sizeof err) : RC_OK;
-            if (rc) {
-                if (j->req->body_case == RECALL__REQUEST__BODY_INGEST) ingest_done(d, j->sess);
-                wsend_err(d, j, rc, "%s", err);
-            } else {
-                switch (j->req->body_case) {
-                case RECALL__REQUEST__BODY_INGEST:
-                    do_ingest(d, j);
-                    break;
-                case RECALL__REQUEST__BODY_ASK:
-                    do_ask(d, j);
-                    break;
-                case RECALL__REQUEST__BODY_SCORE:
-                    do_score(d, j);
-                    break;
-                default:
-                    wsend_err(d, j, RC_ERR_INTERNAL, "the worker got a request it cannot run");
-                }
-                if (j->sess) session_release(d, j->sess);
-            }
-        }
+        run_job(d, j, stopping);
         job_free(d, j);
     }
     zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */

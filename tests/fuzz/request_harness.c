@@ -1,8 +1,9 @@
 /* request_harness.c — see request_harness.h.
  *
- * daemon/server.c is compiled into this file on purpose: the frame checks (name_ok,
- * check_tokens, handle_work, handle_message) are static there, and fuzzing a copy of them
- * would test the copy. Nothing in the daemon changes for this. */
+ * daemon/server.c is compiled into this file on purpose: the frame checks and the dispatch
+ * (handle_message, enqueue) are static there, and fuzzing a copy of them would test the
+ * copy. The decoders they call are the request table's (daemon/request.c, linked in).
+ * Nothing in the daemon changes for this. */
 #include "daemon/server.c"
 
 #include <limits.h>
