@@ -4,8 +4,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "kernels/cuda.h"
 #include "memory/tiers.h"
@@ -227,8 +227,7 @@ rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store, int knn)
         if (!cuda_host_alloc(&st.buf[0], want) && !cuda_host_alloc(&st.buf[1], want))
             st.bytes = want; /* else: straight copies, slower but the same */
     }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = clock_now_s();
     rc_t rc = RC_OK;
     for (int i = 0; i < t->n_layers && !rc; i++) {
         const char *hk = memory_store_keys(store, i), *hv = memory_store_values(store, i);
@@ -241,9 +240,7 @@ rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store, int knn)
     t->rows = host - t->spill;
     const size_t total = 2 * n * rb * (size_t)t->n_layers;
     if (total >= STAGE_MAX) {
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        const double sec =
-            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        const double sec = clock_now_s() - t0;
         log_info("%s: %zu memory rows (%.1f MiB) uploaded to the device in %.3f s (%.1f GB/s%s)",
                  t->who, n, mib(total), sec, sec > 0 ? (double)total / sec / 1e9 : 0.0,
                  st.bytes ? ", staged" : "");
