@@ -26,7 +26,6 @@ import math
 import os
 import sys
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,12 +127,7 @@ class Stream(R.Stream):
         x = m.emb[torch.tensor(toks, dtype=torch.long)]
         masked = torch.arange(n)[None, :] > (torch.arange(T)[:, None] + C)
         for l, Lw in enumerate(m.layers):
-            h = m.rmsnorm(x, Lw["attn_norm"])
-            q = (h @ Lw["wq"].T).view(T, nh, D)
-            k = (h @ Lw["wk"].T).view(T, nkv, D)
-            v = (h @ Lw["wv"].T).view(T, nkv, D)
-            self.cache_k[l] = torch.cat([self.cache_k[l], k])
-            self.cache_v[l] = torch.cat([self.cache_v[l], v])
+            q, _ = self.layer_qkv(l, Lw, x)
             qc = R.apply_rope(q, cos_c[C:], sin_c[C:]).permute(1, 0, 2)          # [nh, T, D]
             kc = R.apply_rope(self.cache_k[l], cos_c, sin_c)
             kc = kc.repeat_interleave(rep, dim=1).permute(1, 2, 0)               # [nh, D, n]
@@ -144,44 +138,18 @@ class Stream(R.Stream):
                 b = torch.matmul(qc, kf) / math.sqrt(D)
                 a = a - (-(b - a) * rel[None])
             s = torch.clamp(a, min=-1e6).masked_fill(masked, float("-inf"))
-            vh = self.cache_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
-            scores, values = [s], [vh]
-            if l in self.mem_set and self.use_memory and self.mem_k[l].shape[0] > 0:
-                mk = self.mem_k[l].repeat_interleave(rep, dim=1).permute(1, 2, 0)
-                mv = self.mem_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
-                scores.append(torch.clamp(torch.matmul(qc, mk) / math.sqrt(D), min=-1e6))
-                values.append(mv)
-            p = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
-            o = torch.matmul(p, torch.cat(values, dim=1)).permute(1, 0, 2).reshape(T, nh * D)
-            x = x + o @ Lw["wo"].T
-            h = m.rmsnorm(x, Lw["ffn_norm"])
-            x = x + (torch.nn.functional.silu(h @ Lw["w_gate"].T) * (h @ Lw["w_up"].T)) \
-                @ Lw["w_down"].T
+            # memory keys at position 0: unrotated, against q(ceil), c = 0
+            x = self.layer_rest(l, Lw, x, qc, s, 1.0 / math.sqrt(D))
         return m.rmsnorm(x, m.norm) @ m.lm_head.T
-
-
-def split_feeds(n, feeds):
-    if not feeds:
-        return [n]
-    out, i = [], 0
-    while sum(out) < n:
-        out.append(min(feeds[min(i, len(feeds) - 1)], n - sum(out)))
-        i += 1
-    return out
 
 
 def logprobs(model, tokens, window=0, feeds=None, local_window=None, chunk=None,
              mode="paper", mem_dtype=None, use_memory=True, stream_out=None):
+    """n-1 log-probs (float64 numpy), the tokens fed in calls of `feeds` sizes."""
     s = Stream(model, window, mem_dtype, use_memory, local_window, chunk, mode)
-    parts, off = [], 0
-    for k in split_feeds(len(tokens), feeds):
-        parts.append(s.feed(tokens[off:off + k]))
-        off += k
     if stream_out is not None:
         stream_out.append(s)
-    ls = torch.log_softmax(torch.cat(parts).to(torch.float64), dim=-1)
-    nxt = torch.tensor([int(t) for t in tokens[1:]], dtype=torch.long)
-    return ls[torch.arange(len(tokens) - 1), nxt].numpy()
+    return R.stream_logprobs(s, tokens, feeds)
 
 
 def main(argv=None):
