@@ -13,7 +13,7 @@
  *     attention layout against a per-pair formula, and its refusal off the CPU (the
  *     log-probs are tests/ref/parity_gali.py's). */
 #define _POSIX_C_SOURCE 200809L
-#define BACKEND_INTERNAL /* a stand-in backend for the CLEX refusal (test_clex_backends) */
+#define BACKEND_INTERNAL /* a stand-in backend for the CPU-only refusal (test_cpu_only) */
 #define PI 3.14159265358979323846
 #include <math.h>
 #include <stdint.h>
@@ -315,6 +315,45 @@ static void test_validation(void)
 /* ---- cpu_attention_ext against per-pair attention ---- */
 
 /* x rotated at pos as cpu_rope does it (fp32 angle, cos/sin in double), into double. */
+/* Memory scores of the rotated query qr [hd] against unrotated memory keys (kv head kh)
+ * into dst [n_mem], times mem_scale, clamped; returns the running maximum mx with them. */
+static double naive_mem_scores(double *dst, double mx, const double *qr, const float *mk,
+                               int n_mem, int kv_row, int kh, int hd, double mem_scale)
+{
+    for (int m = 0; m < n_mem; m++) {
+        const float *kv = mk + (size_t)m * kv_row + kh * hd;
+        double s = 0;
+        for (int x = 0; x < hd; x++)
+            s += qr[x] * kv[x];
+        dst[m] = fmax(s * mem_scale, -1e6);
+        mx = fmax(mx, dst[m]);
+    }
+    return mx;
+}
+
+/* The naive attention's last step for query i (local index) and kv head kh: softmax over
+ * the scores sc[0..i] and sc[nk..nk + n_mem) (maximum mx; sc is overwritten), the weighted
+ * values, and the largest difference from the kernel's output row got [hd]. */
+static double naive_out_err(double *sc, double mx, int i, int nk, int n_mem, const float *v,
+                            const float *mv, int kv_row, int kh, int hd, const float *got)
+{
+    double sum = 0, err = 0;
+    for (int j = 0; j <= i; j++)
+        sum += (sc[j] = exp(sc[j] - mx));
+    for (int m = 0; m < n_mem; m++)
+        sum += (sc[nk + m] = exp(sc[nk + m] - mx));
+    for (int x = 0; x < hd; x++) {
+        double o = 0;
+        for (int j = 0; j <= i; j++)
+            o += sc[j] * v[(size_t)j * kv_row + kh * hd + x];
+        for (int m = 0; m < n_mem; m++)
+            o += sc[nk + m] * mv[(size_t)m * kv_row + kh * hd + x];
+        const double d = fabs(o / sum - got[x]);
+        if (!(d <= err)) err = d;
+    }
+    return err;
+}
+
 static void rotate(double *out, const float *x, int hd, int pos, const float *inv_freq,
                    double mscale)
 {
@@ -427,29 +466,11 @@ static void test_attention_ext(positional_params_t p, int n_heads, int n_kv, int
                 mx = fmax(mx, sc[j]);
             }
             rotate(qr, qv, hd, positional_mem_query(&p, i), inv_freq, mscale);
-            for (int m = 0; m < n_mem; m++) {
-                /* a key at index 0: position 0, carrying the cos/sin multiplier */
-                rotate(kr, mk + (size_t)m * kv_row + kh * hd, hd, 0, inv_freq, mscale);
-                double s = 0;
-                for (int x = 0; x < hd; x++)
-                    s += qr[x] * kr[x];
-                sc[nk + m] = fmax(s * scale, -1e6);
-                mx = fmax(mx, sc[nk + m]);
-            }
-            double sum = 0;
-            for (int j = 0; j <= i; j++)
-                sum += (sc[j] = exp(sc[j] - mx));
-            for (int m = 0; m < n_mem; m++)
-                sum += (sc[nk + m] = exp(sc[nk + m] - mx));
-            for (int x = 0; x < hd; x++) {
-                double o = 0;
-                for (int j = 0; j <= i; j++)
-                    o += sc[j] * v[(size_t)j * kv_row + kh * hd + x];
-                for (int m = 0; m < n_mem; m++)
-                    o += sc[nk + m] * mv[(size_t)m * kv_row + kh * hd + x];
-                double d = fabs(o / sum - out[(size_t)t * q_row + h * hd + x]);
-                if (!(d <= err)) err = d;
-            }
+            /* a key at index 0: position 0, carrying the cos/sin multiplier */
+            mx = naive_mem_scores(sc + nk, mx, qr, mk, n_mem, kv_row, kh, hd, scale * mscale);
+            const double d = naive_out_err(sc, mx, i, nk, n_mem, v, mv, kv_row, kh, hd,
+                                           out + (size_t)t * q_row + h * hd);
+            if (!(d <= err)) err = d;
         }
     }
     CHECK_MSG(err < 5e-5, "attention_ext %s G%d W%d c%d h%d/%d q%d off%d mem%d ms%g: max err %g",
@@ -714,17 +735,16 @@ static void test_clex_rules(void)
     CHECK(qp == 200 && kp == 3 && positional_mem_query(&p, 200) == 200);
 }
 
-/* CLEX runs on the CPU backend only: a stream of any other backend is refused in generic
- * code (model_stream_create_with), before the backend is asked. A stand-in with the CPU's
- * ops under another name shows it without a GPU. */
-static void test_clex_backends(const char *dir)
+/* CLEX and GALI run on the CPU backend only: a stream of any other backend is refused in
+ * generic code (model_stream_create_with), before the backend is asked. A stand-in with the
+ * CPU's ops under another name shows it without a GPU. o must run on the CPU. */
+static void test_cpu_only(const char *dir, model_stream_opts_t o)
 {
     model_t *m = NULL;
     char err[512] = "";
     rc_t rc = model_load(dir, 1, &m, err, sizeof err);
     CHECK_MSG(rc == RC_OK, "%s", err);
     if (rc) return;
-    model_stream_opts_t o = {0};
     model_stream_t *s = NULL;
     CHECK(model_stream_create(m, &o, &s) == RC_OK && s);
     int32_t tok[3] = {1, 7, 9};
@@ -896,28 +916,10 @@ static void test_attention_gali(int n_heads, int n_kv, int n_q, int q_off, int n
                 sc[j] = fmax((A + cf * (B - A)) * scale, -1e6);
                 mx = fmax(mx, sc[j]);
             }
-            for (int m = 0; m < n_mem; m++) {
-                const float *kv = mk + (size_t)m * kv_row + kh * hd;
-                double s = 0;
-                for (int x = 0; x < hd; x++)
-                    s += qr[x] * kv[x];
-                sc[nk + m] = fmax(s * scale, -1e6);
-                mx = fmax(mx, sc[nk + m]);
-            }
-            double sum = 0;
-            for (int j = 0; j <= i; j++)
-                sum += (sc[j] = exp(sc[j] - mx));
-            for (int m = 0; m < n_mem; m++)
-                sum += (sc[nk + m] = exp(sc[nk + m] - mx));
-            for (int x = 0; x < hd; x++) {
-                double o = 0;
-                for (int j = 0; j <= i; j++)
-                    o += sc[j] * v[(size_t)j * kv_row + kh * hd + x];
-                for (int m = 0; m < n_mem; m++)
-                    o += sc[nk + m] * mv[(size_t)m * kv_row + kh * hd + x];
-                double d = fabs(o / sum - out[(size_t)t * q_row + h * hd + x]);
-                if (!(d <= err)) err = d;
-            }
+            mx = naive_mem_scores(sc + nk, mx, qr, mk, n_mem, kv_row, kh, hd, scale);
+            const double d = naive_out_err(sc, mx, i, nk, n_mem, v, mv, kv_row, kh, hd,
+                                           out + (size_t)t * q_row + h * hd);
+            if (!(d <= err)) err = d;
         }
     }
     CHECK_MSG(err < 5e-5 && mixed > 0,
@@ -934,27 +936,6 @@ static void test_attention_gali_all(void)
     test_attention_gali(4, 2, 37, 130, 25, 64, 8, GALI_MODE_PAPER); /* GQA, memory */
     test_attention_gali(4, 2, 1, 300, 10, 64, 0, GALI_MODE_REFERENCE); /* a decode step */
     test_attention_gali(2, 1, 90, 60, 0, 32, 4, GALI_MODE_REFERENCE);
-}
-
-/* GALI runs on the CPU backend only, like CLEX: refused in generic code elsewhere. */
-static void test_gali_backends(const char *dir)
-{
-    model_t *m = NULL;
-    char err[512] = "";
-    rc_t rc = model_load(dir, 1, &m, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "%s", err);
-    if (rc) return;
-    model_stream_opts_t o = {.positional = POSITIONAL_GALI, .window = 256};
-    model_stream_t *s = NULL;
-    CHECK(model_stream_create(m, &o, &s) == RC_OK && s);
-    model_stream_destroy(&s);
-    backend_ops_t other = backend_cpu_ops;
-    other.name = "cuda";
-    model_backend_t fake = {.ops = &other, .model = m};
-    CHECK(other.open(m, 0, &fake.ctx, err, sizeof err) == RC_OK);
-    CHECK(model_stream_create_on(&fake, &o, &s) == RC_ERR_UNSUPPORTED && !s);
-    other.close(fake.ctx);
-    model_destroy(&m);
 }
 
 int main(void)
@@ -976,9 +957,9 @@ int main(void)
         snprintf(dir, sizeof dir, "%s/tiny-llama", data);
         test_model(dir, 0);
         snprintf(dir, sizeof dir, "%s/tiny-clex", data);
-        test_clex_backends(dir);
+        test_cpu_only(dir, (model_stream_opts_t){0}); /* clex, the checkpoint's default */
         snprintf(dir, sizeof dir, "%s/tiny-llama", data);
-        test_gali_backends(dir);
+        test_cpu_only(dir, (model_stream_opts_t){.positional = POSITIONAL_GALI, .window = 256});
     } else {
         printf("RECALL_TEST_DATA not set: model tests skipped\n");
     }
