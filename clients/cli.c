@@ -135,11 +135,13 @@ const opt_spec cli_opt_specs[O_COUNT] = {
     [O_ROPE_SCALING] = {"rope-scaling", 0, 1, SESSION_OPT_CMDS},
     [O_ROPE_FACTOR] = {"rope-factor", 0, 1, SESSION_OPT_CMDS},
     [O_NO_CHUNK_SCALE] = {"no-chunk-scale", 0, 0, SESSION_OPT_CMDS},
+    [O_GALI_MODE] = {"gali-mode", 0, 1, SESSION_OPT_CMDS},
+    [O_GALI_NOISE] = {"gali-noise", 0, 1, SESSION_OPT_CMDS},
     [O_CHUNK_BYTES] = {"chunk-bytes", 0, 1, B(CMD_INGEST) | B(CMD_BENCH)},
     [O_MAX_TOKENS] = {"max-tokens", 'n', 1, B(CMD_ASK) | B(CMD_BENCH)},
     [O_TEMPERATURE] = {"temperature", 0, 1, B(CMD_ASK)},
     [O_TOP_P] = {"top-p", 0, 1, B(CMD_ASK)},
-    [O_SEED] = {"seed", 0, 1, B(CMD_ASK) | B(CMD_PASSKEY)},
+    [O_SEED] = {"seed", 0, 1, B(CMD_ASK) | SESSION_OPT_CMDS}, /* sessions: gali's noise */
     [O_APPEND] = {"append", 0, 0, B(CMD_ASK)},
     [O_IGNORE_EOS] = {"ignore-eos", 0, 0, B(CMD_ASK)},
     [O_TEXT] = {"text", 0, 1, B(CMD_PPL)},
@@ -321,7 +323,8 @@ static int parse_budget(const char *s, uint64_t *out, cli_cmd_id cmd)
 /* Session options from the command line into opts (zeros where not given). 1 on success. */
 int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *any)
 {
-    static const char *const positional[] = {"rope", "self-extend", "dca", "clex", NULL};
+    static const char *const positional[] = {"rope", "self-extend", "dca", "clex", "gali", NULL};
+    static const char *const gali_modes[] = {"paper", "reference", NULL};
     static const char *const memory[] = {"exact", "knn", NULL};
     static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
     struct {
@@ -331,7 +334,6 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
                 {O_GROUP, &so->group},
                 {O_NEIGHBOR, &so->neighbor},
                 {O_CHUNK_SIZE, &so->chunk_size},
-                {O_LOCAL_WINDOW, &so->local_window},
                 {O_K, &so->k},
                 {O_LAST_CONTEXT, &so->last_context}};
     *any = 0;
@@ -343,6 +345,39 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
             return 0;
         *nums[i].field = (uint32_t)x;
         *any = 1;
+    }
+    /* --local-window 0 is GALI's w = 0 (dca refuses it): sent with local_window_set. */
+    if (a->vals[O_LOCAL_WINDOW]) {
+        uint64_t x;
+        if (!cli_parse_u64("local-window", a->vals[O_LOCAL_WINDOW], 0, UINT32_MAX, &x, a->cmd, 0))
+            return 0;
+        so->local_window = (uint32_t)x;
+        so->local_window_set = x == 0;
+        *any = 1;
+    }
+    if (a->vals[O_GALI_MODE]) {
+        if (!one_of("gali-mode", a->vals[O_GALI_MODE], gali_modes, a->cmd)) return 0;
+        so->gali_mode = (char *)a->vals[O_GALI_MODE];
+        *any = 1;
+    }
+    if (a->vals[O_GALI_NOISE]) {
+        char *end;
+        double f = strtod(a->vals[O_GALI_NOISE], &end);
+        if (end == a->vals[O_GALI_NOISE] || *end || !(f >= 0.0 && f <= 1e6)) {
+            cli_usage_error(a->cmd, "--gali-noise must be a number >= 0 (0: off), not '%s'",
+                            a->vals[O_GALI_NOISE]);
+            return 0;
+        }
+        so->gali_noise = (float)f;
+        *any = 1;
+        uint64_t seed = 0;
+        if (a->vals[O_SEED] &&
+            !cli_parse_u64("seed", a->vals[O_SEED], 0, UINT64_MAX, &seed, a->cmd, 0))
+            return 0;
+        so->gali_seed = seed;
+    } else if (a->vals[O_SEED] && a->cmd != CMD_ASK && a->cmd != CMD_PASSKEY) {
+        cli_usage_error(a->cmd, "--seed goes with --gali-noise here (the noise's seed)");
+        return 0;
     }
     if (a->vals[O_POSITIONAL]) {
         if (!one_of("positional", a->vals[O_POSITIONAL], positional, a->cmd)) return 0;
@@ -449,6 +484,11 @@ cJSON *cli_options_json(const Recall__SessionOptions *o)
     cJSON_AddNumberToObject(j, "gpu_memory_budget", (double)o->gpu_memory_budget);
     cJSON_AddNumberToObject(j, "last_context", o->last_context);
     cJSON_AddStringToObject(j, "mem_dtype", cli_str_or(o->mem_dtype, ""));
+    if (o->gali_mode && o->gali_mode[0]) {
+        cJSON_AddStringToObject(j, "gali_mode", o->gali_mode);
+        cJSON_AddNumberToObject(j, "gali_noise", o->gali_noise);
+        cJSON_AddNumberToObject(j, "gali_seed", (double)o->gali_seed);
+    }
     return j;
 }
 

@@ -73,6 +73,8 @@ typedef enum opt_id {
     O_ROPE_SCALING,
     O_ROPE_FACTOR,
     O_NO_CHUNK_SCALE,
+    O_GALI_MODE,
+    O_GALI_NOISE,
     O_CHUNK_BYTES,
     O_MAX_TOKENS,
     O_TEMPERATURE,

@@ -58,9 +58,10 @@ static void usage(FILE *f)
 "  --threads N            compute threads for the CPU backend (default: all cores)\n"
 "\n"
 "session defaults (for sessions created without these options; stored sessions keep theirs):\n"
-"  --window N  --positional rope|self-extend|dca|clex  --group G  --neighbor W\n"
+"  --window N  --positional rope|self-extend|dca|clex|gali  --group G  --neighbor W\n"
 "  --chunk-size S  --local-window w  --no-chunk-scale  --rope-scaling TYPE  --rope-factor F\n"
 "  --memory exact|knn  --k K  --mem-dtype f32|bf16|f16  --last-context N\n"
+"  --gali-mode paper|reference  --gali-noise STD  --seed N   (gali sessions only)\n"
 "                         the same meaning as the recall CLI's session options; checked at\n"
 "                         start-up. e.g. --positional dca --window 16384 stretches every new\n"
 "                         session of a 4k model to 16k tokens of local context\n"
@@ -226,7 +227,8 @@ int main(int argc, char **argv)
     enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE,
            O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
-           O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET };
+           O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET, O_GALI_MODE,
+           O_GALI_NOISE, O_SEED };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -250,6 +252,9 @@ int main(int argc, char **argv)
         {"last-context", required_argument, 0, O_LAST_CONTEXT},
         {"nlist", required_argument, 0, O_NLIST},
         {"nprobe", required_argument, 0, O_NPROBE},
+        {"gali-mode", required_argument, 0, O_GALI_MODE},
+        {"gali-noise", required_argument, 0, O_GALI_NOISE},
+        {"seed", required_argument, 0, O_SEED},
         {"gpu-memory-budget", required_argument, 0, O_GPU_BUDGET},
         {"host-memory-budget", required_argument, 0, O_HOST_BUDGET},
         {"threads", required_argument, 0, O_THREADS},
@@ -281,7 +286,29 @@ int main(int argc, char **argv)
         case O_GROUP: bad = parse_u32(optarg, &cfg.defaults.group); break;
         case O_NEIGHBOR: bad = parse_u32(optarg, &cfg.defaults.neighbor); break;
         case O_CHUNK_SIZE: bad = parse_u32(optarg, &cfg.defaults.chunk_size); break;
-        case O_LOCAL_WINDOW: bad = parse_u32(optarg, &cfg.defaults.local_window); break;
+        case O_LOCAL_WINDOW:
+            bad = parse_u32(optarg, &cfg.defaults.local_window);
+            cfg.defaults.local_window_set = !bad && !cfg.defaults.local_window; /* gali w = 0 */
+            break;
+        case O_GALI_MODE:
+            bad = strcmp(optarg, "paper") != 0 && strcmp(optarg, "reference") != 0;
+            cfg.defaults.gali_mode = optarg;
+            break;
+        case O_GALI_NOISE: {
+            char *end;
+            double f = strtod(optarg, &end);
+            bad = end == optarg || *end || !(f >= 0.0 && f <= 1e6);
+            cfg.defaults.gali_noise = (float)f;
+            break;
+        }
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            bad = errno || end == optarg || *end || optarg[0] == '-';
+            cfg.defaults.gali_seed = v;
+            break;
+        }
         case O_K: bad = parse_u32(optarg, &cfg.defaults.k); break;
         case O_LAST_CONTEXT: bad = parse_u32(optarg, &cfg.defaults.last_context); break;
         case O_NO_CHUNK_SCALE: cfg.defaults.no_chunk_scale = 1; break;

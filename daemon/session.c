@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "model/positional.h"
 
 const char SESSION_NAME_RULE[] =
     "a session name is 1 to 128 bytes of letters, digits and . _ - : @ + and does not "
@@ -45,7 +46,7 @@ Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
     TAKE_NUM(group);
     TAKE_NUM(neighbor);
     TAKE_NUM(chunk_size);
-    TAKE_NUM(local_window);
+    if (!o.local_window_set) TAKE_NUM(local_window);
     TAKE_NUM(k);
     TAKE_NUM(last_context);
     TAKE_NUM(rope_factor);
@@ -61,6 +62,13 @@ Recall__SessionOptions session_opts_with_defaults(const daemon_t *d,
     if (o.memory && !strcmp(o.memory, "knn")) {
         TAKE_NUM(knn_nlist);
         TAKE_NUM(knn_nprobe);
+    }
+    /* Likewise the daemon's GALI settings are for gali sessions. */
+    if (o.positional && !strcmp(o.positional, "gali")) {
+        if (!o.local_window_set && !o.local_window) o.local_window_set = df->local_window_set;
+        TAKE_STR(gali_mode);
+        TAKE_NUM(gali_noise);
+        TAKE_NUM(gali_seed);
     }
 #undef TAKE_NUM
 #undef TAKE_STR
@@ -81,11 +89,33 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
             o->positional = POSITIONAL_DCA;
         } else if (!strcmp(pos, "clex")) {
             o->positional = POSITIONAL_CLEX;
+        } else if (!strcmp(pos, "gali")) {
+            o->positional = POSITIONAL_GALI;
         } else {
             snprintf(err, errlen,
-                     "unknown positional scheme '%s' (use rope, self-extend, dca or clex)", pos);
+                     "unknown positional scheme '%s' (use rope, self-extend, dca, clex or gali)",
+                     pos);
             return RC_ERR_INVALID;
         }
+        const char *gm = in->gali_mode ? in->gali_mode : "";
+        if (o->positional != POSITIONAL_GALI &&
+            (gm[0] || in->gali_noise != 0.0f || in->gali_seed || in->local_window_set)) {
+            snprintf(err, errlen,
+                     "gali_mode, gali_noise, seed and local_window_set apply to positional "
+                     "gali only");
+            return RC_ERR_INVALID;
+        }
+        if (!gm[0] || !strcmp(gm, "paper")) {
+            o->gali_mode = GALI_MODE_PAPER;
+        } else if (!strcmp(gm, "reference")) {
+            o->gali_mode = GALI_MODE_REFERENCE;
+        } else {
+            snprintf(err, errlen, "unknown gali_mode '%s' (use paper or reference)", gm);
+            return RC_ERR_INVALID;
+        }
+        o->gali_noise = in->gali_noise;
+        o->gali_seed = in->gali_seed;
+        o->local_window_set = in->local_window_set;
         if (in->group > 1u << 30 || in->neighbor > 1u << 30 || in->chunk_size > 1u << 30 ||
             in->local_window > 1u << 30) {
             snprintf(err, errlen, "a positional size is absurdly large");
@@ -181,7 +211,7 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
 
 void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *out)
 {
-    static const char *const pos[] = {"rope", "self-extend", "dca", "clex"};
+    static const char *const pos[] = {"rope", "self-extend", "dca", "clex", "gali"};
     static const char *const scal[] = {"none", "linear", "ntk", "dynamic", "yarn"};
     recall__session_options__init(out);
     out->window = (uint32_t)o->window;
@@ -191,6 +221,12 @@ void session_opts_to_wire(const model_stream_opts_t *o, Recall__SessionOptions *
     out->chunk_size = (uint32_t)o->chunk_size;
     out->local_window = (uint32_t)o->local_window;
     out->no_chunk_scale = o->dca_no_scale != 0;
+    if (o->positional == POSITIONAL_GALI) {
+        out->gali_mode = (char *)positional_gali_mode_name(o->gali_mode);
+        out->gali_noise = o->gali_noise;
+        out->gali_seed = o->gali_seed;
+        out->local_window_set = o->local_window_set != 0;
+    }
     if (o->rope_scaling_set) {
         out->rope_scaling = (char *)scal[o->rope_scaling];
         out->rope_factor = o->rope_factor;

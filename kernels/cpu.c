@@ -246,6 +246,61 @@ static void softmax_fold(float *x, int n, float *mx, double *sum, float *o, int 
     *sum += s;
 }
 
+float cpu_gali_coef(float qceil, float pk, int bf16)
+{
+    volatile float d; /* keep each rounding */
+    if (bf16)
+        d = bf16_to_f32(
+            f32_to_bf16(bf16_to_f32(f32_to_bf16(qceil)) - bf16_to_f32(f32_to_bf16(pk))));
+    else
+        d = qceil - pk;
+    return d - floorf(d);
+}
+
+/* A standard normal drawn from a hash of (seed, layer, head, i, j): the same number
+ * whichever thread scores the pair. */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static float gali_normal(uint64_t seed, int layer, int head, int i, int j)
+{
+    uint64_t h = mix64(seed ^ mix64(((uint64_t)(uint32_t)layer << 32) | (uint32_t)head));
+    h = mix64(h ^ (((uint64_t)(uint32_t)i << 32) | (uint32_t)j));
+    const uint64_t h2 = mix64(h);
+    const double u1 = ((double)(h >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
+    const double u2 = (double)(h2 >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2));
+}
+
+/* GALI: rows r of the block take, for keys j < n_frac they see, A + c·(B − A) with A their
+ * score in S (keys at ⌈p_k⌉) and B in T (keys at ⌊p_k⌋). */
+static void gali_mix(const attn_ext_args_t *e, int h, int i0, int nb, float *S, const float *T,
+                     int n_frac)
+{
+    const attn_args_t *a = &e->a;
+    const int nk = a->n_k;
+    for (int r = 0; r < nb; r++) {
+        const int i = a->q_offset + i0 + r;
+        const int nj = n_frac < i + 1 ? n_frac : i + 1;
+        const float qc = e->gali_qpos[i0 + r];
+        float *sr = S + (size_t)r * nk;
+        const float *tr = T + (size_t)r * nk;
+        for (int j = 0; j < nj; j++) {
+            const float c = cpu_gali_coef(qc, e->gali_kpos[j], e->gali_mode);
+            if (c == 0.0f) continue;
+            sr[j] = sr[j] + c * (tr[j] - sr[j]);
+            if (e->gali_noise > 0.0f)
+                sr[j] += e->gali_noise * (float)(i - j) / (float)nk *
+                         gali_normal(e->gali_seed, e->gali_layer, h, i, j);
+        }
+    }
+}
+
 /* Head h, queries i0 .. i0 + QB: scores of every needed variant into one row per query, a
  * softmax over them, the weighted sum of the local values; then the memory in tiles, each
  * folded in; finally the division by the sum. */
@@ -292,6 +347,16 @@ static void attend_block(const attn_job_t *j, int h, int i0, attn_scratch_t *w)
             if (lo[v] < hi[v])
                 memcpy(S + (size_t)r * nk + lo[v], w->T + (size_t)r * nk + lo[v],
                        (size_t)(hi[v] - lo[v]) * sizeof(float));
+        }
+    }
+    if (e->layout == CPU_ATTN_GALI) {
+        const int nf = e->gali_n_frac < n_loc ? e->gali_n_frac : n_loc;
+        if (nf > 0) {
+            const float *qb = vq[0] + (size_t)i0 * q_row + (size_t)h * hd;
+            const float *kb = e->k_alt + (size_t)kh * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nf, hd, a->scale, qb, q_row,
+                        kb, kv_row, 0.0f, w->T, nk);
+            gali_mix(e, h, i0, nb, S, w->T, nf);
         }
     }
     /* The local keys: every query sees at least itself, so the maximum is finite. */

@@ -72,6 +72,11 @@ rc_t cpu_attention(const attn_args_t *a);
  *   CPU_ATTN_SELF_EXTEND  i − j < neighbor: (q, k);  else (q_alt[0], k_alt)
  *   CPU_ATTN_DCA          j // chunk_len == i // chunk_len: (q, k); one chunk before:
  *                         (q_alt[0], k); older chunks: (q_alt[1], k)
+ *   CPU_ATTN_GALI         every j ≤ i: A = (q, k); for j < gali_n_frac also B = (q, k_alt)
+ *                         and the score A + c·(B − A), c = positional_gali_coef(
+ *                         gali_qpos[row], gali_kpos[j], gali_mode) (model/positional.h;
+ *                         computed here the same way), plus Gaussian noise where c ≠ 0
+ *                         when gali_noise > 0
  * and all chosen scores, with the memory scores s_mem(i, m) = q_mem_i · K_m · mem_scale, go
  * through one fp32 softmax as in cpu_attention (same clamp, same grouped-query heads). Scores
  * of each variant are computed with matrix products over the key range some row of a query
@@ -80,6 +85,7 @@ typedef enum cpu_attn_layout {
     CPU_ATTN_PLAIN = 0,
     CPU_ATTN_SELF_EXTEND = 1,
     CPU_ATTN_DCA = 2,
+    CPU_ATTN_GALI = 3,
 } cpu_attn_layout_t;
 
 typedef struct attn_ext_args {
@@ -88,11 +94,24 @@ typedef struct attn_ext_args {
     int neighbor;          /* self-extend: W (≥ 1) */
     int chunk_len;         /* dca: c (≥ 1) */
     const float *q_alt[2]; /* [n_q, n_heads, head_dim] each: the queries of variants 2, 3 */
-    const float *k_alt;    /* [n_k, n_kv_heads, head_dim] self-extend: keys of variant 2 */
+    const float *k_alt;    /* [n_k, n_kv_heads, head_dim] self-extend: keys of variant 2;
+                            * gali: keys at ⌊p_k⌋ (the first gali_n_frac rows are read) */
     const float *q_mem;    /* [n_q, n_heads, head_dim] queries for memory scores; NULL: a.q */
     float mem_scale;       /* factor of memory scores; 0: a.scale */
+    /* gali only. */
+    int gali_n_frac;         /* keys 0 … gali_n_frac − 1 may sit at fractional positions */
+    const float *gali_kpos;  /* [n_k] key positions p_k */
+    const float *gali_qpos;  /* [n_q] ⌈p_q⌉ of each query */
+    int gali_mode;           /* 0 paper (fp32 c), 1 reference (bf16 c) */
+    float gali_noise;        /* 0: none; else σ = gali_noise · (i − j) / n_k */
+    uint64_t gali_seed;      /* with gali_layer, what the noise is drawn from */
+    int gali_layer;
 } attn_ext_args_t;
 rc_t cpu_attention_ext(const attn_ext_args_t *e);
+
+/* GALI's interpolation coefficient (model/positional.h): (qceil − pk) mod 1 with the
+ * subtraction in float32, or with bf16 set as frac(bf16(bf16(qceil) − bf16(pk))). */
+float cpu_gali_coef(float qceil, float pk, int bf16);
 
 /* out[t, :] = log_softmax(logits[t, :]), computed in double for the normalizer. */
 void cpu_log_softmax(float *out, const float *logits, int n_tok, int vocab);

@@ -16,7 +16,13 @@
  * and remembers the row its rotated keys were made with; a forward whose t differs rotates
  * the whole cache again from the unrotated keys, one with the same t only its new keys
  * (the same numbers, since a key's rotation depends only on its index and the row). Queries
- * are multiplied by the log_scale factor after rotation. */
+ * are multiplied by the log_scale factor after rotation.
+ *
+ * GALI cuts a forward into pieces (positional_gali_piece) and runs each as its own forward.
+ * A piece whose window holds at most L tokens at its end is plain RoPE. Past L, every key
+ * of the window is rotated again from the unrotated cache at ⌈p_k⌉ into k_rot, the keys
+ * that may sit at fractional positions also at ⌊p_k⌋ into k_grp, the piece's queries at
+ * ⌈p_q⌉, and cpu_attention_ext's GALI layout mixes the two scores per pair. */
 #define BACKEND_INTERNAL
 #include "model/backend.h"
 
@@ -42,7 +48,7 @@ typedef struct cpu_ctx {
 typedef struct layer_cache {
     float *k_rot;  /* [window, kv_dim] keys rotated at their local position */
     float *k_raw;  /* [window, kv_dim] unrotated keys (memory layers only, else NULL) */
-    float *k_grp;  /* [window, kv_dim] self-extend: keys rotated at j // G, else NULL */
+    float *k_grp;  /* [window, kv_dim] self-extend: keys rotated at j // G; gali: at ⌊p_k⌋ */
     float *v;      /* [window, kv_dim] */
     int mem_layer; /* index into the memory store, or -1 */
     int clex_t;    /* clex: the table row k_rot's cached keys are rotated with; 0 none */
@@ -67,6 +73,14 @@ struct backend_stream {
     int clex_t;
     float clex_qscale; /* log_scale's ln(n) / ln(L), else 1 */
     int32_t *pos_all;  /* [window] j */
+    /* gali only: whether this piece runs past L, the window's positions for it, their
+     * ceilings and floors, the piece's ⌈p_q⌉ and how many keys may be fractional. */
+    int gali_active;
+    float *gali_pos;     /* [window] */
+    int32_t *gali_ceil;  /* [window] */
+    int32_t *gali_floor; /* [window] */
+    float *gali_qpos;    /* [window] */
+    int gali_n_frac;
 
     /* Scratch for one chunk of up to `window` tokens. */
     float *x;      /* [window, hidden] residual stream */
@@ -139,6 +153,10 @@ static void cpu_stream_destroy(backend_stream_t *s)
     free(s->up);
     free(s->pos);
     free(s->pos_all);
+    free(s->gali_pos);
+    free(s->gali_ceil);
+    free(s->gali_floor);
+    free(s->gali_qpos);
     free(s->kpos);
     free(s->kpos_grp);
     for (int v = 0; v < 3; v++) free(s->qpos[v]);
@@ -179,10 +197,11 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         L->k_rot = malloc(W * s->kv_dim * sizeof(float));
         L->v = malloc(W * s->kv_dim * sizeof(float));
         if (!L->k_rot || !L->v) goto fail;
-        if ((L->mem_layer >= 0 || o->positional == POSITIONAL_CLEX) &&
+        if ((L->mem_layer >= 0 || o->positional == POSITIONAL_CLEX ||
+             o->positional == POSITIONAL_GALI) &&
             !(L->k_raw = malloc(W * s->kv_dim * sizeof(float))))
             goto fail;
-        if (o->positional == POSITIONAL_SELF_EXTEND &&
+        if ((o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_GALI) &&
             !(L->k_grp = malloc(W * s->kv_dim * sizeof(float))))
             goto fail;
     }
@@ -220,6 +239,17 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     }
     if (o->positional == POSITIONAL_SELF_EXTEND && (s->pp.group < 1 || s->pp.neighbor < 1))
         goto invalid;
+    if (o->positional == POSITIONAL_GALI) {
+        /* Opts that passed positional_resolve: 0 ≤ w < L, 1 ≤ c ≤ L, no knn memory. */
+        if (o->local_window < 0 || o->local_window >= c->max_pos || o->chunk_size < 1 ||
+            o->chunk_size > c->max_pos || o->memory_knn)
+            goto invalid;
+        s->gali_pos = malloc(W * sizeof(float));
+        s->gali_ceil = malloc(W * sizeof(int32_t));
+        s->gali_floor = malloc(W * sizeof(int32_t));
+        s->gali_qpos = malloc(W * sizeof(float));
+        if (!s->gali_pos || !s->gali_ceil || !s->gali_floor || !s->gali_qpos) goto fail;
+    }
     if (o->memory_knn && c->n_mem_layers > 0) {
         if (o->knn_k < 1) goto invalid; /* unresolved */
         memory_knn_opts_t ko = {.nlist = o->knn_nlist, .nprobe = o->knn_nprobe};
@@ -304,7 +334,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
                         memory_store_rows(s->mem, L->mem_layer) > 0;
     const size_t qb = (size_t)n * s->q_dim * sizeof(float);
     attn_ext_args_t e = {.layout = CPU_ATTN_PLAIN};
-    if (s->pp.kind == POSITIONAL_ROPE) {
+    if (s->pp.kind == POSITIONAL_ROPE || (s->pp.kind == POSITIONAL_GALI && !s->gali_active)) {
         cpu_rope(s->q, n, c->n_heads, hd, s->pos, s->inv_freq, s->mscale);
         cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->inv_freq, s->mscale);
     } else if (s->pp.kind == POSITIONAL_CLEX) {
@@ -319,6 +349,28 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
         }
         L->clex_t = s->clex_t;
         cpu_rope(s->k, n, c->n_kv_heads, hd, s->pos, s->clex_row, 1.0f);
+    } else if (s->pp.kind == POSITIONAL_GALI) {
+        /* Past L: every key moves with the table, so all are rotated again. */
+        const int nf = s->gali_n_frac;
+        cpu_rope(s->q, n, c->n_heads, hd, s->gali_ceil + s->local, s->inv_freq, 1.0f);
+        cpu_rope(s->k, n, c->n_kv_heads, hd, s->gali_ceil + s->local, s->inv_freq, 1.0f);
+        if (s->local > 0) {
+            memcpy(L->k_rot, L->k_raw, (size_t)s->local * kvb);
+            cpu_rope(L->k_rot, s->local, c->n_kv_heads, hd, s->gali_ceil, s->inv_freq, 1.0f);
+        }
+        if (nf > 0) {
+            memcpy(L->k_grp, L->k_raw, (size_t)nf * kvb);
+            cpu_rope(L->k_grp, nf, c->n_kv_heads, hd, s->gali_floor, s->inv_freq, 1.0f);
+        }
+        e.layout = CPU_ATTN_GALI;
+        e.k_alt = L->k_grp;
+        e.gali_n_frac = nf;
+        e.gali_kpos = s->gali_pos;
+        e.gali_qpos = s->gali_qpos;
+        e.gali_mode = s->pp.gali_mode == GALI_MODE_REFERENCE;
+        e.gali_noise = s->o.gali_noise;
+        e.gali_seed = s->o.gali_seed;
+        e.gali_layer = l;
     } else {
         /* Every extra rotation starts from the unrotated projections. */
         const int n_alt = s->pp.kind == POSITIONAL_DCA ? 2 : 1;
@@ -395,8 +447,27 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n)
     return RC_OK;
 }
 
-static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int local,
-                        const int32_t *targets, float *logprobs, float *last_logits)
+/* GALI's table for the piece of n tokens after `local` (see the top). */
+static void gali_prepare(backend_stream_t *s, int local, int n)
+{
+    const int T = local + n, L = s->c->max_pos;
+    s->gali_active = T > L;
+    if (!s->gali_active) return;
+    positional_gali_positions(T, L, s->pp.local_window, s->gali_pos);
+    int nf = 0;
+    for (int j = 0; j < T; j++) {
+        const float p = s->gali_pos[j], fl = floorf(p);
+        s->gali_floor[j] = (int32_t)fl;
+        s->gali_ceil[j] = (int32_t)ceilf(p);
+        if (p != fl) nf = j + 1;
+    }
+    s->gali_n_frac = nf;
+    for (int t = 0; t < n; t++)
+        s->gali_qpos[t] = (float)s->gali_ceil[local + t];
+}
+
+static rc_t forward_piece(backend_stream_t *s, const int32_t *tok, int n, int local,
+                          const int32_t *targets, float *logprobs, float *last_logits)
 {
     const model_config_t *c = s->c;
     s->local = local;
@@ -405,7 +476,9 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
                c->hidden * sizeof(float));
         s->pos[t] = local + t;
     }
-    if (s->pp.kind == POSITIONAL_CLEX) {
+    if (s->pp.kind == POSITIONAL_GALI) {
+        gali_prepare(s, local, n);
+    } else if (s->pp.kind == POSITIONAL_CLEX) {
         /* One row for the whole forward: t of the local keys it attends to. */
         const int n_keys = local + n;
         s->clex_t = positional_clex_t(n_keys, c->max_pos, s->pp.clex_max);
@@ -459,6 +532,23 @@ static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int loca
             }
             if (last_logits && i == n - 1) memcpy(last_logits, lg, c->vocab_size * sizeof(float));
         }
+    }
+    return RC_OK;
+}
+
+static rc_t cpu_forward(backend_stream_t *s, const int32_t *tok, int n, int local,
+                        const int32_t *targets, float *logprobs, float *last_logits)
+{
+    if (s->pp.kind != POSITIONAL_GALI)
+        return forward_piece(s, tok, n, local, targets, logprobs, last_logits);
+    /* GALI: pieces, each a forward over the window so far (see the top). */
+    for (int off = 0; off < n;) {
+        const int k = positional_gali_piece(local + off, n - off, s->c->max_pos, s->pp.chunk_size);
+        const int last = off + k == n;
+        rc_t rc = forward_piece(s, tok + off, k, local + off, targets ? targets + off : NULL,
+                                logprobs ? logprobs + off : NULL, last ? last_logits : NULL);
+        if (rc) return rc;
+        off += k;
     }
     return RC_OK;
 }

@@ -34,8 +34,15 @@ const char *positional_name(positional_t kind)
         return "dca";
     case POSITIONAL_CLEX:
         return "clex";
+    case POSITIONAL_GALI:
+        return "gali";
     }
     return "unknown";
+}
+
+const char *positional_gali_mode_name(gali_mode_t mode)
+{
+    return mode == GALI_MODE_REFERENCE ? "reference" : "paper";
 }
 
 const char *positional_scaling_name(rope_scaling_type_t type)
@@ -91,7 +98,8 @@ rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *e
      * frequencies it was not trained with. */
     if (c->clex && o->positional == POSITIONAL_ROPE) o->positional = POSITIONAL_CLEX;
     if (c->clex && o->positional != POSITIONAL_CLEX &&
-        (o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_DCA))
+        (o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_DCA ||
+         o->positional == POSITIONAL_GALI))
         return fail(err, errlen,
                     "this checkpoint is trained with CLEX (config.json rope_scaling type "
                     "\"clex\"): its positional scheme is clex, not %s",
@@ -184,6 +192,38 @@ rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *e
                         o->window, c->clex_max_factor, L, (long long)reach);
         break;
     }
+    case POSITIONAL_GALI: {
+        if (o->rope_scaling != ROPE_SCALING_NONE)
+            return fail(err, errlen,
+                        "gali cannot be combined with RoPE scaling %s (set the RoPE scaling to "
+                        "none)",
+                        scaling);
+        if (o->memory_knn)
+            return fail(err, errlen,
+                        "gali cannot be combined with knn memory yet (use --memory exact)");
+        if (o->chunk_size == 0) o->chunk_size = 3 * L / 4 > 0 ? 3 * L / 4 : 1;
+        if (!o->local_window_set && o->local_window == 0)
+            o->local_window = L / 8 < 128 ? L / 8 : 128;
+        o->local_window_set = 1;
+        if (o->local_window < 0 || o->local_window >= L)
+            return fail(err, errlen,
+                        "gali --local-window must be in 0 <= w < L, here 0 to %d (trained "
+                        "context L=%d); got %d",
+                        L - 1, L, o->local_window);
+        if (o->chunk_size < 1 || o->chunk_size > L)
+            return fail(err, errlen,
+                        "gali --chunk-size must be in 1 <= c <= L, here 1 to %d (trained "
+                        "context L=%d); got %d",
+                        L, L, o->chunk_size);
+        if (o->gali_mode != GALI_MODE_PAPER && o->gali_mode != GALI_MODE_REFERENCE)
+            return fail(err, errlen, "unknown gali mode %d (use paper or reference)",
+                        (int)o->gali_mode);
+        if (!(o->gali_noise >= 0.0f) || !isfinite(o->gali_noise))
+            return fail(err, errlen,
+                        "gali --gali-noise must be a finite number >= 0 (0: off); got %g",
+                        (double)o->gali_noise);
+        break;
+    }
     default:
         return fail(err, errlen, "unknown positional scheme %d", (int)o->positional);
     }
@@ -203,6 +243,7 @@ positional_params_t positional_params(const model_config_t *c, const model_strea
         .local_window = o->local_window,
         .chunk_len = o->chunk_size - o->local_window,
         .clex_max = c->clex ? c->clex_max_factor : 0,
+        .gali_mode = o->gali_mode,
     };
     return p;
 }
@@ -457,4 +498,35 @@ rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const
     for (size_t i = 0; i < (size_t)M * h; i++)
         if (!(table[i] > 0.0f) || !isfinite(table[i])) return RC_ERR_FORMAT;
     return RC_OK;
+}
+
+/* ---- GALI ---------------------------------------------------------------------------- */
+
+void positional_gali_positions(int T, int trained, int local_window, float *pos)
+{
+    const int L = trained, w = local_window;
+    if (T <= L) {
+        for (int j = 0; j < T; j++)
+            pos[j] = (float)j;
+        return;
+    }
+    const int64_t g = ((int64_t)T - w + (L - w) - 1) / (L - w); /* ≥ 2 since T > L */
+    const int64_t i = ((int64_t)T - L + g - 2) / (g - 1);       /* L − i + g·i ≥ T */
+    const int64_t n_old = (int64_t)T - (L - i);                 /* ≤ g · i */
+    const double step = 1.0 / (double)g;
+    for (int64_t m = 0; m < n_old; m++)
+        pos[m] = (float)((double)(m / g) + step * (double)(m % g));
+    for (int64_t m = n_old; m < T; m++)
+        pos[m] = (float)(i + (m - n_old));
+}
+
+int positional_gali_piece(int local, int n, int trained, int chunk_size)
+{
+    const int room = local < trained ? trained - local : chunk_size;
+    return n < room ? n : room;
+}
+
+float positional_gali_coef(float qceil, float pk, gali_mode_t mode)
+{
+    return cpu_gali_coef(qceil, pk, mode == GALI_MODE_REFERENCE);
 }

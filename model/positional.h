@@ -46,7 +46,41 @@
  * (U = ode_up_proj [d/2, p·d], D = ode_down_proj [p·d, d/2], act silu or tanh), by
  * fixed-step RK4 in the 3/8-rule form on torchdiffeq's grid 1 + k·dt (float32 points,
  * ceil(float32((M − 1) / dt) + 1) of them, the last forced to M), and linear interpolation
- * onto each integer t from the step that first reaches it. */
+ * onto each integer t from the step that first reaches it.
+ *
+ * GALI (attention-logit interpolation, training-free; blap/GALI's released code is the
+ * definition) runs a plain RoPE checkpoint past its trained length L with positions that
+ * stay inside [0, L) and logits interpolated between integer positions:
+ *   - positions of T tokens (positional_gali_positions): for T ≤ L plain, 0 … T − 1. For
+ *     T > L, with w the local window: g = ceil((T − w) / (L − w)), i the smallest with
+ *     (L − i) + g·i ≥ T; the newest L − i tokens sit at the integers i … L − 1 and the
+ *     T − (L − i) oldest at k + m/g (k = 0, 1, …, m = 0 … g − 1, in that order), computed in
+ *     double and rounded to float32 as the release does.
+ *   - a forward is cut into pieces (positional_gali_piece): while the window holds fewer
+ *     than L tokens, a piece ends at L (plain positions); after that pieces of c tokens (the
+ *     chunk size; the last one the remainder). Each piece builds the table for T = all of
+ *     the window's tokens up to its end: its queries take the table's last entries, every
+ *     key (cached ones too) its own entry, and attention is causal by token index. A
+ *     decode step is a piece of one. So, as under CLEX, results depend on how tokens are
+ *     grouped into feeds (as in the released code).
+ *   - the logit of query q and key k (positional_gali_coef): A with q at ⌈p_q⌉ and k at
+ *     ⌈p_k⌉, B with q at ⌈p_q⌉ and k at ⌊p_k⌋, logit = A + c·(B − A) with
+ *     c = (⌈p_q⌉ − p_k) mod 1 (0 for a key at an integer position, so only the oldest keys
+ *     need B). Memory keys (FoT) sit at the integer position 0: unrotated, c = 0, against
+ *     the query rotated at ⌈p_q⌉.
+ *   - the two modes, side by side:
+ *       paper      c = (⌈p_q⌉ − p_k) mod 1 in float32 (the subtraction rounds to float32);
+ *       reference  as released (the model in bf16): c = frac(bf16(bf16(⌈p_q⌉) − bf16(p_k))),
+ *                  round-to-nearest-even at each step. bf16 keeps 8 significant bits, so
+ *                  c is 0 whenever ⌈p_q⌉ − p_k or p_k is 128 or more (no interpolation at
+ *                  real lengths) and coarsely quantized below; the logits A and B and
+ *                  everything else stay fp32 in both modes.
+ *   - noise (off unless gali_noise > 0): N(0, σ²) with σ = gali_noise · (i − j) / K added to
+ *     the logits where c ≠ 0 (i, j the query's and key's token indices among the piece's K
+ *     keys), the released "gaussian" noise with its mean 0; drawn from a hash of (seed,
+ *     layer, head, i, j), so it does not depend on threads. Never in parity checks.
+ * Defaults: w = min(128, L / 8), c = ⌊3L / 4⌋ (the released configs' proportions); accepted
+ * 0 ≤ w < L and 1 ≤ c ≤ L. */
 #ifndef RECALL_MODEL_POSITIONAL_H
 #define RECALL_MODEL_POSITIONAL_H
 
@@ -67,16 +101,18 @@ typedef struct positional_params {
     int local_window; /* dca: w */
     int chunk_len;    /* dca: c = S − w */
     int clex_max;     /* clex: M, the table's rows */
+    gali_mode_t gali_mode; /* gali: chunk_size is c, local_window is w */
 } positional_params_t;
 
 /* Fills the positional defaults of opts (DCA's S = 3L/4 and w = L/8, the window, the RoPE
  * scaling from the config unless rope_scaling_set; on a CLEX checkpoint rope, the zero
  * value, becomes clex) and checks every limit: the window a scheme
  * can reach (rope: L; rope with a scaling of factor f ≥ 1: f · L; self-extend with
- * 1 ≤ W < L, G ≥ 1: (L − W) · G + W; dca with 0 < w < S ≤ L: any length; clex: M · L),
- * non-positive sizes, self-extend or dca combined with a RoPE scaling (refused), clex on a
- * checkpoint without CLEX weights and self-extend, dca or a RoPE scaling on one with them
- * (refused). Idempotent: resolving
+ * 1 ≤ W < L, G ≥ 1: (L − W) · G + W; dca with 0 < w < S ≤ L: any length; clex: M · L;
+ * gali with 0 ≤ w < L, 1 ≤ c ≤ L: any length), non-positive sizes, self-extend, dca or gali
+ * combined with a RoPE scaling (refused), clex on a checkpoint without CLEX weights and
+ * self-extend, dca, gali or a RoPE scaling on one with them (refused), gali with knn memory,
+ * an unknown gali mode or a negative or non-finite gali noise. Idempotent: resolving
  * resolved opts changes nothing. On failure returns RC_ERR_INVALID with a sentence in err.
  * Called by model_stream_opts_resolve before its other checks. */
 rc_t positional_resolve(const model_config_t *c, model_stream_opts_t *o, char *err, size_t errlen);
@@ -134,7 +170,21 @@ float positional_clex_log_scale(int n, int trained);
 rc_t positional_clex_table(const model_config_t *c, const float *inv_freq, const float *up,
                            const float *down, float *table);
 
-/* "rope", "self-extend", "dca", "clex"; "none", "linear", "ntk", "dynamic", "yarn". */
+/* GALI (see the top). Positions of the T tokens of a window, pos [T]; w the local window,
+ * 0 ≤ w < L. */
+void positional_gali_positions(int T, int trained, int local_window, float *pos);
+
+/* The size of the piece starting with `local` tokens in the window, of n still to feed:
+ * up to L while local < L, else up to the chunk size. */
+int positional_gali_piece(int local, int n, int trained, int chunk_size);
+
+/* c = (qceil − pk) mod 1 in the mode's arithmetic (qceil = ⌈p_q⌉, an integer). */
+float positional_gali_coef(float qceil, float pk, gali_mode_t mode);
+
+/* "paper", "reference". */
+const char *positional_gali_mode_name(gali_mode_t mode);
+
+/* "rope", "self-extend", "dca", "clex", "gali"; "none", "linear", "ntk", "dynamic", "yarn". */
 const char *positional_name(positional_t kind);
 const char *positional_scaling_name(rope_scaling_type_t type);
 

@@ -97,12 +97,13 @@ rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_
         log_warn("stream: %s", err);
         return rc;
     }
-    /* CLEX runs on the CPU backend only so far: refuse it here, for every other backend,
-     * rather than let one run a CLEX checkpoint at the wrong frequencies. */
-    if (o.positional == POSITIONAL_CLEX && strcmp(b->ops->name, "cpu") != 0) {
-        log_warn("stream: positional scheme clex is not supported on %s yet (use the cpu "
+    /* CLEX and GALI run on the CPU backend only so far: refuse them here, for every other
+     * backend, rather than let one run a session at the wrong positions or frequencies. */
+    if ((o.positional == POSITIONAL_CLEX || o.positional == POSITIONAL_GALI) &&
+        strcmp(b->ops->name, "cpu") != 0) {
+        log_warn("stream: positional scheme %s is not supported on %s yet (use the cpu "
                  "device)",
-                 b->ops->name);
+                 positional_name(o.positional), b->ops->name);
         return RC_ERR_UNSUPPORTED;
     }
     model_stream_t *s = calloc(1, sizeof *s);

@@ -35,13 +35,27 @@ typedef enum positional {
     POSITIONAL_SELF_EXTEND = 1,
     POSITIONAL_DCA = 2,
     POSITIONAL_CLEX = 3, /* CLEX checkpoints only (their default); model/positional.h */
+    POSITIONAL_GALI = 4, /* attention-logit interpolation, training-free; positional.h */
 } positional_t;
+
+/* GALI's two ways of computing the interpolation coefficient (model/positional.h). */
+typedef enum gali_mode {
+    GALI_MODE_PAPER = 0,     /* everything in fp32 */
+    GALI_MODE_REFERENCE = 1, /* the coefficient in bf16, as the released code computes it */
+} gali_mode_t;
 
 typedef struct model_stream_opts {
     int window;         /* tokens per window; 0: the model's max_pos */
     positional_t positional;
     int group, neighbor;          /* self-extend: group size G, neighbour window W */
-    int chunk_size, local_window; /* dca: chunk size S, local window w; 0: 3L/4 and L/8 */
+    int chunk_size, local_window; /* dca: chunk size S, local window w; 0: 3L/4 and L/8;
+                                   * gali: chunk size c, local window w (see below) */
+    /* gali: local_window as given even when 0 (else 0 means min(128, L/8)); the mode; the
+     * optional logit noise (0: off) and its seed. */
+    int local_window_set;
+    gali_mode_t gali_mode;
+    float gali_noise;
+    uint64_t gali_seed;
     int dca_no_scale;             /* dca: skip ChunkLlama's cos/sin scaling for windows > L */
     int rope_scaling_set;         /* use the two fields below instead of the config's */
     rope_scaling_type_t rope_scaling;

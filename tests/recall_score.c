@@ -10,6 +10,8 @@
  *                [--rope-scaling none|linear|ntk|dynamic|yarn] [--rope-factor F]
  *                [--device cpu|cuda|cuda:N] [--knn K]
  *                [--positional clex] [--feeds N[,N...]] [--clex-table OUT.bin]
+ *                [--positional gali] [--gali-mode paper|reference] [--gali-noise STD]
+ *                [--seed N]
  *
  * The positional options are those of tests/ref/positional_ref.py (parity_positional.py)
  * and map one to one onto model_stream_opts_t; longllama_ref.py has only the first line.
@@ -18,7 +20,7 @@
  * logprob[i] = log p(tok[i+1] | tok[..i]); --generate feeds the whole input as a prompt and
  * continues it greedily for N tokens (int32 ids to --gen-out). --feeds gives the sizes of
  * successive model_stream_feed calls (the last size repeats; default: everything in one
- * call), which matters under CLEX only; each feed's last log-prob comes from its last
+ * call), which matters under CLEX and GALI only; each feed's last log-prob comes from its last
  * logits. --clex-table writes a CLEX checkpoint's frequency table (max_factor x head_dim/2
  * float32). Only public APIs are used:
  * model_load and the model_stream_* calls, exactly as a session would drive them. */
@@ -48,6 +50,9 @@ typedef struct args {
     float rope_factor;
     int feeds[64], n_feeds; /* model_stream_feed sizes, the last repeating; 0: one feed */
     const char *clex_table;
+    int local_window_set, gali_mode;
+    float gali_noise;
+    unsigned long long seed;
 } args_t;
 
 static void usage(FILE *f)
@@ -63,7 +68,9 @@ static void usage(FILE *f)
                "[--rope-factor F]\n"
                "                    [--device cpu|cuda|cuda:N] [--knn K]\n"
                "                    [--positional clex] [--feeds N[,N...]] "
-               "[--clex-table OUT.bin]\n");
+               "[--clex-table OUT.bin]\n"
+               "                    [--positional gali] [--gali-mode paper|reference] "
+               "[--gali-noise STD] [--seed N]\n");
 }
 
 static int parse_int(const char *flag, const char *s, int *out)
@@ -102,8 +109,11 @@ static int parse_positional(const char *s, positional_t *out)
         *out = POSITIONAL_DCA;
     else if (!strcmp(s, "clex"))
         *out = POSITIONAL_CLEX;
+    else if (!strcmp(s, "gali"))
+        *out = POSITIONAL_GALI;
     else {
-        fprintf(stderr, "recall_score: unknown --positional '%s' (rope, self-extend, dca, clex)\n",
+        fprintf(stderr,
+                "recall_score: unknown --positional '%s' (rope, self-extend, dca, clex, gali)\n",
                 s);
         return -1;
     }
@@ -194,6 +204,31 @@ static int parse_args(int argc, char **argv, args_t *a)
             if (parse_int(f, v, &a->chunk_size)) return -1;
         } else if (!strcmp(f, "--local-window")) {
             if (parse_int(f, v, &a->local_window)) return -1;
+            a->local_window_set = 1;
+        } else if (!strcmp(f, "--gali-mode")) {
+            if (!strcmp(v, "paper"))
+                a->gali_mode = GALI_MODE_PAPER;
+            else if (!strcmp(v, "reference"))
+                a->gali_mode = GALI_MODE_REFERENCE;
+            else {
+                fprintf(stderr, "recall_score: unknown --gali-mode '%s' (paper, reference)\n", v);
+                return -1;
+            }
+        } else if (!strcmp(f, "--gali-noise")) {
+            char *end;
+            a->gali_noise = strtof(v, &end);
+            if (*end || end == v) {
+                fprintf(stderr, "recall_score: --gali-noise wants a number, got '%s'\n", v);
+                return -1;
+            }
+        } else if (!strcmp(f, "--seed")) {
+            char *end;
+            errno = 0;
+            a->seed = strtoull(v, &end, 10);
+            if (errno || *end || end == v) {
+                fprintf(stderr, "recall_score: --seed wants a non-negative integer, got '%s'\n", v);
+                return -1;
+            }
         } else if (!strcmp(f, "--rope-scaling")) {
             if (parse_scaling(v, &a->rope_scaling)) return -1;
             a->rope_scaling_set = 1;
@@ -360,6 +395,10 @@ int main(int argc, char **argv)
     o.neighbor = a.neighbor;
     o.chunk_size = a.chunk_size;
     o.local_window = a.local_window;
+    o.local_window_set = a.local_window_set;
+    o.gali_mode = (gali_mode_t)a.gali_mode;
+    o.gali_noise = a.gali_noise;
+    o.gali_seed = a.seed;
     o.dca_no_scale = a.no_chunk_scale;
     o.rope_scaling_set = a.rope_scaling_set;
     o.rope_scaling = a.rope_scaling;

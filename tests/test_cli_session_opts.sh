@@ -66,10 +66,26 @@ check "ppl --text with knn options" '[ $rc -eq 0 ] && [[ "$out" == "ppl "* ]]'
 out=$(R ppl --text "$dir/doc.txt" --nprobe 2 2>&1); rc=$?
 check "ppl --text: nprobe without knn refused" '[ $rc -eq 1 ] && [[ "$out" == *"score options: nlist and nprobe tune the kNN index"* ]]'
 
+# GALI's options: parsing, the daemon's ranges, the values kept (w = 0 included).
+out=$(R ingest g1 --positional gali --gali-mode fast "$dir/doc.txt" 2>&1); rc=$?
+check "gali-mode fast is a usage error" '[ $rc -eq 2 ] && [[ "$out" == *"--gali-mode must be paper | reference"* ]]'
+out=$(R ingest g2 --positional gali --seed 3 "$dir/doc.txt" 2>&1); rc=$?
+check "--seed without --gali-noise on ingest is a usage error" '[ $rc -eq 2 ] && [[ "$out" == *"--seed goes with --gali-noise"* ]]'
+out=$(R ingest g3 --positional gali --local-window 64 "$dir/doc.txt" 2>&1); rc=$?
+check "gali w = L refused with the range" '[ $rc -eq 1 ] && [[ "$out" == *"gali --local-window must be in 0 <= w < L, here 0 to 63"* ]]'
+out=$(R ingest g4 --positional gali --chunk-size 65 "$dir/doc.txt" 2>&1); rc=$?
+check "gali c > L refused with the range" '[ $rc -eq 1 ] && [[ "$out" == *"gali --chunk-size must be in 1 <= c <= L, here 1 to 64"* ]]'
+check "gali session" 'R -q ingest g --positional gali --window 256 --gali-mode reference --local-window 0 --chunk-size 40 --gali-noise 0.25 --seed 9 "$dir/doc.txt"'
+js=$(R --json info g)
+check "gali info --json" '[[ "$js" == *"\"positional\":\"gali\""* && "$js" == *"\"chunk_size\":40,\"local_window\":0"* && "$js" == *"\"gali_mode\":\"reference\",\"gali_noise\":0.25,\"gali_seed\":9"* ]]'
+check "gali defaults" 'R -q ingest g5 --positional gali "$dir/doc.txt" && [[ "$(R --json info g5)" == *"\"chunk_size\":48,\"local_window\":8"*"\"gali_mode\":\"paper\""* ]]'
+check "refused gali sessions do not exist" '[[ "$(R sessions)" != *"g1"* && "$(R sessions)" != *"g3"* ]]'
+
 # Restart: the options are stored with the session.
 kill $pid; wait $pid 2>/dev/null
 start_recalld --nlist 64
 check "after a restart" '[[ "$(R --json info s)" == *"\"knn_nlist\":4,\"knn_nprobe\":2,\"gpu_memory_budget\":1610612736"* ]]'
 check "after a restart: defaults stay with old sessions" '[[ "$(R info d)" == *"nlist auto"* ]]'
+check "after a restart: gali options kept" '[[ "$(R --json info g)" == *"\"local_window\":0"*"\"gali_mode\":\"reference\""* ]]'
 
 finish

@@ -1,5 +1,5 @@
 /* Session options travel intact from the wire to the stream: sessions created over RPC
- * with Self-Extend, DCA or a RoPE scaling (windows 4x the trained length of tiny-fot)
+ * with Self-Extend, DCA, GALI or a RoPE scaling (windows 4x the trained length of tiny-fot)
  * score their tokens exactly as an in-process stream with the same options does, report
  * their resolved options, and keep them across a restart. */
 #include <math.h>
@@ -20,13 +20,17 @@ typedef struct variant {
     uint32_t window, group, neighbor, chunk, local;
     float factor;
     model_stream_opts_t opts;
+    const char *gali_mode; /* gali: the mode sent, and whether local_window is sent as set */
+    int local_set;
 } variant_t;
 
 static variant_t variants[] = {
-    {"se", "self-extend", "", 256, 6, 20, 0, 0, 0, {.window = 256, .positional = POSITIONAL_SELF_EXTEND, .group = 6, .neighbor = 20}},
-    {"dca", "dca", "", 256, 0, 0, 0, 0, 0, {.window = 256, .positional = POSITIONAL_DCA}},
-    {"dca2", "dca", "", 200, 0, 0, 40, 8, 0, {.window = 200, .positional = POSITIONAL_DCA, .chunk_size = 40, .local_window = 8}},
-    {"yarn", "rope", "yarn", 128, 0, 0, 0, 0, 2.0f, {.window = 128, .rope_scaling_set = 1, .rope_scaling = ROPE_SCALING_YARN, .rope_factor = 2.0f}},
+    {"se", "self-extend", "", 256, 6, 20, 0, 0, 0, {.window = 256, .positional = POSITIONAL_SELF_EXTEND, .group = 6, .neighbor = 20}, NULL, 0},
+    {"dca", "dca", "", 256, 0, 0, 0, 0, 0, {.window = 256, .positional = POSITIONAL_DCA}, NULL, 0},
+    {"dca2", "dca", "", 200, 0, 0, 40, 8, 0, {.window = 200, .positional = POSITIONAL_DCA, .chunk_size = 40, .local_window = 8}, NULL, 0},
+    {"yarn", "rope", "yarn", 128, 0, 0, 0, 0, 2.0f, {.window = 128, .rope_scaling_set = 1, .rope_scaling = ROPE_SCALING_YARN, .rope_factor = 2.0f}, NULL, 0},
+    /* GALI with w = 0 (sent as set: 0 alone means the default) and the bf16 coefficient. */
+    {"gali", "gali", "", 256, 0, 0, 40, 0, 0, {.window = 256, .positional = POSITIONAL_GALI, .chunk_size = 40, .local_window = 0, .local_window_set = 1, .gali_mode = GALI_MODE_REFERENCE}, "reference", 1},
 };
 #define N_VAR (sizeof variants / sizeof variants[0])
 
@@ -41,6 +45,8 @@ static Recall__Response *create(rpc_client_t *c, const variant_t *v)
     o.neighbor = v->neighbor;
     o.chunk_size = v->chunk;
     o.local_window = v->local;
+    o.gali_mode = (char *)(v->gali_mode ? v->gali_mode : "");
+    o.local_window_set = v->local_set;
     return rpc_create_opts(c, v->name, &o, 0);
 }
 
@@ -84,6 +90,11 @@ static void check_info(rpc_client_t *c, const variant_t *v)
     if (o && !strcmp(v->positional, "dca"))
         CHECK_MSG(o->chunk_size > o->local_window && o->local_window > 0,
                   "%s: dca sizes resolved (S %u, w %u)", v->name, o->chunk_size, o->local_window);
+    if (o && !strcmp(v->positional, "gali"))
+        CHECK_MSG(!strcmp(o->gali_mode, v->gali_mode) && o->local_window == v->local &&
+                      o->local_window_set && o->chunk_size == v->chunk,
+                  "%s: gali options kept (mode %s, w %u, c %u)", v->name, o->gali_mode,
+                  o->local_window, o->chunk_size);
     if (o && v->scaling[0])
         CHECK_MSG(!strcmp(o->rope_scaling, v->scaling) && o->rope_factor == v->factor,
                   "%s: rope scaling kept", v->name);
@@ -146,10 +157,29 @@ int main(void)
                   variants[v].name);
     }
     /* A window Self-Extend cannot reach: (L − W)·G + W = (64 − 16)·4 + 16 = 208 < 256. */
-    variant_t far = {"far", "self-extend", "", 256, 4, 16, 0, 0, 0, {0}};
+    variant_t far = {"far", "self-extend", "", 256, 4, 16, 0, 0, 0, {0}, NULL, 0};
     far.group = 4;
     Recall__Response *r = create(&c, &far);
     CHECK(r && r->status && r->status->code == -1);
+    if (r) recall__response__free_unpacked(r, NULL);
+    /* GALI's ranges and its mode's names are checked, with the range in the message. */
+    variant_t bad_w = {"badw", "gali", "", 256, 0, 0, 0, 64, 0, {0}, "paper", 0};
+    r = create(&c, &bad_w);
+    CHECK_MSG(r && r->status && r->status->code == -1 && r->status->message &&
+                  strstr(r->status->message, "--local-window") &&
+                  strstr(r->status->message, "0 to 63"),
+              "gali w = L refused with the range: %s",
+              r && r->status ? r->status->message : "no answer");
+    if (r) recall__response__free_unpacked(r, NULL);
+    variant_t bad_m = {"badm", "gali", "", 256, 0, 0, 0, 0, 0, {0}, "fast", 0};
+    r = create(&c, &bad_m);
+    CHECK_MSG(r && r->status && r->status->code == -1 && r->status->message &&
+                  strstr(r->status->message, "paper or reference"),
+              "unknown gali mode refused: %s", r && r->status ? r->status->message : "");
+    if (r) recall__response__free_unpacked(r, NULL);
+    variant_t bad_s = {"bads", "dca", "", 256, 0, 0, 0, 0, 0, {0}, "reference", 0};
+    r = create(&c, &bad_s);
+    CHECK_MSG(r && r->status && r->status->code == -1, "gali_mode with dca refused");
     if (r) recall__response__free_unpacked(r, NULL);
 
     /* Daemon defaults: a daemon started with --positional dca --window 256 gives new
@@ -161,7 +191,7 @@ int main(void)
     CHECK(rpc_daemon_start(&dm, model_dir, data, ep, log, dflt_args) == 0);
     CHECK(rpc_client_open(&c, ep) == 0);
     for (size_t v = 0; v < N_VAR; v++) check_info(&c, &variants[v]);
-    variant_t plain = {"plainopts", "", "", 0, 0, 0, 0, 0, 0, {0}};
+    variant_t plain = {"plainopts", "", "", 0, 0, 0, 0, 0, 0, {0}, NULL, 0};
     r = create(&c, &plain);
     CHECK(r && r->status && r->status->code == 0);
     if (r) recall__response__free_unpacked(r, NULL);

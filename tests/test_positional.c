@@ -8,9 +8,12 @@
  *     log-probs, feeding in pieces equals feeding at once, memory is used, and windows up to
  *     4x the trained length run (time printed, not asserted);
  *   - CLEX's row rule, log factor and resolve limits, and its refusal on backends other
- *     than the CPU (the numbers are tests/ref/parity_clex.py's). */
+ *     than the CPU (the numbers are tests/ref/parity_clex.py's);
+ *   - GALI's positions, pieces, coefficient in both modes, defaults and ranges, the GALI
+ *     attention layout against a per-pair formula, and its refusal off the CPU (the
+ *     log-probs are tests/ref/parity_gali.py's). */
 #define _POSIX_C_SOURCE 200809L
-#define BACKEND_INTERNAL /* a stand-in backend for the CLEX refusal (test_clex_backends) */
+#define BACKEND_INTERNAL /* a stand-in backend for the CPU-only refusal (test_cpu_only) */
 #define PI 3.14159265358979323846
 #include <math.h>
 #include <stdint.h>
@@ -313,6 +316,45 @@ static void test_validation(void)
 /* ---- cpu_attention_ext against per-pair attention ---- */
 
 /* x rotated at pos as cpu_rope does it (fp32 angle, cos/sin in double), into double. */
+/* Memory scores of the rotated query qr [hd] against unrotated memory keys (kv head kh)
+ * into dst [n_mem], times mem_scale, clamped; returns the running maximum mx with them. */
+static double naive_mem_scores(double *dst, double mx, const double *qr, const float *mk,
+                               int n_mem, int kv_row, int kh, int hd, double mem_scale)
+{
+    for (int m = 0; m < n_mem; m++) {
+        const float *kv = mk + (size_t)m * kv_row + kh * hd;
+        double s = 0;
+        for (int x = 0; x < hd; x++)
+            s += qr[x] * kv[x];
+        dst[m] = fmax(s * mem_scale, -1e6);
+        mx = fmax(mx, dst[m]);
+    }
+    return mx;
+}
+
+/* The naive attention's last step for query i (local index) and kv head kh: softmax over
+ * the scores sc[0..i] and sc[nk..nk + n_mem) (maximum mx; sc is overwritten), the weighted
+ * values, and the largest difference from the kernel's output row got [hd]. */
+static double naive_out_err(double *sc, double mx, int i, int nk, int n_mem, const float *v,
+                            const float *mv, int kv_row, int kh, int hd, const float *got)
+{
+    double sum = 0, err = 0;
+    for (int j = 0; j <= i; j++)
+        sum += (sc[j] = exp(sc[j] - mx));
+    for (int m = 0; m < n_mem; m++)
+        sum += (sc[nk + m] = exp(sc[nk + m] - mx));
+    for (int x = 0; x < hd; x++) {
+        double o = 0;
+        for (int j = 0; j <= i; j++)
+            o += sc[j] * v[(size_t)j * kv_row + kh * hd + x];
+        for (int m = 0; m < n_mem; m++)
+            o += sc[nk + m] * mv[(size_t)m * kv_row + kh * hd + x];
+        const double d = fabs(o / sum - got[x]);
+        if (!(d <= err)) err = d;
+    }
+    return err;
+}
+
 static void rotate(double *out, const float *x, int hd, int pos, const float *inv_freq,
                    double mscale)
 {
@@ -425,29 +467,11 @@ static void test_attention_ext(positional_params_t p, int n_heads, int n_kv, int
                 mx = fmax(mx, sc[j]);
             }
             rotate(qr, qv, hd, positional_mem_query(&p, i), inv_freq, mscale);
-            for (int m = 0; m < n_mem; m++) {
-                /* a key at index 0: position 0, carrying the cos/sin multiplier */
-                rotate(kr, mk + (size_t)m * kv_row + kh * hd, hd, 0, inv_freq, mscale);
-                double s = 0;
-                for (int x = 0; x < hd; x++)
-                    s += qr[x] * kr[x];
-                sc[nk + m] = fmax(s * scale, -1e6);
-                mx = fmax(mx, sc[nk + m]);
-            }
-            double sum = 0;
-            for (int j = 0; j <= i; j++)
-                sum += (sc[j] = exp(sc[j] - mx));
-            for (int m = 0; m < n_mem; m++)
-                sum += (sc[nk + m] = exp(sc[nk + m] - mx));
-            for (int x = 0; x < hd; x++) {
-                double o = 0;
-                for (int j = 0; j <= i; j++)
-                    o += sc[j] * v[(size_t)j * kv_row + kh * hd + x];
-                for (int m = 0; m < n_mem; m++)
-                    o += sc[nk + m] * mv[(size_t)m * kv_row + kh * hd + x];
-                double d = fabs(o / sum - out[(size_t)t * q_row + h * hd + x]);
-                if (!(d <= err)) err = d;
-            }
+            /* a key at index 0: position 0, carrying the cos/sin multiplier */
+            mx = naive_mem_scores(sc + nk, mx, qr, mk, n_mem, kv_row, kh, hd, scale * mscale);
+            const double d = naive_out_err(sc, mx, i, nk, n_mem, v, mv, kv_row, kh, hd,
+                                           out + (size_t)t * q_row + h * hd);
+            if (!(d <= err)) err = d;
         }
     }
     CHECK_MSG(err < 5e-5, "attention_ext %s G%d W%d c%d h%d/%d q%d off%d mem%d ms%g: max err %g",
@@ -705,17 +729,16 @@ static void test_clex_rules(void)
     CHECK(qp == 200 && kp == 3 && positional_mem_query(&p, 200) == 200);
 }
 
-/* CLEX runs on the CPU backend only: a stream of any other backend is refused in generic
- * code (model_stream_create_with), before the backend is asked. A stand-in with the CPU's
- * ops under another name shows it without a GPU. */
-static void test_clex_backends(const char *dir)
+/* CLEX and GALI run on the CPU backend only: a stream of any other backend is refused in
+ * generic code (model_stream_create_with), before the backend is asked. A stand-in with the
+ * CPU's ops under another name shows it without a GPU. o must run on the CPU. */
+static void test_cpu_only(const char *dir, model_stream_opts_t o)
 {
     model_t *m = NULL;
     char err[512] = "";
     rc_t rc = model_load(dir, 1, &m, err, sizeof err);
     CHECK_MSG(rc == RC_OK, "%s", err);
     if (rc) return;
-    model_stream_opts_t o = {0};
     model_stream_t *s = NULL;
     CHECK(model_stream_create(m, &o, &s) == RC_OK && s);
     int32_t tok[3] = {1, 7, 9};
@@ -731,9 +754,189 @@ static void test_clex_backends(const char *dir)
     model_destroy(&m);
 }
 
+/* GALI (model/positional.h): positions, pieces, coefficient, defaults and ranges. */
+static void test_gali_rules(void)
+{
+    float pos[600];
+    positional_gali_positions(10, 64, 8, pos); /* T ≤ L: plain */
+    CHECK(pos[0] == 0.0f && pos[9] == 9.0f);
+    /* T = 100, L = 64, w = 8: g = ceil(92 / 56) = 2, i = 36 (28 + 72 ≥ 100): the oldest 72
+     * at k + m/2, the newest 28 at 36 … 63. */
+    positional_gali_positions(100, 64, 8, pos);
+    CHECK(pos[0] == 0.0f && pos[1] == 0.5f && pos[71] == 35.5f && pos[72] == 36.0f &&
+          pos[99] == 63.0f);
+    /* g = 3: spacing float32(1/3); 8x L with w = 0 leaves no integer tail. */
+    positional_gali_positions(150, 64, 8, pos);
+    CHECK(pos[1] == (float)(1.0 / 3.0) && pos[2] == (float)(2.0 / 3.0) && pos[149] == 63.0f);
+    positional_gali_positions(512, 64, 0, pos);
+    CHECK(pos[511] == 63.875f && pos[1] == 0.125f);
+    for (int T = 65; T <= 600; T++) {
+        positional_gali_positions(T, 64, 5, pos);
+        int ok = pos[T - 1] == 63.0f && pos[0] == 0.0f;
+        for (int j = 1; j < T; j++)
+            ok = ok && pos[j] > pos[j - 1];
+        CHECK_MSG(ok, "gali positions T=%d increase from 0 to L-1", T);
+    }
+    /* pieces: up to L while the window is below it, then c */
+    CHECK(positional_gali_piece(0, 300, 64, 48) == 64);
+    CHECK(positional_gali_piece(10, 300, 64, 48) == 54);
+    CHECK(positional_gali_piece(64, 300, 64, 48) == 48);
+    CHECK(positional_gali_piece(100, 20, 64, 48) == 20);
+    CHECK(positional_gali_piece(10, 5, 64, 48) == 5);
+    /* c = (⌈p_q⌉ − p_k) mod 1: fp32 in paper mode, bf16 in reference mode */
+    CHECK(positional_gali_coef(10.0f, 3.25f, GALI_MODE_PAPER) == 0.75f);
+    CHECK(positional_gali_coef(10.0f, 3.25f, GALI_MODE_REFERENCE) == 0.75f);
+    CHECK(positional_gali_coef(10.0f, 3.0f, GALI_MODE_PAPER) == 0.0f);
+    const float third = (float)(1.0 / 3.0);
+    CHECK(fabsf(positional_gali_coef(10.0f, third, GALI_MODE_PAPER) - 2.0f / 3.0f) < 1e-6f);
+    /* bf16(1/3) = 0.333984375; 10 − it = 9.666015625 → bf16 9.6875: c = 0.6875 */
+    CHECK(positional_gali_coef(10.0f, third, GALI_MODE_REFERENCE) == 0.6875f);
+    /* distance ≥ 128: bf16 keeps no fraction */
+    CHECK(positional_gali_coef(200.0f, 3.25f, GALI_MODE_REFERENCE) == 0.0f);
+    CHECK(positional_gali_coef(200.0f, 3.25f, GALI_MODE_PAPER) == 0.75f);
+    CHECK(positional_gali_coef(300.0f, 130.5f, GALI_MODE_REFERENCE) == 0.0f);
+    CHECK(!strcmp(positional_gali_mode_name(GALI_MODE_REFERENCE), "reference"));
+
+    model_config_t c = config(64, 16, 1e4f);
+    char err[256] = "";
+    model_stream_opts_t o = {.positional = POSITIONAL_GALI, .window = 1000};
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK);
+    CHECK(o.chunk_size == 48 && o.local_window == 8 && o.local_window_set);
+    CHECK(positional_resolve(&c, &o, err, sizeof err) == RC_OK); /* idempotent */
+    CHECK(o.chunk_size == 48 && o.local_window == 8);
+    model_stream_opts_t z = {.positional = POSITIONAL_GALI, .local_window_set = 1};
+    CHECK(positional_resolve(&c, &z, err, sizeof err) == RC_OK && z.local_window == 0);
+    model_config_t big = config(32768, 16, 1e4f);
+    model_stream_opts_t b = {.positional = POSITIONAL_GALI};
+    CHECK(positional_resolve(&big, &b, err, sizeof err) == RC_OK);
+    CHECK(b.local_window == 128 && b.chunk_size == 24576);
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .local_window = 64},
+                   "0 to 63");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .local_window = -1},
+                   "--local-window");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .chunk_size = 65},
+                   "1 to 64");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .chunk_size = -3},
+                   "--chunk-size");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .gali_mode = 7},
+                   "paper or reference");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .gali_noise = -1},
+                   "--gali-noise");
+    expect_invalid(&c, (model_stream_opts_t){.positional = POSITIONAL_GALI, .memory_knn = 1},
+                   "knn");
+    expect_invalid(&c,
+                   (model_stream_opts_t){.positional = POSITIONAL_GALI,
+                                         .rope_scaling_set = 1,
+                                         .rope_scaling = ROPE_SCALING_LINEAR,
+                                         .rope_factor = 2},
+                   "RoPE scaling linear");
+}
+
+/* cpu_attention_ext's GALI layout against the per-pair formula in double: A with the key
+ * at ⌈p_k⌉, B at ⌊p_k⌋, the query at ⌈p_q⌉, A + c·(B − A); memory keys at position 0. */
+static void test_attention_gali(int n_heads, int n_kv, int n_q, int q_off, int n_mem, int L,
+                                int w, gali_mode_t mode)
+{
+    const int hd = 16, nk = q_off + n_q;
+    const int q_row = n_heads * hd, kv_row = n_kv * hd;
+    float inv_freq[8];
+    cpu_rope_inv_freq(inv_freq, hd, 1e4f);
+    float *qraw = malloc(sizeof(float) * n_q * q_row), *q = malloc(sizeof(float) * n_q * q_row);
+    float *kraw = malloc(sizeof(float) * nk * kv_row), *kc = malloc(sizeof(float) * nk * kv_row);
+    float *kf = malloc(sizeof(float) * nk * kv_row), *v = malloc(sizeof(float) * nk * kv_row);
+    float *mk = malloc(sizeof(float) * (n_mem + 1) * kv_row);
+    float *mv = malloc(sizeof(float) * (n_mem + 1) * kv_row);
+    float *out = malloc(sizeof(float) * n_q * q_row), *kpos = malloc(sizeof(float) * nk);
+    float *qpos = malloc(sizeof(float) * n_q);
+    int32_t *ci = malloc(sizeof(int32_t) * nk), *fi = malloc(sizeof(int32_t) * nk);
+    for (int i = 0; i < n_q * q_row; i++)
+        q[i] = qraw[i] = frand() * 2;
+    for (int i = 0; i < nk * kv_row; i++)
+        kc[i] = kf[i] = kraw[i] = frand() * 2, v[i] = frand();
+    for (int i = 0; i < n_mem * kv_row; i++)
+        mk[i] = frand() * 2, mv[i] = frand();
+    positional_gali_positions(nk, L, w, kpos);
+    int nf = 0;
+    for (int j = 0; j < nk; j++) {
+        ci[j] = (int32_t)ceilf(kpos[j]), fi[j] = (int32_t)floorf(kpos[j]);
+        if (kpos[j] != floorf(kpos[j])) nf = j + 1;
+    }
+    for (int t = 0; t < n_q; t++)
+        qpos[t] = (float)ci[q_off + t];
+    cpu_rope(q, n_q, n_heads, hd, ci + q_off, inv_freq, 1.0f);
+    cpu_rope(kc, nk, n_kv, hd, ci, inv_freq, 1.0f);
+    cpu_rope(kf, nk, n_kv, hd, fi, inv_freq, 1.0f);
+    const float scale = 1.0f / sqrtf((float)hd);
+    attn_ext_args_t e = {.layout = CPU_ATTN_GALI,
+                         .k_alt = kf,
+                         .gali_n_frac = nf,
+                         .gali_kpos = kpos,
+                         .gali_qpos = qpos,
+                         .gali_mode = mode == GALI_MODE_REFERENCE};
+    e.a = (attn_args_t){.n_q = n_q,
+                        .n_k = nk,
+                        .n_heads = n_heads,
+                        .n_kv_heads = n_kv,
+                        .head_dim = hd,
+                        .q_offset = q_off,
+                        .q = q,
+                        .k = kc,
+                        .v = v,
+                        .n_mem = (size_t)n_mem,
+                        .mem_dtype = DTYPE_F32,
+                        .mem_k = mk,
+                        .mem_v = mv,
+                        .scale = scale,
+                        .out = out};
+    cpu_attention_ext(&e);
+
+    double err = 0, *sc = malloc(sizeof(double) * (nk + n_mem)), qr[16], ka[16], kb[16];
+    int mixed = 0;
+    for (int h = 0; h < n_heads; h++) {
+        const int kh = h / (n_heads / n_kv);
+        for (int t = 0; t < n_q; t++) {
+            const int i = q_off + t;
+            rotate(qr, qraw + (size_t)t * q_row + h * hd, hd, ci[i], inv_freq, 1.0f);
+            double mx = -INFINITY;
+            for (int j = 0; j <= i; j++) {
+                const float *kv = kraw + (size_t)j * kv_row + kh * hd;
+                rotate(ka, kv, hd, ci[j], inv_freq, 1.0f);
+                rotate(kb, kv, hd, fi[j], inv_freq, 1.0f);
+                double A = 0, B = 0;
+                for (int x = 0; x < hd; x++)
+                    A += qr[x] * ka[x], B += qr[x] * kb[x];
+                const double cf = positional_gali_coef((float)ci[i], kpos[j], mode);
+                mixed += cf != 0;
+                sc[j] = fmax((A + cf * (B - A)) * scale, -1e6);
+                mx = fmax(mx, sc[j]);
+            }
+            mx = naive_mem_scores(sc + nk, mx, qr, mk, n_mem, kv_row, kh, hd, scale);
+            const double d = naive_out_err(sc, mx, i, nk, n_mem, v, mv, kv_row, kh, hd,
+                                           out + (size_t)t * q_row + h * hd);
+            if (!(d <= err)) err = d;
+        }
+    }
+    CHECK_MSG(err < 5e-5 && mixed > 0,
+              "attention gali %s h%d/%d q%d off%d mem%d L%d w%d: max err %g, %d mixed pairs",
+              positional_gali_mode_name(mode), n_heads, n_kv, n_q, q_off, n_mem, L, w, err,
+              mixed);
+    free(sc), free(qraw), free(q), free(kraw), free(kc), free(kf), free(v), free(mk), free(mv);
+    free(out), free(kpos), free(qpos), free(ci), free(fi);
+}
+
+static void test_attention_gali_all(void)
+{
+    test_attention_gali(4, 4, 150, 0, 0, 64, 8, GALI_MODE_PAPER);   /* blocks of 64 */
+    test_attention_gali(4, 2, 37, 130, 25, 64, 8, GALI_MODE_PAPER); /* GQA, memory */
+    test_attention_gali(4, 2, 1, 300, 10, 64, 0, GALI_MODE_REFERENCE); /* a decode step */
+    test_attention_gali(2, 1, 90, 60, 0, 32, 4, GALI_MODE_REFERENCE);
+}
+
 int main(void)
 {
     test_clex_rules();
+    test_gali_rules();
+    test_attention_gali_all();
     test_dca_llama2_defaults();
     test_self_extend_maps();
     test_scalings();
@@ -748,7 +951,9 @@ int main(void)
         snprintf(dir, sizeof dir, "%s/tiny-llama", data);
         test_model(dir, 0);
         snprintf(dir, sizeof dir, "%s/tiny-clex", data);
-        test_clex_backends(dir);
+        test_cpu_only(dir, (model_stream_opts_t){0}); /* clex, the checkpoint's default */
+        snprintf(dir, sizeof dir, "%s/tiny-llama", data);
+        test_cpu_only(dir, (model_stream_opts_t){.positional = POSITIONAL_GALI, .window = 256});
     } else {
         printf("RECALL_TEST_DATA not set: model tests skipped\n");
     }

@@ -179,57 +179,23 @@ class Stream(R.Stream):
         x = m.emb[torch.tensor(toks, dtype=torch.long)]
         masked = torch.arange(n)[None, :] > (torch.arange(T)[:, None] + C)
         for l, Lw in enumerate(m.layers):
-            h = m.rmsnorm(x, Lw["attn_norm"])
-            q = (h @ Lw["wq"].T).view(T, nh, D)
-            k = (h @ Lw["wk"].T).view(T, nkv, D)
-            v = (h @ Lw["wv"].T).view(T, nkv, D)
-            self.cache_k[l] = torch.cat([self.cache_k[l], k])
-            self.cache_v[l] = torch.cat([self.cache_v[l], v])
+            q, _ = self.layer_qkv(l, Lw, x)
             kr = R.apply_rope(self.cache_k[l], cos, sin)            # every key with row t
             qr = R.apply_rope(q, cos[C:], sin[C:]) * qs
             qh = qr.permute(1, 0, 2)
             kh = kr.repeat_interleave(rep, dim=1).permute(1, 2, 0)
-            vh = self.cache_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
             s = torch.clamp(torch.matmul(qh, kh) * scale, min=-1e6).masked_fill(masked, float("-inf"))
-            scores, values = [s], [vh]
-            if l in self.mem_set and self.use_memory and self.mem_k[l].shape[0] > 0:
-                mk = self.mem_k[l].repeat_interleave(rep, dim=1).permute(1, 2, 0)
-                mv = self.mem_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
-                scores.append(torch.clamp(torch.matmul(qh, mk) * scale, min=-1e6))
-                values.append(mv)
-            p = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
-            o = torch.matmul(p, torch.cat(values, dim=1)).permute(1, 0, 2).reshape(T, nh * D)
-            x = x + o @ Lw["wo"].T
-            h = m.rmsnorm(x, Lw["ffn_norm"])
-            x = x + (torch.nn.functional.silu(h @ Lw["w_gate"].T) * (h @ Lw["w_up"].T)) \
-                @ Lw["w_down"].T
+            x = self.layer_rest(l, Lw, x, qh, s, scale)
         return m.rmsnorm(x, m.norm) @ m.lm_head.T
-
-
-def split_feeds(n, feeds):
-    """Sizes of successive feeds of n tokens: feeds repeats its last entry; [] = one."""
-    if not feeds:
-        return [n]
-    out, i = [], 0
-    while sum(out) < n:
-        out.append(min(feeds[min(i, len(feeds) - 1)], n - sum(out)))
-        i += 1
-    return out
 
 
 def logprobs(model, tokens, window=0, feeds=None, mem_dtype=None, use_memory=True,
              stream_out=None):
     """n-1 log-probs (float64 numpy), the tokens fed in calls of `feeds` sizes."""
     s = Stream(model, window, mem_dtype, use_memory)
-    parts, off = [], 0
-    for k in split_feeds(len(tokens), feeds):
-        parts.append(s.feed(tokens[off:off + k]))
-        off += k
     if stream_out is not None:
         stream_out.append(s)
-    ls = torch.log_softmax(torch.cat(parts).to(torch.float64), dim=-1)
-    nxt = torch.tensor([int(t) for t in tokens[1:]], dtype=torch.long)
-    return ls[torch.arange(len(tokens) - 1), nxt].numpy()
+    return R.stream_logprobs(s, tokens, feeds)
 
 
 def main(argv=None):

@@ -256,6 +256,41 @@ class Stream:
             return torch.zeros((0, V), dtype=self.m.dt)
         return torch.cat(out)
 
+    def layer_qkv(self, l, Lw, x):
+        """Layer l's unrotated queries [T, nh, D] and keys [T, nkv, D] from the residual x;
+        its keys and values are appended to the local cache."""
+        m, c = self.m, self.m.cfg
+        T, nh, nkv, D = x.shape[0], c["n_heads"], c["n_kv_heads"], c["head_dim"]
+        h = m.rmsnorm(x, Lw["attn_norm"])
+        q = (h @ Lw["wq"].T).view(T, nh, D)
+        k = (h @ Lw["wk"].T).view(T, nkv, D)
+        v = (h @ Lw["wv"].T).view(T, nkv, D)
+        self.cache_k[l] = torch.cat([self.cache_k[l], k])
+        self.cache_v[l] = torch.cat([self.cache_v[l], v])
+        return q, k
+
+    def layer_rest(self, l, Lw, x, qh, s_loc, scale):
+        """Layer l after its local scores s_loc [nh, T, C+T] (clamped and masked), for the
+        positional schemes' references: memory scores of the rotated queries qh [nh, T, D]
+        against the unrotated memory keys, one softmax, the values, o_proj and the FFN.
+        Returns the new residual x [T, H]."""
+        m, c = self.m, self.m.cfg
+        rep = c["n_heads"] // c["n_kv_heads"]
+        T = qh.shape[1]
+        vh = self.cache_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
+        scores, values = [s_loc], [vh]
+        if l in self.mem_set and self.use_memory and self.mem_k[l].shape[0] > 0:
+            mk = self.mem_k[l].repeat_interleave(rep, dim=1).permute(1, 2, 0)
+            mv = self.mem_v[l].repeat_interleave(rep, dim=1).permute(1, 0, 2)
+            scores.append(torch.clamp(torch.matmul(qh, mk) * scale, min=-1e6))
+            values.append(mv)
+        p = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
+        o = torch.matmul(p, torch.cat(values, dim=1)).permute(1, 0, 2).reshape(T, -1)
+        x = x + o @ Lw["wo"].T
+        h = m.rmsnorm(x, Lw["ffn_norm"])
+        return x + (torch.nn.functional.silu(h @ Lw["w_gate"].T) * (h @ Lw["w_up"].T)) \
+            @ Lw["w_down"].T
+
     def _chunk(self, toks):
         """A chunk that fits in the local cache: attends to cache + itself (+ memory)."""
         m, c = self.m, self.m.cfg
@@ -317,6 +352,29 @@ def logprobs(model, tokens, window=0, mem_dtype=None, use_memory=True, knn_k=0):
     s = Stream(model, window, mem_dtype, use_memory, knn_k)
     logits = s.feed(tokens).to(torch.float64)
     ls = torch.log_softmax(logits, dim=-1)
+    nxt = torch.tensor([int(t) for t in tokens[1:]], dtype=torch.long)
+    return ls[torch.arange(len(tokens) - 1), nxt].numpy()
+
+
+def split_feeds(n, feeds):
+    """Sizes of successive feeds of n tokens: feeds repeats its last entry; [] = one."""
+    if not feeds:
+        return [n]
+    out, i = [], 0
+    while sum(out) < n:
+        out.append(min(feeds[min(i, len(feeds) - 1)], n - sum(out)))
+        i += 1
+    return out
+
+
+def stream_logprobs(s, tokens, feeds=None):
+    """n-1 log-probs (float64 numpy) of tokens fed to stream s in calls of `feeds` sizes
+    (schemes whose results depend on the grouping: CLEX, GALI)."""
+    parts, off = [], 0
+    for k in split_feeds(len(tokens), feeds):
+        parts.append(s.feed(tokens[off:off + k]))
+        off += k
+    ls = torch.log_softmax(torch.cat(parts).to(torch.float64), dim=-1)
     nxt = torch.tensor([int(t) for t in tokens[1:]], dtype=torch.long)
     return ls[torch.arange(len(tokens) - 1), nxt].numpy()
 

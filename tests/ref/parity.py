@@ -375,6 +375,30 @@ def run_tests(ctx, tests, names, tmp, keep, errors=(R.RefError, OSError,
     return 1 if ctx.failed else 0
 
 
+def script_main(doc, tests, prog, model, ctx_cls, errors):
+    """main() of a parity script whose every test runs recall_score: the options of this
+    one, a check that the data folder has `model` and that recall_score runs, then
+    run_tests with ctx_cls(args, tmp). Returns the exit status."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--test", default="all", help="|".join(["all"] + list(tests)))
+    ap.add_argument("--data", default=os.environ.get("RECALL_TEST_DATA"))
+    ap.add_argument("--recall-score")
+    ap.add_argument("--corpus", default=os.path.join(SRC, "tests", "data", "corpus.txt"))
+    ap.add_argument("--keep", help="keep temporary files in this folder")
+    a = ap.parse_args()
+    names = test_names(ap, a.test, tests)
+    if not a.data or not os.path.isdir(os.path.join(a.data or "", model)):
+        print(f"{prog}: no {model} in {a.data}; run tests/make_tiny_models.sh",
+              file=sys.stderr)
+        return 1
+    if not (a.recall_score and os.access(a.recall_score, os.X_OK)):
+        print(f"{prog}: recall_score executable not found ({a.recall_score})", file=sys.stderr)
+        return 1
+    tmp = a.keep or tempfile.mkdtemp(prefix=f"recall-{prog}-")
+    os.makedirs(tmp, exist_ok=True)
+    return run_tests(ctx_cls(a, tmp), tests, names, tmp, a.keep, errors)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--test", default="all", help="|".join(["all"] + list(TESTS)))

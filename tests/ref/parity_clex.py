@@ -20,13 +20,11 @@ Tests:
 
 Prints one line per check and ends with "N passed, N failed"; exits 1 on any failure.
 """
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -334,27 +332,9 @@ TESTS = {"ref_selfcheck": t_ref_selfcheck, "table": t_table, "parity": t_parity,
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--test", default="all", help="|".join(["all"] + list(TESTS)))
-    ap.add_argument("--data", default=os.environ.get("RECALL_TEST_DATA"))
-    ap.add_argument("--recall-score")
-    ap.add_argument("--corpus", default=os.path.join(PAR.SRC, "tests", "data", "corpus.txt"))
-    ap.add_argument("--keep", help="keep temporary files in this folder")
-    a = ap.parse_args()
-    names = PAR.test_names(ap, a.test, TESTS)
-    if not a.data or not os.path.isdir(os.path.join(a.data or "", "tiny-clex")):
-        print(f"parity_clex: no tiny-clex in {a.data}; run tests/make_tiny_models.sh",
-              file=sys.stderr)
-        return 1
-    if not (a.recall_score and os.access(a.recall_score, os.X_OK)):
-        print(f"parity_clex: recall_score executable not found ({a.recall_score})",
-              file=sys.stderr)
-        return 1
-    tmp = a.keep or tempfile.mkdtemp(prefix="recall-clex-parity-")
-    os.makedirs(tmp, exist_ok=True)
-    ctx = Ctx(a, tmp)
-    return PAR.run_tests(ctx, TESTS, names, tmp, a.keep,
-                         (R.RefError, OSError, KeyError, subprocess.TimeoutExpired))
+    return PAR.script_main(__doc__, TESTS, "parity_clex", "tiny-clex", Ctx,
+                           (R.RefError, OSError, KeyError, subprocess.TimeoutExpired))
+
 
 if __name__ == "__main__":
     sys.exit(main())

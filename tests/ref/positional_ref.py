@@ -275,12 +275,7 @@ class Stream(R.Stream):
         kj = torch.arange(C + T)               # of the keys [C+T]
         x = m.emb[torch.tensor(toks, dtype=torch.long)]
         for l, Lw in enumerate(m.layers):
-            h = m.rmsnorm(x, Lw["attn_norm"])
-            q = (h @ Lw["wq"].T).view(T, nh, D)
-            k = (h @ Lw["wk"].T).view(T, nkv, D)
-            v = (h @ Lw["wv"].T).view(T, nkv, D)
-            self.cache_k[l] = torch.cat([self.cache_k[l], k])
-            self.cache_v[l] = torch.cat([self.cache_v[l], v])
+            q, _ = self.layer_qkv(l, Lw, x)
             mem = None
             if l in self.mem_set and self.use_memory and self.mem_k[l].shape[0] > 0:
                 mem = (self.mem_k[l], self.mem_v[l])
