@@ -88,6 +88,19 @@ def tiers_of(ep):
     return {x["name"]: x.get("tier") for x in (s or {}).get("sessions", [])}
 
 
+def reference_answers(ep, names, docs):
+    """Ingests each doc into its session on the daemon at ep; returns each one's answer."""
+    want = {}
+    for n in names:
+        rc, j, err = recall(ep, "ingest", n, docs[n], "--chunk-bytes", "2K")
+        check(rc == 0, "reference ingest %s" % n, err)
+    for n in names:
+        rc, a, err = ask(ep, n)
+        check(rc == 0 and a, "reference ask %s" % n, err)
+        want[n] = a and a.get("tokens")
+    return want
+
+
 def run(tmp):
     names = ["a", "b", "c"]
     docs = {n: write(tmp, n + ".txt", e.corpus_text(24000, offset=300 * i))
@@ -99,14 +112,7 @@ def run(tmp):
                  ["--host-memory-budget", "none"])
     os.makedirs(ref.data_dir)
     ref.start()
-    want = {}
-    for n in names:
-        rc, j, err = recall(ref_ep, "ingest", n, docs[n], "--chunk-bytes", "2K")
-        check(rc == 0, "reference ingest %s" % n, err)
-    for n in names:
-        rc, a, err = ask(ref_ep, n)
-        check(rc == 0 and a, "reference ask %s" % n, err)
-        want[n] = a and a.get("tokens")
+    want = reference_answers(ref_ep, names, docs)
     check(set(tiers_of(ref_ep).values()) == {"host"}, "without a budget every session stays in "
           "host memory", tiers_of(ref_ep))
 

@@ -20,7 +20,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_cli as e  # noqa: E402
 from e2e_cli import check, recall, info  # noqa: E402
-from e2e_tiers import Daemon, ask, tiers_of, write  # noqa: E402
+from e2e_tiers import Daemon, ask, reference_answers, tiers_of, write  # noqa: E402
 
 GPU_BUDGET = 8 << 20  # one ~6 MiB session (bf16 rows) fits, two do not
 
@@ -52,19 +52,12 @@ def run(tmp):
                  model=model)
     os.makedirs(ref.data_dir)
     ref.start()
-    want = {}
     try:
         rc, st, err = recall(ref_ep, "stats")
         total = gpu_total()
         check(rc == 0 and 0 < st.get("gpu_budget", 0) < total,
               "the default GPU budget is a share of the GPU's %.1f GiB" % (total / 2**30), st)
-        for n in names:
-            rc, j, err = recall(ref_ep, "ingest", n, docs[n], "--chunk-bytes", "2K")
-            check(rc == 0, "reference ingest %s" % n, err)
-        for n in names:
-            rc, a, err = ask(ref_ep, n)
-            check(rc == 0 and a, "reference ask %s" % n, err)
-            want[n] = a and a.get("tokens")
+        want = reference_answers(ref_ep, names, docs)
     finally:
         ref.stop()
 
