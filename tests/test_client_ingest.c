@@ -192,6 +192,11 @@ static void *server(void *arg)
         }
         n = 0;
     }
+    /* Stopped with requests held back (a client that gave up): they are not answered. */
+    for (int i = 0; i < n; i++) {
+        recall__request__free_unpacked(q[i].req, NULL);
+        zmq_msg_close(&q[i].ident);
+    }
     return NULL;
 }
 
