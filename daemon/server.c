@@ -197,12 +197,19 @@ void serve_drop(request_t *q)
     s->dropped = 1;
     session_unref_locked(d, s, &to_free);
     /* The catalogue no longer names it, so its row files are garbage now; a job still
-     * reading them keeps its mapping (the pages live until it unmaps). A failure here only
-     * leaves files that the next start-up sweeps away. */
-    if (session_memory_remove_files(d->rows_root, name, err, sizeof err))
+     * reading them keeps its mapping (the pages live until it unmaps). Under mu they are
+     * only moved aside (one rename), so a new session of the same name starts clean;
+     * unlinking them, which takes a while for a large session, happens after the lock. A
+     * failure only leaves files that the next start-up sweeps away. */
+    char *detached = NULL;
+    if (session_memory_detach_files(d->rows_root, name, &detached, err, sizeof err))
         log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
                  err);
     pthread_mutex_unlock(&d->mu);
+    if (detached && session_memory_remove_dir(detached, err, sizeof err))
+        log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
+                 err);
+    free(detached);
     log_info("dropped session '%s'", name);
     session_free(to_free);
     request_reply(q, &dr, 0);

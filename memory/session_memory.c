@@ -430,18 +430,12 @@ out:
     return rc;
 }
 
-rc_t session_memory_remove_files(const char *rows_root, const char *name, char *err,
-                                 size_t errlen)
+rc_t session_memory_remove_dir(const char *dir, char *err, size_t errlen)
 {
-    char *dir = join(rows_root, name);
-    if (!dir) return RC_ERR_NOMEM;
     DIR *d = opendir(dir);
     if (!d) {
-        int e = errno;
-        free(dir);
-        if (e == ENOENT) return RC_OK;
-        return rc_errf(RC_ERR_IO, err, errlen, "cannot open %s/%s: %s", rows_root, name,
-                       strerror(e));
+        if (errno == ENOENT) return RC_OK;
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot open %s: %s", dir, strerror(errno));
     }
     rc_t rc = RC_OK;
     struct dirent *de;
@@ -454,7 +448,48 @@ rc_t session_memory_remove_files(const char *rows_root, const char *name, char *
     closedir(d);
     if (!rc && rmdir(dir) != 0 && errno != ENOENT)
         rc = rc_errf(RC_ERR_IO, err, errlen, "cannot remove %s: %s", dir, strerror(errno));
+    return rc;
+}
+
+rc_t session_memory_remove_files(const char *rows_root, const char *name, char *err,
+                                 size_t errlen)
+{
+    char *dir = join(rows_root, name);
+    if (!dir) return RC_ERR_NOMEM;
+    rc_t rc = session_memory_remove_dir(dir, err, errlen);
     free(dir);
+    return rc;
+}
+
+#define DETACHED_PREFIX ".dropped-"
+
+rc_t session_memory_detach_files(const char *rows_root, const char *name, char **detached,
+                                 char *err, size_t errlen)
+{
+    static unsigned long counter;
+    *detached = NULL;
+    char *dir = join(rows_root, name);
+    if (!dir) return RC_ERR_NOMEM;
+    const size_t cap = strlen(rows_root) + strlen(name) + 64;
+    char *to = malloc(cap);
+    if (!to) {
+        free(dir);
+        return RC_ERR_NOMEM;
+    }
+    snprintf(to, cap, "%s/" DETACHED_PREFIX "%s-%ld-%lu", rows_root, name, (long)getpid(),
+             __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    rc_t rc = RC_OK;
+    if (rename(dir, to) != 0) {
+        if (errno != ENOENT)
+            rc = rc_errf(RC_ERR_IO, err, errlen, "cannot move %s aside: %s", dir,
+                         strerror(errno));
+        free(to);
+        to = NULL;
+    } else {
+        sync_dir(rows_root); /* the old name is gone for good once the drop returns */
+    }
+    free(dir);
+    *detached = to;
     return rc;
 }
 
@@ -466,7 +501,9 @@ int session_memory_sweep(const char *rows_root, int (*known)(void *ctx, const ch
     int n = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (de->d_name[0] == '.' || known(ctx, de->d_name)) continue;
+        const int detached = !strncmp(de->d_name, DETACHED_PREFIX, strlen(DETACHED_PREFIX));
+        if ((de->d_name[0] == '.' && !detached) || (!detached && known(ctx, de->d_name)))
+            continue;
         char err[256];
         if (session_memory_remove_files(rows_root, de->d_name, err, sizeof err) == RC_OK) {
             log_info("removed the rows of '%s', a session no longer in the catalogue",

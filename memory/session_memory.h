@@ -114,8 +114,20 @@ rc_t session_memory_verify(session_memory_t *m, session_memory_report_t *rep, ch
 rc_t session_memory_remove_files(const char *rows_root, const char *name, char *err,
                                  size_t errlen);
 
-/* Removes every directory under rows_root for which known(ctx, name) is 0: the rows of a
- * session whose drop was interrupted after its catalogue entry went. Returns how many. */
+/* The first half of a drop that must not hold a lock while gigabytes are unlinked: renames
+ * rows_root/<name> to a private name under rows_root (".dropped-<name>-<n>", which no
+ * session can have) so that a new session of the same name starts with no files, and sets
+ * *detached to that path (malloc'ed; NULL when there were no files). One rename: fast.
+ * RC_ERR_IO when the rename fails (the files stay where they were). */
+rc_t session_memory_detach_files(const char *rows_root, const char *name, char **detached,
+                                 char *err, size_t errlen);
+/* Removes a directory of row files and the directory (a detached one). RC_OK when it is
+ * gone (or never existed). Blocks for as long as unlinking takes. */
+rc_t session_memory_remove_dir(const char *dir, char *err, size_t errlen);
+
+/* Removes every directory under rows_root for which known(ctx, name) is 0, and every
+ * detached one: the rows of a session whose drop was interrupted after its catalogue entry
+ * went. Returns how many. */
 int session_memory_sweep(const char *rows_root, int (*known)(void *ctx, const char *name),
                          void *ctx);
 

@@ -253,6 +253,23 @@ static void test_sweep(void)
     if (fp) fclose(fp);
     CHECK(session_memory_sweep(root, known_keep, NULL) == 1);
     CHECK(file_size(d1) >= 0 && file_size(d2) < 0);
+
+    /* A drop moves the files aside first; the name is free at once, and a detached copy
+     * left by an interrupted drop is swept even though its session is "known". */
+    char *det = NULL, err[256] = "";
+    CHECK_RC(session_memory_detach_files(root, "keep", &det, err, sizeof err), RC_OK);
+    CHECK(det && strstr(det, "/.dropped-keep-") && file_size(d1) < 0 && file_size(det) >= 0);
+    CHECK(mkdir(d1, 0755) == 0); /* a new session of the same name */
+    CHECK(session_memory_sweep(root, known_keep, NULL) == 1);
+    CHECK(file_size(det) < 0 && file_size(d1) >= 0);
+    free(det);
+    CHECK_RC(session_memory_detach_files(root, "keep", &det, err, sizeof err), RC_OK);
+    CHECK_RC(session_memory_remove_dir(det, err, sizeof err), RC_OK);
+    CHECK(file_size(det) < 0 && file_size(d1) < 0);
+    free(det);
+    /* Nothing to move: no path, no error. */
+    CHECK_RC(session_memory_detach_files(root, "never", &det, err, sizeof err), RC_OK);
+    CHECK(det == NULL);
 }
 
 static void test_tiers(void)
