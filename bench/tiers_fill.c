@@ -73,28 +73,13 @@ static int count_layers(const char *dir)
     }
 }
 
-static Recall__SessionRecord *find_template(memory_db_t *db, const char *name, int *exists_out,
-                                            const char *check)
+/* The record named `name` among recs, or NULL. */
+static const memory_db_record_t *find_record(const memory_db_record_t *recs, size_t n,
+                                             const char *name)
 {
-    memory_db_record_t *recs = NULL;
-    size_t n = 0;
-    Recall__SessionRecord *r = NULL;
-    if (memory_db_list(db, &recs, &n)) return NULL;
-    *exists_out = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (check && strcmp(recs[i].name, check) == 0) *exists_out = 1;
-        if (name && strcmp(recs[i].name, name) == 0)
-            r = recall__session_record__unpack(NULL, recs[i].len, recs[i].data);
-    }
-    memory_db_records_free(recs, n);
-    return r;
-}
-
-static int session_exists(memory_db_t *db, const char *name)
-{
-    int e = 0;
-    find_template(db, NULL, &e, name);
-    return e;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(recs[i].name, name) == 0) return &recs[i];
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -120,8 +105,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "tiers_fill: %s\n", err);
         return 1;
     }
-    int dummy = 0;
-    Recall__SessionRecord *rec = find_template(db, tmpl, &dummy, NULL);
+    /* The catalogue as it was before this run: the template, and the sessions to skip. */
+    memory_db_record_t *recs = NULL;
+    size_t n_recs = 0;
+    if (memory_db_list(db, &recs, &n_recs)) {
+        fprintf(stderr, "tiers_fill: cannot list the sessions in %s\n", data);
+        return 1;
+    }
+    const memory_db_record_t *tr = find_record(recs, n_recs, tmpl);
+    Recall__SessionRecord *rec =
+        tr ? recall__session_record__unpack(NULL, tr->len, tr->data) : NULL;
     if (!rec || !rec->info || !rec->info->options) {
         fprintf(stderr, "tiers_fill: no session '%s' in %s\n", tmpl, data);
         return 1;
@@ -164,7 +157,7 @@ int main(int argc, char **argv)
     for (long i = 0; i < count; i++) {
         char name[256];
         snprintf(name, sizeof name, "%s%03ld", prefix, i);
-        if (session_exists(db, name)) continue;
+        if (find_record(recs, n_recs, name)) continue;
         session_memory_t *m = NULL;
         if (session_memory_open(db, rows_root, name, &shape, 0, &m) ||
             session_memory_load(m, err, sizeof err)) {
@@ -217,6 +210,7 @@ int main(int argc, char **argv)
     double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     printf("filled %d sessions (%ld asked, the rest existed) in %.1f s\n", made, count, s);
     info->name = template_name;
+    memory_db_records_free(recs, n_recs);
     recall__session_record__free_unpacked(rec, NULL);
     free(keys);
     free(vals);

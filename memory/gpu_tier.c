@@ -10,8 +10,6 @@
 #include "kernels/cuda.h"
 #include "memory/tiers.h"
 
-#define TRY(expr) RC_TRY(expr) /* common/rc.h */
-
 static double mib(size_t bytes)
 {
     return (double)bytes / (1024.0 * 1024.0);
@@ -141,10 +139,10 @@ static rc_t spill_to(gpu_tier_t *t, size_t spill)
     for (int i = 0; i < t->n_layers; i++)
         for (size_t p = 0; p < keep; p += d) {
             const size_t cnt = keep - p < d ? keep - p : d;
-            TRY(cuda_copy((char *)t->k[i] + p * rb, (char *)t->k[i] + (p + d) * rb, cnt * rb,
-                          t->stream));
-            TRY(cuda_copy((char *)t->v[i] + p * rb, (char *)t->v[i] + (p + d) * rb, cnt * rb,
-                          t->stream));
+            RC_TRY(cuda_copy((char *)t->k[i] + p * rb, (char *)t->k[i] + (p + d) * rb, cnt * rb,
+                             t->stream));
+            RC_TRY(cuda_copy((char *)t->v[i] + p * rb, (char *)t->v[i] + (p + d) * rb, cnt * rb,
+                             t->stream));
         }
     log_info("%s: knn memory rows [%zu, %zu) spilled to the host tier (%zu stay on the device)",
              t->who, t->spill, spill, keep);
@@ -199,8 +197,8 @@ static rc_t upload(gpu_tier_t *t, stage_t *st, char *dst, const char *src, size_
         void *b = st->buf[i % 2];
         /* b's last copy (two pieces ago) finished at the previous piece's sync. */
         copy_parallel(b, src + off, n);
-        TRY(cuda_stream_sync(t->stream)); /* the previous piece is done: its buffer is free */
-        TRY(cuda_copy_async(dst + off, b, n, t->stream));
+        RC_TRY(cuda_stream_sync(t->stream)); /* the previous piece is done: its buffer is free */
+        RC_TRY(cuda_copy_async(dst + off, b, n, t->stream));
     }
     return cuda_stream_sync(t->stream);
 }
@@ -210,15 +208,15 @@ rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store, int knn)
     if (!t->n_layers) return RC_OK;
     const size_t host = memory_store_len(store);
     if (knn)
-        TRY(gpu_tier_place(t, host, host));
+        RC_TRY(gpu_tier_place(t, host, host));
     else
-        TRY(gpu_tier_exact_fits(t, host));
+        RC_TRY(gpu_tier_exact_fits(t, host));
     const size_t have = t->spill + t->rows;
     if (host <= have) {
         t->rows = host - t->spill; /* spill <= host: gpu_tier_place */
         return RC_OK;
     }
-    TRY(gpu_tier_reserve(t, host - t->spill));
+    RC_TRY(gpu_tier_reserve(t, host - t->spill));
     const size_t n = host - have, rb = t->row_bytes;
     const size_t src = have * rb, dst = t->rows * rb;
     stage_t st = {{NULL, NULL}, 0};
