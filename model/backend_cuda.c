@@ -158,10 +158,8 @@ struct backend_stream {
     /* The memory rows on the device (memory/gpu_tier.h): device row p of every memory
      * layer is host row mt.spill + p, for p in [0, mt.rows); mt.spill is 0 unless a knn
      * stream outgrew its budget (then rows below it are the spilled tier). */
-    gpu_tier_t mt;
-    dtype_t mdt;               /* mt.dtype */
-    size_t row_bytes;          /* mt.row_bytes: kv_dim × dtype_size(mdt) */
-    void *flush_k, *flush_v;   /* [window, kv_dim] mdt, page-locked: a flush's rows */
+    gpu_tier_t mt;             /* also the rows' dtype and row_bytes (kv_dim × its size) */
+    void *flush_k, *flush_v;   /* [window, kv_dim] mt.dtype, page-locked: a flush's rows */
     /* Bumped whenever a buffer a captured step points to is replaced (workspace growth);
      * with mt.gen (growth, spills, re-mirrors) part of the graph key. */
     uint64_t gen;
@@ -185,8 +183,8 @@ struct backend_stream {
     int64_t *h_mrg;            /* [KNN_QBLOCK, n_heads, knn_k] merged rows (absolute) */
     int32_t *h_enc;            /* [KNN_QBLOCK, n_heads, knn_k] page-locked: encoded rows */
     knn_slots_t *slots;        /* spilled rows of one kernel call -> gather slots */
-    void *h_gk, *h_gv;         /* [slot_cap, kv_dim] mdt page-locked: gathered spilled rows */
-    void *d_gk, *d_gv;         /* [slot_cap, kv_dim] mdt device: the same, uploaded */
+    void *h_gk, *h_gv;         /* [slot_cap, kv_dim] mt.dtype page-locked: gathered spilled rows */
+    void *d_gk, *d_gv;         /* [slot_cap, kv_dim] mt.dtype device: the same, uploaded */
     /* The approximation probe (model/knn_probe.h, RECALL_KNN_PROBE), else NULL: measures, at
      * chosen memory sizes, knn's outputs and lists against exact ones; reads only. */
     knn_probe_t *probe;
@@ -573,8 +571,6 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     s->kv_dim = c->n_kv_heads * hd;
     s->W = o->window;
     s->scale = 1.0f / sqrtf((float)hd);
-    s->mdt = o->mem_dtype;
-    s->row_bytes = (size_t)s->kv_dim * dtype_size(s->mdt);
     s->ext = ext;
     s->mscale = mscale;
     s->pp = pp;
@@ -582,6 +578,11 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     int32_t *iota = NULL;
 
     if ((rc = cuda_ctx_create(&s->cx, b->device)) || (rc = cuda_stream_create(&s->st))) goto fail;
+    /* The memory rows' device tier (no buffers without memory layers); the budget covers
+     * every memory layer's keys and values. */
+    if ((rc = gpu_tier_init(&s->mt, c->n_mem_layers, s->kv_dim, o->mem_dtype, W,
+                            o->gpu_memory_budget, s->st, b->describe)))
+        goto fail;
     rc = RC_ERR_NOMEM;
     s->layers = calloc((size_t)c->n_layers, sizeof *s->layers);
     if (!s->layers) goto fail;
@@ -612,12 +613,8 @@ static rc_t gpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         (rc = cuda_host_alloc((void **)&s->lp_host, W * sizeof(float))))
         goto fail;
     if (c->n_mem_layers) {
-        /* The budget covers every memory layer's keys and values. */
-        if ((rc = gpu_tier_init(&s->mt, c->n_mem_layers, s->kv_dim, s->mdt, W,
-                                o->gpu_memory_budget, s->st, b->describe)))
-            goto fail;
-        if ((rc = cuda_host_alloc(&s->flush_k, W * s->row_bytes)) ||
-            (rc = cuda_host_alloc(&s->flush_v, W * s->row_bytes)))
+        if ((rc = cuda_host_alloc(&s->flush_k, W * s->mt.row_bytes)) ||
+            (rc = cuda_host_alloc(&s->flush_v, W * s->mt.row_bytes)))
             goto fail;
     }
     if (knn) {
@@ -771,7 +768,7 @@ static rc_t hot_topk(backend_stream_t *s, int mi, int n, const uint16_t *q, int 
         .head_dim = c->head_dim,
         .q = q,
         .keys = s->mt.k[mi],
-        .key_dtype = s->mdt,
+        .key_dtype = s->mt.dtype,
         .row0 = 0,
         .row1 = (int64_t)s->mt.rows,
         .k = k,
@@ -788,7 +785,7 @@ static rc_t hot_topk(backend_stream_t *s, int mi, int n, const uint16_t *q, int 
 static size_t knn_slot_cap(const backend_stream_t *s)
 {
     const size_t one_query = (size_t)s->c->n_heads * (size_t)s->o.knn_k;
-    const size_t fit = KNN_GATHER_BYTES / s->row_bytes;
+    const size_t fit = KNN_GATHER_BYTES / s->mt.row_bytes;
     return fit > one_query ? fit : one_query;
 }
 
@@ -804,10 +801,10 @@ static rc_t knn_spill_alloc(backend_stream_t *s)
     if (!s->h_hsc) TRY(cuda_host_alloc((void **)&s->h_hsc, blk * sizeof(float)));
     if (!s->h_hidx) TRY(cuda_host_alloc((void **)&s->h_hidx, blk * sizeof(int32_t)));
     if (!s->h_enc) TRY(cuda_host_alloc((void **)&s->h_enc, blk * sizeof(int32_t)));
-    if (!s->h_gk) TRY(cuda_host_alloc(&s->h_gk, cap * s->row_bytes));
-    if (!s->h_gv) TRY(cuda_host_alloc(&s->h_gv, cap * s->row_bytes));
-    if (!s->d_gk) TRY(cuda_alloc(&s->d_gk, cap * s->row_bytes));
-    if (!s->d_gv) TRY(cuda_alloc(&s->d_gv, cap * s->row_bytes));
+    if (!s->h_gk) TRY(cuda_host_alloc(&s->h_gk, cap * s->mt.row_bytes));
+    if (!s->h_gv) TRY(cuda_host_alloc(&s->h_gv, cap * s->mt.row_bytes));
+    if (!s->d_gk) TRY(cuda_alloc(&s->d_gk, cap * s->mt.row_bytes));
+    if (!s->d_gv) TRY(cuda_alloc(&s->d_gv, cap * s->mt.row_bytes));
     if (!s->slots) TRY(knn_slots_create(cap, &s->slots));
     if (!s->h_q && !(s->h_q = malloc(W * s->q_dim * sizeof(float)))) return RC_ERR_NOMEM;
     if (!s->h_ssc && !(s->h_ssc = malloc(blk * sizeof(float)))) return RC_ERR_NOMEM;
@@ -824,7 +821,7 @@ static rc_t knn_run_group(backend_stream_t *s, int mi, const cuda_knn_attn_args_
                           int b0, int g0, int g1)
 {
     if (g1 <= g0) return RC_OK;
-    const size_t rb = s->row_bytes, per_q = (size_t)s->c->n_heads * (size_t)base->k;
+    const size_t rb = s->mt.row_bytes, per_q = (size_t)s->c->n_heads * (size_t)base->k;
     const size_t cnt = knn_slots_count(s->slots);
     const int64_t *rows = knn_slots_rows(s->slots);
     const char *hk = memory_store_keys(s->mem, mi), *hv = memory_store_values(s->mem, mi);
@@ -930,7 +927,7 @@ static rc_t knn_memory(backend_stream_t *s, int mi, int n, const uint16_t *mem_q
         .mem_scale = mem_scale,
         .k = k,
         .idx = s->k_idx,
-        .mem_dtype = s->mdt,
+        .mem_dtype = s->mt.dtype,
         .hot_k = s->mt.k[mi],
         .hot_v = s->mt.v[mi],
         .n_hot = (int64_t)hot,
@@ -963,7 +960,7 @@ static void knn_probe_layer(backend_stream_t *s, int l, int mi, int n,
         .spilled = s->mt.spill,
         .mem_k = s->mt.k[mi],
         .mem_v = s->mt.v[mi],
-        .mem_dtype = s->mdt,
+        .mem_dtype = s->mt.dtype,
         .mem_q = mem_q,
         .mem_scale = mem_scale,
         .o_knn = s->att,
@@ -1020,7 +1017,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
         .q = s->q,
         .k = L->k_rot,
         .v = L->v,
-        .mem_dtype = s->mdt,
+        .mem_dtype = s->mt.dtype,
         .scale = s->scale,
         .out = s->att,
     };
@@ -1081,7 +1078,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
         .q_offset = s->W - 1,
         .dtype = DTYPE_BF16,
         .n_mem = mem && !s->knn ? s->mt.rows : 0,
-        .mem_dtype = s->mdt,
+        .mem_dtype = s->mt.dtype,
         .scale = s->scale,
         .lse = mem && s->knn ? s->k_lse : NULL,
     };
@@ -1096,7 +1093,7 @@ static rc_t step_ws_reserve(backend_stream_t *s)
         .n_heads = c->n_heads,
         .n_kv_heads = c->n_kv_heads,
         .head_dim = c->head_dim,
-        .key_dtype = s->mdt,
+        .key_dtype = s->mt.dtype,
         .row0 = 0,
         .row1 = (int64_t)s->mt.rows,
         .k = k,
@@ -1237,7 +1234,7 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     /* The rows go into the mirror in mem_dtype first; the host store then gets those exact
      * bytes, so the two copies agree bit for bit. Device row of host row `before`: after the
      * sync and any spill the mirror holds exactly [mt.spill, before). */
-    const size_t off = (before - s->mt.spill) * s->row_bytes, bytes = n * s->row_bytes;
+    const size_t off = (before - s->mt.spill) * s->mt.row_bytes, bytes = n * s->mt.row_bytes;
     rc_t rc = RC_OK;
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const cuda_layer_cache_t *L = &s->layers[l];
@@ -1245,8 +1242,8 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
         if (i < 0) continue;
         char *dk = (char *)s->mt.k[i] + off, *dv = (char *)s->mt.v[i] + off;
         const size_t elems = n * s->kv_dim;
-        if ((rc = cuda_convert(dk, s->mdt, L->k_raw, DTYPE_BF16, elems, s->st)) ||
-            (rc = cuda_convert(dv, s->mdt, L->v, DTYPE_BF16, elems, s->st)) ||
+        if ((rc = cuda_convert(dk, s->mt.dtype, L->k_raw, DTYPE_BF16, elems, s->st)) ||
+            (rc = cuda_convert(dv, s->mt.dtype, L->v, DTYPE_BF16, elems, s->st)) ||
             (rc = cuda_download(s->flush_k, dk, bytes, s->st)) ||
             (rc = cuda_download(s->flush_v, dv, bytes, s->st)))
             break;
