@@ -3,7 +3,7 @@
 
 1. Default: with no --gpu-memory-budget, recalld's budget (stats) is a share of the GPU's
    memory: more than 0, less than all of it.
-2. Three exact tiny-fot-bf16 sessions under a --gpu-memory-budget that holds one session's
+2. Three exact tiny-fot-d64-bf16 sessions (head_dim 64: the GPU attention takes no less) under a --gpu-memory-budget that holds one session's
    rows: questions cycled over them move the least recently used off the GPU (to host
    memory) and back; every answer equals that of a daemon without a GPU budget, at most one
    session is on the GPU at a time, and stats count the evictions.
@@ -22,7 +22,7 @@ import e2e_cli as e  # noqa: E402
 from e2e_cli import check, recall, info  # noqa: E402
 from e2e_tiers import Daemon, ask, reference_answers, tiers_of, write  # noqa: E402
 
-GPU_BUDGET = 8 << 20  # one ~6 MiB session (bf16 rows) fits, two do not
+GPU_BUDGET = 16 << 20  # one ~11 MiB session (bf16 rows, head_dim 64) fits, two do not
 
 
 def have_gpu():
@@ -40,7 +40,7 @@ def gpu_total():
 
 
 def run(tmp):
-    model = os.path.join(e.DATA, "tiny-fot-bf16")
+    model = os.path.join(e.DATA, "tiny-fot-d64-bf16")
     names = ["a", "b", "c"]
     docs = {n: write(tmp, n + ".txt", e.corpus_text(24000, offset=300 * i))
             for i, n in enumerate(names)}

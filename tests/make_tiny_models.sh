@@ -26,6 +26,9 @@ mk tiny-fot --kind longllama --layers 4 --hidden 64 --heads 4 --ffn 176 --vocab 
     --max-pos 64 --mem-layers 1,2 --last-context 32 --mem-dtype float32 --dtype float32 --seed 2
 mk tiny-fot-bf16 --kind longllama --layers 4 --hidden 64 --heads 4 --ffn 176 --vocab 512 \
     --max-pos 64 --mem-layers 1,2 --last-context 32 --mem-dtype bfloat16 --dtype bfloat16 --seed 2
+# tiny-fot-bf16's layout at head_dim 64, the smallest the GPU attention takes (e2e_tiers_gpu)
+mk tiny-fot-d64-bf16 --kind longllama --layers 4 --hidden 128 --heads 2 --ffn 352 --vocab 512 \
+    --max-pos 64 --mem-layers 1,2 --last-context 32 --mem-dtype bfloat16 --dtype bfloat16 --seed 2
 # CLEX (tests/ref/parity_clex.py): ODE weights large enough that the learned term moves
 # the frequencies (the parity script checks it), inv_freq not rope_theta's.
 mk tiny-clex --kind llama --layers 2 --hidden 64 --heads 4 --ffn 176 --vocab 512 \
