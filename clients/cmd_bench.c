@@ -125,14 +125,23 @@ static int cmd_bench(recall_client *c, const cli_args *a)
     Recall__HealthRequest hr = RECALL__HEALTH_REQUEST__INIT;
     Recall__Request req = cli_request(RECALL__REQUEST__BODY_HEALTH, &hr);
     Recall__Response *r;
-    rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
-    if (rc) return cli_client_error(c, rc);
     char model[256] = "", device[256] = "";
-    if (r->body_case == RECALL__RESPONSE__BODY_HEALTH) {
-        snprintf(model, sizeof model, "%s", cli_str_or(r->health->model, ""));
-        snprintf(device, sizeof device, "%s", cli_str_or(r->health->device, ""));
+    /* A daemon that has just started is still loading its weights: wait for them, so the
+     * report names the device and no measurement includes the load. */
+    for (int said = 0;; said = 1) {
+        rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
+        if (rc) return cli_client_error(c, rc);
+        int ready = 1;
+        if (r->body_case == RECALL__RESPONSE__BODY_HEALTH) {
+            snprintf(model, sizeof model, "%s", cli_str_or(r->health->model, ""));
+            snprintf(device, sizeof device, "%s", cli_str_or(r->health->device, ""));
+            ready = r->health->ready;
+        }
+        recall__response__free_unpacked(r, NULL);
+        if (ready) break;
+        if (!said) fprintf(stderr, "bench: waiting for the daemon to load its weights\n");
+        usleep(200 * 1000);
     }
-    recall__response__free_unpacked(r, NULL);
 
     /* The text's size in bytes: the filler's bytes per token, measured on a sample with
      * the daemon's tokenizer (the text is uniform, so the ratio carries over). A daemon
@@ -142,7 +151,7 @@ static int cmd_bench(recall_client *c, const cli_args *a)
     if (bench_text(BENCH_SAMPLE_BYTES, BENCH_TEXT_SEED, &sample))
         return cli_report(EXIT_REMOTE, RC_ERR_NOMEM, "out of memory");
     size_t n_sample = 0;
-    rc =
+    rc_t rc =
         passkey_tokenize_rpc(c, sample, BENCH_SAMPLE_BYTES, 0, 1, NULL, &n_sample, err, sizeof err);
     free(sample);
     if (rc == RC_ERR_IO || rc == RC_ERR_NOMEM) return bench_failed(c, rc, "cannot tokenize");

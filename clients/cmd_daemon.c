@@ -7,7 +7,9 @@ static int cmd_stats(recall_client *c, const cli_args *a);
 const cli_command cli_cmd_health = {
     "health", "recall health", "is the daemon up? version, model, device",
     "Exits 0 when the daemon answers and is healthy, 3 when it cannot be\n"
-    "reached.\n"
+    "reached. A daemon that has just started answers at once and says\n"
+    "\"loading\" until its model's weights are in; asks and ingests sent\n"
+    "meanwhile wait for them.\n"
     "\n"
     "Example:\n"
     "  recall health --connect ipc:///run/recall.sock\n",
@@ -35,12 +37,13 @@ static int cmd_health(recall_client *c, const cli_args *a)
         cJSON_AddStringToObject(o, "version", cli_str_or(h->version, ""));
         cJSON_AddStringToObject(o, "model", cli_str_or(h->model, ""));
         cJSON_AddStringToObject(o, "device", cli_str_or(h->device, ""));
+        cJSON_AddBoolToObject(o, "ready", h->ready);
         cJSON_AddStringToObject(o, "endpoint", recall_client_endpoint(c));
         cli_json_print(o);
     } else {
         printf("%s: recalld %s at %s\nmodel:  %s\ndevice: %s\n", ok ? "ok" : "NOT OK",
                cli_str_or(h->version, "?"), recall_client_endpoint(c), cli_str_or(h->model, "?"),
-               cli_str_or(h->device, "?"));
+               h->ready ? cli_str_or(h->device, "?") : "loading the weights");
     }
     recall__response__free_unpacked(r, NULL);
     return ok ? EXIT_OK : EXIT_REMOTE;

@@ -117,8 +117,14 @@ typedef struct job {
 
 typedef struct daemon {
     daemon_config_t cfg;
-    model_t *model;
-    model_backend_t *backend; /* where every stream computes */
+    model_t *model;           /* opened before listening; its weights load on the worker */
+    model_backend_t *backend; /* where every stream computes: NULL until ready (below) */
+    /* Set once (release) by the worker when the weights are in and the backend open; a
+     * thread other than the worker reads backend only after seeing it (daemon_ready). */
+    int ready;
+    int load_failed;          /* the worker could not load the weights: recalld exits 1 */
+    size_t gpu_budget_flag;   /* --gpu-memory-budget as given (0 default, SIZE_MAX none) */
+    double weights_s;         /* seconds the worker took to load the weights and open the backend */
     const model_config_t *mc;
     const tokenizer_t *tok;
     char fingerprint[256];
@@ -295,11 +301,29 @@ void work_ask(request_t *q);
 void work_score(request_t *q);
 void work_verify(request_t *q);
 
-/* Non-zero when the backend keeps session memory on a GPU (a mirror of the host store). */
+/* Non-zero once the worker has loaded the weights and opened the backend. */
+static inline int daemon_ready(const daemon_t *d)
+{
+    return __atomic_load_n(&d->ready, __ATOMIC_ACQUIRE);
+}
+
+/* The backend's one-line description, or "loading" before it is open. Any thread. */
+static inline const char *daemon_device_describe(const daemon_t *d)
+{
+    return daemon_ready(d) ? model_backend_describe(d->backend) : "loading";
+}
+
+/* Non-zero when the backend keeps session memory on a GPU (a mirror of the host store);
+ * 0 until the backend is open. */
 static inline int daemon_memory_on_device(const daemon_t *d)
 {
-    return strncmp(model_backend_describe(d->backend), "cuda", 4) == 0;
+    return daemon_ready(d) && strncmp(model_backend_describe(d->backend), "cuda", 4) == 0;
 }
+
+/* The worker's first step (main.c): loads the weights, opens the backend on the configured
+ * device and sets the daemon's GPU budget, then publishes ready. On failure it logs why, sets
+ * load_failed and asks the main loop to stop (SIGTERM to the process); jobs are then refused. */
+rc_t daemon_load_weights(daemon_t *d);
 
 /* The device bytes a stream with these options may hold: the smaller of the session's own
  * budget and the daemon's (0 in either means no limit from that side). */

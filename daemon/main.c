@@ -120,23 +120,6 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
-/* The share of the GPU memory left free by the weights that sessions' rows may use by
- * default; the rest is for the streams' local caches and scratch. */
-#define GPU_BUDGET_DEFAULT_PERCENT 80
-
-/* The daemon's GPU budget from the flag (0: default, SIZE_MAX: none): 0 (no limit) on the
- * CPU backend or for none; the default is GPU_BUDGET_DEFAULT_PERCENT of the free memory. */
-static size_t gpu_default(const daemon_t *d, size_t flag)
-{
-    if (!daemon_memory_on_device(d) || flag == SIZE_MAX) return 0;
-    if (flag) return flag;
-    size_t free_b = 0, total = 0;
-    if (model_backend_device_memory(d->backend, &free_b, &total)) {
-        log_warn("cannot read the GPU's free memory; no GPU memory budget");
-        return 0;
-    }
-    return free_b / 100 * GPU_BUDGET_DEFAULT_PERCENT;
-}
 
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
@@ -442,20 +425,18 @@ int main(int argc, char **argv)
     int worker_started = 0;
     char err[1024] = "";
 
-    rc_t rc = model_load(cfg.model_dir, 0, &d->model, err, sizeof err);
+    /* The config and tokenizer now; the weights on the worker once recalld listens, so
+     * health, sessions and info answer while a large checkpoint is still loading. */
+    rc_t rc = model_open(cfg.model_dir, 0, &d->model, err, sizeof err);
     if (rc) {
         fprintf(stderr, "recalld: cannot load the model in %s: %s\n", cfg.model_dir, err);
         goto out;
     }
-    rc = model_backend_open(d->model, cfg.device, &d->backend, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "recalld: cannot use device %s: %s\n", cfg.device ? cfg.device : "auto",
-                err);
-        goto out;
-    }
     d->mc = model_get_config(d->model);
+    d->gpu_budget_flag = gpu_budget;
     {
-        /* Session defaults are checked now, against this model, not at the first create. */
+        /* Session defaults are checked now, against this model's config, not at the first
+         * create. */
         Recall__SessionOptions w = session_opts_with_defaults(d, NULL);
         model_stream_opts_t o;
         if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
@@ -483,11 +464,6 @@ int main(int argc, char **argv)
                 goto out;
             }
         }
-        if (gpu_budget && !daemon_memory_on_device(d))
-            log_warn("--gpu-memory-budget has no effect: the %s backend keeps session memory "
-                     "in host memory",
-                     model_backend_describe(d->backend));
-        d->cfg.gpu_budget = gpu_default(d, gpu_budget);
     }
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
@@ -529,7 +505,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: cannot create %s: %s\n", d->rows_root, strerror(errno));
         goto out;
     }
-    if (memory_tiers_create(d->cfg.host_budget, d->cfg.gpu_budget, &d->tiers)) goto out;
+    /* The GPU budget is set when the backend is open (daemon_load_weights). */
+    if (memory_tiers_create(d->cfg.host_budget, 0, &d->tiers)) goto out;
     rc = session_open_all(d, err, sizeof err);
     if (rc) {
         fprintf(stderr, "recalld: cannot open the sessions in %s: %s\n", cfg.data_dir, err);
@@ -558,16 +535,16 @@ int main(int argc, char **argv)
         goto out;
     }
     worker_started = 1;
-    log_info("recalld listening on %s; model %s; device %s; data %s; %zu sessions (opened "
-             "lazily); host memory budget %s%.1f MiB; GPU memory budget %s%.1f MiB",
-             cfg.listen, model_describe(d->model), model_backend_describe(d->backend),
-             cfg.data_dir, d->n_sessions, cfg.host_budget ? "" : "none, ",
-             (double)cfg.host_budget / 1048576.0,
-             d->cfg.gpu_budget || !daemon_memory_on_device(d) ? "" : "none, ",
-             (double)d->cfg.gpu_budget / 1048576.0);
+    log_info("recalld listening on %s; model %s; data %s; %zu sessions (opened lazily); host "
+             "memory budget %s%.1f MiB; loading the weights on device %s",
+             cfg.listen, model_describe(d->model), cfg.data_dir, d->n_sessions,
+             cfg.host_budget ? "" : "none, ", (double)cfg.host_budget / 1048576.0,
+             cfg.device ? cfg.device : "auto");
 
     rc = server_run(d, router, &g_stop);
-    exit_code = rc == RC_OK ? 0 : 1;
+    pthread_mutex_lock(&d->mu);
+    exit_code = rc == RC_OK && !d->load_failed ? 0 : 1;
+    pthread_mutex_unlock(&d->mu);
     log_info("recalld stopped");
 
 out:

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 #include "memory/knn.h"
@@ -70,6 +71,7 @@ static void drop_stream(daemon_t *d, session_t *s)
 static void move_down(daemon_t *d, session_t *s, tiers_level_t to)
 {
     drop_stream(d, s);
+    crash_point("evict"); /* the GPU copy and the stream are gone, the rows still mapped */
     if (to == TIERS_DISK && s->mem) {
         rc_t rc = session_memory_evict(s->mem);
         if (rc) /* uncommitted rows: a job left them behind, which is a bug */

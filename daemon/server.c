@@ -243,7 +243,7 @@ void serve_stats(request_t *q)
     sr.loads = d->loads;
     sr.evictions = d->evictions;
     pthread_mutex_unlock(&d->mu);
-    sr.device = (char *)model_backend_describe(d->backend);
+    sr.device = (char *)daemon_device_describe(d);
     sr.model = (char *)model_describe(d->model);
     request_reply(q, &sr, 0);
 }
@@ -255,7 +255,8 @@ void serve_health(request_t *q)
     hr.ok = 1;
     hr.version = (char *)RECALL_VERSION_STR;
     hr.model = (char *)model_describe(d->model);
-    hr.device = (char *)model_backend_describe(d->backend);
+    hr.device = (char *)daemon_device_describe(d);
+    hr.ready = daemon_ready(d);
     request_reply(q, &hr, 0);
 }
 

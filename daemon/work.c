@@ -666,6 +666,9 @@ void *worker_main(void *arg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (d->cfg.threads > 0) omp_set_num_threads(d->cfg.threads);
+    /* The weights first: jobs that arrive meanwhile wait in the queue; if the weights cannot
+     * be loaded, recalld is stopping and every job is refused. */
+    const int failed = daemon_load_weights(d) != RC_OK;
 
     for (;;) {
         pthread_mutex_lock(&d->mu);
@@ -680,7 +683,7 @@ void *worker_main(void *arg)
         int stopping = d->stopping;
         pthread_mutex_unlock(&d->mu);
         if (!j) break; /* stopping and nothing left */
-        run_job(d, j, stopping);
+        run_job(d, j, stopping || failed);
         job_free(d, j);
     }
     zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */

@@ -37,6 +37,11 @@ size_t memory_tiers_gpu_budget(const memory_tiers_t *t)
     return t->gpu_budget;
 }
 
+void memory_tiers_set_gpu_budget(memory_tiers_t *t, size_t gpu_budget)
+{
+    t->gpu_budget = gpu_budget;
+}
+
 rc_t memory_tiers_track(memory_tiers_t *t, tiers_slot_t *s)
 {
     if (s->tracked) return RC_OK;

@@ -42,6 +42,9 @@ rc_t memory_tiers_create(size_t host_budget, size_t gpu_budget, memory_tiers_t *
 void memory_tiers_destroy(memory_tiers_t **t);
 size_t memory_tiers_host_budget(const memory_tiers_t *t);
 size_t memory_tiers_gpu_budget(const memory_tiers_t *t);
+/* Sets the GPU budget (0: none), for a daemon that learns it once its backend is open.
+ * Moves nothing: the next plan works against it. */
+void memory_tiers_set_gpu_budget(memory_tiers_t *t, size_t gpu_budget);
 
 /* Starts / stops counting a slot (untrack before the slot's memory goes away). */
 rc_t memory_tiers_track(memory_tiers_t *t, tiers_slot_t *s);

@@ -36,6 +36,7 @@ struct model {
     int n_owned, cap_owned;
     char *dir;
     dtype_t weight_dtype; /* as stored in the file (of the embeddings), for describe */
+    int weights_loaded;   /* model_load_weights has returned RC_OK */
     char describe[512];
 };
 
@@ -181,11 +182,6 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
         safetensors_find(m->st, "embed_tokens.weight"))
         p = "";
     if ((rc = check_no_extra_layers(m, p, err, errlen))) return rc;
-    char emb[64];
-    snprintf(emb, sizeof emb, "%sembed_tokens.weight", p);
-    const st_tensor_t *et = safetensors_find(m->st, emb);
-    m->weight_dtype = et ? et->dtype : c->torch_dtype;
-
     if ((rc = get_tensor(m, p, "embed_tokens.weight", V, H, "vocab_size x hidden_size", &w->tok_emb,
                          err, errlen)))
         return rc;
@@ -273,7 +269,15 @@ static void make_description(model_t *m)
              dtype_name(m->weight_dtype), m->dir);
 }
 
-rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
+/* The embeddings' stored dtype, for describe (the config's torch_dtype when absent). */
+static dtype_t stored_dtype(const model_t *m)
+{
+    const st_tensor_t *et = safetensors_find(m->st, "model.embed_tokens.weight");
+    if (!et) et = safetensors_find(m->st, "embed_tokens.weight");
+    return et ? et->dtype : m->config.torch_dtype;
+}
+
+rc_t model_open(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
     *out = NULL;
@@ -286,12 +290,29 @@ rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *er
     if ((rc = model_config_load(dir, &m->config, err, errlen))) goto fail;
     if ((rc = safetensors_open_dir(dir, &m->st, err, errlen))) goto fail;
     if ((rc = load_tokenizer(m, allow_no_tokenizer, err, errlen))) goto fail;
-    if ((rc = load_weights(m, err, errlen))) goto fail;
+    m->weight_dtype = stored_dtype(m);
     make_description(m);
     *out = m;
     return RC_OK;
 fail:
     model_destroy(&m);
+    return rc;
+}
+
+rc_t model_load_weights(model_t *m, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (m->weights_loaded) return RC_OK;
+    rc_t rc = load_weights(m, err, errlen);
+    if (rc) return rc; /* model_destroy frees what load_weights got to */
+    m->weights_loaded = 1;
+    return RC_OK;
+}
+
+rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
+{
+    rc_t rc = model_open(dir, allow_no_tokenizer, out, err, errlen);
+    if (!rc && (rc = model_load_weights(*out, err, errlen))) model_destroy(out);
     return rc;
 }
 

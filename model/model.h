@@ -23,6 +23,17 @@ typedef struct model_weights model_weights_t;
 rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err,
                 size_t errlen);
 
+/* model_load in two steps, for a daemon that answers before its weights are in.
+ * model_open reads config.json, the safetensors headers and tokenizer.model (cheap: no tensor
+ * data is read); config, tokenizer and describe work at once, model_get_weights and
+ * model_clex_table not yet. model_load_weights then checks and converts every tensor (seconds
+ * for a 3B checkpoint); it may run on another thread while others read the config, tokenizer
+ * and description, which it does not touch. Call it once: after a failure the weights are
+ * unusable and the model is only good for model_destroy. */
+rc_t model_open(const char *dir, int allow_no_tokenizer, model_t **out, char *err,
+                size_t errlen);
+rc_t model_load_weights(model_t *m, char *err, size_t errlen);
+
 /* NULL-safe; sets *m to NULL. */
 void model_destroy(model_t **m);
 

@@ -163,6 +163,7 @@ int rh_open(rh_t **out, const char *model_dir, char *err, size_t errlen)
         snprintf(err, errlen, "cannot load the model in %s: %s", model_dir, merr);
         goto fail;
     }
+    d->ready = 1; /* the backend is open: no worker loads it here */
     d->mc = model_get_config(d->model);
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
