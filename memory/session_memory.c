@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/crash.h"
 #include "common/log.h"
 
 struct session_memory {
@@ -280,6 +281,7 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
     }
     if (rc) return rc;
     if (!have_dir || rows == 0) sync_dir(m->dir);
+    crash_point("reopen"); /* mapped, not yet checked */
     memory_store_prefetch(m->mem, 0, rows);
     rc = check_sums(m, err, errlen);
     if (rc) memory_store_destroy(&m->mem);
@@ -302,6 +304,7 @@ rc_t session_memory_commit(session_memory_t *m, memory_db_commit_t *c, uint64_t 
                            (unsigned long long)n, (unsigned long long)((m->windows + n) * W));
         rc_t rc = memory_store_sync(m->mem, err, errlen);
         if (rc) return rc;
+        crash_point("commit-synced"); /* the rows are on disk, the catalogue knows nothing */
         if (!(sums = malloc(n * (size_t)L * sizeof *sums)))
             return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
         for (uint64_t w = 0; w < n; w++)
@@ -321,6 +324,7 @@ rc_t session_memory_commit(session_memory_t *m, memory_db_commit_t *c, uint64_t 
     c->sum_windows = 0;
     free(sums);
     if (rc) return rc;
+    crash_point("commit-done"); /* durable, not yet acknowledged */
     m->windows += n;
     return RC_OK;
 }

@@ -12,9 +12,12 @@
    sessions` flags them, asking fails with code -14 (unavailable) and a message naming the
    damage, `recall verify` exits 1; with the byte put back, verify passes and the session
    answers as before.
-4. kill -9 while sessions are being evicted and brought back and another one ingests:
-   after each restart every session verifies, the ingesting session holds at least what was
-   acknowledged, and its rows are byte for byte those of a clean ingest of the same chunks.
+4. kill -9 while sessions are being evicted and brought back and another one ingests, first
+   at named places (RECALL_CRASH_AT, common/crash.h: during an eviction, during a re-open,
+   between syncing a chunk's rows and committing them, between committing and acknowledging),
+   then at random moments: after each restart every session verifies and answers, the
+   ingesting session holds at least what was acknowledged, and its rows are byte for byte
+   those of a clean ingest of the same chunks.
 
 Environment as e2e_cli.py (set by ctest). Prints "N passed, N failed"; exits 1 on failure."""
 import os
@@ -240,8 +243,20 @@ def run(tmp):
         check(rc == 0, "reference ingest of the big file", err)
         rng = random.Random(7)
         acked = committed = 0
-        for k in range(3):
-            d.start()
+        # Kills at named places first (common/crash.h: the daemon sends itself SIGKILL on
+        # the N-th pass through the point), while the file still has chunks to commit; then
+        # kills at random moments.
+        rounds = [("evict", 1), ("reopen", 2), ("commit-synced", 2), ("commit-done", 2),
+                  (None, 0), (None, 0), (None, 0)]
+        for k, (point, nth) in enumerate(rounds):
+            label = "kill %d (%s)" % (k, "crash point %s:%d" % (point, nth) if point
+                                      else "kill -9 at a random moment")
+            if point:
+                os.environ["RECALL_CRASH_AT"] = "%s:%d" % (point, nth)
+            try:
+                d.start()
+            finally:
+                os.environ.pop("RECALL_CRASH_AT", None)
             # Each round goes on where the session stands, so it stays the file's chunks in
             # order (chunks are tokenized one by one: the same chunks give the same tokens).
             rest = write(tmp, "rest%d.txt" % k, "".join(chunks[committed:]))
@@ -252,9 +267,19 @@ def run(tmp):
                 ["bash", "-c", "for i in 1 2 3 4 5 6 7 8; do for s in a b; do %s ask $s "
                  "'What happened next?' --max-tokens 4 --connect %s > /dev/null 2>&1; done; "
                  "done" % (e.RECALL, ep)], start_new_session=True)
-            time.sleep(0.4 + rng.random() * 1.2)
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait()
+            if point:
+                try:
+                    d.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    d.proc.send_signal(signal.SIGKILL)
+                    d.proc.wait()
+                check(d.proc.returncode == -signal.SIGKILL and
+                      "crash point %s:%d" % (point, nth) in d.log(),
+                      "%s: recalld died there" % label, d.proc.returncode)
+            else:
+                time.sleep(0.4 + rng.random() * 1.2)
+                d.proc.send_signal(signal.SIGKILL)
+                d.proc.wait()
             d.proc = None
             os.killpg(asker.pid, signal.SIGKILL)  # its questions matter only while it runs
             asker.wait()
@@ -266,12 +291,12 @@ def run(tmp):
             i = info(ep, "big")
             committed = i.get("last_seq", 0)
             check(i.get("last_seq", 0) >= acked,
-                  "kill %d: nothing acknowledged is lost (acked seq %d)" % (k, acked), i)
+                  "%s: nothing acknowledged is lost (acked seq %d)" % (label, acked), i)
             for n in ("a", "b", "big"):
                 if n == "big" and not i:
                     continue
                 rc, v, err = recall(ep, "verify", n)
-                check(rc == 0 and v and v.get("ok"), "kill %d: %s verifies" % (k, n), (v, err))
+                check(rc == 0 and v and v.get("ok"), "%s: %s verifies" % (label, n), (v, err))
             # The rows of every committed window equal a clean ingest's.
             wins = i.get("windows", 0)
             n_bytes = wins * WINDOW_BYTES
@@ -279,9 +304,15 @@ def run(tmp):
                 with open(os.path.join(data, "rows", "big", f), "rb") as x, \
                         open(os.path.join(ref.data_dir, "rows", "big", f), "rb") as y:
                     check(x.read(n_bytes) == y.read(n_bytes),
-                          "kill %d: %s of %d windows equal a clean ingest's" % (k, f, wins))
+                          "%s: %s of %d windows equal a clean ingest's" % (label, f, wins))
+            # Every session answers after the kill.
+            for n in ("a", "b"):
+                rc, a, err = ask(ep, n)
+                check(rc == 0 and a and a.get("tokens") is not None,
+                      "%s: %s answers" % (label, n), err)
             check(d.stop() == 0, "recalld exits 0")
-        print("tiers: 3 kills; 'big' acknowledged %d of %d chunks" % (acked, len(chunks)))
+        print("tiers: %d kills; 'big' acknowledged %d of %d chunks" % (len(rounds), acked,
+                                                                       len(chunks)))
     finally:
         for x in (d, ref):
             if x.proc:
