@@ -442,6 +442,17 @@ def run_e2e(d, ep, work):
     c.drop("pybook")
     c.close()
 
+    # --- the README's example runs as written ------------------------------------------
+    with open(os.path.join(SRC, "clients", "python", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    with open(os.path.join(work, "app.log"), "w") as f:
+        f.write(e.corpus_text(3000))
+    r = subprocess.run([sys.executable, "-c", example], cwd=work, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, RECALL_CONNECT=ep))
+    check(r.returncode == 0 and "-4 no session named 'nope'" in r.stdout and
+          "\nppl " in r.stdout, "the README example runs", r.stdout[-2000:] + r.stderr[-2000:])
+
 
 def main():
     if len(sys.argv) >= 4 and sys.argv[1] == "--inner":
