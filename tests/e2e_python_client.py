@@ -149,7 +149,19 @@ def part_proto(tmp):
             ok = False
     check(ok, "every piece of a long UTF-8 line is whole characters")
     check(chunk_split(b"ab\ncd", 5, 16, False) == 0, "a short chunk waits for more input")
-    check(chunk_split(b"ab\ncdef", 7, 4, False) == 3, "a chunk ends after its last newline")
+    # clients/chunker.c's rules at their edges (recall_chunk_split):
+    cases = [((b"ab\ncdef", 7, 4, False), 3, "a chunk ends after its last newline"),
+             ((b"ab\ncd\nef", 8, 6, False), 6, "a newline as the chunk's last byte is kept"),
+             ((b"abcdef", 6, 4, False), 4, "a line without newline is cut at max_bytes"),
+             ((b"ab", 2, 4, True), 2, "at the end, what is left is one chunk"),
+             ((b"", 0, 4, True), 0, "nothing left: no chunk"),
+             ((b"ab\xe6\x97\xa5cd", 7, 4, False), 2, "a 3-byte character that does not fit "
+              "whole goes to the next chunk"),
+             ((b"a\xe6\x97\xa5cd", 6, 4, False), 4, "one that fits exactly stays"),
+             ((b"\xf0\x9f\x99\x82\xf0\x9f", 6, 5, False), 4, "a 4-byte character is not split")]
+    for args, want, what in cases:
+        got = chunk_split(*args)
+        check(got == want, "chunk_split: " + what, (args, got, want))
 
 
 # ---- inner: e2e --------------------------------------------------------------------------
@@ -238,8 +250,15 @@ def run_e2e(d, ep, work):
     check(seen[0].tokens_added < added, "progress starts before the end", seen[:1])
     # A second ingest continues the session's seqs.
     more = "and then one more line about the weather\n"
-    added2 = c.ingest("pybook", more)
+    import warnings
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        added2 = c.ingest("pybook", more, window=32)
     i2 = c.info("pybook")
+    check(len(warned) == 1 and "keeps its own options" in str(warned[0].message) and
+          i2["options"]["window"] == e.WINDOW,
+          "options given to ingest into an existing session: a warning, options kept",
+          ([str(w.message) for w in warned], i2["options"]))
     check(i2["tokens"] == i["tokens"] + added2 and i2["last_seq"] == i["last_seq"] + 1,
           "a second ingest continues the seqs", (i, i2))
     rc, _, err = e.recall(ep, "ingest", "clibook", "-", stdin=more, json_out=False)

@@ -20,14 +20,15 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import zmq
 from google.protobuf.message import DecodeError
 
 from . import ingest as _ingest
-from .errors import InvalidArgument, ProtocolError, RecallError, Timeout, error_for
+from .errors import InvalidArgument, ProtocolError, Timeout, error_for
 from .messages import pb, request, session_options, to_dict
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -406,14 +407,17 @@ class Client:
         return self._ingest_feed(name, feed, progress, create, options)
 
     def _ingest_feed(self, name, feed, progress, create, options):
-        so = session_options(options)
         if create:
             i = self.create(name, if_not_exists=True, **options)
+            if options and not i.get("created"):
+                warnings.warn("session '%s' exists; it keeps its own options, not %s"
+                              % (name, ", ".join("%s=%r" % kv for kv in options.items())),
+                              stacklevel=3)
+        elif options:
+            raise InvalidArgument(-1, "session options go with create=True (an existing "
+                                  "session keeps the options it was created with)", False)
         else:
-            if options:
-                raise InvalidArgument(-1, "session options go with create=True", False)
             i = self.info(name)
-        del so
         if progress is True:
             progress = _ingest.print_progress
         elif progress is False or progress is None:
