@@ -19,6 +19,7 @@ recall` is the installed package and nothing from the source tree.
 
 Environment as e2e_cli.py (set by ctest). Prints "N passed, N failed"; exits 1 on failure.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -349,6 +350,29 @@ def run_e2e(d, ep, work):
     n = c.ingest_tokens("bytokens", ids[:200], chunk_tokens=64)
     check(n == 200 and c.info("bytokens")["tokens"] == 200 and
           c.info("bytokens")["last_seq"] == 4, "ingest_tokens: 200 ids in 4 chunks")
+
+    # --- python3 -m recall --------------------------------------------------------------
+    def pyrecall(*args):
+        r = subprocess.run([sys.executable, "-m", "recall", "--connect", ep, *args],
+                           capture_output=True, text=True, timeout=300)
+        return r.returncode, r.stdout, r.stderr
+    rc, out, err = pyrecall("--json", "info", "pybook")
+    check(rc == 0 and json.loads(out) == c.info("pybook"), "python3 -m recall info", (out, err))
+    rc, out, err = pyrecall("ask", "pybook", q, "--max-tokens", "12")
+    check(rc == 0 and out == a.text + "\n", "python3 -m recall ask streams the answer",
+          (out, a.text, err))
+    rc, out, err = pyrecall("--json", "ppl", "pybook")
+    check(rc == 0 and json.loads(out)["ppl"] == p["ppl"], "python3 -m recall ppl", (out, err))
+    rc, out, err = pyrecall("--json", "ingest", "viacli", path, "--window", "32",
+                            "--chunk-bytes", "4096")
+    check(rc == 0 and json.loads(out)["tokens"] == i["tokens"] and
+          c.info("viacli")["options"]["window"] == 32,
+          "python3 -m recall ingest, with a session option flag made from the schema",
+          (out, err))
+    c.drop("viacli")
+    rc, out, err = pyrecall("--json", "ask", "nosuch", "q")
+    check(rc == 1 and json.loads(out)["error"]["code"] == -4 and "nosuch" in err,
+          "python3 -m recall: the daemon's error, exit 1", (rc, out, err))
 
     # --- errors -------------------------------------------------------------------------
     rc, cj, err = e.recall(ep, "ask", "nosuch", "q")
