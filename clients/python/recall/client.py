@@ -440,7 +440,8 @@ class Client:
         0 or 1: off); seed: the sampling seed; stop: a string or list of strings that end
         the answer early (checked here: the answer is cut before the first one found and
         the rest of the daemon's stream is dropped; stop_reason is then "stop"); append:
-        add the question and the answer to the session; ignore_eos: generate past the
+        add the question and the answer to the session (the daemon's whole answer: a stop
+        string cuts only what is returned here); ignore_eos: generate past the
         end-of-sequence token.
 
         Returns an Answer (str() of it is the text), or with stream=True an AskStream that
