@@ -51,7 +51,8 @@ def outer(part):
         if not check(r.returncode == 0, "python3 -m venv --system-site-packages", r.stderr):
             return
         py = os.path.join(venv, "bin", "python")
-        env = dict(os.environ, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env = dict(os.environ, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+                   PIP_NO_CACHE_DIR="1")  # nothing written outside the temporary tree
         r = subprocess.run([py, "-m", "pip", "install", "--no-build-isolation", "--no-index",
                             os.path.join(tree, "clients", "python")],
                            capture_output=True, text=True, env=env, timeout=300)
