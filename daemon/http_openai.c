@@ -7,8 +7,10 @@
  * "stream": true each becomes one server-sent event in OpenAI's chunk format, and the
  * stream ends with "data: [DONE]". Stop strings are applied here, since the daemon has no
  * notion of them: text that might be the start of a stop string is held back until the
- * next token decides, and once one matches, the answer ends before it and the rest of the
- * daemon's tokens are not waited for. */
+ * next token decides, and once one matches, the answer ends before it. The daemon cannot
+ * be told to stop early, so its remaining tokens are still read (and dropped): the worker
+ * is busy with them either way, and reading to the final message gives exact usage
+ * figures and leaves the connection to the daemon reusable. */
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,7 +267,9 @@ typedef struct completion {
     http_buf_t text; /* every token's text so far */
     size_t sent;     /* bytes of text already emitted (streams) */
     unsigned tokens, prompt_tokens;
-    const char *finish; /* NULL while running */
+    int stopped;        /* a stop string matched: text is final, later tokens are dropped */
+    int finish_sent;    /* streams: the chunk with finish_reason went out */
+    const char *finish; /* NULL until the daemon's final message */
     int clean;          /* the daemon's final reply was read: the client may be reused */
     Recall__Response *first; /* read before the stream started */
     http_buf_t out;          /* stream bytes not yet handed to libmicrohttpd */
@@ -285,28 +289,31 @@ static void completion_free(void *p)
     free(s);
 }
 
-/* Takes one Ask response: its text, and on the final one the counts and the reason. Sets
- * s->finish once the answer is complete (stop string, end of sequence, length). */
+/* Takes one Ask response: its text (until a stop string matched), and on the final one
+ * the counts and the reason, setting s->finish. */
 static void take(completion_t *s, const Recall__Response *r)
 {
     const Recall__AskResponse *a = r->body_case == RECALL__RESPONSE__BODY_ASK ? r->ask : NULL;
-    if (a && a->text && a->text[0]) http_buf_append(&s->text, a->text, strlen(a->text));
-    if (a && !a->done && r->more) s->tokens++;
-    size_t cut;
-    if (s->ask.n_stop && http_stop_scan(s->text.p ? s->text.p : "", s->text.len, s->ask.stop,
-                                        s->ask.n_stop, &cut)) {
-        s->text.len = cut;
-        if (s->text.p) s->text.p[cut] = 0;
-        s->finish = "stop";
-        return;
+    if (a && a->text && a->text[0] && !s->stopped) {
+        http_buf_append(&s->text, a->text, strlen(a->text));
+        size_t cut;
+        if (s->ask.n_stop && http_stop_scan(s->text.p, s->text.len, s->ask.stop, s->ask.n_stop,
+                                            &cut)) {
+            s->text.len = cut;
+            s->text.p[cut] = 0;
+            s->stopped = 1;
+        }
     }
+    if (a && !a->done && r->more) s->tokens++;
     if (!r->more) {
         s->clean = 1;
         if (a) {
             s->prompt_tokens = a->prompt_tokens;
             s->tokens = a->generated;
         }
-        s->finish = a && a->stop_reason && !strcmp(a->stop_reason, "length") ? "length" : "stop";
+        s->finish = !s->stopped && a && a->stop_reason && !strcmp(a->stop_reason, "length")
+                        ? "length"
+                        : "stop";
     }
 }
 
@@ -380,15 +387,19 @@ static void stream_step(completion_t *s)
     }
     take(s, r);
     recall__response__free_unpacked(r, NULL);
+    if (s->finish_sent && !s->finish) return; /* dropping tokens after a stop string */
     size_t upto = s->text.len;
-    if (!s->finish && s->ask.n_stop)
+    if (!s->finish && !s->stopped && s->ask.n_stop)
         http_stop_scan(s->text.p ? s->text.p : "", s->text.len, s->ask.stop, s->ask.n_stop, &upto);
     if (upto > s->sent) {
         chunk(s, s->text.p + s->sent, upto - s->sent, NULL, 0);
         s->sent = upto;
     }
+    if ((s->stopped || s->finish) && !s->finish_sent) {
+        chunk(s, NULL, 0, s->finish ? s->finish : "stop", 0);
+        s->finish_sent = 1;
+    }
     if (s->finish) {
-        chunk(s, NULL, 0, s->finish, 0);
         if (s->ask.include_usage) {
             cJSON *o = envelope(s, s->chat ? "chat.completion.chunk" : "text_completion");
             cJSON_AddArrayToObject(o, "choices");
