@@ -21,9 +21,9 @@
 #include "common/log.h"
 #include "daemon/http_internal.h"
 
-const char *const http_route_names[HTTP_ROUTE_COUNT] = {
-    "completions", "chat_completions", "models", "sessions", "session",
-    "ingest",      "health",           "metrics", "other"};
+const char *const http_route_names[HTTP_ROUTE_COUNT] = {"completions", "chat_completions", "models",
+                                                        "sessions",    "session",          "ingest",
+                                                        "health",      "metrics",          "other"};
 const int http_codes[HTTP_CODES] = {200, 400, 401, 404, 405, 409, 413, 429, 500, 503, 504, 0};
 
 /* ---- replies ------------------------------------------------------------------------- */
@@ -85,12 +85,18 @@ void http_reply_json(http_req_t *r, int status, cJSON *body)
 const char *http_error_type(int status)
 {
     switch (status) {
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 413: return "request_too_large";
-    case 429: return "rate_limit_error";
-    case 503: return "service_unavailable";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+        return "service_unavailable";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
     }
 }
 
@@ -116,24 +122,44 @@ int http_status_of_rc(rc_t rc, const char *msg, const char **type, const char **
     int st;
     *code = "internal";
     switch (rc) {
-    case RC_ERR_INVALID: st = 400, *code = "invalid_request"; break;
-    case RC_ERR_FORMAT: st = 400, *code = "malformed"; break;
+    case RC_ERR_INVALID:
+        st = 400, *code = "invalid_request";
+        break;
+    case RC_ERR_FORMAT:
+        st = 400, *code = "malformed";
+        break;
     case RC_ERR_NOT_FOUND:
         st = 404, *code = msg && strstr(msg, "session") ? "session_not_found" : "not_found";
         break;
-    case RC_ERR_EXISTS: st = 409, *code = "exists"; break;
+    case RC_ERR_EXISTS:
+        st = 409, *code = "exists";
+        break;
     /* LIMIT is a size (a question over --max-chunk-bytes) or a count (--max-sessions). */
     case RC_ERR_LIMIT:
         st = msg && strstr(msg, "bytes") ? 413 : 429;
         *code = "limit_exceeded";
         break;
-    case RC_ERR_BUSY: st = 429, *code = "busy"; break;
-    case RC_ERR_SEQUENCE: st = 409, *code = "sequence"; break;
-    case RC_ERR_UNSUPPORTED: st = 400, *code = "unsupported"; break;
-    case RC_ERR_UNAVAILABLE: st = 503, *code = "session_unavailable"; break;
-    case RC_ERR_SHUTDOWN: st = 503, *code = "daemon_stopping"; break;
-    case RC_ERR_IO: st = 503, *code = "daemon_unavailable"; break;
-    default: st = 500; break;
+    case RC_ERR_BUSY:
+        st = 429, *code = "busy";
+        break;
+    case RC_ERR_SEQUENCE:
+        st = 409, *code = "sequence";
+        break;
+    case RC_ERR_UNSUPPORTED:
+        st = 400, *code = "unsupported";
+        break;
+    case RC_ERR_UNAVAILABLE:
+        st = 503, *code = "session_unavailable";
+        break;
+    case RC_ERR_SHUTDOWN:
+        st = 503, *code = "daemon_stopping";
+        break;
+    case RC_ERR_IO:
+        st = 503, *code = "daemon_unavailable";
+        break;
+    default:
+        st = 500;
+        break;
     }
     *type = http_error_type(st);
     return st;
@@ -229,18 +255,26 @@ static cJSON *field_value(const ProtobufCFieldDescriptor *f, const void *p)
     switch (f->type) {
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
-    case PROTOBUF_C_TYPE_SFIXED32: return cJSON_CreateNumber(*(const int32_t *)p);
+    case PROTOBUF_C_TYPE_SFIXED32:
+        return cJSON_CreateNumber(*(const int32_t *)p);
     case PROTOBUF_C_TYPE_UINT32:
-    case PROTOBUF_C_TYPE_FIXED32: return cJSON_CreateNumber(*(const uint32_t *)p);
+    case PROTOBUF_C_TYPE_FIXED32:
+        return cJSON_CreateNumber(*(const uint32_t *)p);
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64: return cJSON_CreateNumber((double)*(const int64_t *)p);
+    case PROTOBUF_C_TYPE_SFIXED64:
+        return cJSON_CreateNumber((double)*(const int64_t *)p);
     case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64: return cJSON_CreateNumber((double)*(const uint64_t *)p);
-    case PROTOBUF_C_TYPE_FLOAT: return cJSON_CreateNumber(*(const float *)p);
-    case PROTOBUF_C_TYPE_DOUBLE: return cJSON_CreateNumber(*(const double *)p);
-    case PROTOBUF_C_TYPE_BOOL: return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
-    case PROTOBUF_C_TYPE_ENUM: return cJSON_CreateNumber(*(const int *)p);
+    case PROTOBUF_C_TYPE_FIXED64:
+        return cJSON_CreateNumber((double)*(const uint64_t *)p);
+    case PROTOBUF_C_TYPE_FLOAT:
+        return cJSON_CreateNumber(*(const float *)p);
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return cJSON_CreateNumber(*(const double *)p);
+    case PROTOBUF_C_TYPE_BOOL:
+        return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
+    case PROTOBUF_C_TYPE_ENUM:
+        return cJSON_CreateNumber(*(const int *)p);
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(char *const *)p;
         return cJSON_CreateString(s ? s : "");
@@ -249,7 +283,8 @@ static cJSON *field_value(const ProtobufCFieldDescriptor *f, const void *p)
         const ProtobufCMessage *m = *(ProtobufCMessage *const *)p;
         return m ? http_proto_to_json(m) : cJSON_CreateNull();
     }
-    default: return cJSON_CreateNull(); /* bytes: none in the messages shown */
+    default:
+        return cJSON_CreateNull(); /* bytes: none in the messages shown */
     }
 }
 
@@ -261,11 +296,15 @@ static size_t field_size(const ProtobufCFieldDescriptor *f)
     case PROTOBUF_C_TYPE_SFIXED64:
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-    case PROTOBUF_C_TYPE_DOUBLE: return 8;
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return 8;
     case PROTOBUF_C_TYPE_STRING:
-    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
-    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-    default: return 4;
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    default:
+        return 4;
     }
 }
 
@@ -343,10 +382,14 @@ static int method_ok(http_route_t route, const char *m)
     switch (route) {
     case HTTP_ROUTE_COMPLETIONS:
     case HTTP_ROUTE_CHAT:
-    case HTTP_ROUTE_INGEST: return !strcmp(m, "POST");
-    case HTTP_ROUTE_SESSION: return !strcmp(m, "GET") || !strcmp(m, "DELETE");
-    case HTTP_ROUTE_OTHER: return 1;
-    default: return !strcmp(m, "GET") || !strcmp(m, "HEAD");
+    case HTTP_ROUTE_INGEST:
+        return !strcmp(m, "POST");
+    case HTTP_ROUTE_SESSION:
+        return !strcmp(m, "GET") || !strcmp(m, "DELETE");
+    case HTTP_ROUTE_OTHER:
+        return 1;
+    default:
+        return !strcmp(m, "GET") || !strcmp(m, "HEAD");
     }
 }
 
@@ -354,15 +397,32 @@ static int method_ok(http_route_t route, const char *m)
 static void dispatch(http_req_t *r, const char *method)
 {
     switch (r->route) {
-    case HTTP_ROUTE_COMPLETIONS: http_openai_completions(r, 0); break;
-    case HTTP_ROUTE_CHAT: http_openai_completions(r, 1); break;
-    case HTTP_ROUTE_MODELS: http_openai_models(r); break;
-    case HTTP_ROUTE_SESSIONS: http_recall_sessions(r); break;
-    case HTTP_ROUTE_SESSION: http_recall_session(r, method); break;
-    case HTTP_ROUTE_INGEST: http_recall_ingest_end(r); break;
-    case HTTP_ROUTE_HEALTH: http_recall_health(r); break;
-    case HTTP_ROUTE_METRICS: http_recall_metrics(r); break;
-    default: http_reply_error(r, 404, "not_found", "no such endpoint (see daemon/openapi.yaml)");
+    case HTTP_ROUTE_COMPLETIONS:
+        http_openai_completions(r, 0);
+        break;
+    case HTTP_ROUTE_CHAT:
+        http_openai_completions(r, 1);
+        break;
+    case HTTP_ROUTE_MODELS:
+        http_openai_models(r);
+        break;
+    case HTTP_ROUTE_SESSIONS:
+        http_recall_sessions(r);
+        break;
+    case HTTP_ROUTE_SESSION:
+        http_recall_session(r, method);
+        break;
+    case HTTP_ROUTE_INGEST:
+        http_recall_ingest_end(r);
+        break;
+    case HTTP_ROUTE_HEALTH:
+        http_recall_health(r);
+        break;
+    case HTTP_ROUTE_METRICS:
+        http_recall_metrics(r);
+        break;
+    default:
+        http_reply_error(r, 404, "not_found", "no such endpoint (see daemon/openapi.yaml)");
     }
 }
 
@@ -427,7 +487,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode why)
 {
-    (void)conn, (void)why;
+    (void)conn;
     http_gateway_t *g = cls;
     http_req_t *r = *con_cls;
     if (!r) return;
@@ -436,7 +496,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (http_codes[i] == r->status) slot = i;
     __atomic_fetch_add(&g->requests[r->route][slot], 1, __ATOMIC_RELAXED);
     http_histogram_observe(&g->latency[r->route], clock_now_s() - r->t0);
-    http_recall_ingest_free(r);
+    http_recall_ingest_free(r, why != MHD_REQUEST_TERMINATED_COMPLETED_OK);
     http_buf_free(&r->body);
     free(r);
     *con_cls = NULL;
@@ -467,8 +527,10 @@ static int listen_on(const char *address, rc_t *rc, char *err, size_t errlen)
         snprintf(err, errlen, "bad --http address '%s': the port must be 0..65535", address);
         return -1;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE}, *ai = NULL;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *ai = NULL;
     int e = getaddrinfo(host, colon + 1, &hints, &ai);
     if (e) {
         snprintf(err, errlen, "bad --http address '%s': %s", address, gai_strerror(e));
@@ -554,7 +616,12 @@ void http_gateway_stop(http_gateway_t **gp)
     if (!gp || !*gp) return;
     http_gateway_t *g = *gp;
     g->stopping = 1; /* waits on the daemon give up within SLICE_MS */
-    if (g->mhd) MHD_stop_daemon(g->mhd);
+    if (g->mhd) {
+        /* Quiescing hands the listening socket back (closed below); without that,
+         * libmicrohttpd closes it itself. */
+        if (MHD_quiesce_daemon(g->mhd) == MHD_INVALID_SOCKET) g->listen_fd = -1;
+        MHD_stop_daemon(g->mhd);
+    }
     if (g->listen_fd >= 0) close(g->listen_fd);
     for (int i = 0; i < g->n_idle; i++)
         recall_client_destroy(&g->idle[i]);
@@ -569,8 +636,9 @@ rc_t http_token_read(const char *path, char **out, char *err, size_t errlen)
 {
     *out = NULL;
     FILE *f = fopen(path, "r");
-    if (!f) return rc_errf(RC_ERR_IO, err, errlen, "cannot read --http-token %s: %s", path,
-                           strerror(errno));
+    if (!f)
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot read --http-token %s: %s", path,
+                       strerror(errno));
     char line[4096];
     if (!fgets(line, sizeof line, f)) line[0] = 0;
     fclose(f);

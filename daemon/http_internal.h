@@ -137,7 +137,9 @@ void http_recall_metrics(http_req_t *r);
 void http_recall_ingest_begin(http_req_t *r);
 void http_recall_ingest_data(http_req_t *r, const char *data, size_t n);
 void http_recall_ingest_end(http_req_t *r);
-void http_recall_ingest_free(http_req_t *r);
+/* cut: the connection ended before the body did; the ingest stops at its next wait, and
+ * chunks acknowledged by then stay in the session (as with an interrupted recall ingest). */
+void http_recall_ingest_free(http_req_t *r, int cut);
 
 /* ---- pure helpers (http_openai.c; unit-tested in tests/test_http.c) ------------------ */
 

@@ -10,31 +10,6 @@
 
 #include "proto/recall.pb-c.h"
 
-/* From a tokenize (well under a millisecond) to a long ingest chunk or answer (minutes). */
-const double http_metrics_bounds[HTTP_METRICS_BUCKETS] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25,
-                                                          0.5,   1,     2.5,  10,   60,  300};
-
-void http_histogram_observe(http_histogram_t *h, double seconds)
-{
-    if (!(seconds >= 0)) return;
-    for (int i = 0; i < HTTP_METRICS_BUCKETS; i++)
-        if (seconds <= http_metrics_bounds[i]) {
-            __atomic_fetch_add(&h->bucket[i], 1, __ATOMIC_RELAXED);
-            break;
-        }
-    __atomic_fetch_add(&h->sum_us, (uint64_t)(seconds * 1e6 + 0.5), __ATOMIC_RELAXED);
-    __atomic_fetch_add(&h->count, 1, __ATOMIC_RELAXED);
-}
-
-void http_metrics_observe(http_metrics_t *m, int body_case, rc_t code, double seconds)
-{
-    int k = body_case > 0 && body_case < HTTP_METRICS_KINDS ? body_case : 0;
-    int o = code == RC_OK ? 0 : (code < 0 && -code < HTTP_METRICS_OUTCOMES - 1) ? -code
-                                                                            : HTTP_METRICS_OUTCOMES - 1;
-    __atomic_fetch_add(&m->replies[k][o], 1, __ATOMIC_RELAXED);
-    http_histogram_observe(&m->latency[k], seconds);
-}
-
 const char *http_metrics_outcome(int i)
 {
     static char names[HTTP_METRICS_OUTCOMES][32];
@@ -182,8 +157,9 @@ static const char *kind_name(int k)
 
 static int kind_known(int k)
 {
-    return k > 0 && protobuf_c_message_descriptor_get_field(&recall__request__descriptor,
-                                                            (unsigned)k) != NULL &&
+    return k > 0 &&
+           protobuf_c_message_descriptor_get_field(&recall__request__descriptor, (unsigned)k) !=
+               NULL &&
            k != 1; /* field 1 is the id */
 }
 

@@ -26,9 +26,11 @@
 #define HTTP_METRICS_KINDS 32
 /* Outcomes: 0 is success, i (1..14) is rc_t -i, the last slot anything else. */
 #define HTTP_METRICS_OUTCOMES 16
-/* Latency histogram upper bounds in seconds (the +Inf bucket is the count). */
+/* Latency histogram upper bounds in seconds (the +Inf bucket is the count): from a
+ * tokenize (well under a millisecond) to a long ingest chunk or answer (minutes). */
 #define HTTP_METRICS_BUCKETS 12
-extern const double http_metrics_bounds[HTTP_METRICS_BUCKETS];
+static const double http_metrics_bounds[HTTP_METRICS_BUCKETS] = {
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300};
 
 typedef struct http_histogram {
     uint64_t bucket[HTTP_METRICS_BUCKETS]; /* observations <= bound, not cumulative */
@@ -41,12 +43,33 @@ typedef struct http_metrics {
     http_histogram_t latency[HTTP_METRICS_KINDS];
 } http_metrics_t;
 
+/* The two observers are inline so the daemon's reply path (and whatever links request.c,
+ * such as the fuzz harness) needs nothing more than this header. */
+
 /* Adds one observation (thread-safe, lock-free; seconds < 0 counts no latency). */
-void http_histogram_observe(http_histogram_t *h, double seconds);
+static inline void http_histogram_observe(http_histogram_t *h, double seconds)
+{
+    if (!(seconds >= 0)) return;
+    for (int i = 0; i < HTTP_METRICS_BUCKETS; i++)
+        if (seconds <= http_metrics_bounds[i]) {
+            __atomic_fetch_add(&h->bucket[i], 1, __ATOMIC_RELAXED);
+            break;
+        }
+    __atomic_fetch_add(&h->sum_us, (uint64_t)(seconds * 1e6 + 0.5), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&h->count, 1, __ATOMIC_RELAXED);
+}
 
 /* Counts one final reply of request kind `body_case` (0 or out of range: "unknown") with
  * status code, and its latency (seconds < 0: not known). Thread-safe, lock-free. */
-void http_metrics_observe(http_metrics_t *m, int body_case, rc_t code, double seconds);
+static inline void http_metrics_observe(http_metrics_t *m, int body_case, rc_t code, double seconds)
+{
+    int k = body_case > 0 && body_case < HTTP_METRICS_KINDS ? body_case : 0;
+    int o = code == RC_OK                                   ? 0
+            : code < 0 && -code < HTTP_METRICS_OUTCOMES - 1 ? -code
+                                                            : HTTP_METRICS_OUTCOMES - 1;
+    __atomic_fetch_add(&m->replies[k][o], 1, __ATOMIC_RELAXED);
+    http_histogram_observe(&m->latency[k], seconds);
+}
 
 /* The outcome label of a code: "ok", or rc_name lowercased ("not_found"); static. */
 const char *http_metrics_outcome(int outcome_index);

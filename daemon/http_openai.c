@@ -267,10 +267,10 @@ typedef struct completion {
     http_buf_t text; /* every token's text so far */
     size_t sent;     /* bytes of text already emitted (streams) */
     unsigned tokens, prompt_tokens;
-    int stopped;        /* a stop string matched: text is final, later tokens are dropped */
-    int finish_sent;    /* streams: the chunk with finish_reason went out */
-    const char *finish; /* NULL until the daemon's final message */
-    int clean;          /* the daemon's final reply was read: the client may be reused */
+    int stopped;             /* a stop string matched: text is final, later tokens are dropped */
+    int finish_sent;         /* streams: the chunk with finish_reason went out */
+    const char *finish;      /* NULL until the daemon's final message */
+    int clean;               /* the daemon's final reply was read: the client may be reused */
     Recall__Response *first; /* read before the stream started */
     http_buf_t out;          /* stream bytes not yet handed to libmicrohttpd */
     size_t out_at;
@@ -297,8 +297,8 @@ static void take(completion_t *s, const Recall__Response *r)
     if (a && a->text && a->text[0] && !s->stopped) {
         http_buf_append(&s->text, a->text, strlen(a->text));
         size_t cut;
-        if (s->ask.n_stop && http_stop_scan(s->text.p, s->text.len, s->ask.stop, s->ask.n_stop,
-                                            &cut)) {
+        if (s->ask.n_stop &&
+            http_stop_scan(s->text.p, s->text.len, s->ask.stop, s->ask.n_stop, &cut)) {
             s->text.len = cut;
             s->text.p[cut] = 0;
             s->stopped = 1;
@@ -450,8 +450,9 @@ void http_openai_completions(http_req_t *r, int chat)
                              sizeof err);
     if (rc) {
         http_reply_error(r, rc == RC_ERR_NOMEM ? 500 : 400,
-                         !field ? "invalid_json" : strstr(err, "required") ? "missing_field"
-                                                                         : "invalid_value",
+                         !field                    ? "invalid_json"
+                         : strstr(err, "required") ? "missing_field"
+                                                   : "invalid_value",
                          "%s", err);
         completion_free(s);
         return;
@@ -484,9 +485,8 @@ void http_openai_completions(http_req_t *r, int chat)
     }
     if (s->ask.stream) {
         if (chat) chunk(s, NULL, 0, NULL, 1); /* OpenAI's first chat chunk: the role */
-        struct MHD_Response *resp =
-            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
-                                              completion_free);
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 4096, stream_read, s, completion_free);
         if (!resp) {
             completion_free(s);
             http_reply_error(r, 500, "internal", "out of memory");

@@ -24,9 +24,10 @@ static void test_ask_parse(void)
     http_ask_t a;
     const char *field;
     char err[512];
-    const char *j = "{\"model\":\"m1\",\"prompt\":\"hi there\",\"max_tokens\":7,\"temperature\":0.5,"
-                    "\"top_p\":0.9,\"seed\":42,\"stop\":[\"\\n\",\"END\"],\"stream\":true,"
-                    "\"stream_options\":{\"include_usage\":true},\"user\":\"ignored\"}";
+    const char *j =
+        "{\"model\":\"m1\",\"prompt\":\"hi there\",\"max_tokens\":7,\"temperature\":0.5,"
+        "\"top_p\":0.9,\"seed\":42,\"stop\":[\"\\n\",\"END\"],\"stream\":true,"
+        "\"stream_options\":{\"include_usage\":true},\"user\":\"ignored\"}";
     CHECK_RC(http_ask_parse(j, strlen(j), 0, &a, &field, err, sizeof err), RC_OK);
     CHECK(a.session && !strcmp(a.session, "m1"));
     CHECK(a.prompt && !strcmp(a.prompt, "hi there"));
@@ -244,8 +245,9 @@ static int http_do(int port, const char *method, const char *path, const char *h
         return -1;
     }
     char req[8192];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: x\r\n%sContent-Length: %zu\r\n\r\n%s",
-                     method, path, headers, body ? strlen(body) : 0, body ? body : "");
+    int n =
+        snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: x\r\n%sContent-Length: %zu\r\n\r\n%s",
+                 method, path, headers, body ? strlen(body) : 0, body ? body : "");
     if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         close(fd);
         return -1;
