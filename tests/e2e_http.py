@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SRC = os.environ.get("RECALL_SOURCE_DIR", os.path.join(os.path.dirname(__file__), ".."))
@@ -350,6 +351,34 @@ def run_all(d, tmp):
     # Asking changes nothing in the session.
     st, info2 = d.json("GET", "/v1/sessions/book")
     check(info2.get("tokens") == info.get("tokens"), "completions leave the session as it was")
+
+    # --- concurrent streams, and a client that leaves mid-stream ------------------------------
+    greedy = a_greedy(d, q, 12)
+    body = {"model": "book", "prompt": q, "max_tokens": 12, "stream": True}
+    results = [None] * 3
+
+    def one(i):
+        try:
+            results[i] = stream_text(d, "/v1/completions", body, False)[0]
+        except Exception as e:  # reported by the check below
+            results[i] = repr(e)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    check(results == [greedy] * 3, "three concurrent streams each get the answer", results)
+    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=300)
+    c.request("POST", "/v1/completions", body=json.dumps(dict(body, max_tokens=40)),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    first = r.readline()
+    check(r.status == 200 and r.getheader("Content-Type") == "text/event-stream" and
+          first.startswith(b"data: {"), "http.client reads a stream's first event", first)
+    c.close()  # gone before the end: the gateway drops the rest
+    st, after_leave = d.json("POST", "/v1/completions", dict(body, stream=False))
+    check(st == 200 and after_leave["choices"][0]["text"] == greedy,
+          "a completion after a client left mid-stream", after_leave)
 
     # --- stop strings ------------------------------------------------------------------------
     full = a_greedy(d, q, 12)
