@@ -180,7 +180,10 @@ recall_client *http_client_get(http_gateway_t *g, char *err, size_t errlen)
     pthread_mutex_lock(&g->mu);
     if (g->n_idle) c = g->idle[--g->n_idle];
     pthread_mutex_unlock(&g->mu);
-    if (c) return c;
+    if (c) {
+        recall_client_set_timeout(c, RECALL_CLIENT_DEFAULT_TIMEOUT_MS);
+        return c;
+    }
     const char *e = "";
     if (recall_client_create(g->endpoint, &c, &e)) {
         snprintf(err, errlen, "cannot reach recalld at %s: %s", g->endpoint, e);
@@ -211,24 +214,31 @@ rc_t http_client_next(http_gateway_t *g, recall_client *c, uint64_t id, int time
 {
     *out = NULL;
     double deadline = timeout_ms > 0 ? clock_now_s() + timeout_ms / 1e3 : 0;
+    rc_t rc;
     recall_client_set_timeout(c, SLICE_MS);
     for (;;) {
         if (g->stopping) {
             recall_client_set_error(c, "the HTTP gateway is stopping");
-            return RC_ERR_SHUTDOWN;
+            rc = RC_ERR_SHUTDOWN;
+            break;
         }
         Recall__Response *resp;
-        rc_t rc = recall_client_recv(c, &id, 1, &resp);
+        rc = recall_client_recv(c, &id, 1, &resp);
         if (rc == RC_ERR_IO && (!deadline || clock_now_s() < deadline)) continue; /* a slice */
-        if (rc) return rc;
+        if (rc == RC_ERR_IO)
+            recall_client_set_error(c, "no answer from recalld at %s within %d s", g->endpoint,
+                                    timeout_ms / 1000);
+        if (rc) break;
         rc = recall_client_status(c, resp);
-        if (rc) {
+        if (rc)
             recall__response__free_unpacked(resp, NULL);
-            return rc;
-        }
-        *out = resp;
-        return RC_OK;
+        else
+            *out = resp;
+        break;
     }
+    /* The client's own calls (the Ingest protocol) keep their usual patience. */
+    recall_client_set_timeout(c, RECALL_CLIENT_DEFAULT_TIMEOUT_MS);
+    return rc;
 }
 
 rc_t http_client_call(http_gateway_t *g, recall_client *c, Recall__Request *req, int timeout_ms,

@@ -292,8 +292,14 @@ void http_recall_ingest_begin(http_req_t *r)
         ingest_fail(in, 503, "daemon_unavailable", err);
         return;
     }
+    Recall__Request req = RECALL__REQUEST__INIT;
+    Recall__CreateSessionRequest cs = RECALL__CREATE_SESSION_REQUEST__INIT;
+    cs.session = r->session;
+    cs.if_not_exists = 1;
+    req.body_case = RECALL__REQUEST__BODY_CREATE_SESSION;
+    req.create_session = &cs;
     Recall__Response *resp;
-    rc_t rc = recall_client_create_session(in->c, r->session, NULL, 1, &resp);
+    rc_t rc = http_client_call(r->g, in->c, &req, QUICK_TIMEOUT_MS, &resp);
     if (rc) {
         const char *type, *code;
         int st = http_status_of_rc(rc, recall_client_error(in->c), &type, &code);
