@@ -147,6 +147,37 @@ static void test_sse_token_endpoint(void)
     CHECK_RC(http_endpoint_local("tcp://127.0.0.1:5555", out, 8), RC_ERR_LIMIT);
 }
 
+static void test_status_mapping(void)
+{
+    const char *type, *code;
+    struct {
+        rc_t rc;
+        const char *msg;
+        int status;
+        const char *code;
+    } m[] = {
+        {RC_ERR_INVALID, "bad name", 400, "invalid_request"},
+        {RC_ERR_NOT_FOUND, "no session named 'x'", 404, "session_not_found"},
+        {RC_ERR_EXISTS, "", 409, "exists"},
+        {RC_ERR_LIMIT, "the question is over the limit of 10 bytes", 413, "limit_exceeded"},
+        {RC_ERR_LIMIT, "there are already 4 sessions", 429, "limit_exceeded"},
+        {RC_ERR_BUSY, "", 429, "busy"},
+        {RC_ERR_UNAVAILABLE, "", 503, "session_unavailable"},
+        {RC_ERR_SHUTDOWN, "", 503, "daemon_stopping"},
+        {RC_ERR_IO, "", 503, "daemon_unavailable"},
+        {RC_ERR_INTERNAL, "", 500, "internal"},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        int st = http_status_of_rc(m[i].rc, m[i].msg, &type, &code);
+        CHECK_MSG(st == m[i].status && !strcmp(code, m[i].code), "rc %d: %d %s", m[i].rc, st,
+                  code);
+        CHECK(!strcmp(type, http_error_type(st)));
+    }
+    CHECK(!strcmp(http_error_type(401), "authentication_error"));
+    CHECK(!strcmp(http_error_type(400), "invalid_request_error"));
+    CHECK(!strcmp(http_error_type(502), "server_error"));
+}
+
 static void test_proto_json(void)
 {
     Recall__SessionInfo si = RECALL__SESSION_INFO__INIT;
@@ -364,6 +395,7 @@ int main(void)
     test_chat_template();
     test_stop_scan();
     test_sse_token_endpoint();
+    test_status_mapping();
     test_proto_json();
     test_metrics_text();
     test_gateway_without_daemon();
