@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "common/rc.h"
+#include "daemon/http_metrics.h"
 #include "memory/db.h"
 #include "memory/session_memory.h"
 #include "memory/tiers.h"
@@ -63,6 +64,11 @@ typedef struct daemon_config {
     /* Session options for fields a CreateSession (or a Score of text) leaves unset: the
      * --window, --positional, ... flags. Strings point into argv. */
     Recall__SessionOptions defaults;
+    /* The HTTP gateway (daemon/http.h): its HOST:PORT (NULL: off), largest JSON body, and
+     * the file holding its bearer token (NULL: no authentication). */
+    const char *http;
+    size_t http_max_body;
+    const char *http_token;
 } daemon_config_t;
 
 typedef struct session {
@@ -106,6 +112,7 @@ typedef struct route {
     uint8_t ident[256];
     size_t ident_len;
     int delim;
+    double t0; /* when the request arrived (clock_now_s; 0: unknown), for its latency */
 } route_t;
 
 typedef struct job {
@@ -139,6 +146,10 @@ typedef struct daemon {
     size_t n_sessions, cap_sessions;
     uint64_t requests, errors, tokens_ingested, tokens_generated;
     uint64_t loads, evictions;
+    /* Final replies by kind and outcome, with their latency, for GET /metrics (atomic
+     * adds in the reply path; no lock). */
+    http_metrics_t metrics;
+    struct http_gateway *http; /* the HTTP gateway, or NULL (main thread: start and stop) */
 
     /* Worker queue (under mu). */
     pthread_cond_t cv;

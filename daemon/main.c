@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/size.h"
 #include "daemon/daemon.h"
+#include "daemon/http.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGTERM / SIGINT */
 
@@ -92,6 +93,17 @@ static void usage(FILE *f)
 "                         their next question brings them back). Default: half the RAM.\n"
 "                         Rows are read through a map of their files, so the page cache holds\n"
 "                         them once; a session larger than the budget still runs.\n"
+"\n"
+"HTTP gateway (off unless --http is given; endpoints in daemon/openapi.yaml):\n"
+"  --http HOST:PORT       also serve an OpenAI-compatible HTTP API (/v1/completions,\n"
+"                         /v1/chat/completions, /v1/models), recall's sessions and ingest\n"
+"                         (/v1/sessions...), /health and Prometheus /metrics, e.g.\n"
+"                         127.0.0.1:8080. It is a client of --listen: every request goes\n"
+"                         through the same checks and limits as recall's.\n"
+"  --http-max-body SIZE   largest JSON request body, at least 1K (default 8M; larger\n"
+"                         ones get 413). Ingest uploads are streamed and not bounded by it.\n"
+"  --http-token FILE      require \"Authorization: Bearer TOKEN\" on every HTTP request,\n"
+"                         TOKEN being the first line of FILE (401 otherwise)\n"
 "\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
@@ -211,7 +223,7 @@ int main(int argc, char **argv)
            O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
            O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET, O_GALI_MODE,
-           O_GALI_NOISE, O_SEED };
+           O_GALI_NOISE, O_SEED, O_HTTP, O_HTTP_MAX_BODY, O_HTTP_TOKEN };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -243,6 +255,9 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, O_THREADS},
         {"log-level", required_argument, 0, O_LOG},
         {"db-map-size", required_argument, 0, O_MAP},
+        {"http", required_argument, 0, O_HTTP},
+        {"http-max-body", required_argument, 0, O_HTTP_MAX_BODY},
+        {"http-token", required_argument, 0, O_HTTP_TOKEN},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -264,6 +279,11 @@ int main(int argc, char **argv)
             break;
         case O_DEVICE:
             cfg.device = optarg;
+            break;
+        case O_HTTP: cfg.http = optarg; break;
+        case O_HTTP_TOKEN: cfg.http_token = optarg; break;
+        case O_HTTP_MAX_BODY:
+            bad = parse_size(optarg, &cfg.http_max_body) || cfg.http_max_body < 1024;
             break;
         case O_WINDOW: bad = parse_u32(optarg, &cfg.defaults.window); break;
         case O_GROUP: bad = parse_u32(optarg, &cfg.defaults.group); break;
@@ -411,8 +431,25 @@ int main(int argc, char **argv)
     }
     cfg.host_budget = host_budget == SIZE_MAX ? 0 : host_budget;
 
+    /* The token file is read now: a missing or empty one stops start-up, not a request. */
+    char *http_token = NULL;
+    if (cfg.http_token) {
+        char terr[512];
+        if (!cfg.http) {
+            fprintf(stderr, "recalld: --http-token needs --http HOST:PORT\n");
+            return 2;
+        }
+        if (http_token_read(cfg.http_token, &http_token, terr, sizeof terr)) {
+            fprintf(stderr, "recalld: %s\n", terr);
+            return 2;
+        }
+    }
+
     int existed;
-    if (check_data_dir(cfg.data_dir, &existed)) return 1;
+    if (check_data_dir(cfg.data_dir, &existed)) {
+        free(http_token);
+        return 1;
+    }
 
     static daemon_t dd;
     daemon_t *d = &dd;
@@ -541,6 +578,27 @@ int main(int argc, char **argv)
              cfg.host_budget ? "" : "none, ", (double)cfg.host_budget / 1048576.0,
              cfg.device ? cfg.device : "auto");
 
+    if (cfg.http) {
+        /* The gateway connects to the endpoint the ROUTER actually bound (a wildcard port
+         * resolved, a wildcard host made loopback). */
+        char bound[256] = "", local[300];
+        err[0] = 0;
+        size_t bl = sizeof bound;
+        zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, bound, &bl);
+        http_gateway_opts_t ho = {.address = cfg.http,
+                                  .endpoint = local,
+                                  .max_body = cfg.http_max_body,
+                                  .token = http_token,
+                                  .daemon_metrics = &d->metrics};
+        if (http_endpoint_local(bound[0] ? bound : cfg.listen, local, sizeof local) ||
+            http_gateway_start(&ho, &d->http, err, sizeof err)) {
+            fprintf(stderr, "recalld: %s\n", err[0] ? err : "cannot start the HTTP gateway");
+            goto out;
+        }
+        log_info("HTTP gateway on %s (port %d), a client of %s%s", cfg.http,
+                 http_gateway_port(d->http), local, http_token ? "; bearer token required" : "");
+    }
+
     rc = server_run(d, router, &g_stop);
     pthread_mutex_lock(&d->mu);
     exit_code = rc == RC_OK && !d->load_failed ? 0 : 1;
@@ -548,6 +606,9 @@ int main(int argc, char **argv)
     log_info("recalld stopped");
 
 out:
+    /* HTTP requests still waiting on the daemon give up (503) before it goes away. */
+    http_gateway_stop(&d->http);
+    free(http_token);
     if (worker_started) {
         pthread_mutex_lock(&d->mu);
         d->stopping = 1;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "daemon/daemon.h"
 
 /* ---- the reply path ------------------------------------------------------------------ */
@@ -58,6 +59,9 @@ static void reply_send(request_t *q, rc_t code, const char *msg, Recall__Respons
         }
         pthread_mutex_unlock(&d->mu);
     }
+    if (!resp->more)
+        http_metrics_observe(&d->metrics, q->kind ? q->kind->body : 0, code,
+                             q->route.t0 > 0 ? clock_now_s() - q->route.t0 : -1);
     send_frames(q->sock, &q->route, resp);
 }
 

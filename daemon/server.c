@@ -377,6 +377,7 @@ static int recv_message(void *router, inmsg_t *m)
     if (il > sizeof m->route.ident) il = sizeof m->route.ident; /* ZeroMQ caps it at 255 */
     memcpy(m->route.ident, zmq_msg_data(&f), il);
     m->route.ident_len = il;
+    m->route.t0 = clock_now_s();
     int more = zmq_msg_more(&f);
     zmq_msg_close(&f);
     while (more) {

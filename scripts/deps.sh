@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(cmake make gcc g++ pkg-config
       libzmq3-dev libprotobuf-c-dev protobuf-c-compiler liblmdb-dev lmdb-utils
       libfaiss-dev libopenblas-dev libsentencepiece-dev sentencepiece libcjson-dev zlib1g-dev libxxhash-dev
+      libmicrohttpd-dev curl
       python3 python3-numpy python3-torch python3-sentencepiece
       # the Python client (clients/python): its build backend, runtime and generated messages
       python3-setuptools python3-wheel python3-pip python3-venv python3-zmq python3-protobuf
