@@ -30,20 +30,42 @@ uint8_t quant_e4m3_encode(float x)
     return sign | (uint8_t)c;
 }
 
-float quant_e4m3_decode(uint8_t c)
-{
-    const uint32_t e = (c >> 3) & 0xfu, m = c & 7u;
-    float v;
-    if ((c & 0x7f) == 0x7f) {
-        v = NAN;
-    } else if (e == 0) {
-        v = (float)m * (1.0f / 512.0f);
-    } else {
-        const uint32_t u = ((e + 127u - 7u) << 23) | (m << 20);
-        memcpy(&v, &u, 4);
-    }
-    return (c & 0x80) ? -v : v;
-}
+/* Every code's value, computed at compile time from the definition: magnitude (1 + m/8) *
+ * 2^(e - 7) for exponent field e > 0, m/8 * 2^-6 for e = 0; the top bit negates; 0x7f and
+ * 0xff are NaN. A table because the attention decodes every memory element it reads. */
+#define P2(e)                                                                                  \
+    ((e) == 0    ? 0.015625f                                                                   \
+     : (e) == 1  ? 0.015625f                                                                   \
+     : (e) == 2  ? 0.03125f                                                                    \
+     : (e) == 3  ? 0.0625f                                                                     \
+     : (e) == 4  ? 0.125f                                                                      \
+     : (e) == 5  ? 0.25f                                                                       \
+     : (e) == 6  ? 0.5f                                                                        \
+     : (e) == 7  ? 1.0f                                                                        \
+     : (e) == 8  ? 2.0f                                                                        \
+     : (e) == 9  ? 4.0f                                                                        \
+     : (e) == 10 ? 8.0f                                                                        \
+     : (e) == 11 ? 16.0f                                                                       \
+     : (e) == 12 ? 32.0f                                                                       \
+     : (e) == 13 ? 64.0f                                                                       \
+     : (e) == 14 ? 128.0f                                                                      \
+                 : 256.0f)
+#define MAG(c)                                                                                 \
+    (((c) & 0x7f) == 0x7f ? NAN                                                                \
+     : (((c) >> 3) & 15) == 0                                                                  \
+         ? (float)((c) & 7) / 8.0f * P2(0)                                                     \
+         : (1.0f + (float)((c) & 7) / 8.0f) * P2(((c) >> 3) & 15))
+#define VAL(c) ((c) & 0x80 ? -MAG(c) : MAG(c))
+#define V4(c) VAL(c), VAL((c) + 1), VAL((c) + 2), VAL((c) + 3)
+#define V16(c) V4(c), V4((c) + 4), V4((c) + 8), V4((c) + 12)
+#define V64(c) V16(c), V16((c) + 16), V16((c) + 32), V16((c) + 48)
+const float quant_e4m3_values[256] = {V64(0), V64(64), V64(128), V64(192)};
+#undef V64
+#undef V16
+#undef V4
+#undef VAL
+#undef MAG
+#undef P2
 
 float quant_row_scale(const void *row, int n_kv_heads, int head_dim, int h)
 {
@@ -100,7 +122,7 @@ void quant_row_head_decode(float *dst, const void *row, dtype_t t, int n_kv_head
     if (t == DTYPE_I8) {
         for (int d = 0; d < head_dim; d++) dst[d] = (float)(int8_t)c[d] * s;
     } else {
-        for (int d = 0; d < head_dim; d++) dst[d] = quant_e4m3_decode(c[d]) * s;
+        for (int d = 0; d < head_dim; d++) dst[d] = quant_e4m3_values[c[d]] * s;
     }
 }
 

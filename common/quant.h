@@ -44,8 +44,12 @@ extern "C" {
  * values and ±inf saturate to ±448 (0x7e / 0xfe) instead of becoming NaN; NaN gives 0x7f
  * with x's sign bit (0x7f / 0xff), as torch does. */
 uint8_t quant_e4m3_encode(float x);
-/* The e4m3fn value of byte c (exact in fp32; NaN for 0x7f and 0xff). */
-float quant_e4m3_decode(uint8_t c);
+/* The e4m3fn value of each byte (exact in fp32; NaN for 0x7f and 0xff). */
+extern const float quant_e4m3_values[256];
+static inline float quant_e4m3_decode(uint8_t c)
+{
+    return quant_e4m3_values[c];
+}
 
 /* Encodes one row of fp32 src [n_kv_heads, head_dim] into dst (dtype_row_bytes(t, n_kv_heads,
  * head_dim) bytes) in row format t (DTYPE_FP8_E4M3 or DTYPE_I8; anything else aborts). */
