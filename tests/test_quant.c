@@ -304,7 +304,8 @@ static void test_attention(void)
         memory_knn_opts_t ko = {.ivf_min_rows = 1 << 20}; /* flat: exact top-k */
         CHECK_RC(memory_knn_create(1, NKV, D, &ko, &xq), RC_OK);
         CHECK_RC(memory_knn_create(1, NKV, D, &ko, &xf), RC_OK);
-        int64_t *iq = malloc(sizeof(int64_t) * NQ * NH * 16), *iff = malloc(sizeof(int64_t) * NQ * NH * 16);
+        int64_t *iq = malloc(sizeof(int64_t) * NQ * NH * 16);
+        int64_t *iff = malloc(sizeof(int64_t) * NQ * NH * 16);
         CHECK_RC(memory_knn_search(xq, sq, 0, q, NQ, NH, 16, iq), RC_OK);
         CHECK_RC(memory_knn_search(xf, sf, 0, q, NQ, NH, 16, iff), RC_OK);
         CHECK(!memcmp(iq, iff, sizeof(int64_t) * NQ * NH * 16));
