@@ -4,6 +4,7 @@
 #                  them against the dequantized rows in f32 and against bf16 rows
 #   quant_ref      the codec against tests/quant_ref.py's reference written from the e4m3fn
 #                  and int8 definitions (exact rational arithmetic; every code, many values)
+#   test_quant_stream  see below
 #   e2e_quant      recalld: an fp8 session ingests, answers, restarts and answers the same;
 #                  its row files are about half of bf16's; a dtype change is refused
 recall_add_test(test_quant SOURCES test_quant.c
@@ -19,3 +20,7 @@ if(TARGET recalld)
     ENVIRONMENT "RECALL_TEST_DATA=${RECALL_TEST_DATA};RECALL_SOURCE_DIR=${CMAKE_SOURCE_DIR};RECALL_BUILD_DIR=${CMAKE_BINARY_DIR};RECALL_BIN=$<TARGET_FILE:recall>;RECALLD_BIN=$<TARGET_FILE:recalld>"
     FIXTURES_REQUIRED tiny_models TIMEOUT 600 LABELS "daemon")
 endif()
+# test_quant_stream: whole streams on tiny-fot with fp8/int8 rows against f32 rows, and a
+# non-CPU backend's refusal (model/stream.c).
+recall_add_test(test_quant_stream SOURCES test_quant_stream.c
+                LIBS recall_model recall_common FIXTURES tiny_models TIMEOUT 120)
