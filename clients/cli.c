@@ -132,6 +132,7 @@ const opt_spec cli_opt_specs[O_COUNT] = {
     [O_GPU_BUDGET] = {"gpu-memory-budget", 0, 1, SESSION_OPT_CMDS},
     [O_LAST_CONTEXT] = {"last-context", 0, 1, SESSION_OPT_CMDS},
     [O_MEM_DTYPE] = {"mem-dtype", 0, 1, SESSION_OPT_CMDS},
+    [O_MEMORY_DTYPE] = {"memory-dtype", 0, 1, SESSION_OPT_CMDS},
     [O_ROPE_SCALING] = {"rope-scaling", 0, 1, SESSION_OPT_CMDS},
     [O_ROPE_FACTOR] = {"rope-factor", 0, 1, SESSION_OPT_CMDS},
     [O_NO_CHUNK_SCALE] = {"no-chunk-scale", 0, 0, SESSION_OPT_CMDS},
@@ -326,7 +327,7 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
     static const char *const positional[] = {"rope", "self-extend", "dca", "clex", "gali", NULL};
     static const char *const gali_modes[] = {"paper", "reference", NULL};
     static const char *const memory[] = {"exact", "knn", NULL};
-    static const char *const dtypes[] = {"f32", "bf16", "f16", NULL};
+    static const char *const dtypes[] = {"f32", "bf16", "f16", "fp8", "int8", NULL};
     struct {
         opt_id id;
         uint32_t *field;
@@ -389,9 +390,15 @@ int cli_parse_session_opts(const cli_args *a, Recall__SessionOptions *so, int *a
         so->memory = (char *)a->vals[O_MEMORY];
         *any = 1;
     }
-    if (a->vals[O_MEM_DTYPE]) {
-        if (!one_of("mem-dtype", a->vals[O_MEM_DTYPE], dtypes, a->cmd)) return 0;
-        so->mem_dtype = (char *)a->vals[O_MEM_DTYPE];
+    if (a->vals[O_MEM_DTYPE] && a->vals[O_MEMORY_DTYPE] &&
+        strcmp(a->vals[O_MEM_DTYPE], a->vals[O_MEMORY_DTYPE])) {
+        cli_usage_error(a->cmd, "--mem-dtype and --memory-dtype are one option; they disagree");
+        return 0;
+    }
+    const char *mdt = a->vals[O_MEMORY_DTYPE] ? a->vals[O_MEMORY_DTYPE] : a->vals[O_MEM_DTYPE];
+    if (mdt) {
+        if (!one_of("memory-dtype", mdt, dtypes, a->cmd)) return 0;
+        so->mem_dtype = (char *)mdt;
         *any = 1;
     }
     static const char *const scalings[] = {"none", "linear", "ntk", "dynamic", "yarn", NULL};

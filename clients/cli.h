@@ -70,6 +70,7 @@ typedef enum opt_id {
     O_GPU_BUDGET,
     O_LAST_CONTEXT,
     O_MEM_DTYPE,
+    O_MEMORY_DTYPE, /* --memory-dtype, the same option as --mem-dtype */
     O_ROPE_SCALING,
     O_ROPE_FACTOR,
     O_NO_CHUNK_SCALE,

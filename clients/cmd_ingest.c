@@ -21,7 +21,8 @@ const cli_command cli_cmd_ingest = {
     "streams them to the daemon. Chunks are numbered, so a session grows in order\n"
     "and a chunk is counted once; a chunk is acknowledged only when it and every\n"
     "window it completed are on disk. The session is created on first use with\n"
-    "the session options below; an existing session keeps its own options.\n"
+    "the session options below; an existing session keeps its own options (a\n"
+    "different --memory-dtype is refused: its rows are already stored).\n"
     "On a terminal, a progress bar shows bytes, tokens/s and the time left.\n"
     "\n"
     "Examples:\n"
@@ -114,7 +115,7 @@ static void options_ignored(const Recall__SessionOptions *given, const Recall__S
     DIFF_NUM(k, "k");
     DIFF_NUM(knn_nlist, "nlist");
     DIFF_NUM(knn_nprobe, "nprobe");
-    DIFF_STR(mem_dtype, "mem-dtype");
+    DIFF_STR(mem_dtype, "memory-dtype");
     if (given->gpu_memory_budget &&
         (given->gpu_memory_budget == BUDGET_NONE ? 0 : given->gpu_memory_budget) !=
             have->gpu_memory_budget) {
@@ -211,6 +212,20 @@ static int cmd_ingest(recall_client *c, const cli_args *a)
     st.tokens = r->create_session->info->tokens;
     st.windows = r->create_session->info->windows;
     const Recall__SessionOptions *have = r->create_session->info->options;
+    /* The other options an existing session keeps are a warning; its rows' dtype is an
+     * error: the user asked for a storage format (half the bytes, or full precision) that
+     * the rows already written do not have and never will. */
+    if (!created && have && so.mem_dtype && so.mem_dtype[0] && have->mem_dtype &&
+        strcmp(so.mem_dtype, have->mem_dtype) != 0) {
+        char have_dt[16];
+        snprintf(have_dt, sizeof have_dt, "%s", have->mem_dtype);
+        recall__response__free_unpacked(r, NULL);
+        return cli_report(EXIT_USAGE, RC_ERR_INVALID,
+                          "session '%s' stores its memory rows as %s; it cannot change to %s "
+                          "(--memory-dtype). Leave the option out, or drop the session and "
+                          "ingest again",
+                          session, have_dt, so.mem_dtype);
+    }
     if (!created && any_opt && !cli_quiet) {
         char diff[512];
         options_ignored(&so, have, diff, sizeof diff);

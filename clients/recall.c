@@ -58,7 +58,10 @@ static const char session_opts_help[] =
     "                          sessions together); a CPU daemon ignores it\n"
     "  --last-context N        LongLLaMA's last_context_length, kept with the session (recall's\n"
     "                          windows align to the first token, so it does not change results)\n"
-    "  --mem-dtype T           f32 | bf16 | f16 (memory storage type)\n"
+    "  --memory-dtype T        bf16 | fp8 | int8 | f32 | f16 (alias --mem-dtype): how memory\n"
+    "                          rows are stored. fp8 (e4m3) and int8 keep one byte per element\n"
+    "                          and a scale per token and kv head: about half of bf16's bytes,\n"
+    "                          CPU daemons only. Fixed when the session is created\n"
     "  --rope-scaling TYPE --rope-factor F   none | linear | ntk | dynamic | yarn, overriding\n"
     "                          the checkpoint's rope_scaling (plain rope only)\n"
     "  --no-chunk-scale        dca: no ChunkLlama cos/sin scaling for windows > trained length\n";

@@ -2,12 +2,16 @@
 
 #include <strings.h>
 
+#include "common/log.h"
+
 const char *dtype_name(dtype_t t)
 {
     switch (t) {
     case DTYPE_F32: return "f32";
     case DTYPE_F16: return "f16";
     case DTYPE_BF16: return "bf16";
+    case DTYPE_FP8_E4M3: return "fp8";
+    case DTYPE_I8: return "int8";
     }
     return "?";
 }
@@ -28,6 +32,23 @@ int dtype_parse(const char *s, dtype_t *out)
     }
     if (!strcasecmp(s, "bf16") || !strcasecmp(s, "bfloat16")) {
         *out = DTYPE_BF16;
+        return 0;
+    }
+    return -1;
+}
+
+int dtype_parse_mem(const char *s, dtype_t *out)
+{
+    if (!dtype_parse(s, out)) return 0;
+    if (!s) return -1;
+    if (!strncmp(s, "torch.", 6)) s += 6;
+    if (!strcasecmp(s, "fp8") || !strcasecmp(s, "fp8_e4m3") || !strcasecmp(s, "e4m3") ||
+        !strcasecmp(s, "float8_e4m3fn")) {
+        *out = DTYPE_FP8_E4M3;
+        return 0;
+    }
+    if (!strcasecmp(s, "int8") || !strcasecmp(s, "i8")) {
+        *out = DTYPE_I8;
         return 0;
     }
     return -1;
@@ -98,6 +119,8 @@ void dtype_to_f32(float *dst, const void *src, dtype_t t, size_t n)
     case DTYPE_F16:
         for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(h[i]);
         break;
+    case DTYPE_FP8_E4M3:
+    case DTYPE_I8: log_abort(__FILE__, __LINE__, "dtype_to_f32 on row format %s", dtype_name(t));
     }
 }
 
@@ -112,5 +135,7 @@ void dtype_from_f32(void *dst, dtype_t t, const float *src, size_t n)
     case DTYPE_F16:
         for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(src[i]);
         break;
+    case DTYPE_FP8_E4M3:
+    case DTYPE_I8: log_abort(__FILE__, __LINE__, "dtype_from_f32 on row format %s", dtype_name(t));
     }
 }

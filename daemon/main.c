@@ -61,7 +61,10 @@ static void usage(FILE *f)
 "session defaults (for sessions created without these options; stored sessions keep theirs):\n"
 "  --window N  --positional rope|self-extend|dca|clex|gali  --group G  --neighbor W\n"
 "  --chunk-size S  --local-window w  --no-chunk-scale  --rope-scaling TYPE  --rope-factor F\n"
-"  --memory exact|knn  --k K  --mem-dtype f32|bf16|f16  --last-context N\n"
+"  --memory exact|knn  --k K  --last-context N\n"
+"  --memory-dtype bf16|fp8|int8|f32|f16   (alias --mem-dtype) how memory rows are stored:\n"
+"                         fp8 (e4m3) and int8 are one byte per element plus a scale per\n"
+"                         token and kv head, about half of bf16's bytes; CPU device only\n"
 "  --gali-mode paper|reference  --gali-noise STD  --seed N   (gali sessions only)\n"
 "                         the same meaning as the recall CLI's session options; checked at\n"
 "                         start-up. e.g. --positional dca --window 16384 stretches every new\n"
@@ -244,6 +247,7 @@ int main(int argc, char **argv)
         {"memory", required_argument, 0, O_MEMORY},
         {"k", required_argument, 0, O_K},
         {"mem-dtype", required_argument, 0, O_MEM_DTYPE},
+        {"memory-dtype", required_argument, 0, O_MEM_DTYPE},
         {"last-context", required_argument, 0, O_LAST_CONTEXT},
         {"nlist", required_argument, 0, O_NLIST},
         {"nprobe", required_argument, 0, O_NPROBE},

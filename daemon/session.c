@@ -198,12 +198,22 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
         o->window = (int)in->window;
         o->last_context = (int)in->last_context;
         if (in->mem_dtype && in->mem_dtype[0]) {
-            if (dtype_parse(in->mem_dtype, &o->mem_dtype) != 0) {
-                snprintf(err, errlen, "unknown mem_dtype '%s' (use f32, bf16 or f16)",
+            if (dtype_parse_mem(in->mem_dtype, &o->mem_dtype) != 0) {
+                snprintf(err, errlen,
+                         "unknown memory dtype '%s' (use f32, bf16, f16, fp8 or int8)",
                          in->mem_dtype);
                 return RC_ERR_INVALID;
             }
             o->mem_dtype_set = 1;
+            /* Only the CPU kernels decode the quantized rows (common/quant.h). Refused here,
+             * at create (and for the daemon's defaults at start-up), not at the first window. */
+            if (dtype_is_quant(o->mem_dtype) && d->backend && daemon_memory_on_device(d)) {
+                snprintf(err, errlen,
+                         "memory dtype %s is CPU-only in this build (this recalld runs on %s; "
+                         "use bf16 or f32, or recalld --device cpu)",
+                         dtype_name(o->mem_dtype), model_backend_describe(d->backend));
+                return RC_ERR_UNSUPPORTED;
+            }
         }
     }
     return model_stream_opts_resolve(d->model, o, err, errlen);
@@ -295,7 +305,8 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, ui
     session_memory_shape_t shape = {.n_layers = d->mc->n_mem_layers,
                                     .row_dim = d->row_dim,
                                     .dtype = o->mem_dtype,
-                                    .window = o->window};
+                                    .window = o->window,
+                                    .head_dim = d->mc->head_dim};
     rc_t rc = session_memory_open(d->db, d->rows_root, name, &shape, windows, &s->mem);
     if (rc) {
         free(s);

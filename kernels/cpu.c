@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/quant.h"
+
 /* Products smaller than this (m·n·k multiply-adds) run on the calling thread alone. */
 #define MATMUL_SPLIT_MIN (1 << 20)
 
@@ -154,7 +156,8 @@ static int row_segments(const attn_ext_args_t *e, int i, int lo[MAX_VARIANTS],
  * softmax), so the scratch is the same few MiB whatever the memory holds: a 256k-row memory
  * is neither widened to fp32 nor scored all at once. Heads are slices of the interleaved
  * [token, head, dim] rows, read with strides; a bf16/f16 memory tile is widened to fp32 for
- * the one kv head it is read for. A layout with several variants computes each over the
+ * the one kv head it is read for, an fp8/int8 one (common/quant.h) decoded with that head's
+ * scales into the same scratch. A layout with several variants computes each over the
  * union of the ranges the block's rows take from it, the first straight into the score
  * rows, the others into a side buffer from which each row copies its own range; the plain
  * layout is exactly one product. */
@@ -210,18 +213,28 @@ static int scratch_alloc(attn_scratch_t *w, const attn_ext_args_t *e)
 }
 
 /* Rows [m0, m0 + n) of kv head kh of a memory matrix as fp32: a pointer into it (fp32
- * memory, leading dimension kv_row) or the rows widened into buf (leading dimension hd). */
+ * memory, leading dimension kv_row) or the rows widened — or, for a quantized row format,
+ * decoded with their head's scale — into buf (leading dimension hd). */
 static const float *mem_tile(const void *mat, dtype_t dt, size_t m0, int n, int kh, int hd,
-                             int kv_row, float *buf, int *ld)
+                             int n_kv, float *buf, int *ld)
 {
+    const int kv_row = n_kv * hd;
     if (dt == DTYPE_F32) {
         *ld = kv_row;
         return (const float *)mat + m0 * (size_t)kv_row + (size_t)kh * hd;
     }
-    const size_t es = dtype_size(dt);
-    const char *src = (const char *)mat + (m0 * (size_t)kv_row + (size_t)kh * hd) * es;
-    for (int t = 0; t < n; t++)
-        dtype_to_f32(buf + (size_t)t * hd, src + (size_t)t * kv_row * es, dt, (size_t)hd);
+    const size_t rb = dtype_row_bytes(dt, n_kv, hd);
+    const char *src = (const char *)mat + m0 * rb;
+    if (dt == DTYPE_BF16) { /* the common case: a shift per element, inlined */
+        for (int t = 0; t < n; t++) {
+            const uint16_t *h = (const uint16_t *)(src + (size_t)t * rb) + (size_t)kh * hd;
+            float *d = buf + (size_t)t * hd;
+            for (int i = 0; i < hd; i++) d[i] = bf16_to_f32(h[i]);
+        }
+    } else {
+        for (int t = 0; t < n; t++)
+            quant_row_head_decode(buf + (size_t)t * hd, src + (size_t)t * rb, dt, n_kv, hd, kh);
+    }
     *ld = hd;
     return buf;
 }
@@ -375,13 +388,13 @@ static void attend_block(const attn_job_t *j, int h, int i0, attn_scratch_t *w)
     for (size_t m0 = 0; m0 < n_mem; m0 += MT) {
         const int n = n_mem - m0 < MT ? (int)(n_mem - m0) : MT;
         int ldk, ldv;
-        const float *kt = mem_tile(a->mem_k, a->mem_dtype, m0, n, kh, hd, kv_row, w->Kt, &ldk);
+        const float *kt = mem_tile(a->mem_k, a->mem_dtype, m0, n, kh, hd, nkv, w->Kt, &ldk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, hd, j->mem_scale, qm, q_row,
                     kt, ldk, 0.0f, w->M, MT);
         for (int r = 0; r < nb; r++)
             softmax_fold(w->M + (size_t)r * MT, n, &w->mx[r], &w->sum[r], O + (size_t)r * hd,
                          hd);
-        const float *vt = mem_tile(a->mem_v, a->mem_dtype, m0, n, kh, hd, kv_row, w->Vt, &ldv);
+        const float *vt = mem_tile(a->mem_v, a->mem_dtype, m0, n, kh, hd, nkv, w->Vt, &ldv);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n, 1.0f, w->M, MT, vt,
                     ldv, 1.0f, O, hd);
     }

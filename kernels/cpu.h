@@ -54,9 +54,10 @@ typedef struct attn_args {
     const float *k;        /* [n_k, n_kv_heads, head_dim] rotated at local positions */
     const float *v;        /* [n_k, n_kv_heads, head_dim] */
     size_t n_mem;          /* memory rows; 0 for non-memory layers */
-    dtype_t mem_dtype;
-    const void *mem_k;     /* [n_mem, n_kv_heads, head_dim] unrotated, mem_dtype */
-    const void *mem_v;     /* [n_mem, n_kv_heads, head_dim] mem_dtype */
+    dtype_t mem_dtype;     /* f32, bf16, f16, or a row format (fp8, int8: common/quant.h) */
+    const void *mem_k;     /* [n_mem, n_kv_heads, head_dim] unrotated, mem_dtype: n_mem rows
+                            * of dtype_row_bytes(mem_dtype, n_kv_heads, head_dim) bytes */
+    const void *mem_v;     /* [n_mem, n_kv_heads, head_dim] mem_dtype, rows as mem_k's */
     float scale;           /* 1 / sqrt(head_dim) */
     float *out;            /* [n_q, n_heads, head_dim] */
 } attn_args_t;

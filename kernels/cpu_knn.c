@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/quant.h"
 #include "kernels/cpu.h"
 
 /* dst [n, hd] = head kh of src [n, n_kv, hd]. */
@@ -21,15 +22,15 @@ static void head_slice(float *dst, const float *src, int n, int n_kv, int kh, in
         memcpy(dst + (size_t)j * hd, src + ((size_t)j * n_kv + kh) * hd, (size_t)hd * sizeof(float));
 }
 
-/* dst [hd] = the kv-head slice at off bytes of a memory row, widened to fp32. bf16 is the
- * common memory type: its widening (a shift) is inlined here, not a call per row. */
-static void gather_row(float *dst, const char *src, dtype_t t, int hd)
+/* dst [hd] = kv head kh of a memory row, widened (or decoded: common/quant.h) to fp32. bf16
+ * is the common memory type: its widening (a shift) is inlined here, not a call per row. */
+static void gather_row(float *dst, const char *row, dtype_t t, int n_kv, int kh, int hd)
 {
     if (t == DTYPE_BF16) {
-        const uint16_t *h = (const uint16_t *)src;
+        const uint16_t *h = (const uint16_t *)row + (size_t)kh * hd;
         for (int d = 0; d < hd; d++) dst[d] = bf16_to_f32(h[d]);
     } else {
-        dtype_to_f32(dst, src, t, (size_t)hd);
+        quant_row_head_decode(dst, row, t, n_kv, hd, kh);
     }
 }
 
@@ -39,7 +40,7 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
     const attn_args_t *a = &e->a;
     const int hd = a->head_dim, nh = a->n_heads, nkv = a->n_kv_heads, group = nh / nkv;
     const size_t k = p->k > 0 ? (size_t)p->k : 0;
-    const size_t es = dtype_size(a->mem_dtype), mrow = (size_t)nkv * hd * es;
+    const size_t mrow = dtype_row_bytes(a->mem_dtype, nkv, hd);
     const int self_extend = e->layout == CPU_ATTN_SELF_EXTEND;
     const size_t hsz = (size_t)a->n_k * hd; /* floats of one head's slice */
 
@@ -88,9 +89,9 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
                             (long long)ix[j], a->n_mem);
                     abort();
                 }
-                const size_t off = (size_t)ix[j] * mrow + (size_t)kv * hd * es;
-                gather_row(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, hd);
-                gather_row(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, hd);
+                const size_t off = (size_t)ix[j] * mrow;
+                gather_row(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, nkv, kv, hd);
+                gather_row(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, nkv, kv, hd);
                 m++;
             }
             attn_ext_args_t one = {

@@ -131,7 +131,9 @@ typedef struct cuda_attn_args {
     const void *k;              /* [n_k, n_kv_heads, head_dim] rotated at local positions */
     const void *v;              /* [n_k, n_kv_heads, head_dim] */
     size_t n_mem;               /* memory rows; 0 for non-memory layers */
-    dtype_t mem_dtype;
+    dtype_t mem_dtype;          /* F32 or BF16: the fp8/int8 row formats (common/quant.h) are
+                                 * refused (RC_ERR_UNSUPPORTED), and never reach here from a
+                                 * stream (model/stream.c refuses them on GPU backends) */
     const void *mem_k;          /* [n_mem, n_kv_heads, head_dim] unrotated */
     const void *mem_v;          /* [n_mem, n_kv_heads, head_dim] */
     float scale;                /* 1 / sqrt(head_dim) */
@@ -312,7 +314,8 @@ rc_t cuda_topk(const cuda_topk_args_t *a, void *workspace, size_t workspace_byte
  *   idx in [0, n_hot):            row idx of hot_k / hot_v [n_hot, n_kv_heads, head_dim];
  *   idx in [n_hot, n_hot + n_sp): row idx - n_hot of sp_k / sp_v (same layout);
  *   idx -1:                       skipped.
- * Key/value dtype mem_dtype (BF16 or F32) for both; q_mem, out bf16; lse fp32 [n_q, n_heads]
+ * Key/value dtype mem_dtype (BF16 or F32, not the fp8/int8 row formats) for both; q_mem, out
+ * bf16; lse fp32 [n_q, n_heads]
  * (natural log, of the scaled scores). Memory rows must be 8-byte (bf16) or 16-byte (f32)
  * aligned, q_mem and out 8-byte (whole-row views of cudaMalloc'd buffers are); otherwise
  * RC_ERR_UNSUPPORTED. An index outside both buffers makes that (query, head)'s output NaN,

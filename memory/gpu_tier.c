@@ -19,6 +19,9 @@ rc_t gpu_tier_init(gpu_tier_t *t, int n_layers, int row_dim, dtype_t dtype, size
                    size_t budget, void *stream, const char *who)
 {
     memset(t, 0, sizeof *t);
+    /* The GPU kernels read f32/bf16 rows; the quantized row formats (common/quant.h) would
+     * be misread, so no tier holds them until the device dequantizes. */
+    if (dtype_is_quant(dtype)) return RC_ERR_UNSUPPORTED;
     t->n_layers = n_layers;
     t->dtype = dtype;
     t->row_bytes = (size_t)row_dim * dtype_size(dtype);

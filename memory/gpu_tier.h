@@ -47,7 +47,8 @@ typedef struct gpu_tier {
 } gpu_tier_t;
 
 /* An empty tier for n_layers layers of row_dim-wide rows of dtype, at most `budget` bytes
- * of keys and values on the device (0: no limit). No device memory yet. RC_ERR_NOMEM. */
+ * of keys and values on the device (0: no limit). No device memory yet. RC_ERR_UNSUPPORTED
+ * for a quantized row format (fp8, int8: CPU-only so far). */
 rc_t gpu_tier_init(gpu_tier_t *t, int n_layers, int row_dim, dtype_t dtype, size_t window,
                    size_t budget, void *stream, const char *who);
 /* Frees the device buffers (after the stream's pending work). Idempotent. */

@@ -33,6 +33,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "common/log.h"
+#include "common/quant.h"
 
 /* k-means for the coarse quantizer: Faiss's IVF default for inner product is spherical
  * k-means; 10 iterations on at most 64 points per centroid keep training at 1M keys to
@@ -185,16 +186,18 @@ void memory_knn_destroy(memory_knn_t **px)
     *px = NULL;
 }
 
-/* dst [n, hd] = head h's slice of store rows r0..r0+n of layer (widened to fp32). */
+/* dst [n, hd] = head h's slice of store rows r0..r0+n of layer, as fp32 (widened, or
+ * dequantized for an fp8/int8 store: the index is built and searched on those values). */
 static void gather_head(const memory_knn_t *x, const memory_store_t *s, int layer, int h,
                         size_t r0, size_t n, size_t stride, float *dst)
 {
     const dtype_t t = memory_store_dtype(s);
-    const size_t es = dtype_size(t), row = (size_t)memory_store_row_dim(s) * es;
+    const size_t row = memory_store_row_bytes(s);
+    const int n_kv = memory_store_row_dim(s) / x->hd;
+    ASSERT(!dtype_is_quant(t) || memory_store_head_dim(s) == x->hd); /* scales per head */
     const char *k = memory_store_keys(s, layer);
     for (size_t i = 0; i < n; i++)
-        dtype_to_f32(dst + i * x->hd, k + (r0 + i * stride) * row + (size_t)h * x->hd * es, t,
-                     (size_t)x->hd);
+        quant_row_head_decode(dst + i * x->hd, k + (r0 + i * stride) * row, t, n_kv, x->hd, h);
 }
 
 /* Appends row id (key in fp32 when the keys are materialized) to list l. */

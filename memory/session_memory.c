@@ -53,12 +53,16 @@ rc_t session_memory_open(memory_db_t *db, const char *rows_root, const char *nam
                          session_memory_t **out)
 {
     *out = NULL;
-    if (shape->n_layers < 0 || shape->row_dim <= 0 || shape->window <= 0) return RC_ERR_INVALID;
+    if (shape->n_layers < 0 || shape->row_dim <= 0 || shape->window <= 0 ||
+        shape->head_dim < 0 || (shape->head_dim && shape->row_dim % shape->head_dim))
+        return RC_ERR_INVALID;
     session_memory_t *m = calloc(1, sizeof *m);
     if (!m) return RC_ERR_NOMEM;
     m->db = db;
     m->shape = *shape;
-    m->row_bytes = (size_t)shape->row_dim * dtype_size(shape->dtype);
+    if (!m->shape.head_dim) m->shape.head_dim = shape->row_dim; /* one head per row */
+    m->row_bytes = dtype_row_bytes(shape->dtype, m->shape.row_dim / m->shape.head_dim,
+                                   m->shape.head_dim);
     m->windows = windows;
     m->name = strdup(name);
     m->root = strdup(rows_root);
@@ -183,7 +187,7 @@ static rc_t migrate_window(void *ctx, const void *keys, const void *values, size
     migrate_ctx_t *c = ctx;
     if (bytes != c->want_bytes) return RC_ERR_FORMAT;
     c->sum = session_memory_window_sum(keys, values, bytes);
-    size_t rb = (size_t)memory_store_row_dim(c->mem) * dtype_size(memory_store_dtype(c->mem));
+    size_t rb = memory_store_row_bytes(c->mem);
     return memory_store_append_raw(c->mem, c->layer, keys, values, bytes / rb);
 }
 
@@ -201,8 +205,8 @@ static rc_t migrate(session_memory_t *m, char *err, size_t errlen)
     if (!sums) return RC_ERR_NOMEM;
     log_info("session '%s': moving %llu windows of memory rows from LMDB into row files",
              m->name, (unsigned long long)nw);
-    rc_t rc = memory_store_open_files(L, m->shape.row_dim, m->shape.dtype, m->dir, 0, 1, &mem,
-                                      err, errlen);
+    rc_t rc = memory_store_open_heads(L, m->shape.row_dim / m->shape.head_dim, m->shape.head_dim,
+                                      m->shape.dtype, m->dir, 0, 1, &mem, err, errlen);
     for (uint64_t w = 0; !rc && w < nw; w++)
         for (int l = 0; !rc && l < L; l++) {
             migrate_ctx_t c = {mem, l, wb, 0};
@@ -272,8 +276,9 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
                            m->name, m->dir, (unsigned long long)m->windows);
     }
     /* Missing files are created only for a session that has committed nothing. */
-    rc_t rc = memory_store_open_files(L, m->shape.row_dim, m->shape.dtype, m->dir, rows,
-                                      rows == 0, &m->mem, err, errlen);
+    rc_t rc = memory_store_open_heads(L, m->shape.row_dim / m->shape.head_dim, m->shape.head_dim,
+                                      m->shape.dtype, m->dir, rows, rows == 0, &m->mem, err,
+                                      errlen);
     if (rc == RC_ERR_NOT_FOUND || rc == RC_ERR_FORMAT) {
         char why[512];
         snprintf(why, sizeof why, "%s", err ? err : "");

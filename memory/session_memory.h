@@ -54,6 +54,8 @@ typedef struct session_memory_shape {
     int row_dim;   /* n_kv_heads * head_dim */
     dtype_t dtype; /* the session's mem_dtype */
     int window;    /* rows per window */
+    int head_dim;  /* elements per kv head; 0: row_dim (one head). The quantized row formats
+                    * (common/quant.h) keep one scale per head, so they need it set. */
 } session_memory_shape_t;
 
 /* An object for session `name` with `windows` committed windows, rows under

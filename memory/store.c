@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/quant.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL, which is harmless */
@@ -54,7 +55,7 @@ static void region_free(char *p, size_t bytes)
 }
 
 typedef struct layer_rows {
-    char *k, *v;            /* [cap, row_dim] in dtype */
+    char *k, *v;            /* [cap] rows of row_bytes in dtype */
     size_t k_bytes, v_bytes; /* mapping sizes (whole regions; may exceed cap rows) */
     size_t n, cap;           /* rows used / allocated (files: mapped) */
     int kfd, vfd;            /* files backing: the keys and values files; else -1 */
@@ -63,8 +64,9 @@ typedef struct layer_rows {
 struct memory_store {
     int n_layers;
     int row_dim;
+    int n_kv_heads, head_dim; /* row_dim = n_kv_heads * head_dim (the row formats' scales) */
     dtype_t dtype;
-    size_t row_bytes;
+    size_t row_bytes;         /* dtype_row_bytes */
     int files;            /* rows live in files (memory_store_open_files) */
     layer_rows_t *layers; /* [n_layers] */
     char *scratch;        /* files: one append's rows converted to dtype */
@@ -73,14 +75,24 @@ struct memory_store {
 
 rc_t memory_store_create(int n_layers, int row_dim, dtype_t dtype, memory_store_t **out)
 {
+    return memory_store_create_heads(n_layers, 1, row_dim, dtype, out);
+}
+
+rc_t memory_store_create_heads(int n_layers, int n_kv_heads, int head_dim, dtype_t dtype,
+                               memory_store_t **out)
+{
     *out = NULL;
-    if (n_layers < 0 || row_dim <= 0) return RC_ERR_INVALID;
+    if (n_layers < 0 || n_kv_heads <= 0 || head_dim <= 0 || dtype < DTYPE_F32 ||
+        dtype > DTYPE_I8)
+        return RC_ERR_INVALID;
     memory_store_t *s = calloc(1, sizeof *s);
     if (!s) return RC_ERR_NOMEM;
     s->n_layers = n_layers;
-    s->row_dim = row_dim;
+    s->row_dim = n_kv_heads * head_dim;
+    s->n_kv_heads = n_kv_heads;
+    s->head_dim = head_dim;
     s->dtype = dtype;
-    s->row_bytes = (size_t)row_dim * dtype_size(dtype);
+    s->row_bytes = dtype_row_bytes(dtype, n_kv_heads, head_dim);
     if (n_layers) {
         s->layers = calloc((size_t)n_layers, sizeof *s->layers);
         if (!s->layers) {
@@ -211,9 +223,17 @@ rc_t memory_store_open_files(int n_layers, int row_dim, dtype_t dtype, const cha
                              size_t rows, int create, memory_store_t **out, char *err,
                              size_t errlen)
 {
+    return memory_store_open_heads(n_layers, 1, row_dim, dtype, dir, rows, create, out, err,
+                                   errlen);
+}
+
+rc_t memory_store_open_heads(int n_layers, int n_kv_heads, int head_dim, dtype_t dtype,
+                             const char *dir, size_t rows, int create, memory_store_t **out,
+                             char *err, size_t errlen)
+{
     *out = NULL;
     memory_store_t *s = NULL;
-    rc_t rc = memory_store_create(n_layers, row_dim, dtype, &s);
+    rc_t rc = memory_store_create_heads(n_layers, n_kv_heads, head_dim, dtype, &s);
     if (rc) return rc_errf(rc, err, errlen, "cannot create a memory store: %s", rc_strerror(rc));
     s->files = 1;
     for (int l = 0; l < n_layers; l++) {
@@ -273,6 +293,21 @@ int memory_store_row_dim(const memory_store_t *s)
 dtype_t memory_store_dtype(const memory_store_t *s)
 {
     return s->dtype;
+}
+
+int memory_store_n_kv_heads(const memory_store_t *s)
+{
+    return s->n_kv_heads;
+}
+
+int memory_store_head_dim(const memory_store_t *s)
+{
+    return s->head_dim;
+}
+
+size_t memory_store_row_bytes(const memory_store_t *s)
+{
+    return s->row_bytes;
 }
 
 size_t memory_store_rows(const memory_store_t *s, int layer)
@@ -336,14 +371,15 @@ rc_t memory_store_append_f32(memory_store_t *s, int layer, const float *k, const
             s->scratch = p;
             s->scratch_bytes = need;
         }
-        dtype_from_f32(s->scratch, s->dtype, k, n * (size_t)s->row_dim);
-        dtype_from_f32(s->scratch + n * s->row_bytes, s->dtype, v, n * (size_t)s->row_dim);
+        quant_rows_encode(s->scratch, s->dtype, k, n, s->n_kv_heads, s->head_dim);
+        quant_rows_encode(s->scratch + n * s->row_bytes, s->dtype, v, n, s->n_kv_heads,
+                          s->head_dim);
         return file_append(s, L, s->scratch, s->scratch + n * s->row_bytes, n);
     }
     rc_t rc = reserve(s, L, n);
     if (rc) return rc;
-    dtype_from_f32(L->k + L->n * s->row_bytes, s->dtype, k, n * (size_t)s->row_dim);
-    dtype_from_f32(L->v + L->n * s->row_bytes, s->dtype, v, n * (size_t)s->row_dim);
+    quant_rows_encode(L->k + L->n * s->row_bytes, s->dtype, k, n, s->n_kv_heads, s->head_dim);
+    quant_rows_encode(L->v + L->n * s->row_bytes, s->dtype, v, n, s->n_kv_heads, s->head_dim);
     L->n += n;
     return RC_OK;
 }

@@ -1,7 +1,10 @@
 /* store.h — a session's FoT memory: the keys and values of every memory layer.
  *
  * For each memory layer the store holds rows of unrotated keys and of values, one row per
- * token, each row [n_kv_heads * head_dim] in the store's dtype (the model's mem_dtype).
+ * token, each row [n_kv_heads * head_dim] in the store's dtype (the session's mem_dtype):
+ * dtype_row_bytes(dtype, n_kv_heads, head_dim) bytes, which for the quantized row formats
+ * (fp8, int8: common/quant.h) include one scale per head after the codes. Rows are
+ * converted once, on append; the store keeps no wider copy.
  * Rows are appended a window at a time by the forward pass and never change afterwards;
  * the store only shrinks by truncate, which rolls back a query's temporary windows.
  *
@@ -24,14 +27,24 @@
 
 typedef struct memory_store memory_store_t;
 
-/* n_layers is the number of memory layers (not model layers); row_dim = n_kv_heads *
- * head_dim. A store with n_layers == 0 is valid and always empty. */
+/* n_layers is the number of memory layers (not model layers); rows of n_kv_heads heads of
+ * head_dim elements (row_dim = n_kv_heads * head_dim). A store with n_layers == 0 is valid
+ * and always empty. RC_ERR_INVALID for sizes ≤ 0 or an unknown dtype. */
+rc_t memory_store_create_heads(int n_layers, int n_kv_heads, int head_dim, dtype_t dtype,
+                               memory_store_t **out);
+/* The same with the whole row as one head (n_kv_heads 1, head_dim row_dim): enough for
+ * f32/bf16/f16 rows, whose layout has no heads; a row format would then carry one scale
+ * per row, so streams that quantize use memory_store_create_heads. */
 rc_t memory_store_create(int n_layers, int row_dim, dtype_t dtype, memory_store_t **out);
 void memory_store_destroy(memory_store_t **s);
 
 int memory_store_layers(const memory_store_t *s);
 int memory_store_row_dim(const memory_store_t *s);
 dtype_t memory_store_dtype(const memory_store_t *s);
+int memory_store_n_kv_heads(const memory_store_t *s);
+int memory_store_head_dim(const memory_store_t *s);
+/* Bytes of one row (dtype_row_bytes of the above): the stride of memory_store_keys. */
+size_t memory_store_row_bytes(const memory_store_t *s);
 
 /* Opens (creating missing ones when `create`) the files dir/L<i>.keys and dir/L<i>.values
  * of n_layers layers, which must hold at least `rows` rows each; files longer than that are
@@ -40,6 +53,10 @@ dtype_t memory_store_dtype(const memory_store_t *s);
  * Errors: RC_ERR_NOT_FOUND (a file is missing and create is 0), RC_ERR_FORMAT (a file is
  * shorter than `rows` rows, or not a whole number of rows), RC_ERR_IO; err says which file
  * and why. */
+rc_t memory_store_open_heads(int n_layers, int n_kv_heads, int head_dim, dtype_t dtype,
+                             const char *dir, size_t rows, int create, memory_store_t **out,
+                             char *err, size_t errlen);
+/* memory_store_open_heads with one head of row_dim (as memory_store_create). */
 rc_t memory_store_open_files(int n_layers, int row_dim, dtype_t dtype, const char *dir,
                              size_t rows, int create, memory_store_t **out, char *err,
                              size_t errlen);
@@ -62,7 +79,8 @@ size_t memory_store_len(const memory_store_t *s);
 /* Bytes held (keys and values, all layers). */
 size_t memory_store_bytes(const memory_store_t *s);
 
-/* Appends n rows of fp32 keys and values [n, row_dim], converting to the store's dtype.
+/* Appends n rows of fp32 keys and values [n, row_dim], converting to the store's dtype
+ * (quantizing, for a row format: common/quant.h).
  * Files backing: RC_ERR_IO when a write fails (a full disk); the layer is then unchanged. */
 rc_t memory_store_append_f32(memory_store_t *s, int layer, const float *k, const float *v,
                              size_t n);
@@ -70,8 +88,8 @@ rc_t memory_store_append_f32(memory_store_t *s, int layer, const float *k, const
 rc_t memory_store_append_raw(memory_store_t *s, int layer, const void *k, const void *v,
                              size_t n);
 
-/* Borrowed pointers to the first row of keys / values of a layer, in the store's dtype;
- * valid until the next append or truncate. */
+/* Borrowed pointers to the first row of keys / values of a layer, in the store's dtype,
+ * rows memory_store_row_bytes apart; valid until the next append or truncate. */
 const void *memory_store_keys(const memory_store_t *s, int layer);
 const void *memory_store_values(const memory_store_t *s, int layer);
 

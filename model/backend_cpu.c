@@ -559,6 +559,8 @@ static rc_t cpu_flush(backend_stream_t *s, int local)
     for (int l = 0; l < s->c->n_layers; l++) {
         layer_cache_t *L = &s->layers[l];
         if (L->mem_layer < 0) continue;
+        /* The store converts once, here: to fp8/int8 codes and scales for a quantized
+         * session (common/quant.h); no fp32 copy of the window outlives the flush. */
         rc_t rc = memory_store_append_f32(s->mem, L->mem_layer, L->k_raw, L->v, (size_t)local);
         if (rc) {
             memory_store_truncate(s->mem, before);

@@ -63,8 +63,8 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
     /* A GPU hot tier must hold at least the window being written (a flush moves a whole
      * window onto the device before any of it can spill). Checked on every backend so a
      * session's options mean the same wherever it runs. */
-    const size_t row_bytes = (size_t)c->n_mem_layers * 2 * (size_t)c->n_kv_heads *
-                             (size_t)c->head_dim * dtype_size(o->mem_dtype);
+    const size_t row_bytes = (size_t)c->n_mem_layers * 2 *
+                             dtype_row_bytes(o->mem_dtype, c->n_kv_heads, c->head_dim);
     if (o->gpu_memory_budget > 0 && row_bytes > 0 &&
         o->gpu_memory_budget / row_bytes < (size_t)o->window) {
         const double mib = 1024.0 * 1024.0;
@@ -106,6 +106,15 @@ rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_
                  positional_name(o.positional), b->ops->name);
         return RC_ERR_UNSUPPORTED;
     }
+    /* Likewise the quantized memory rows (common/quant.h): only the CPU kernels decode them;
+     * a GPU kernel would read the codes and scales as bf16. */
+    if (model_get_config(m)->n_mem_layers && dtype_is_quant(o.mem_dtype) &&
+        strcmp(b->ops->name, "cpu") != 0) {
+        log_warn("stream: memory dtype %s is CPU-only in this build (use bf16 or f32 on %s, or "
+                 "the cpu device)",
+                 dtype_name(o.mem_dtype), b->ops->name);
+        return RC_ERR_UNSUPPORTED;
+    }
     model_stream_t *s = calloc(1, sizeof *s);
     if (!s) return RC_ERR_NOMEM;
     s->model = m;
@@ -115,15 +124,17 @@ rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_
     if (mem) {
         if (memory_store_layers(mem) != s->c->n_mem_layers ||
             memory_store_row_dim(mem) != s->c->n_kv_heads * s->c->head_dim ||
-            (s->c->n_mem_layers && memory_store_dtype(mem) != o.mem_dtype)) {
+            (s->c->n_mem_layers && memory_store_dtype(mem) != o.mem_dtype) ||
+            (dtype_is_quant(memory_store_dtype(mem)) &&
+             memory_store_head_dim(mem) != s->c->head_dim)) {
             log_warn("stream: the memory store given does not match the model or mem_dtype");
             rc = RC_ERR_INVALID;
             goto fail;
         }
         s->mem = mem;
     } else {
-        rc = memory_store_create(s->c->n_mem_layers, s->c->n_kv_heads * s->c->head_dim,
-                                 o.mem_dtype, &s->mem);
+        rc = memory_store_create_heads(s->c->n_mem_layers, s->c->n_kv_heads, s->c->head_dim,
+                                       o.mem_dtype, &s->mem);
         if (rc) goto fail;
         s->owns_mem = 1;
     }

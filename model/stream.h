@@ -62,6 +62,9 @@ typedef struct model_stream_opts {
     float rope_factor;
     int last_context;   /* LongLLaMA's last_context_length; 0: config value */
     int mem_dtype_set;  /* use mem_dtype below instead of the config's */
+    /* How memory rows are stored: f32, bf16, f16, or the quantized row formats fp8 e4m3 and
+     * int8 (one byte per element plus a scale per row and kv head: common/quant.h; half of
+     * bf16's bytes; the CPU backend only — other backends refuse the stream). */
     dtype_t mem_dtype;
     int disable_memory; /* memory layers ignore memory (an ablation for tests); 0 = normal */
     /* Memory mode (REFERENCE.md "kNN memory"): 0 exact; 1 knn, each query and head attending
@@ -96,7 +99,8 @@ rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t 
 /* The same over a memory store the caller owns (a session's host tier, memory/
  * session_memory.h): the stream reads and appends to mem, never frees it, and mem must
  * outlive the stream. mem's layers, row width and dtype must match the model and
- * o->mem_dtype (RC_ERR_INVALID otherwise); mem may already hold rows. */
+ * o->mem_dtype, and for fp8/int8 its head_dim the model's (RC_ERR_INVALID otherwise); mem
+ * may already hold rows. */
 rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_t *o,
                               memory_store_t *mem, model_stream_t **out);
 void model_stream_destroy(model_stream_t **s);

@@ -121,7 +121,7 @@ static void test_session_memory(void)
     CHECK(mkdir(dbdir, 0755) == 0);
     memory_db_t *db = NULL;
     CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
-    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W};
+    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0};
 
     /* A new session: open touches nothing, load creates its files. */
     session_memory_t *m = NULL;
