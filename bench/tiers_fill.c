@@ -126,6 +126,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "tiers_fill: unknown mem_dtype '%s'\n", info->options->mem_dtype);
         return 1;
     }
+    if (dt != DTYPE_BF16 && dt != DTYPE_F32 && dt != DTYPE_F16) {
+        /* A quantized row's size depends on the kv heads, which the record does not keep. */
+        fprintf(stderr, "tiers_fill: the template's memory dtype is %s; fill copies bf16, f16 "
+                        "or f32 rows only\n",
+                dtype_name(dt));
+        return 1;
+    }
     session_memory_shape_t shape = {.n_layers = count_layers(tdir),
                                     .row_dim = (int)rec->row_dim,
                                     .dtype = dt,
