@@ -173,6 +173,29 @@ void serve_list(request_t *q)
     free(ptrs);
 }
 
+/* Unlinks a dropped session's detached row files (dir, malloc'ed; taken) on a thread of
+ * its own, so that the main loop answers the others meanwhile: for a large session that
+ * takes seconds. Nothing waits for it; a daemon that stops first leaves the directory to
+ * the next start-up's sweep (session_memory_sweep removes every detached one). When no
+ * thread can be started it is done here. */
+static void *remove_detached_main(void *arg)
+{
+    char *dir = arg, err[512];
+    if (session_memory_remove_dir(dir, err, sizeof err))
+        log_warn("the row files of a dropped session stay until the next start: %s", err);
+    free(dir);
+    return NULL;
+}
+
+static void remove_detached(char *dir)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, remove_detached_main, dir) == 0)
+        pthread_detach(t);
+    else
+        remove_detached_main(dir);
+}
+
 void serve_drop(request_t *q)
 {
     daemon_t *d = q->d;
@@ -213,10 +236,7 @@ void serve_drop(request_t *q)
     if (session_memory_detach_files(d->rows_root, name, &detached, err, sizeof err))
         log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
                  err);
-    if (detached && session_memory_remove_dir(detached, err, sizeof err))
-        log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
-                 err);
-    free(detached);
+    if (detached) remove_detached(detached);
     log_info("dropped session '%s'", name);
     session_free(to_free);
     request_reply(q, &dr, 0);
