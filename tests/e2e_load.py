@@ -9,14 +9,19 @@
    acknowledgements promised (load_driver checks it through info); after a restart too,
    and `recall verify` passes on every session; recalld never crashes and its peak RSS
    stays under the idle daemon's + RSS_SLACK.
-3. A stalled client: it sends long Asks and a flood of requests and never reads a reply.
+3. Drops racing commits: 60 times, 8 chunks pipelined into a fresh session and a Drop from
+   another client while they commit. Each chunk is acknowledged or refused, each drop
+   succeeds, and after a restart no dropped session is back (a commit landing after its
+   drop would bring it back).
+4. A stalled client: it sends long Asks and a flood of requests and never reads a reply.
    Another client's health and ingest keep working (health p99 <= 50 ms), the daemon
    discards the stalled client's replies (Stats.replies_dropped > 0) and abandons its
    Asks instead of generating 4 x 4096 tokens for nobody.
 recalld must exit 0 on SIGTERM at the end of each part.
 
 Environment (set by ctest): RECALL_BIN, RECALLD_BIN, LOAD_DRIVER, RECALL_TEST_DATA,
-RECALL_SOURCE_DIR; LOAD_SECONDS shortens or lengthens part 2 (bench/load.py runs longer).
+RECALL_SOURCE_DIR; LOAD_SECONDS shortens or lengthens part 2 (bench/load.py runs longer);
+LOAD_PARTS picks parts (latency,mixed,droprace,stall).
 Prints "N passed, N failed"; exits 1 on failure."""
 import json
 import os
@@ -128,6 +133,29 @@ def part_mixed(tmp, text):
         check(d.stop() == 0, "recalld exits 0 after the checks")
 
 
+def part_droprace(tmp, text):
+    ep = "tcp://127.0.0.1:%d" % e.free_port()
+    d = e.Daemon(os.path.join(tmp, "race"), ep, os.path.join(tmp, "race.log"))
+    os.makedirs(d.data_dir)
+    d.start()
+    try:
+        rc, j, err = drive("droprace", ep, text, "--requests", "60", "--chunk-bytes", "128")
+        check(rc == 0 and j, "drops racing commits: every chunk acknowledged or refused, every "
+              "drop done", (rc, err, d.log()))
+        if j:
+            print("load: 60 drops during pipelined ingests: %d chunks acknowledged before their "
+                  "drop, %d refused" % (j["acked"], j["refused"]), flush=True)
+            check(j["acked"] > 0 and j["refused"] > 0, "the drops landed among the commits", j)
+        check(d.stop() == 0, "recalld exits 0 after the drop race")
+        d.start()
+        rc, s, err = recall(ep, "sessions")
+        back = [x["name"] for x in (s or {}).get("sessions", [])]
+        check(rc == 0 and not back, "after a restart no dropped session came back (a commit "
+              "landed after its drop)", back)
+    finally:
+        check(d.stop() == 0, "recalld exits 0 at the end of the drop race")
+
+
 def part_stall(tmp, text):
     ep = "tcp://127.0.0.1:%d" % e.free_port()
     d = e.Daemon(os.path.join(tmp, "stall"), ep, os.path.join(tmp, "stall.log"))
@@ -167,8 +195,9 @@ def main():
     text = os.path.join(tmp, "text.txt")
     with open(text, "w") as f:
         f.write(e.corpus_text(200000))
-    only = os.environ.get("LOAD_PARTS", "latency,mixed,stall").split(",")
-    for name, fn in (("latency", part_latency), ("mixed", part_mixed), ("stall", part_stall)):
+    only = os.environ.get("LOAD_PARTS", "latency,mixed,droprace,stall").split(",")
+    for name, fn in (("latency", part_latency), ("mixed", part_mixed),
+                     ("droprace", part_droprace), ("stall", part_stall)):
         if name not in only:
             continue
         try:

@@ -9,6 +9,9 @@
  *       N threads, each with its own session, pick at random among ingest, ask, info and
  *       drop (then create again) for S seconds; afterwards every session's token count is
  *       checked against what its acknowledgements said.
+ *   load_driver droprace ENDPOINT TEXT --requests R
+ *       R rounds of: 8 Ingest chunks pipelined into a fresh session, dropped by another
+ *       client while they commit; every chunk acknowledged or refused, the session gone.
  *   load_driver stall ENDPOINT TEXT --seconds S
  *       one raw DEALER sends big Tokenize requests and long Asks and never reads a reply,
  *       while a normal client times health requests and ingests.
@@ -498,12 +501,73 @@ static int run_stall(double seconds)
     return failures ? 1 : 0;
 }
 
+/* ---- drop race mode ------------------------------------------------------------------ */
+
+/* Drops racing commits: for each round one client pipelines 8 Ingest chunks into a fresh
+ * session and another drops it while they are being committed. Every chunk must be
+ * acknowledged or refused (dropped), the drop must succeed, and the session must be gone
+ * for good: info says NOT_FOUND now, and the caller checks after a restart that no
+ * commit brought it back. */
+static int run_droprace(int rounds)
+{
+    recall_client *a = connect_or_die(), *b = connect_or_die();
+    char *buf = malloc(chunk_bytes + 1);
+    size_t pos = 0;
+    uint64_t acked = 0, refused = 0;
+    for (int r = 0; r < rounds && !failures; r++) {
+        char name[64];
+        snprintf(name, sizeof name, "race-%d", r);
+        if (create(a, name)) {
+            fail("create %s: %s", name, recall_client_error(a));
+            break;
+        }
+        uint64_t ids[8];
+        for (int k = 0; k < 8; k++) {
+            Recall__Request req = RECALL__REQUEST__INIT;
+            Recall__IngestRequest in = RECALL__INGEST_REQUEST__INIT;
+            in.session = name;
+            in.seq = (uint64_t)k + 1;
+            in.text = (char *)next_chunk(&pos, buf);
+            req.body_case = RECALL__REQUEST__BODY_INGEST;
+            req.ingest = &in;
+            if (recall_client_send(a, &req, &ids[k])) fail("send to %s: %s", name, recall_client_error(a));
+        }
+        /* Let the first chunks reach the worker, at a different point each round. */
+        struct timespec ts = {0, (long)(r % 20) * 4 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (recall_client_drop(b, name)) fail("drop %s: %s", name, recall_client_error(b));
+        for (int done = 0; done < 8 && !failures;) {
+            Recall__Response *resp = NULL;
+            if (recall_client_recv(a, ids, 8, &resp)) {
+                fail("the answers to %s's chunks: %s", name, recall_client_error(a));
+                break;
+            }
+            if (!resp->more) {
+                done++;
+                if (resp->status && resp->status->code == RC_ERR_NOT_FOUND) refused++;
+                else if (resp->status && resp->status->code) fail("%s: %s", name, resp->status->message);
+                else acked++;
+            }
+            recall__response__free_unpacked(resp, NULL);
+        }
+        uint64_t t;
+        if (session_tokens(b, name, &t) != RC_ERR_NOT_FOUND)
+            fail("%s is still there after its drop%s", name, "");
+    }
+    printf("{\"mode\": \"droprace\", \"rounds\": %d, \"acked\": %llu, \"refused\": %llu}\n",
+           rounds, (unsigned long long)acked, (unsigned long long)refused);
+    free(buf);
+    recall_client_destroy(&a);
+    recall_client_destroy(&b);
+    return failures ? 1 : 0;
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: load_driver latency|mixed|stall ENDPOINT TEXTFILE [--ingesters N] "
+        fprintf(stderr, "usage: load_driver latency|mixed|stall|droprace ENDPOINT TEXTFILE [--ingesters N] "
                         "[--requests R] [--clients N] [--seconds S] [--chunk-bytes B]\n");
         return 2;
     }
@@ -547,6 +611,7 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "latency")) return run_latency(ingesters, requests);
     if (!strcmp(mode, "mixed")) return run_mixed(clients, seconds);
     if (!strcmp(mode, "stall")) return run_stall(seconds);
-    fprintf(stderr, "load_driver: unknown mode %s (latency, mixed or stall)\n", mode);
+    if (!strcmp(mode, "droprace")) return run_droprace(requests);
+    fprintf(stderr, "load_driver: unknown mode %s (latency, mixed, stall or droprace)\n", mode);
     return 2;
 }
