@@ -98,7 +98,8 @@ typedef struct session {
     tiers_slot_t slot;      /* its entry in d->tiers (under mu) */
     const char *tier;       /* "gpu", "host", "disk", "unavailable" (static; under mu) */
 
-    /* Under mu. */
+    /* Written under mu, by the worker only (once a chunk is durable, or at start-up), so
+     * the worker may read them without mu; every other thread reads them under mu. */
     uint64_t n_tokens;
     uint64_t windows;
     uint64_t last_seq;
@@ -110,7 +111,7 @@ typedef struct session {
     uint64_t mem_bytes_device; /* the backend's hot tier (GPU); 0 on the CPU */
     uint64_t disk_bytes;
     uint64_t record_bytes; /* the session record's share of disk_bytes */
-    unsigned queued_ingest; /* Ingest jobs queued or running */
+    unsigned queued_ingest; /* Ingest jobs queued or running (under mu, both threads) */
 } session_t;
 
 /* A reply address: the ROUTER identity, plus an empty delimiter when the peer is a REQ

@@ -124,12 +124,16 @@ static rc_t call_simple(recall_client *c, Recall__Request__BodyCase body, Recall
     Recall__HealthRequest h = RECALL__HEALTH_REQUEST__INIT;
     Recall__StatsRequest st = RECALL__STATS_REQUEST__INIT;
     req.body_case = body;
-    if (body == RECALL__REQUEST__BODY_HEALTH) req.health = &h;
-    else req.stats = &st;
+    if (body == RECALL__REQUEST__BODY_HEALTH)
+        req.health = &h;
+    else
+        req.stats = &st;
     Recall__Response *r = NULL;
     rc_t rc = recall_client_call(c, &req, &r, NULL, NULL);
-    if (keep && !rc) *keep = r;
-    else if (r) recall__response__free_unpacked(r, NULL);
+    if (keep && !rc)
+        *keep = r;
+    else if (r)
+        recall__response__free_unpacked(r, NULL);
     return rc;
 }
 
@@ -150,7 +154,8 @@ static rc_t ingest_chunk(recall_client *c, const char *session, uint64_t seq, co
         if (r->body_case != RECALL__RESPONSE__BODY_INGEST || r->ingest->seq != seq ||
             r->ingest->duplicate)
             rc = RC_ERR_FORMAT;
-        else *total = r->ingest->tokens;
+        else
+            *total = r->ingest->tokens;
         recall__response__free_unpacked(r, NULL);
     }
     return rc;
@@ -261,8 +266,8 @@ static int run_latency(int n_ingesters, int n_requests)
     for (int kind = 0; kind < 2; kind++)
         for (int i = 0; i < n_requests && !failures; i++) {
             double s = now_ms();
-            rc_t rc = call_simple(c, kind ? RECALL__REQUEST__BODY_STATS : RECALL__REQUEST__BODY_HEALTH,
-                                  NULL);
+            rc_t rc = call_simple(
+                c, kind ? RECALL__REQUEST__BODY_STATS : RECALL__REQUEST__BODY_HEALTH, NULL);
             if (rc) fail("%s: %s", kind ? "stats" : "health", recall_client_error(c));
             samples_add(kind ? &stats : &health, now_ms() - s);
             /* A monitor's pace, not a flood: a few ms apart. */
@@ -320,11 +325,14 @@ static void *mixed_client(void *p)
             rc = ingest_chunk(c, name, seq + 1, next_chunk(&pos, buf), &tokens);
             if (!rc) {
                 seq++;
-                if (tokens <= acked) fail("%s: an ingest acknowledgement went backwards%s", name, "");
+                if (tokens <= acked)
+                    fail("%s: an ingest acknowledgement went backwards%s", name, "");
                 acked = tokens;
             }
             break;
-        case 1: rc = ask(c, name, 4); break;
+        case 1:
+            rc = ask(c, name, 4);
+            break;
         case 2:
             rc = session_tokens(c, name, &tokens);
             if (!rc && tokens != acked)
@@ -349,9 +357,12 @@ static void *mixed_client(void *p)
     }
     /* What the acknowledgements promised must be there. */
     if (exists && !failures) {
-        if (session_tokens(c, name, &tokens)) fail("final info %s: %s", name, recall_client_error(c));
-        else if (tokens != acked) fail("%s: final token count differs from the acknowledgements%s", name, "");
-        else w->checked_ok = 1;
+        if (session_tokens(c, name, &tokens))
+            fail("final info %s: %s", name, recall_client_error(c));
+        else if (tokens != acked)
+            fail("%s: final token count differs from the acknowledgements%s", name, "");
+        else
+            w->checked_ok = 1;
         w->chunks = acked; /* reused: the acknowledged token total */
     }
     free(buf);
@@ -375,7 +386,8 @@ static int run_mixed(int n_clients, double seconds)
     uint64_t ops[4] = {0}, busy = 0, checked = 0;
     for (int i = 0; i < n_clients; i++) {
         pthread_join(th[i], NULL);
-        for (int k = 0; k < 4; k++) ops[k] += args[i].ops[k];
+        for (int k = 0; k < 4; k++)
+            ops[k] += args[i].ops[k];
         busy += args[i].errors;
         checked += args[i].checked_ok;
     }
@@ -385,7 +397,8 @@ static int run_mixed(int n_clients, double seconds)
            "\"requests_per_s\": %.1f, \"busy\": %llu, \"sessions_checked\": %llu, ",
            n_clients, secs, (unsigned long long)total, (double)total / secs,
            (unsigned long long)busy, (unsigned long long)checked);
-    for (int k = 0; k < 4; k++) printf("\"%s\": %llu, ", op_names[k], (unsigned long long)ops[k]);
+    for (int k = 0; k < 4; k++)
+        printf("\"%s\": %llu, ", op_names[k], (unsigned long long)ops[k]);
     printf("\"sessions\": {");
     int first = 1;
     for (int i = 0; i < n_clients; i++)
@@ -433,7 +446,8 @@ static int run_stall(double seconds)
     zmq_setsockopt(bad, ZMQ_RCVHWM, &one, sizeof one);
     zmq_setsockopt(bad, ZMQ_RCVBUF, &small, sizeof small);
     zmq_setsockopt(bad, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(bad, endpoint)) fail("connect the stalled client: %s%s", zmq_strerror(errno), "");
+    if (zmq_connect(bad, endpoint))
+        fail("connect the stalled client: %s%s", zmq_strerror(errno), "");
     /* Long Asks whose tokens have nowhere to go, then a flood of small requests (Health,
      * answered at once by the main loop) whose replies fill the kernel's buffers and the
      * daemon's queue for this client. */
@@ -530,7 +544,8 @@ static int run_droprace(int rounds)
             in.text = (char *)next_chunk(&pos, buf);
             req.body_case = RECALL__REQUEST__BODY_INGEST;
             req.ingest = &in;
-            if (recall_client_send(a, &req, &ids[k])) fail("send to %s: %s", name, recall_client_error(a));
+            if (recall_client_send(a, &req, &ids[k]))
+                fail("send to %s: %s", name, recall_client_error(a));
         }
         /* Let the first chunks reach the worker, at a different point each round. */
         struct timespec ts = {0, (long)(r % 20) * 4 * 1000 * 1000};
@@ -544,9 +559,12 @@ static int run_droprace(int rounds)
             }
             if (!resp->more) {
                 done++;
-                if (resp->status && resp->status->code == RC_ERR_NOT_FOUND) refused++;
-                else if (resp->status && resp->status->code) fail("%s: %s", name, resp->status->message);
-                else acked++;
+                if (resp->status && resp->status->code == RC_ERR_NOT_FOUND)
+                    refused++;
+                else if (resp->status && resp->status->code)
+                    fail("%s: %s", name, resp->status->message);
+                else
+                    acked++;
             }
             recall__response__free_unpacked(resp, NULL);
         }
@@ -554,8 +572,8 @@ static int run_droprace(int rounds)
         if (session_tokens(b, name, &t) != RC_ERR_NOT_FOUND)
             fail("%s is still there after its drop%s", name, "");
     }
-    printf("{\"mode\": \"droprace\", \"rounds\": %d, \"acked\": %llu, \"refused\": %llu}\n",
-           rounds, (unsigned long long)acked, (unsigned long long)refused);
+    printf("{\"mode\": \"droprace\", \"rounds\": %d, \"acked\": %llu, \"refused\": %llu}\n", rounds,
+           (unsigned long long)acked, (unsigned long long)refused);
     free(buf);
     recall_client_destroy(&a);
     recall_client_destroy(&b);
@@ -567,8 +585,9 @@ static int run_droprace(int rounds)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: load_driver latency|mixed|stall|droprace ENDPOINT TEXTFILE [--ingesters N] "
-                        "[--requests R] [--clients N] [--seconds S] [--chunk-bytes B]\n");
+        fprintf(stderr,
+                "usage: load_driver latency|mixed|stall|droprace ENDPOINT TEXTFILE [--ingesters N] "
+                "[--requests R] [--clients N] [--seconds S] [--chunk-bytes B]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -592,11 +611,16 @@ int main(int argc, char **argv)
     int ingesters = 8, requests = 200, clients = 64;
     double seconds = 20;
     for (int i = 4; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--ingesters")) ingesters = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--requests")) requests = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--clients")) clients = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--chunk-bytes")) chunk_bytes = (size_t)atol(argv[i + 1]);
+        if (!strcmp(argv[i], "--ingesters"))
+            ingesters = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--requests"))
+            requests = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--clients"))
+            clients = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seconds"))
+            seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--chunk-bytes"))
+            chunk_bytes = (size_t)atol(argv[i + 1]);
         else {
             fprintf(stderr, "load_driver: unknown option %s\n", argv[i]);
             return 2;
