@@ -101,10 +101,14 @@ def part_mixed(tmp, text):
             return
         print("load: 64 clients, %.1f s: %d requests (%.1f/s; ingest %d, ask %d, info %d, drop "
               "%d; %d BUSY), latency %s" % (j["seconds"], j["requests"], j["requests_per_s"],
-                                            j["ingest"], j["ask"], j["info"], j["drop"], j["busy"],
-                                            fmt(j["all"])), flush=True)
-        check(j["ingest"] > 0 and j["ask"] > 0 and j["info"] > 0 and j["drop"] > 0,
+                                            j["n_ingest"], j["n_ask"], j["n_info"], j["n_drop"],
+                                            j["busy"], fmt(j["all"])), flush=True)
+        for k in ("ingest", "ask", "info", "drop"):
+            print("load:   %s %s" % (k, fmt(j[k])), flush=True)
+        check(j["n_ingest"] > 0 and j["n_ask"] > 0 and j["n_info"] > 0 and j["n_drop"] > 0,
               "every kind of request was made", j)
+        # Not bounded: info waits on the main loop behind CreateSession and Drop, whose synced
+        # LMDB commits still run there (64 creates at the start), so its tail is reported only.
         want = j["sessions"]
         check(len(want) == j["sessions_checked"] and len(want) > 0,
               "the sessions still there were checked against their acknowledgements", j)

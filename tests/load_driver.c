@@ -216,7 +216,8 @@ static const char *next_chunk(size_t *pos, char *buf)
 typedef struct worker_arg {
     int id;
     uint64_t chunks, ops[4], errors, checked_ok;
-    samples_t *lat; /* ingest chunk latencies (latency) or every op's (mixed) */
+    samples_t *lat;   /* ingest chunk latencies (latency) or every op's (mixed) */
+    samples_t *by_op; /* mixed: [4] each op's latencies */
     unsigned seed;
     double seconds;
 } worker_arg_t;
@@ -352,7 +353,9 @@ static void *mixed_client(void *p)
             fail("%s failed: %s", op_names[op], recall_client_error(c));
             break;
         }
-        samples_add(w->lat, now_ms() - t0);
+        double ms = now_ms() - t0;
+        samples_add(w->lat, ms);
+        samples_add(&w->by_op[op], ms);
         w->ops[op]++;
     }
     /* What the acknowledgements promised must be there. */
@@ -372,13 +375,14 @@ static void *mixed_client(void *p)
 
 static int run_mixed(int n_clients, double seconds)
 {
-    samples_t lat = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    samples_t lat = {.mu = PTHREAD_MUTEX_INITIALIZER}, by_op[4] = {lat, lat, lat, lat};
     pthread_t th[256];
     worker_arg_t args[256] = {{0}};
     double t0 = now_ms();
     for (int i = 0; i < n_clients; i++) {
         args[i].id = i;
         args[i].lat = &lat;
+        args[i].by_op = by_op;
         args[i].seed = 12345u + (unsigned)i;
         args[i].seconds = seconds;
         pthread_create(&th[i], NULL, mixed_client, &args[i]);
@@ -398,7 +402,7 @@ static int run_mixed(int n_clients, double seconds)
            n_clients, secs, (unsigned long long)total, (double)total / secs,
            (unsigned long long)busy, (unsigned long long)checked);
     for (int k = 0; k < 4; k++)
-        printf("\"%s\": %llu, ", op_names[k], (unsigned long long)ops[k]);
+        printf("\"n_%s\": %llu, ", op_names[k], (unsigned long long)ops[k]);
     printf("\"sessions\": {");
     int first = 1;
     for (int i = 0; i < n_clients; i++)
@@ -407,6 +411,8 @@ static int run_mixed(int n_clients, double seconds)
             first = 0;
         }
     printf("}, ");
+    for (int k = 0; k < 4; k++)
+        print_samples(op_names[k], &by_op[k], 0);
     print_samples("all", &lat, 1);
     printf("}\n");
     return failures ? 1 : 0;
