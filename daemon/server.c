@@ -246,6 +246,7 @@ void serve_stats(request_t *q)
 {
     daemon_t *d = q->d;
     Recall__StatsResponse sr = RECALL__STATS_RESPONSE__INIT;
+    sr.replies_dropped = __atomic_load_n(&d->replies_dropped, __ATOMIC_RELAXED);
     pthread_mutex_lock(&d->mu);
     sr.uptime_s = clock_now_s() - d->start_time;
     sr.sessions = (uint32_t)d->n_sessions;
@@ -270,7 +271,6 @@ void serve_stats(request_t *q)
     sr.loads = d->loads;
     sr.evictions = d->evictions;
     pthread_mutex_unlock(&d->mu);
-    sr.replies_dropped = __atomic_load_n(&d->replies_dropped, __ATOMIC_RELAXED);
     sr.device = (char *)model_backend_describe(d->backend);
     sr.model = (char *)model_describe(d->model);
     request_reply(q, &sr, 0);
