@@ -7,6 +7,16 @@
  * guarded by daemon.mu. A session's memory object, stream and token array are touched only
  * by the worker, or by whoever frees the session once no job holds it.
  *
+ * mu is held only for short, bounded steps: reading or publishing counters, the table,
+ * the queue, the tiers' books. Nothing that waits on a disk (fsync, an LMDB commit,
+ * unlinking files), runs the model, or grows with a session's size happens under it, so
+ * the main loop's quick requests (health, stats, info, sessions) never wait behind the
+ * worker's long steps. In particular a chunk's durable commit runs without mu: the worker
+ * marks the session `committing` under mu (after checking `dropped`), commits, then takes
+ * mu again to publish the new counters; a Drop sets `dropped` first (no commit starts
+ * after that) and waits on cv until `committing` is clear, so the catalogue never sees
+ * a commit land after the drop deleted the session.
+ *
  * Which thread answers each request kind, what is checked before it runs and how its
  * reply is built is one table (request.c); both threads answer through its reply path.
  *
@@ -74,7 +84,10 @@ typedef struct daemon_config {
 typedef struct session {
     char name[SESSION_NAME_MAX + 1];
     int refs;    /* the table's one, plus one per queued or running job (under mu) */
-    int dropped; /* removed from the table; a running job must not commit (under mu) */
+    int dropped; /* being or been dropped; a job must not start a commit (under mu) */
+    /* The worker is committing a chunk of it to disk, outside mu (set and cleared under mu;
+     * clearing broadcasts d->cv). A Drop waits for it to clear before deleting. */
+    int committing;
 
     /* Non-empty: the session is unavailable and this says why (its record or rows are
      * damaged, or belong to another model); requests on it fail, the rest are served.
@@ -91,7 +104,8 @@ typedef struct session {
     tiers_slot_t slot;      /* its entry in d->tiers (under mu) */
     const char *tier;       /* "gpu", "host", "disk", "unavailable" (static; under mu) */
 
-    /* Under mu. */
+    /* Written under mu, by the worker only (once a chunk is durable, or at start-up), so
+     * the worker may read them without mu; every other thread reads them under mu. */
     uint64_t n_tokens;
     uint64_t windows;
     uint64_t last_seq;
@@ -103,7 +117,7 @@ typedef struct session {
     uint64_t mem_bytes_device; /* the backend's hot tier (GPU); 0 on the CPU */
     uint64_t disk_bytes;
     uint64_t record_bytes; /* the session record's share of disk_bytes */
-    unsigned queued_ingest; /* Ingest jobs queued or running */
+    unsigned queued_ingest; /* Ingest jobs queued or running (under mu, both threads) */
 } session_t;
 
 /* A reply address: the ROUTER identity, plus an empty delimiter when the peer is a REQ
@@ -150,13 +164,37 @@ typedef struct daemon {
      * adds in the reply path; no lock). */
     http_metrics_t metrics;
     struct http_gateway *http; /* the HTTP gateway, or NULL (main thread: start and stop) */
+    /* Replies the main loop discarded because the client's queue was full (it is not
+     * reading) or it was gone. Atomic (__atomic builtins), no lock: replies may be sent
+     * under mu. */
+    uint64_t replies_dropped;
+    /* Durable appends (under mu): how many, the seconds spent in their commits (fsync and
+     * LMDB) and in the whole append (forward passes included); logged at shutdown. */
+    uint64_t commits;
+    double commit_seconds, append_seconds;
 
-    /* Worker queue (under mu). */
+    /* Worker queue (under mu). cv also signals the end of a session's commit to a Drop
+     * waiting for it; the two waiters never wait at once (the worker waits only when
+     * idle, the Drop only while the worker commits), so one condition serves both and
+     * every signal of it is a broadcast. */
     pthread_cond_t cv;
     job_t *head, *tail;
     size_t queued;
     int stopping;                          /* set by the main thread at shutdown (under mu) */
     volatile sig_atomic_t worker_stop_now; /* read by long jobs between windows/tokens */
+    /* The running job's reply address (under mu; job_running 0 between jobs). When the main
+     * loop has to discard a reply to it because the client stopped reading, it sets
+     * job_abort, and an Ask or Score stops at its next token or window: nobody would get
+     * its output. An Ingest carries on: its commit is state the client can resend into. */
+    route_t job_route;
+    int job_running;
+    volatile sig_atomic_t job_abort;
+    /* Main thread only: a discarded reply's address, checked against the job's at the end
+     * of the loop's turn (replies may be sent under mu, so not at the send); the last time
+     * a discard was logged (they are logged at most once a second). */
+    route_t stalled;
+    int stalled_pending;
+    double stalled_logged;
 
     void *zctx;
     void *pair_main;   /* main's end of the inproc pipe */
@@ -296,7 +334,16 @@ void request_error(request_t *q, rc_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* ---- server.c: the main loop and the main thread's handlers ---- */
+/* Per client, at most this many replies wait in the daemon for a client that is not
+ * reading (the ROUTER's ZMQ_SNDHWM, set by main.c before it binds: ZeroMQ takes it when a
+ * connection is made); past it (the kernel's socket buffers full too) its replies are
+ * discarded. A client that reads keeps its queue near empty. */
+#define SERVER_CLIENT_QUEUE 128
 rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
+/* Main thread: a reply to route could not be queued (errno_val: EAGAIN, the client's queue
+ * is full; EHOSTUNREACH, it is gone). Counts it, logs (rate-limited) and remembers the
+ * route so that a worker job answering it is aborted. Takes no lock. */
+void server_reply_dropped(daemon_t *d, const route_t *route, int errno_val);
 void serve_create(request_t *q);
 void serve_info(request_t *q);
 void serve_list(request_t *q);

@@ -512,10 +512,11 @@ int main(int argc, char **argv)
 
     d->zctx = zmq_ctx_new();
     router = zmq_socket(d->zctx, ZMQ_ROUTER);
-    int linger = 1000, hwm = 100000;
+    int linger = 1000, hwm = 100000, client_queue = SERVER_CLIENT_QUEUE;
     int64_t maxmsg = (int64_t)cfg.max_frame_bytes * 2 + 1024;
     zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    /* Before bind: connections take it when made (server.c: slow clients). */
+    zmq_setsockopt(router, ZMQ_SNDHWM, &client_queue, sizeof client_queue);
     zmq_setsockopt(router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (zmq_bind(router, cfg.listen) != 0) {
         int e = errno;

@@ -6,6 +6,7 @@
  * loop (server.c) and the worker (work.c) both dispatch through this table and answer
  * through request_reply / request_error, which is where an rc_t becomes the client's
  * Status. Adding a request kind is adding a row here and its handler. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,17 +19,21 @@
 /* ---- the reply path ------------------------------------------------------------------ */
 
 /* Packs resp and sends it to route over sock (the ROUTER, or the worker's PAIR, whose
- * messages the main loop forwards unchanged). */
-static int send_frames(void *sock, const route_t *route, Recall__Response *resp)
+ * messages the main loop forwards unchanged). On the ROUTER the send never blocks: a
+ * client that is not reading, or gone, loses the reply (server_reply_dropped). The PAIR
+ * blocks when full, which holds the worker back until the main loop drains it. */
+static int send_frames(daemon_t *d, void *sock, const route_t *route, Recall__Response *resp)
 {
+    const int nb = sock == d->pair_worker ? 0 : ZMQ_DONTWAIT;
     size_t n = recall__response__get_packed_size(resp);
     uint8_t stackbuf[4096];
     uint8_t *buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
     if (!buf) return -1;
     recall__response__pack(resp, buf);
-    int rc = zmq_send(sock, route->ident, route->ident_len, ZMQ_SNDMORE);
-    if (rc >= 0 && route->delim) rc = zmq_send(sock, "", 0, ZMQ_SNDMORE);
-    if (rc >= 0) rc = zmq_send(sock, buf, n, 0);
+    int rc = zmq_send(sock, route->ident, route->ident_len, ZMQ_SNDMORE | nb);
+    if (rc < 0 && nb) server_reply_dropped(d, route, errno);
+    if (rc >= 0 && route->delim) rc = zmq_send(sock, "", 0, ZMQ_SNDMORE | nb);
+    if (rc >= 0) rc = zmq_send(sock, buf, n, nb);
     if (buf != stackbuf) free(buf);
     return rc < 0 ? -1 : 0;
 }
@@ -62,7 +67,7 @@ static void reply_send(request_t *q, rc_t code, const char *msg, Recall__Respons
     if (!resp->more)
         http_metrics_observe(&d->metrics, q->kind ? q->kind->body : 0, code,
                              q->route.t0 > 0 ? clock_now_s() - q->route.t0 : -1);
-    send_frames(q->sock, &q->route, resp);
+    send_frames(d, q->sock, &q->route, resp);
 }
 
 void request_reply(request_t *q, void *body, int more)

@@ -187,6 +187,10 @@ rc_t session_bring_in(daemon_t *d, session_t *s, int rows, char *err, size_t err
     if (!rc && rows && !session_memory_loaded(s->mem)) rc = session_memory_load(s->mem, err, errlen);
     if (!rc && rows && !s->stream) rc = open_stream(d, s, err, errlen);
     pthread_mutex_lock(&d->mu);
+    /* A Drop that came meanwhile moved the row files away under the load: that is the
+     * failure's cause, not damage. */
+    if (rc && s->dropped)
+        rc = rc_errf(RC_ERR_NOT_FOUND, err, errlen, "session '%s' was dropped", s->name);
     if (rc == RC_ERR_UNAVAILABLE) session_mark_unavailable(s, err);
     if (!rc && rows && was_on_disk) d->loads++;
     session_account_locked(d, s);

@@ -83,21 +83,18 @@ void serve_create(request_t *q)
         request_error(q, rc, "cannot create the session: %s", rc_strerror(rc));
         return;
     }
-    pthread_mutex_lock(&d->mu);
-    /* Re-check under the lock held through the commit: only this thread creates, but be
-     * exact about it anyway. */
-    if (session_find(d, c->session)) {
-        pthread_mutex_unlock(&d->mu);
-        request_error(q, RC_ERR_EXISTS, "session '%s' already exists", c->session);
-        goto fail;
-    }
+    /* The record's synced commit runs without mu (the worker publishes its chunks
+     * meanwhile). Only this thread creates and drops sessions, so the name stays free
+     * between the check above and the table insert below. */
     rc = session_record_pack(d, s, 0, 0, 0, 0, 0, &rec, &rec_len);
     memory_db_commit_t commit = {.session = s->name, .record = rec, .record_len = rec_len};
     if (!rc) rc = memory_db_commit(d->db, &commit, err, sizeof err);
+    pthread_mutex_lock(&d->mu);
     if (!rc) rc = session_table_add(d, s);
     if (rc) {
         pthread_mutex_unlock(&d->mu);
-        request_error(q, rc, "cannot store the new session: %s", err);
+        /* A record committed but not listed is found by the next start (it is whole). */
+        request_error(q, rc, "cannot store the new session: %s", err[0] ? err : rc_strerror(rc));
         goto fail;
     }
     s->disk_bytes = s->record_bytes = rec_len;
@@ -176,6 +173,29 @@ void serve_list(request_t *q)
     free(ptrs);
 }
 
+/* Unlinks a dropped session's detached row files (dir, malloc'ed; taken) on a thread of
+ * its own, so that the main loop answers the others meanwhile: for a large session that
+ * takes seconds. Nothing waits for it; a daemon that stops first leaves the directory to
+ * the next start-up's sweep (session_memory_sweep removes every detached one). When no
+ * thread can be started it is done here. */
+static void *remove_detached_main(void *arg)
+{
+    char *dir = arg, err[512];
+    if (session_memory_remove_dir(dir, err, sizeof err))
+        log_warn("the row files of a dropped session stay until the next start: %s", err);
+    free(dir);
+    return NULL;
+}
+
+static void remove_detached(char *dir)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, remove_detached_main, dir) == 0)
+        pthread_detach(t);
+    else
+        remove_detached_main(dir);
+}
+
 void serve_drop(request_t *q)
 {
     daemon_t *d = q->d;
@@ -185,31 +205,38 @@ void serve_drop(request_t *q)
     session_t *to_free = NULL;
     session_t *s = find_locked(q, name);
     if (!s) return;
-    /* Under mu, so a worker commit for this session is either already durable (and is
-     * deleted here) or will see `dropped` and not write. */
+    /* No commit of s starts once `dropped` is set; one already on its way is waited for
+     * (cv is broadcast when it ends), so the catalogue's delete below comes after it and
+     * nothing of s is written after the delete. The wait is one commit at most, and only
+     * when a Drop meets an Ingest of the same session. */
+    s->dropped = 1;
+    while (s->committing)
+        pthread_cond_wait(&d->cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+    /* The catalogue's synced delete, without mu. */
     rc_t rc = memory_db_drop(d->db, s->name, err, sizeof err);
+    pthread_mutex_lock(&d->mu);
     if (rc && rc != RC_ERR_NOT_FOUND) {
+        /* Still whole in the catalogue: it stays (jobs refused meanwhile said "dropped"). */
+        s->dropped = 0;
         pthread_mutex_unlock(&d->mu);
         request_error(q, rc, "cannot drop session '%s': %s", name, err);
         return;
     }
     session_table_remove(d, s);
-    s->dropped = 1;
     session_unref_locked(d, s, &to_free);
+    pthread_mutex_unlock(&d->mu);
     /* The catalogue no longer names it, so its row files are garbage now; a job still
-     * reading them keeps its mapping (the pages live until it unmaps). Under mu they are
-     * only moved aside (one rename), so a new session of the same name starts clean;
-     * unlinking them, which takes a while for a large session, happens after the lock. A
-     * failure only leaves files that the next start-up sweeps away. */
+     * reading them keeps its mapping (the pages live until it unmaps). They are moved
+     * aside (one rename) before this handler returns, so a new session of the same name
+     * (created by this thread only) starts clean; unlinking them takes a while for a large
+     * session. Neither holds mu. A failure only leaves files that the next start-up sweeps
+     * away. */
     char *detached = NULL;
     if (session_memory_detach_files(d->rows_root, name, &detached, err, sizeof err))
         log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
                  err);
-    pthread_mutex_unlock(&d->mu);
-    if (detached && session_memory_remove_dir(detached, err, sizeof err))
-        log_warn("dropped session '%s', but its row files stay until the next start: %s", name,
-                 err);
-    free(detached);
+    if (detached) remove_detached(detached);
     log_info("dropped session '%s'", name);
     session_free(to_free);
     request_reply(q, &dr, 0);
@@ -219,6 +246,7 @@ void serve_stats(request_t *q)
 {
     daemon_t *d = q->d;
     Recall__StatsResponse sr = RECALL__STATS_RESPONSE__INIT;
+    sr.replies_dropped = __atomic_load_n(&d->replies_dropped, __ATOMIC_RELAXED);
     pthread_mutex_lock(&d->mu);
     sr.uptime_s = clock_now_s() - d->start_time;
     sr.sessions = (uint32_t)d->n_sessions;
@@ -461,8 +489,47 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
     recall__request__free_unpacked(req, NULL);
 }
 
-/* Forwards whatever the worker has produced. Returns 1 once the worker said it is done. */
-static int forward_worker(void *pair, void *router)
+/* ---- slow clients -------------------------------------------------------------------- */
+
+/* Every send to the ROUTER is non-blocking with ZMQ_ROUTER_MANDATORY on: a client whose
+ * queue in the daemon is full (SERVER_CLIENT_QUEUE replies, its ZMQ_SNDHWM, after the
+ * kernel's socket buffers filled: it stopped reading) or that is gone fails the send at
+ * once instead of blocking the loop, and the reply is discarded here. Without MANDATORY
+ * ZeroMQ would discard it silently; blocking would stall every other client behind one.
+ * What a stalled client costs the daemon is bounded: SERVER_CLIENT_QUEUE replies plus the
+ * socket's kernel send buffer (net.ipv4.tcp_wmem's maximum, 4 MiB by default). */
+void server_reply_dropped(daemon_t *d, const route_t *route, int errno_val)
+{
+    uint64_t n = __atomic_add_fetch(&d->replies_dropped, 1, __ATOMIC_RELAXED);
+    double now = clock_now_s();
+    if (now - d->stalled_logged >= 1.0) {
+        d->stalled_logged = now;
+        log_warn("a reply was discarded: %s (%llu discarded so far)",
+                 errno_val == EAGAIN ? "the client is not reading (its queue is full)"
+                                     : "the client is gone",
+                 (unsigned long long)n);
+    }
+    d->stalled = *route;
+    d->stalled_pending = 1;
+}
+
+/* After the loop's turn, with no lock held: a discarded reply that belonged to the
+ * worker's running job aborts it (work.c checks job_abort between tokens). */
+static void abort_stalled_job(daemon_t *d)
+{
+    if (!d->stalled_pending) return;
+    d->stalled_pending = 0;
+    pthread_mutex_lock(&d->mu);
+    const route_t *a = &d->stalled, *b = &d->job_route;
+    if (d->job_running && a->ident_len == b->ident_len &&
+        memcmp(a->ident, b->ident, a->ident_len) == 0)
+        d->job_abort = 1;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Forwards whatever the worker has produced. A message the ROUTER refuses is read to its
+ * end from the pipe and discarded. Returns 1 once the worker said it is done. */
+static int forward_worker(daemon_t *d, void *pair, void *router)
 {
     int done = 0;
     for (;;) {
@@ -478,8 +545,16 @@ static int forward_worker(void *pair, void *router)
             done = 1;
             continue;
         }
+        /* The first frame is the client's identity: the send that can fail. */
+        route_t r = {.ident_len = zmq_msg_size(&f) < sizeof r.ident ? zmq_msg_size(&f) : 0};
+        memcpy(r.ident, zmq_msg_data(&f), r.ident_len);
+        int dropping = 0;
         for (;;) {
-            zmq_msg_send(&f, router, more ? ZMQ_SNDMORE : 0);
+            if (!dropping &&
+                zmq_msg_send(&f, router, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
+                dropping = 1;
+                server_reply_dropped(d, &r, errno);
+            }
             zmq_msg_close(&f);
             if (!more) break;
             zmq_msg_init(&f);
@@ -497,6 +572,12 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
 {
     int stopping = 0, worker_done = 0;
     double stop_deadline = 0;
+    /* Slow clients (above); main.c set the queue's length (SNDHWM) before binding. */
+    int mandatory = 1;
+    if (zmq_setsockopt(router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) != 0) {
+        log_error("cannot set the ROUTER's send options: %s", zmq_strerror(errno));
+        return RC_ERR_IO;
+    }
     while (!worker_done) {
         if (*stop_flag && !stopping) {
             /* Stop accepting; the worker finishes or rolls back its job and answers the
@@ -518,7 +599,7 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
             log_error("zmq_poll: %s", zmq_strerror(errno));
             return RC_ERR_IO;
         }
-        if (items[0].revents & ZMQ_POLLIN) worker_done = forward_worker(d->pair_main, router);
+        if (items[0].revents & ZMQ_POLLIN) worker_done = forward_worker(d, d->pair_main, router);
         if (!stopping && (items[1].revents & ZMQ_POLLIN)) {
             for (int k = 0; k < 64; k++) {
                 inmsg_t m;
@@ -527,10 +608,16 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
                 inmsg_close(&m);
             }
         }
+        abort_stalled_job(d);
         if (stopping && clock_now_s() > stop_deadline) {
             log_warn("the worker did not finish within 60 s; exiting anyway");
             return RC_ERR_SHUTDOWN;
         }
     }
+    pthread_mutex_lock(&d->mu);
+    if (d->commits)
+        log_info("%llu durable appends: %.2f s committing (fsync and LMDB) of %.2f s appending",
+                 (unsigned long long)d->commits, d->commit_seconds, d->append_seconds);
+    pthread_mutex_unlock(&d->mu);
     return RC_OK;
 }

@@ -8,7 +8,14 @@
  * a stream and rewinds to it on any failure, so a failed or rolled-back job leaves the
  * session exactly as it was. A chunk's tokens, the memory rows of every window it
  * completed and the new session record go to LMDB in one transaction; the chunk is
- * acknowledged only after that commit returned. */
+ * acknowledged only after that commit returned.
+ *
+ * Locking: the worker holds d->mu only to read a session's counters and to publish new
+ * ones, never across a forward pass, an fsync or the LMDB commit, so the main loop answers
+ * health, stats and info while a chunk computes or syncs. The counters a job reads without
+ * mu (n_tokens, windows, ...) are written by this thread alone; the main thread reads them
+ * under mu and sees a chunk only once it is durable. A Drop racing a commit is ordered by
+ * session.committing / session.dropped (daemon.h). */
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -37,6 +44,7 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
                            append_result_t *res, char *err, size_t errlen)
 {
     daemon_t *d = q->d;
+    const double t_start = clock_now_s();
     pthread_mutex_lock(&d->mu);
     uint64_t n_old = s->n_tokens, win_old = s->windows, last_seq = s->last_seq;
     uint64_t chunks = s->ingest_chunks, next_chunk = s->next_chunk;
@@ -109,35 +117,46 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
     uint64_t new_seq = seq ? seq : last_seq;
     uint64_t new_chunks = seq ? chunks + 1 : chunks;
     uint64_t new_next = nn ? next_chunk + 1 : next_chunk;
+    /* Under mu only what the record needs, and the claim that stops a Drop from deleting
+     * the session while its commit is on the way (daemon.h). */
     pthread_mutex_lock(&d->mu);
-    rc = session_record_pack(d, s, n_new, win_new, new_seq, new_chunks, new_next, &rec, &rec_len);
-    if (rc) {
-        pthread_mutex_unlock(&d->mu);
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
     if (s->dropped) {
         pthread_mutex_unlock(&d->mu);
         snprintf(err, errlen, "session '%s' was dropped", s->name);
         rc = RC_ERR_NOT_FOUND;
         goto fail;
     }
+    rc = session_record_pack(d, s, n_new, win_new, new_seq, new_chunks, new_next, &rec, &rec_len);
+    if (rc) {
+        pthread_mutex_unlock(&d->mu);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    s->committing = 1;
+    pthread_mutex_unlock(&d->mu);
     memory_db_commit_t c = {.session = s->name,
                             .record = rec,
                             .record_len = rec_len,
                             .chunk_index = next_chunk,
                             .tokens = newt,
                             .n_tokens = nn};
-    /* The session's memory syncs its row files, then commits their checksums with the
-     * tokens and the record in one transaction. */
+    /* Without mu: the session's memory syncs its row files, then commits their checksums
+     * with the tokens and the record in one transaction. Only this thread touches s->mem,
+     * and the job's reference keeps s alive. */
     const uint64_t rows_before = session_memory_disk_bytes(s->mem);
+    double t_commit = clock_now_s();
     rc = session_memory_commit(s->mem, &c, nwin, err, errlen);
+    t_commit = clock_now_s() - t_commit;
+    const uint64_t rows_after = session_memory_disk_bytes(s->mem);
+    pthread_mutex_lock(&d->mu);
+    s->committing = 0;
+    pthread_cond_broadcast(&d->cv); /* a Drop may be waiting for the commit to end */
     if (rc) {
         pthread_mutex_unlock(&d->mu);
         goto fail;
     }
-    /* Durable: now the session may say so. */
-    uint64_t disk_add = nn * 4 + session_memory_disk_bytes(s->mem) - rows_before;
+    /* Durable: now the session may say so (a Drop that came meanwhile deletes it next). */
+    uint64_t disk_add = nn * 4 + rows_after - rows_before;
     s->n_tokens = n_new;
     s->windows = win_new;
     s->last_seq = new_seq;
@@ -149,6 +168,9 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
     s->disk_bytes = s->disk_bytes - s->record_bytes + disk_add + rec_len;
     s->record_bytes = rec_len;
     d->tokens_ingested += nn;
+    d->commits++;
+    d->commit_seconds += t_commit;
+    d->append_seconds += clock_now_s() - t_start;
     pthread_mutex_unlock(&d->mu);
     res->tokens = n_new;
     res->windows = win_new;
@@ -367,6 +389,14 @@ void work_ask(request_t *q)
             request_error(q, RC_ERR_SHUTDOWN, "the daemon is stopping; the answer was cut short");
             goto out;
         }
+        if (d->job_abort) {
+            model_stream_rewind(s->stream, mark);
+            log_warn("ask on '%s' abandoned after %zu tokens: the client is not reading its "
+                     "replies",
+                     s->name, ng);
+            request_error(q, RC_ERR_IO, "the client stopped reading; the answer was abandoned");
+            goto out;
+        }
         int tok = sampler_sample(&sm, logits, vocab);
         if (tok == eos && !a->ignore_eos) {
             reason = "eos";
@@ -504,6 +534,11 @@ void work_score(request_t *q)
             request_error(q, RC_ERR_SHUTDOWN, "the daemon is stopping; scoring was abandoned");
             goto out;
         }
+        if (d->job_abort) {
+            log_warn("score abandoned at token %zu: the client is not reading its replies", pos);
+            request_error(q, RC_ERR_IO, "the client stopped reading; scoring was abandoned");
+            goto out;
+        }
         size_t piece = n - pos < W ? n - pos : W;
         rc = model_stream_feed(st, toks + pos, piece, lp + pos, logits);
         if (rc) {
@@ -630,6 +665,11 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
                    .req = j->req,
                    .sess = j->sess,
                    .credit = k && k->credit && j->sess};
+    pthread_mutex_lock(&d->mu);
+    d->job_route = j->route;
+    d->job_running = 1;
+    d->job_abort = 0;
+    pthread_mutex_unlock(&d->mu);
     if (stopping) {
         request_error(&q, RC_ERR_SHUTDOWN, "the daemon is stopping; the request was not run");
     } else if (!k || k->thread != REQUEST_WORKER) {
@@ -649,11 +689,10 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
             if (q.sess) session_release(d, q.sess);
         }
     }
-    if (q.credit) { /* a handler that sent no final reply: the credit must not leak */
-        pthread_mutex_lock(&d->mu);
-        q.sess->queued_ingest--;
-        pthread_mutex_unlock(&d->mu);
-    }
+    pthread_mutex_lock(&d->mu);
+    if (q.credit) q.sess->queued_ingest--; /* a handler sent no final reply: no leak */
+    d->job_running = 0;
+    pthread_mutex_unlock(&d->mu);
 }
 
 void *worker_main(void *arg)
