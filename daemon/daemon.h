@@ -337,8 +337,11 @@ void request_error(request_t *q, rc_t code, const char *fmt, ...)
 /* Per client, at most this many replies wait in the daemon for a client that is not
  * reading (the ROUTER's ZMQ_SNDHWM, set by main.c before it binds: ZeroMQ takes it when a
  * connection is made); past it (the kernel's socket buffers full too) its replies are
- * discarded. A client that reads keeps its queue near empty. */
-#define SERVER_CLIENT_QUEUE 128
+ * discarded. A client that reads keeps its queue near empty. Streamed asks send a reply a
+ * token, so a client that sends a batch of requests before it reads (fuzz_daemon does) can
+ * be a few thousand behind without being stalled: 128 cut such a client's Health reply on
+ * a loaded CI machine. At ~100 bytes a reply this is well under a MiB per client. */
+#define SERVER_CLIENT_QUEUE 4096
 rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag);
 /* Main thread: a reply to route could not be queued (errno_val: EAGAIN, the client's queue
  * is full; EHOSTUNREACH, it is gone). Counts it, logs (rate-limited) and remembers the
