@@ -79,6 +79,7 @@ static int cmd_stats(recall_client *c, const cli_args *a)
         cJSON_AddNumberToObject(o, "sessions_unavailable", (double)s->sessions_unavailable);
         cJSON_AddNumberToObject(o, "loads", (double)s->loads);
         cJSON_AddNumberToObject(o, "evictions", (double)s->evictions);
+        cJSON_AddNumberToObject(o, "replies_dropped", (double)s->replies_dropped);
         cli_json_print(o);
     } else {
         char up[32], bd[32], bh[32], bk[32], hb[32] = "none";
@@ -103,6 +104,9 @@ static int cmd_stats(recall_client *c, const cli_args *a)
                (unsigned long long)s->sessions_disk, (unsigned long long)s->sessions_unavailable);
         printf("rows moved       %llu loads from disk, %llu evictions\n",
                (unsigned long long)s->loads, (unsigned long long)s->evictions);
+        if (s->replies_dropped)
+            printf("replies dropped  %llu (clients that stopped reading)\n",
+                   (unsigned long long)s->replies_dropped);
     }
     recall__response__free_unpacked(r, NULL);
     return EXIT_OK;

@@ -182,6 +182,9 @@ def part_stall(tmp, text):
         check(j["tokens_generated"] < j["asked_tokens"] // 2,
               "its Asks were abandoned, not run to the end", j)
         check("not reading" in d.log(), "the daemon logged it", d.log())
+        rc, st, err = recall(ep, "stats")
+        check(rc == 0 and st and st.get("replies_dropped", 0) >= j["replies_dropped"],
+              "recall stats reports the discarded replies", (st, err))
     finally:
         check(d.stop() == 0, "recalld exits 0 after the stalled client")
 
