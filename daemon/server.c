@@ -56,6 +56,21 @@ void serve_create(request_t *q)
         pthread_mutex_lock(&d->mu);
         old = session_find(d, c->session);
     }
+    if (old && c->if_not_exists && !old->problem[0] && c->options && c->options->mem_dtype &&
+        c->options->mem_dtype[0]) {
+        /* The one option that may never differ on reuse: the rows are stored in it. */
+        dtype_t want;
+        if (dtype_parse_mem(c->options->mem_dtype, &want) == 0 &&
+            want != old->opts.mem_dtype) {
+            const dtype_t have = old->opts.mem_dtype;
+            pthread_mutex_unlock(&d->mu);
+            request_error(q, RC_ERR_INVALID,
+                          "session '%s' stores its memory rows as %s and cannot change to %s "
+                          "(drop the session and ingest again to change it)",
+                          c->session, dtype_name(have), dtype_name(want));
+            return;
+        }
+    }
     if (old && c->if_not_exists) {
         session_info_fill(old, &info, &opts);
         cr.info = &info;

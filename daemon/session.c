@@ -207,7 +207,7 @@ rc_t session_opts_resolve(daemon_t *d, const Recall__SessionOptions *in, model_s
             o->mem_dtype_set = 1;
             /* Only the CPU kernels decode the quantized rows (common/quant.h). Refused here,
              * at create (and for the daemon's defaults at start-up), not at the first window. */
-            if (dtype_is_quant(o->mem_dtype) && d->backend && daemon_memory_on_device(d)) {
+            if (dtype_is_quant(o->mem_dtype) && daemon_memory_on_device(d)) {
                 snprintf(err, errlen,
                          "memory dtype %s is CPU-only in this build (this recalld runs on %s; "
                          "use bf16 or f32, or recalld --device cpu)",

@@ -242,6 +242,12 @@ int main(void)
               r->create_session->info->tokens == s0.tokens);
         if (r) recall__response__free_unpacked(r, NULL);
     }
+    /* Reuse asking for another memory dtype: refused by the daemon itself, naming both. */
+    {
+        Recall__SessionOptions o = RECALL__SESSION_OPTIONS__INIT;
+        o.mem_dtype = (char *)"int8";
+        EXPECT(rpc_create_opts(&c, "s", &o, 1), INVALID, "cannot change to int8");
+    }
 
     /* Chunk over --max-chunk-bytes: the message gives the limit. */
     {
