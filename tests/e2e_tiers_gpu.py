@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_cli as e  # noqa: E402
@@ -53,6 +54,12 @@ def run(tmp):
     os.makedirs(ref.data_dir)
     ref.start()
     try:
+        # The GPU budget is set once the weights are in (health says ready).
+        for _ in range(600):
+            rc, h, err = recall(ref_ep, "health")
+            if rc == 0 and h and h.get("ready"):
+                break
+            time.sleep(0.1)
         rc, st, err = recall(ref_ep, "stats")
         total = gpu_total()
         check(rc == 0 and 0 < st.get("gpu_budget", 0) < total,
