@@ -171,12 +171,15 @@ typedef struct attn_job {
     float mem_scale;
 } attn_job_t;
 
-/* One thread's scratch: S [QB, n_k] local scores, T [QB, n_k] a second or third variant's
- * (extended layouts only), M [QB, MT] a memory tile's scores, Kt and Vt [MT, hd] a widened
- * memory tile, O [QB, hd] the output, mx and sum [QB] the running softmax. */
+/* One thread's scratch: S [qb, n_k] local scores, T [qb, n_k] a second or third variant's
+ * (extended layouts only), M [qb, mt] a memory tile's scores, Kt and Vt [mt, hd] a widened
+ * memory tile, O [qb, hd] the output, mx and sum [qb] the running softmax. qb is QB or n_q
+ * when that is less, and mt is MT or n_mem when that is less: a knn call attends to k rows per query, and a scratch of MT rows
+ * for each of its thousands of calls cost an mmap and munmap apiece. */
 typedef struct attn_scratch {
     float *S, *T, *M, *Kt, *Vt, *O, *mx;
     double *sum;
+    size_t mt;
 } attn_scratch_t;
 
 static void scratch_free(attn_scratch_t *w)
@@ -189,19 +192,21 @@ static int scratch_alloc(attn_scratch_t *w, const attn_ext_args_t *e)
 {
     const attn_args_t *a = &e->a;
     const size_t hd = (size_t)a->head_dim, nk = a->n_k > 0 ? (size_t)a->n_k : 1;
+    const size_t qb = a->n_q > 0 && a->n_q < QB ? (size_t)a->n_q : QB; /* rows of a block */
     memset(w, 0, sizeof *w);
-    w->S = malloc(QB * nk * sizeof(float));
-    w->O = malloc(QB * hd * sizeof(float));
-    w->mx = malloc(QB * sizeof(float));
-    w->sum = malloc(QB * sizeof(double));
+    w->S = malloc(qb * nk * sizeof(float));
+    w->O = malloc(qb * hd * sizeof(float));
+    w->mx = malloc(qb * sizeof(float));
+    w->sum = malloc(qb * sizeof(double));
     int ok = w->S && w->O && w->mx && w->sum;
-    if (e->layout != CPU_ATTN_PLAIN) ok = ok && (w->T = malloc(QB * nk * sizeof(float)));
+    if (e->layout != CPU_ATTN_PLAIN) ok = ok && (w->T = malloc(qb * nk * sizeof(float)));
     if (a->n_mem) {
-        w->M = malloc((size_t)QB * MT * sizeof(float));
+        w->mt = (size_t)a->n_mem < MT ? (size_t)a->n_mem : MT;
+        w->M = malloc(qb * w->mt * sizeof(float));
         ok = ok && w->M;
         if (a->mem_dtype != DTYPE_F32) {
-            w->Kt = malloc(MT * hd * sizeof(float));
-            w->Vt = malloc(MT * hd * sizeof(float));
+            w->Kt = malloc(w->mt * hd * sizeof(float));
+            w->Vt = malloc(w->mt * hd * sizeof(float));
             ok = ok && w->Kt && w->Vt;
         }
     }
@@ -385,17 +390,18 @@ static void attend_block(const attn_job_t *j, int h, int i0, attn_scratch_t *w)
                 kv_row, 0.0f, O, hd);
     /* The memory, tile by tile. */
     const float *qm = j->q_mem + (size_t)i0 * q_row + (size_t)h * hd;
-    for (size_t m0 = 0; m0 < n_mem; m0 += MT) {
-        const int n = n_mem - m0 < MT ? (int)(n_mem - m0) : MT;
+    const size_t mt = w->mt;
+    for (size_t m0 = 0; m0 < n_mem; m0 += mt) {
+        const int n = n_mem - m0 < mt ? (int)(n_mem - m0) : (int)mt;
         int ldk, ldv;
         const float *kt = mem_tile(a->mem_k, a->mem_dtype, m0, n, kh, hd, nkv, w->Kt, &ldk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, n, hd, j->mem_scale, qm, q_row,
-                    kt, ldk, 0.0f, w->M, MT);
+                    kt, ldk, 0.0f, w->M, (int)mt);
         for (int r = 0; r < nb; r++)
-            softmax_fold(w->M + (size_t)r * MT, n, &w->mx[r], &w->sum[r], O + (size_t)r * hd,
+            softmax_fold(w->M + (size_t)r * mt, n, &w->mx[r], &w->sum[r], O + (size_t)r * hd,
                          hd);
         const float *vt = mem_tile(a->mem_v, a->mem_dtype, m0, n, kh, hd, nkv, w->Vt, &ldv);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n, 1.0f, w->M, MT, vt,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, n, 1.0f, w->M, (int)mt, vt,
                     ldv, 1.0f, O, hd);
     }
     for (int r = 0; r < nb; r++) {

@@ -96,11 +96,15 @@ static double quantile(samples_t *s, double q)
     return s->v[k - 1];
 }
 
+/* Prints the set as JSON and frees its samples (each set is printed once, at the end). */
 static void print_samples(const char *name, samples_t *s, int last)
 {
     double p50 = quantile(s, 0.50), p99 = quantile(s, 0.99);
     printf("\"%s\": {\"n\": %zu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f}%s", name,
            s->n, p50, p99, s->n ? s->v[s->n - 1] : 0.0, last ? "" : ", ");
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
 }
 
 /* ---- one client's calls -------------------------------------------------------------- */

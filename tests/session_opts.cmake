@@ -11,5 +11,5 @@ add_dependencies(test_session_opts recalld)
 add_test(NAME test_cli_session_opts
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/test_cli_session_opts.sh $<TARGET_FILE:recalld>
                  $<TARGET_FILE:recall> ${RECALL_TEST_DATA}/tiny-fot)
-set_tests_properties(test_cli_session_opts PROPERTIES LABELS "cli;daemon" TIMEOUT 120
+set_tests_properties(test_cli_session_opts PROPERTIES LABELS "cli;daemon" TIMEOUT 300
                      FIXTURES_REQUIRED tiny_models)

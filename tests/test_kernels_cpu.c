@@ -230,7 +230,7 @@ static void test_log_softmax(void)
 
 /* A window too large for memory (the window comes with a client's session options) is an
  * RC_ERR_NOMEM answer, not an abort: the address space is capped at 64 GiB, so the
- * attention's score scratch (64 query rows of n_k scores per thread) and the kNN path's
+ * attention's score scratch (a block's query rows of n_k scores per thread) and the kNN path's
  * copies of the heads' keys cannot be had, whatever the machine's memory and overcommit
  * policy. Runs last: the cap stays. Not under AddressSanitizer, whose shadow memory needs
  * the address space. */
@@ -249,10 +249,14 @@ static void test_attention_nomem(void)
     fill(q, 64, 1);
     fill(k, 64, 1);
     fill(v, 64, 1);
-    /* One query at offset 0 reads key 0 only; n_k sizes the scratch. */
-    attn_args_t a = {.n_q = 1, .n_k = INT_MAX, .n_heads = 1, .n_kv_heads = 1, .head_dim = 64,
+    /* n_k sizes the scratch: a row of INT_MAX scores is 8 GiB, and the scratch has a row per
+     * query of a block (up to 64), so 16 queries ask for 128 GiB; the allocation fails
+     * before anything is read. */
+    attn_args_t a = {.n_q = 16, .n_k = INT_MAX, .n_heads = 1, .n_kv_heads = 1, .head_dim = 64,
                      .q = q, .k = k, .v = v, .scale = 0.125f, .out = out};
     CHECK_RC(cpu_attention(&a), RC_ERR_NOMEM);
+    /* One query at offset 0 reads key 0 only. */
+    a.n_q = 1;
     const int64_t idx[1] = {-1};
     attn_knn_args_t ka = {.e = {.a = a, .layout = CPU_ATTN_PLAIN}, .k = 1, .idx = idx};
     CHECK_RC(cpu_attention_knn(&ka), RC_ERR_NOMEM);
