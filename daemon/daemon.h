@@ -145,7 +145,6 @@ typedef struct daemon {
     int ready;
     int load_failed;          /* the worker could not load the weights: recalld exits 1 */
     size_t gpu_budget_flag;   /* --gpu-memory-budget as given (0 default, SIZE_MAX none) */
-    double weights_s;         /* seconds the worker took to load the weights and open the backend */
     const model_config_t *mc;
     const tokenizer_t *tok;
     char fingerprint[256];

@@ -56,10 +56,9 @@ rc_t daemon_load_weights(daemon_t *d)
     d->backend = be;
     d->cfg.gpu_budget = gpu_budget;
     memory_tiers_set_gpu_budget(d->tiers, gpu_budget);
-    d->weights_s = clock_now_s() - t0;
     pthread_mutex_unlock(&d->mu);
     __atomic_store_n(&d->ready, 1, __ATOMIC_RELEASE);
-    log_info("model ready in %.2f s on %s; GPU memory budget %s%.1f MiB", d->weights_s,
+    log_info("model ready in %.2f s on %s; GPU memory budget %s%.1f MiB", clock_now_s() - t0,
              model_backend_describe(be), gpu_budget || !on_device ? "" : "none, ",
              (double)gpu_budget / 1048576.0);
     return RC_OK;
