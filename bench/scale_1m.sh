@@ -22,8 +22,8 @@
 #   seconds and tokens/s as the client sees them (every chunk durable in LMDB), the ask's
 #   prefill (time to the first token) and decode ms/token from the daemon's reply and the
 #   client's wall time, peak GPU memory (nvidia-smi sampled every 0.5 s) and recalld's peak
-#   RSS. RECALL_KNN_PROBE (model/knn_probe.h) may be set by the caller to log quality figures;
-#   its own seconds are logged so they can be subtracted.
+#   RSS. Quality figures of the knn approximation come from build/bench/bench_knn_probe
+#   (bench/knn_probe.h), run on the same model and text.
 # Logs and RESULT lines go to $OUT (default ./scale-out); the work dir ($WORK, default
 # build-scale-work, git-ignored) keeps the model and text between calls on a warm machine.
 set -uo pipefail

@@ -233,12 +233,6 @@ void session_free(session_t *s);
 rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uint64_t windows,
                          uint64_t last_seq, uint64_t ingest_chunks, uint64_t next_chunk,
                          uint8_t **buf, size_t *len);
-/* Saves a knn session's indexes into the database (derived data, so best effort: a failure
- * is logged and the index is rebuilt at the next start). Worker stopped or worker only. */
-void session_index_save(daemon_t *d, session_t *s);
-/* Installs a knn session's saved indexes into its new stream (a missing or damaged one is
- * rebuilt from the keys when first needed). Worker only. */
-void session_index_restore(daemon_t *d, session_t *s);
 /* Puts every session of the catalogue into the table, reading records only. A session whose
  * record is damaged or was written for another model is listed as unavailable. Fails only
  * when the catalogue itself cannot be read. */

@@ -18,9 +18,9 @@
 #include "daemon/daemon.h"
 #include "memory/knn.h"
 
-/* On the CPU a knn session's stream keeps IVF lists that hold the keys again as fp32:
+/* On the CPU a knn session's index keeps IVF lists that hold the keys again as fp32:
  * about the rows' size once the index is IVF (memory/knn.h). An estimate of what bringing
- * the session in will take; once it is in, model_stream_index_bytes counts it. */
+ * the session in will take; once it is in, session_memory_index_bytes counts it. */
 static size_t knn_lists_bytes(const daemon_t *d, const session_t *s)
 {
     if (daemon_memory_on_device(d) || !s->opts.memory_knn ||
@@ -54,23 +54,16 @@ void session_account_locked(daemon_t *d, session_t *s)
               : session_memory_loaded(s->mem)                  ? "host"
                                                                 : "disk";
     if (s->tokens_loaded) host += s->tokens_cap * sizeof(int32_t);
-    if (s->stream) host += model_stream_index_bytes(s->stream); /* its kNN index */
+    host += session_memory_index_bytes(s->mem);
     memory_tiers_set(d->tiers, &s->slot, host, gpu);
 }
 
-/* Drops s's stream (and with it any device copy), saving a knn index first so the next
- * bring-in does not rebuild it. */
-static void drop_stream(daemon_t *d, session_t *s)
+/* Moves s down to `to`. Worker only, between jobs. Dropping the stream drops any device
+ * copy; a kNN index stays with the rows, and the session-memory object saves it when the
+ * rows go to disk. */
+static void move_down(session_t *s, tiers_level_t to)
 {
-    if (!s->stream) return;
-    session_index_save(d, s);
     model_stream_destroy(&s->stream);
-}
-
-/* Moves s down to `to`. Worker only, between jobs. */
-static void move_down(daemon_t *d, session_t *s, tiers_level_t to)
-{
-    drop_stream(d, s);
     crash_point("evict"); /* the GPU copy and the stream are gone, the rows still mapped */
     if (to == TIERS_DISK && s->mem) {
         rc_t rc = session_memory_evict(s->mem);
@@ -105,7 +98,7 @@ static void make_room(daemon_t *d, session_t *s)
         victims[i]->refs++;
     }
     pthread_mutex_unlock(&d->mu);
-    for (size_t i = 0; i < n; i++) move_down(d, victims[i], moves[i].to);
+    for (size_t i = 0; i < n; i++) move_down(victims[i], moves[i].to);
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < n; i++) {
         session_account_locked(d, victims[i]);
@@ -153,12 +146,12 @@ static rc_t open_stream(daemon_t *d, session_t *s, char *err, size_t errlen)
 {
     model_stream_opts_t o = s->opts;
     o.gpu_memory_budget = daemon_stream_gpu_budget(d, &s->opts);
+    char why[256] = "";
     rc_t rc = model_stream_create_with(d->backend, &o, session_memory_store(s->mem),
-                                       &s->stream);
+                                       session_memory_index(s->mem), &s->stream, why, sizeof why);
     if (rc)
         return rc_errf(rc, err, errlen, "session '%s': cannot create its stream: %s", s->name,
-                       rc_strerror(rc));
-    if (s->opts.memory_knn) session_index_restore(d, s);
+                       why[0] ? why : rc_strerror(rc));
     return RC_OK;
 }
 
@@ -227,7 +220,8 @@ void session_release(daemon_t *d, session_t *s)
 
 void session_move_to_disk(daemon_t *d, session_t *s)
 {
-    if (s->mem) move_down(d, s, TIERS_DISK);
+    (void)d; /* the moves need nothing of the daemon's now; callers keep the one signature */
+    if (s->mem) move_down(s, TIERS_DISK);
 }
 
 void session_evict_all(daemon_t *d)

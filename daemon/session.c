@@ -306,7 +306,9 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, ui
                                     .row_dim = d->row_dim,
                                     .dtype = o->mem_dtype,
                                     .window = o->window,
-                                    .head_dim = d->mc->head_dim};
+                                    .head_dim = d->mc->head_dim,
+                                    .knn = o->memory_knn,
+                                    .knn_opts = {.nlist = o->knn_nlist, .nprobe = o->knn_nprobe}};
     rc_t rc = session_memory_open(d->db, d->rows_root, name, &shape, windows, &s->mem);
     if (rc) {
         free(s);
@@ -395,55 +397,6 @@ rc_t session_record_pack(daemon_t *d, const session_t *s, uint64_t n_tokens, uin
     *buf = b;
     *len = n;
     return RC_OK;
-}
-
-/* ---- kNN indexes -------------------------------------------------------------------- */
-
-/* A knn session's indexes as saved at the last shutdown. They are derived from the stored
- * keys, so any problem only costs time: the index is rebuilt when next needed. */
-void session_index_restore(daemon_t *d, session_t *s)
-{
-    memory_store_t *mem = model_stream_memory(s->stream);
-    for (int l = 0; l < memory_store_layers(mem); l++) {
-        void *buf = NULL;
-        size_t len = 0;
-        uint64_t rows = 0;
-        rc_t rc = memory_db_get_index(d->db, s->name, (uint32_t)l, &rows, &buf, &len);
-        if (rc == RC_OK) rc = model_stream_index_load(s->stream, l, buf, len, (size_t)rows);
-        free(buf);
-        if (rc == RC_ERR_NOT_FOUND)
-            log_info("session '%s': no saved kNN index for memory layer %d; it will be built "
-                     "from the stored keys",
-                     s->name, l);
-        else if (rc)
-            log_warn("session '%s': the saved kNN index of memory layer %d failed to load (%s); "
-                     "rebuilding it from the stored keys",
-                     s->name, l, rc_strerror(rc));
-    }
-}
-
-void session_index_save(daemon_t *d, session_t *s)
-{
-    if (!s->opts.memory_knn || !s->stream) return;
-    memory_store_t *mem = model_stream_memory(s->stream);
-    for (int l = 0; l < memory_store_layers(mem); l++) {
-        void *buf = NULL;
-        size_t len = 0, rows = 0;
-        char err[256];
-        rc_t rc = model_stream_index_save(s->stream, l, &buf, &len, &rows);
-        if (rc == RC_OK && rows > 0)
-            rc = memory_db_put_index(d->db, s->name, (uint32_t)l, rows, buf, len, err, sizeof err);
-        else if (rc == RC_OK)
-            snprintf(err, sizeof err, "empty");
-        else
-            snprintf(err, sizeof err, "%s", rc_strerror(rc));
-        free(buf);
-        if (rc)
-            log_warn("session '%s': kNN index of memory layer %d not saved: %s", s->name, l, err);
-        else if (rows)
-            log_info("session '%s': kNN index of memory layer %d saved (%zu rows, %zu bytes)",
-                     s->name, l, rows, len);
-    }
 }
 
 /* ---- the catalogue at start-up ------------------------------------------------------ */

@@ -1,8 +1,9 @@
 /* weights.c — the worker's first step: the model's weights, the backend and the GPU budget.
  *
  * recalld listens as soon as it has read the config, the tokenizer and the session
- * catalogue (main.c); loading and converting a large checkpoint's weights and opening the
- * backend take seconds, so they run here, on the worker, before its first job. Quick
+ * catalogue (main.c); checking a large checkpoint's weights, opening the backend (which
+ * uploads them to the GPU, or converts them to fp32 for the CPU) take seconds, so they run
+ * here, on the worker, before its first job. Quick
  * requests are answered meanwhile (health says "loading"); jobs wait in the queue. */
 #include <signal.h>
 #include <stdint.h>
@@ -36,14 +37,13 @@ rc_t daemon_load_weights(daemon_t *d)
     char err[1024] = "";
     const double t0 = clock_now_s();
     model_backend_t *be = NULL;
-    rc_t rc = model_load_weights(d->model, err, sizeof err);
+    /* Every tensor found and of its shape first, so a broken checkpoint is named as such;
+     * then the backend, which converts the weights to fp32 only if it is the CPU's. */
+    rc_t rc = model_check_weights(d->model, err, sizeof err);
+    if (!rc) rc = model_backend_open(d->model, d->cfg.device, &be, err, sizeof err);
     if (rc) {
-        log_error("cannot load the model in %s: %s", d->cfg.model_dir, err);
-        goto fail;
-    }
-    rc = model_backend_open(d->model, d->cfg.device, &be, err, sizeof err);
-    if (rc) {
-        log_error("cannot use device %s: %s", d->cfg.device ? d->cfg.device : "auto", err);
+        log_error("cannot load the model in %s on device %s: %s", d->cfg.model_dir,
+                  d->cfg.device ? d->cfg.device : "auto", err);
         goto fail;
     }
     const int on_device = strncmp(model_backend_describe(be), "cuda", 4) == 0;

@@ -520,9 +520,10 @@ void work_score(request_t *q)
         goto out;
     }
     o.gpu_memory_budget = daemon_stream_gpu_budget(d, &o);
-    rc = model_stream_create_on(d->backend, &o, &st);
+    char why[256] = "";
+    rc = model_stream_create_with(d->backend, &o, NULL, NULL, &st, why, sizeof why);
     if (rc) {
-        request_error(q, rc, "cannot create a stream: %s", rc_strerror(rc));
+        request_error(q, rc, "cannot create a stream: %s", why[0] ? why : rc_strerror(rc));
         goto out;
     }
     /* Window by window (aligned to the first token), so long texts report progress; the

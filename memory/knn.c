@@ -151,6 +151,11 @@ invalid:
     return RC_ERR_INVALID;
 }
 
+int memory_knn_fits(const memory_knn_t *x, int n_layers, int n_kv_heads, int head_dim)
+{
+    return x && x->n_layers == n_layers && x->n_kv == n_kv_heads && x->hd == head_dim;
+}
+
 static void ivf_free(ivf_head_t *v, int n_kv, int nlist)
 {
     if (!v) return;
@@ -822,6 +827,7 @@ rc_t memory_knn_save(const memory_knn_t *x, int layer, void **buf, size_t *len)
 {
     *buf = NULL;
     *len = 0;
+    if (layer < 0 || layer >= x->n_layers) return RC_ERR_INVALID;
     const knn_layer_t *L = &x->layers[layer];
     if (!BUILT(L)) return RC_ERR_INVALID;
     char *mem = NULL;
@@ -856,6 +862,7 @@ rc_t memory_knn_save(const memory_knn_t *x, int layer, void **buf, size_t *len)
 rc_t memory_knn_load(memory_knn_t *x, int layer, const void *buf, size_t len, size_t rows)
 {
     knn_header_t hdr;
+    if (layer < 0 || layer >= x->n_layers) return RC_ERR_INVALID;
     if (len < sizeof hdr) return RC_ERR_FORMAT;
     memcpy(&hdr, buf, sizeof hdr);
     const size_t trained = target_trained(x, rows);

@@ -75,6 +75,10 @@ rc_t memory_knn_search_rows(memory_knn_t *x, const memory_store_t *s, int layer,
                             const float *q, int n_q, int n_heads, int k, int64_t *idx,
                             float *scores);
 
+/* 1 when x indexes n_layers memory layers of n_kv_heads heads of head_dim (what a stream
+ * handed x checks before using it), else 0. */
+int memory_knn_fits(const memory_knn_t *x, int n_layers, int n_kv_heads, int head_dim);
+
 /* Rows indexed in layer; 1 when the layer's heads are IVF-Flat (0 flat); its nlist (0 flat). */
 size_t memory_knn_rows(const memory_knn_t *x, int layer);
 int memory_knn_is_ivf(const memory_knn_t *x, int layer);
@@ -85,11 +89,12 @@ int memory_knn_nlist(const memory_knn_t *x, int layer);
 size_t memory_knn_bytes(const memory_knn_t *x);
 
 /* Serializes layer's indexes (all heads; a small header then Faiss's own format) into a
- * malloc'ed buffer the caller frees. */
+ * malloc'ed buffer the caller frees. RC_ERR_INVALID for a layer out of range or not built
+ * yet (no rows indexed). */
 rc_t memory_knn_save(const memory_knn_t *x, int layer, void **buf, size_t *len);
 /* Replaces layer's indexes by a saved copy. RC_ERR_FORMAT (layer unchanged) if the buffer
- * is damaged or does not describe `rows` rows of this shape and options; the caller then
- * rebuilds with memory_knn_sync. */
+ * is damaged or does not describe `rows` rows of this shape and options (the caller then
+ * rebuilds with memory_knn_sync); RC_ERR_INVALID for a layer out of range. */
 rc_t memory_knn_load(memory_knn_t *x, int layer, const void *buf, size_t len, size_t rows);
 
 /* Drops layer's indexes (the next sync rebuilds them from the store). */

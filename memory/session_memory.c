@@ -14,6 +14,7 @@
 
 #include "common/crash.h"
 #include "common/log.h"
+#include "memory/knn.h"
 
 struct session_memory {
     memory_db_t *db;
@@ -24,6 +25,8 @@ struct session_memory {
     size_t row_bytes;    /* one row of one layer's keys (values the same) */
     uint64_t windows;    /* committed */
     memory_store_t *mem; /* the host tier; NULL on disk */
+    memory_knn_t *knn;   /* knn sessions, loaded: the index over mem's keys; else NULL */
+    size_t *knn_saved;   /* [n_layers] rows each layer's index had when last saved/loaded */
 };
 
 uint64_t session_memory_window_sum(const void *keys, const void *values, size_t bytes)
@@ -54,7 +57,8 @@ rc_t session_memory_open(memory_db_t *db, const char *rows_root, const char *nam
 {
     *out = NULL;
     if (shape->n_layers < 0 || shape->row_dim <= 0 || shape->window <= 0 ||
-        shape->head_dim < 0 || (shape->head_dim && shape->row_dim % shape->head_dim))
+        shape->head_dim < 0 || (shape->head_dim && shape->row_dim % shape->head_dim) ||
+        (shape->knn && (shape->knn_opts.nlist < 0 || shape->knn_opts.nprobe < 0)))
         return RC_ERR_INVALID;
     session_memory_t *m = calloc(1, sizeof *m);
     if (!m) return RC_ERR_NOMEM;
@@ -79,6 +83,8 @@ void session_memory_close(session_memory_t **pm)
 {
     if (!pm || !*pm) return;
     session_memory_t *m = *pm;
+    memory_knn_destroy(&m->knn);
+    free(m->knn_saved);
     memory_store_destroy(&m->mem);
     free(m->name);
     free(m->dir);
@@ -102,9 +108,19 @@ uint64_t session_memory_windows(const session_memory_t *m)
     return m->windows;
 }
 
+memory_knn_t *session_memory_index(session_memory_t *m)
+{
+    return m->knn;
+}
+
 size_t session_memory_host_bytes(const session_memory_t *m)
 {
     return m->mem ? memory_store_bytes(m->mem) : 0;
+}
+
+size_t session_memory_index_bytes(const session_memory_t *m)
+{
+    return m->knn ? memory_knn_bytes(m->knn) : 0;
 }
 
 uint64_t session_memory_disk_bytes(const session_memory_t *m)
@@ -243,6 +259,72 @@ static rc_t migrate(session_memory_t *m, char *err, size_t errlen)
     return RC_OK;
 }
 
+/* ---- the kNN index ------------------------------------------------------------------- */
+
+/* The index of a knn session whose rows were just loaded: the copy saved at its last
+ * eviction where it fits the rows, else empty (the stream that searches it first adds the
+ * rows: the index is a function of the keys alone, memory/knn.h). A saved copy that does
+ * not load costs only that rebuild. */
+static rc_t index_open(session_memory_t *m)
+{
+    const int L = m->shape.n_layers, nkv = m->shape.row_dim / m->shape.head_dim;
+    memory_knn_opts_t ko = m->shape.knn_opts;
+    rc_t rc = memory_knn_create(L, nkv, m->shape.head_dim, &ko, &m->knn);
+    if (rc) return rc;
+    if (!(m->knn_saved = calloc(L ? (size_t)L : 1, sizeof *m->knn_saved))) {
+        memory_knn_destroy(&m->knn);
+        return RC_ERR_NOMEM;
+    }
+    for (int l = 0; l < L; l++) {
+        void *buf = NULL;
+        size_t len = 0;
+        uint64_t rows = 0;
+        rc = memory_db_get_index(m->db, m->name, (uint32_t)l, &rows, &buf, &len);
+        /* A copy for more rows than are committed indexes rows that never were. */
+        if (rc == RC_OK && rows > memory_store_rows(m->mem, l)) rc = RC_ERR_FORMAT;
+        if (rc == RC_OK) rc = memory_knn_load(m->knn, l, buf, len, (size_t)rows);
+        free(buf);
+        if (rc == RC_OK) {
+            m->knn_saved[l] = (size_t)rows;
+        } else if (rc == RC_ERR_NOT_FOUND) {
+            log_info("session '%s': no saved kNN index for memory layer %d; it is built from "
+                     "the stored keys when first searched",
+                     m->name, l);
+        } else {
+            log_warn("session '%s': the saved kNN index of memory layer %d failed to load (%s); "
+                     "it is rebuilt from the stored keys",
+                     m->name, l, rc_strerror(rc));
+        }
+    }
+    return RC_OK;
+}
+
+/* Saves each layer's index that changed since it was loaded or saved, so that bringing the
+ * session back does not rebuild it. A failure is logged and costs only that rebuild. */
+static void index_save(session_memory_t *m)
+{
+    for (int l = 0; m->knn && l < m->shape.n_layers; l++) {
+        const size_t rows = memory_knn_rows(m->knn, l);
+        if (!rows || rows == m->knn_saved[l]) continue;
+        void *buf = NULL;
+        size_t len = 0;
+        char err[256] = "";
+        rc_t rc = memory_knn_save(m->knn, l, &buf, &len);
+        if (rc == RC_OK)
+            rc = memory_db_put_index(m->db, m->name, (uint32_t)l, rows, buf, len, err, sizeof err);
+        else
+            snprintf(err, sizeof err, "%s", rc_strerror(rc));
+        free(buf);
+        if (rc) {
+            log_warn("session '%s': kNN index of memory layer %d not saved: %s", m->name, l, err);
+        } else {
+            m->knn_saved[l] = rows;
+            log_info("session '%s': kNN index of memory layer %d saved (%zu rows, %zu bytes)",
+                     m->name, l, rows, len);
+        }
+    }
+}
+
 /* ---- load / commit / evict ----------------------------------------------------------- */
 
 rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
@@ -268,7 +350,12 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
         rc_t prc = memory_db_get_sums(m->db, m->name, 0, 1, (uint32_t)L, probe);
         free(probe);
         /* The sums are computed from the blobs as they are copied: nothing to check after. */
-        if (prc == RC_ERR_NOT_FOUND) return migrate(m, err, errlen);
+        if (prc == RC_ERR_NOT_FOUND) {
+            rc_t mrc = migrate(m, err, errlen);
+            if (!mrc && m->shape.knn) mrc = index_open(m);
+            if (mrc) memory_store_destroy(&m->mem);
+            return mrc;
+        }
         if (!have_dir)
             return rc_errf(RC_ERR_UNAVAILABLE, err, errlen,
                            "session '%s': its row files are missing (%s does not exist) though "
@@ -289,6 +376,7 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
     crash_point("reopen"); /* mapped, not yet checked */
     memory_store_prefetch(m->mem, 0, rows);
     rc = check_sums(m, err, errlen);
+    if (!rc && m->shape.knn && L) rc = index_open(m);
     if (rc) memory_store_destroy(&m->mem);
     return rc;
 }
@@ -339,6 +427,10 @@ rc_t session_memory_evict(session_memory_t *m)
     if (!m->mem) return RC_OK;
     if (memory_store_len(m->mem) != (size_t)(m->windows * (uint64_t)m->shape.window))
         return RC_ERR_BUSY;
+    index_save(m);
+    memory_knn_destroy(&m->knn);
+    free(m->knn_saved);
+    m->knn_saved = NULL;
     memory_store_destroy(&m->mem);
     return RC_OK;
 }

@@ -13,26 +13,35 @@
  *          held by the CUDA backend), kept or dropped by the daemon's tiers policy
  *          (memory/tiers.h) within the daemon's and the session's GPU budgets; it is
  *          rebuilt from the host tier.
+ *   index  a knn session's kNN index (memory/knn.h) over the host tier's keys: made when the
+ *          rows are loaded (from the copy saved at the last eviction, when it fits), kept
+ *          in step with the rows by the stream that searches it (on the CPU every row, on a
+ *          GPU the rows spilled below its hot tier), saved to the catalogue (memory/db.h
+ *          "index") and freed at eviction. It is a cache of the keys: a copy that is lost
+ *          or does not fit only costs its rebuild.
  *
  * Life of an object:
  *   open    catalogue numbers only (committed windows, shape): no file is touched.
  *   load    disk -> host: opens and maps the files, cuts off rows past the committed ones (a
- *           commit that never finished), and checks every committed window's checksum. A
- *           session stored before row files (rows as LMDB blobs) is migrated here, once.
+ *           commit that never finished), checks every committed window's checksum, and
+ *           (knn) opens the index. A session stored before row files (rows as LMDB blobs) is
+ *           migrated here, once.
  *   append  the forward pass appends to session_memory_store(); rows past the committed
  *           ones are not durable and may be rolled back with memory_store_truncate.
  *   commit  makes n new windows durable with the caller's tokens and record: files synced
  *           first, then checksums, tokens and record in one LMDB transaction.
- *   evict   host -> disk: unmaps. Only with no uncommitted rows and no stream using the store.
+ *   evict   host -> disk: saves a changed kNN index, frees it and unmaps. Only with no
+ *           uncommitted rows and no stream using the store or the index.
  *   drop    session_memory_remove_files, after the catalogue dropped the session.
  *
  * Durability: a window is durable when session_memory_commit returned RC_OK. A crash at any
  * point leaves either the old catalogue (and, at most, extra uncommitted rows at the files'
  * ends, cut off by the next load) or the new one with its rows already synced.
  *
- * Blocking: open and evict do no I/O. load reads every committed row once (the checksums),
- * which for a large session means its whole size from disk; commit waits for fdatasync of
- * each file and for LMDB's synced commit; verify reads every row.
+ * Blocking: open does no I/O. load reads every committed row once (the checksums), which
+ * for a large session means its whole size from disk, and a saved index; commit waits for
+ * fdatasync of each file and for LMDB's synced commit; evict writes a changed index (one
+ * LMDB transaction per layer); verify reads every row.
  *
  * Threads: an object is used by one thread at a time (the daemon's worker). The counters
  * (session_memory_host_bytes, _disk_bytes) are plain reads of that thread's state. */
@@ -45,6 +54,7 @@
 #include "common/dtype.h"
 #include "common/rc.h"
 #include "memory/db.h"
+#include "memory/knn.h"
 #include "memory/store.h"
 
 typedef struct session_memory session_memory_t;
@@ -56,6 +66,8 @@ typedef struct session_memory_shape {
     int window;    /* rows per window */
     int head_dim;  /* elements per kv head; 0: row_dim (one head). The quantized row formats
                     * (common/quant.h) keep one scale per head, so they need it set. */
+    int knn;       /* a knn session: the object keeps a kNN index over the keys */
+    memory_knn_opts_t knn_opts; /* its options (the session's nlist, nprobe; 0: defaults) */
 } session_memory_shape_t;
 
 /* An object for session `name` with `windows` committed windows, rows under
@@ -78,6 +90,11 @@ int session_memory_loaded(const session_memory_t *m);
  * appends to. Borrowed; valid until evict or close. */
 memory_store_t *session_memory_store(session_memory_t *m);
 
+/* The kNN index of a knn session (loaded only; NULL otherwise, and for exact sessions):
+ * streams over session_memory_store() search and sync it (model_stream_create_with).
+ * Borrowed; valid until evict or close. */
+memory_knn_t *session_memory_index(session_memory_t *m);
+
 /* Committed windows. */
 uint64_t session_memory_windows(const session_memory_t *m);
 
@@ -92,8 +109,11 @@ rc_t session_memory_commit(session_memory_t *m, memory_db_commit_t *c, uint64_t 
 /* host -> disk. RC_ERR_BUSY (nothing done) while the store holds uncommitted rows. */
 rc_t session_memory_evict(session_memory_t *m);
 
-/* Bytes of rows mapped in host memory (0 on disk), and of committed rows on disk. */
+/* Bytes of rows mapped in host memory (0 on disk); host bytes of the kNN index (0 on disk
+ * and for exact sessions: on the CPU its IVF lists hold the keys again as fp32, so about
+ * the rows' size once past 32k rows); bytes of committed rows on disk. */
 size_t session_memory_host_bytes(const session_memory_t *m);
+size_t session_memory_index_bytes(const session_memory_t *m);
 uint64_t session_memory_disk_bytes(const session_memory_t *m);
 
 /* What session_memory_verify found. */

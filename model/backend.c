@@ -31,7 +31,15 @@ static int parse_device(const char *d, const backend_ops_t **ops, int *index)
     return 0;
 }
 
-rc_t model_backend_open(const model_t *m, const char *device, model_backend_t **out, char *err,
+/* The weights in the form the backend reads: fp32 for the CPU, the stored tensors for the
+ * others (which keep their own copy on the device). */
+static rc_t ready_weights(model_t *m, const backend_ops_t *ops, char *err, size_t errlen)
+{
+    return ops == &backend_cpu_ops ? model_load_weights(m, err, errlen)
+                                   : model_check_weights(m, err, errlen);
+}
+
+rc_t model_backend_open(model_t *m, const char *device, model_backend_t **out, char *err,
                         size_t errlen)
 {
     *out = NULL;
@@ -43,12 +51,15 @@ rc_t model_backend_open(const model_t *m, const char *device, model_backend_t **
 #ifdef RECALL_HAVE_CUDA
         char why[256];
         b->ops = &backend_cuda_ops;
+        rc = ready_weights(m, b->ops, err, errlen);
+        if (rc) goto fail; /* the checkpoint's fault: no backend would do better */
         rc = b->ops->open(m, 0, &b->ctx, why, sizeof why);
         if (rc == RC_OK) goto done;
         log_info("backend: no usable GPU (%s); using the CPU", why);
 #endif
         b->ops = &backend_cpu_ops;
-        rc = b->ops->open(m, 0, &b->ctx, err, errlen);
+        rc = ready_weights(m, b->ops, err, errlen);
+        if (!rc) rc = b->ops->open(m, 0, &b->ctx, err, errlen);
     } else {
         int index;
         if (parse_device(device, &b->ops, &index)) {
@@ -62,8 +73,12 @@ rc_t model_backend_open(const model_t *m, const char *device, model_backend_t **
             free(b);
             return RC_ERR_UNSUPPORTED;
         }
-        rc = b->ops->open(m, index, &b->ctx, err, errlen);
+        rc = ready_weights(m, b->ops, err, errlen);
+        if (!rc) rc = b->ops->open(m, index, &b->ctx, err, errlen);
     }
+#ifdef RECALL_HAVE_CUDA
+fail:
+#endif
     if (rc) {
         free(b);
         return rc;

@@ -21,8 +21,11 @@
 typedef struct model_backend model_backend_t;
 
 /* device: "cpu", "cuda" (GPU 0) or "cuda:N"; NULL or "auto" picks cuda when this build
- * has it and a GPU is present, else cpu. Errors name the device and why. */
-rc_t model_backend_open(const model_t *m, const char *device, model_backend_t **out,
+ * has it and a GPU is present, else cpu. Readies m's weights in the form the backend reads
+ * (model.h: model_load_weights, fp32, for the CPU; model_check_weights for a GPU, which
+ * uploads the stored tensors, so no fp32 copy is made), which may take seconds. Errors
+ * name the device or the tensor, and why. */
+rc_t model_backend_open(model_t *m, const char *device, model_backend_t **out,
                         char *err, size_t errlen);
 void model_backend_close(model_backend_t **b);
 /* "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)". Borrowed; lives as long as the backend. */
@@ -33,6 +36,7 @@ const model_t *model_backend_model(const model_backend_t *b);
 rc_t model_backend_device_memory(const model_backend_t *b, size_t *free_bytes, size_t *total);
 
 #ifdef BACKEND_INTERNAL
+#include "memory/knn.h"
 #include "memory/store.h"
 
 struct model_stream_opts;
@@ -48,10 +52,12 @@ typedef struct backend_ops {
     void (*close)(void *ctx);
     const char *(*describe)(void *ctx);
 
-    /* A stream with an empty local cache. mem is the stream's host memory store (owned by
-     * the stream): the backend reads memory rows from it, and appends to it on flush. */
+    /* A stream with an empty local cache. mem is the stream's host memory store and knn
+     * (knn mode, else NULL) the kNN index over its keys, both borrowed from the stream
+     * (stream.c made them or was handed them): the backend reads memory rows from mem,
+     * appends to it on flush, and searches and syncs knn. Failures say why in err. */
     rc_t (*stream_create)(void *ctx, const struct model_stream_opts *o, memory_store_t *mem,
-                          backend_stream_t **out);
+                          memory_knn_t *knn, backend_stream_t **out, char *err, size_t errlen);
     void (*stream_destroy)(backend_stream_t *bs);
 
     /* Runs tok[0..n) through every layer; the local cache holds `local` tokens before them
@@ -69,20 +75,10 @@ typedef struct backend_ops {
     /* The host store was truncated to `rows` (a rewind): drop any mirrored rows past it. */
     void (*memory_truncated)(backend_stream_t *bs, size_t rows);
 
-    /* Optional (NULL: the backend keeps no kNN index). The kNN index of memory layer
-     * `layer` as a malloc'ed blob covering *rows memory rows, and the reverse. Both return
-     * RC_ERR_UNSUPPORTED when the stream is not in knn mode; load returns RC_ERR_FORMAT
-     * (index unchanged) for a blob that does not fit. */
-    rc_t (*index_save)(backend_stream_t *bs, int layer, void **buf, size_t *len, size_t *rows);
-    rc_t (*index_load)(backend_stream_t *bs, int layer, const void *buf, size_t len,
-                       size_t rows);
-
     /* Optional (NULL: 0). Bytes of memory rows (keys and values, all memory layers) the
      * device holds for this stream now: the GPU hot tier. */
     size_t (*device_bytes)(backend_stream_t *bs);
 
-    /* Optional (NULL: 0). Host bytes of the stream's kNN index (memory_knn_bytes). */
-    size_t (*index_bytes)(backend_stream_t *bs);
 
     /* Optional (NULL: RC_ERR_UNSUPPORTED). The device's free and total memory now. */
     rc_t (*device_memory)(void *ctx, size_t *free_bytes, size_t *total);

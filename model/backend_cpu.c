@@ -100,9 +100,9 @@ struct backend_stream {
     float *q_alt[2];   /* [window, q_dim] each: queries of variants 2 and 3 */
     float *q_mem;      /* [window, q_dim] queries against memory (FoT models) */
     float *logits; /* [LOGIT_ROWS, vocab] */
-    /* knn memory mode only (else NULL): the index over the memory keys, kept in line with
-     * the host store (rows added lazily before a search, the tail dropped on a rewind), and
-     * each query's memory rows. */
+    /* knn memory mode only (else NULL): the index over the memory keys (borrowed from the
+     * stream), kept in line with the host store (rows added lazily before a search, the
+     * tail dropped on a rewind), and each query's memory rows. */
     memory_knn_t *knn;
     int64_t *knn_idx; /* [window, n_heads, knn_k] */
 };
@@ -110,8 +110,8 @@ struct backend_stream {
 static rc_t cpu_open(const model_t *m, int device, void **ctx, char *err, size_t errlen)
 {
     (void)device;
-    (void)err;
-    (void)errlen;
+    if (!model_has_f32_weights(m)) /* model_backend_open converts them first */
+        return rc_errf(RC_ERR_INVALID, err, errlen, "cpu: the model's weights are not loaded");
     cpu_ctx_t *c = calloc(1, sizeof *c);
     if (!c) return RC_ERR_NOMEM;
     c->model = m;
@@ -165,20 +165,24 @@ static void cpu_stream_destroy(backend_stream_t *s)
     free(s->q_alt[1]);
     free(s->q_mem);
     free(s->logits);
-    memory_knn_destroy(&s->knn);
     free(s->knn_idx);
     free(s);
 }
 
 static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_store_t *mem,
-                              backend_stream_t **out)
+                              memory_knn_t *knn, backend_stream_t **out, char *err,
+                              size_t errlen)
 {
     const model_t *m = ((cpu_ctx_t *)ctx)->model;
     const model_config_t *c = model_get_config(m);
     *out = NULL;
-    if (c->head_dim % 2) return RC_ERR_UNSUPPORTED;
+    if (c->head_dim % 2)
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
+                       "head_dim %d is odd: RoPE rotates pairs of elements", c->head_dim);
+    if (o->memory_knn && c->n_mem_layers > 0 && (o->knn_k < 1 || !knn))
+        return rc_errf(RC_ERR_INVALID, err, errlen, "knn memory without k or an index");
     backend_stream_t *s = calloc(1, sizeof *s);
-    if (!s) return RC_ERR_NOMEM;
+    if (!s) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     s->c = c;
     s->w = model_get_weights(m);
     s->o = *o;
@@ -251,11 +255,8 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
         if (!s->gali_pos || !s->gali_ceil || !s->gali_floor || !s->gali_qpos) goto fail;
     }
     if (o->memory_knn && c->n_mem_layers > 0) {
-        if (o->knn_k < 1) goto invalid; /* unresolved */
-        memory_knn_opts_t ko = {.nlist = o->knn_nlist, .nprobe = o->knn_nprobe};
-        rc_t rc = memory_knn_create(c->n_mem_layers, c->n_kv_heads, c->head_dim, &ko, &s->knn);
-        if (rc == RC_ERR_INVALID) goto invalid;
-        if (rc || !(s->knn_idx = malloc(W * c->n_heads * (size_t)o->knn_k * sizeof(int64_t))))
+        s->knn = knn;
+        if (!(s->knn_idx = malloc(W * c->n_heads * (size_t)o->knn_k * sizeof(int64_t))))
             goto fail;
     }
     if (o->positional == POSITIONAL_SELF_EXTEND || o->positional == POSITIONAL_DCA) {
@@ -276,10 +277,13 @@ static rc_t cpu_stream_create(void *ctx, const model_stream_opts_t *o, memory_st
     return RC_OK;
 fail:
     cpu_stream_destroy(s);
-    return RC_ERR_NOMEM;
+    return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory for a stream of window %d",
+                   o->window);
 invalid:
     cpu_stream_destroy(s);
-    return RC_ERR_INVALID;
+    return rc_errf(RC_ERR_INVALID, err, errlen,
+                   "session options the stream cannot take (not resolved, or a positional "
+                   "scheme with knn memory)");
 }
 
 /* Each query's top-k memory rows into s->knn_idx [n, n_heads, k]. The index is brought in
@@ -579,28 +583,6 @@ static void cpu_memory_truncated(backend_stream_t *s, size_t rows)
         if (memory_knn_sync(s->knn, s->mem, l)) memory_knn_reset(s->knn, l);
 }
 
-static rc_t cpu_index_save(backend_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
-{
-    if (!s->knn) return RC_ERR_UNSUPPORTED;
-    *rows = memory_knn_rows(s->knn, layer);
-    return memory_knn_save(s->knn, layer, buf, len);
-}
-
-static rc_t cpu_index_load(backend_stream_t *s, int layer, const void *buf, size_t len,
-                           size_t rows)
-{
-    if (!s->knn) return RC_ERR_UNSUPPORTED;
-    /* A blob for more rows than the store holds cannot be right (it would index rows that
-     * were never committed). */
-    if (rows > memory_store_rows(s->mem, layer)) return RC_ERR_FORMAT;
-    return memory_knn_load(s->knn, layer, buf, len, rows);
-}
-
-static size_t cpu_index_bytes(backend_stream_t *s)
-{
-    return memory_knn_bytes(s->knn);
-}
-
 const backend_ops_t backend_cpu_ops = {
     .name = "cpu",
     .open = cpu_open,
@@ -611,7 +593,4 @@ const backend_ops_t backend_cpu_ops = {
     .forward = cpu_forward,
     .flush = cpu_flush,
     .memory_truncated = cpu_memory_truncated,
-    .index_save = cpu_index_save,
-    .index_load = cpu_index_load,
-    .index_bytes = cpu_index_bytes,
 };

@@ -1,11 +1,13 @@
-/* model.c — loading a checkpoint directory into fp32 weights for the CPU backend.
+/* model.c — loading a checkpoint directory: its tensors as stored, and in fp32 for the CPU
+ * backend.
  *
  * Order: config.json (so every later check has something to check against), the
  * safetensors set and tokenizer.model (cheap, so a wrong file fails before any conversion),
- * then each expected tensor with its shape checked against the config. F32 tensors that the mapping
- * leaves 4-byte aligned are used in place; everything else is converted into buffers this model
- * owns (one allocation per tensor, in parallel with OpenMP, since a bf16 3B checkpoint is billions
- * of elements). */
+ * then each expected tensor with its shape checked against the config (model_check_weights
+ * stops there, with a view of each tensor in the map). For fp32 (model_load_weights), F32
+ * tensors that the mapping leaves 4-byte aligned are used in place; everything else is
+ * converted into buffers this model owns (one allocation per tensor, in parallel with
+ * OpenMP, since a bf16 3B checkpoint is billions of elements). */
 #include "model/model.h"
 
 #include <errno.h>
@@ -29,14 +31,17 @@
 
 struct model {
     model_config_t config;
-    model_weights_t weights; /* points into `st` or into owned[] */
+    model_weights_t weights; /* points into `st` or into owned[] (fp32 only) */
+    model_stored_t stored;   /* views into `st` */
     safetensors_t *st;       /* kept mapped: in-place F32 tensors live in it */
     tokenizer_t *tok;        /* NULL when loaded without one */
     float **owned;           /* [n_owned] converted tensors */
     int n_owned, cap_owned;
     char *dir;
     dtype_t weight_dtype; /* as stored in the file (of the embeddings), for describe */
-    int weights_loaded;   /* model_load_weights has returned RC_OK */
+    int weights_checked;  /* model_check_weights (or model_load_weights) returned RC_OK */
+    int weights_loaded;   /* model_load_weights has returned RC_OK: fp32 weights */
+    int converting;       /* load_weights is to fill `weights` (fp32) too */
     char describe[512];
 };
 
@@ -68,9 +73,12 @@ static float *owned_alloc(model_t *m, size_t n)
     return buf;
 }
 
-/* Finds prefix+name, checks it is [rows] (cols == 0) or [rows, cols], and returns fp32. */
-static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t rows, int64_t cols,
-                       const char *why, const float **out, char *err, size_t errlen)
+/* Finds prefix+name, checks it is [rows] (cols == 0) or [rows, cols], and sets *view to it
+ * as stored (view may be NULL) and, when the model is converting (or `always`), *out to it
+ * in fp32. */
+static rc_t find_tensor(model_t *m, const char *prefix, const char *name, int64_t rows,
+                        int64_t cols, const char *why, int always, const float **out,
+                        model_tensor_t *view, char *err, size_t errlen)
 {
     char full[256];
     snprintf(full, sizeof full, "%s%s", prefix, name);
@@ -86,6 +94,8 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
                     safetensors_shape_str(t->shape, t->ndim, a, sizeof a),
                     safetensors_shape_str(want, want_nd, b, sizeof b), why);
     }
+    if (view) *view = (model_tensor_t){t->data, t->dtype, t->numel};
+    if (!m->converting && !always) return RC_OK;
     if (t->dtype == DTYPE_F32 && ((uintptr_t)t->data & 3u) == 0) {
         *out = t->data;
         return RC_OK;
@@ -97,6 +107,14 @@ static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t
     convert(buf, t->data, t->dtype, t->numel);
     *out = buf;
     return RC_OK;
+}
+
+/* find_tensor for the decoder's tensors: fp32 only when converting. */
+static rc_t get_tensor(model_t *m, const char *prefix, const char *name, int64_t rows, int64_t cols,
+                       const char *why, const float **out, model_tensor_t *view, char *err,
+                       size_t errlen)
+{
+    return find_tensor(m, prefix, name, rows, cols, why, 0, out, view, err, errlen);
 }
 
 /* A checkpoint with more layers than config.json says would load "fine" and run a
@@ -132,8 +150,8 @@ static rc_t load_clex(model_t *m, const char *p, char *err, size_t errlen)
     char name[128];
     snprintf(name, sizeof name, "%sclex_layer.inv_freq", p);
     if (safetensors_find(m->st, name)) {
-        if ((rc = get_tensor(m, p, "clex_layer.inv_freq", h, 0, "head_dim / 2", &w->clex_inv_freq,
-                             err, errlen)))
+        if ((rc = find_tensor(m, p, "clex_layer.inv_freq", h, 0, "head_dim / 2", 1,
+                              &w->clex_inv_freq, NULL, err, errlen)))
             return rc;
         for (int64_t i = 0; i < h; i++)
             if (!(w->clex_inv_freq[i] > 0.0f) || !isfinite(w->clex_inv_freq[i]))
@@ -150,11 +168,13 @@ static rc_t load_clex(model_t *m, const char *p, char *err, size_t errlen)
                  "frequencies, as the released code does",
                  m->dir, name, (double)c->rope_theta);
     }
-    if ((rc = get_tensor(m, p, "clex_layer.proj_func.ode_up_proj", h, pd,
-                         "head_dim / 2 x param_factor*head_dim", &w->clex_up, err, errlen)))
+    if ((rc = find_tensor(m, p, "clex_layer.proj_func.ode_up_proj", h, pd,
+                          "head_dim / 2 x param_factor*head_dim", 1, &w->clex_up, NULL, err,
+                          errlen)))
         return rc;
-    if ((rc = get_tensor(m, p, "clex_layer.proj_func.ode_down_proj", pd, h,
-                         "param_factor*head_dim x head_dim / 2", &w->clex_down, err, errlen)))
+    if ((rc = find_tensor(m, p, "clex_layer.proj_func.ode_down_proj", pd, h,
+                          "param_factor*head_dim x head_dim / 2", 1, &w->clex_down, NULL, err,
+                          errlen)))
         return rc;
     float *table = owned_alloc(m, (size_t)c->clex_max_factor * (size_t)h);
     if (!table) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
@@ -181,18 +201,21 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
     if (!safetensors_find(m->st, "model.embed_tokens.weight") &&
         safetensors_find(m->st, "embed_tokens.weight"))
         p = "";
+    model_stored_t *sd = &m->stored;
     if ((rc = check_no_extra_layers(m, p, err, errlen))) return rc;
     if ((rc = get_tensor(m, p, "embed_tokens.weight", V, H, "vocab_size x hidden_size", &w->tok_emb,
-                         err, errlen)))
+                         &sd->tok_emb, err, errlen)))
         return rc;
-    w->layers = calloc((size_t)c->n_layers, sizeof(*w->layers));
-    if (!w->layers) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
+    if (!w->layers) w->layers = calloc((size_t)c->n_layers, sizeof(*w->layers));
+    if (!sd->layers) sd->layers = calloc((size_t)c->n_layers, sizeof(*sd->layers));
+    if (!w->layers || !sd->layers) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     for (int l = 0; l < c->n_layers; l++) {
         model_layer_t *L = &w->layers[l];
+        model_stored_layer_t *S = &sd->layers[l];
         char n[128];
 #define T(field, suffix, rows, cols, why)                                                          \
     snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                                              \
-    if ((rc = get_tensor(m, p, n, rows, cols, why, &L->field, err, errlen))) return rc
+    if ((rc = get_tensor(m, p, n, rows, cols, why, &L->field, &S->field, err, errlen))) return rc
         T(attn_norm, "input_layernorm.weight", H, 0, "hidden_size");
         T(wq, "self_attn.q_proj.weight", QD, H, "num_attention_heads*head_dim x hidden_size");
         T(wk, "self_attn.k_proj.weight", KVD, H, "num_key_value_heads*head_dim x hidden_size");
@@ -204,20 +227,23 @@ static rc_t load_weights(model_t *m, char *err, size_t errlen)
         T(w_down, "mlp.down_proj.weight", H, F, "hidden_size x intermediate_size");
 #undef T
     }
-    if ((rc = get_tensor(m, p, "norm.weight", H, 0, "hidden_size", &w->norm, err, errlen)))
+    if ((rc = get_tensor(m, p, "norm.weight", H, 0, "hidden_size", &w->norm, &sd->norm, err,
+                         errlen)))
         return rc;
     if (c->tie_embeddings) {
         w->lm_head = w->tok_emb; /* HF ties the output to the input embedding */
+        sd->lm_head = sd->tok_emb;
     } else if (!safetensors_find(m->st, "lm_head.weight")) {
         return rc_errf(RC_ERR_NOT_FOUND, err, errlen,
                     "%s: missing tensor lm_head.weight (and config.json has no "
                     "tie_word_embeddings: true)",
                     m->dir);
     } else if ((rc = get_tensor(m, "", "lm_head.weight", V, H, "vocab_size x hidden_size",
-                                &w->lm_head, err, errlen))) {
+                                &w->lm_head, &sd->lm_head, err, errlen))) {
         return rc;
     }
-    if (c->clex && (rc = load_clex(m, p, err, errlen))) return rc;
+    /* The CLEX table once: a conversion pass after a check pass has it already. */
+    if (c->clex && !w->clex_freq && (rc = load_clex(m, p, err, errlen))) return rc;
     return RC_OK;
 }
 
@@ -299,14 +325,37 @@ fail:
     return rc;
 }
 
+rc_t model_check_weights(model_t *m, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (m->weights_checked) return RC_OK;
+    m->converting = 0;
+    rc_t rc = load_weights(m, err, errlen);
+    if (rc) return rc; /* model_destroy frees what load_weights got to */
+    m->weights_checked = 1;
+    return RC_OK;
+}
+
 rc_t model_load_weights(model_t *m, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
     if (m->weights_loaded) return RC_OK;
+    m->converting = 1;
     rc_t rc = load_weights(m, err, errlen);
-    if (rc) return rc; /* model_destroy frees what load_weights got to */
-    m->weights_loaded = 1;
+    m->converting = 0;
+    if (rc) return rc;
+    m->weights_checked = m->weights_loaded = 1;
     return RC_OK;
+}
+
+int model_has_f32_weights(const model_t *m)
+{
+    return m->weights_loaded;
+}
+
+const model_stored_t *model_get_stored(const model_t *m)
+{
+    return m->weights_checked ? &m->stored : NULL;
 }
 
 rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err, size_t errlen)
@@ -324,6 +373,7 @@ void model_destroy(model_t **pm)
         free(m->owned[i]);
     free(m->owned);
     free(m->weights.layers);
+    free(m->stored.layers);
     tokenizer_destroy(&m->tok);
     safetensors_destroy(&m->st);
     free(m->dir);
@@ -338,7 +388,7 @@ const model_config_t *model_get_config(const model_t *m)
 
 const model_weights_t *model_get_weights(const model_t *m)
 {
-    return &m->weights;
+    return m->weights_loaded ? &m->weights : NULL;
 }
 
 const tokenizer_t *model_get_tokenizer(const model_t *m)

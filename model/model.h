@@ -23,22 +23,32 @@ typedef struct model_weights model_weights_t;
 rc_t model_load(const char *dir, int allow_no_tokenizer, model_t **out, char *err,
                 size_t errlen);
 
-/* model_load in two steps, for a daemon that answers before its weights are in.
+/* model_load in steps, for a daemon that answers before its weights are in.
  * model_open reads config.json, the safetensors headers and tokenizer.model (cheap: no tensor
- * data is read); config, tokenizer and describe work at once, model_get_weights and
- * model_clex_table not yet. model_load_weights then checks and converts every tensor (seconds
- * for a 3B checkpoint); it may run on another thread while others read the config, tokenizer
- * and description, which it does not touch. Call it once: after a failure the weights are
- * unusable and the model is only good for model_destroy. */
+ * data is read); config, tokenizer and describe work at once, the weights not yet.
+ * model_check_weights finds every tensor and checks its shape against the config, reading
+ * no tensor data (but a CLEX checkpoint's small ODE, whose table it computes):
+ * model_get_stored and model_clex_table work after it. model_load_weights does that and
+ * converts every tensor to fp32 (seconds and 4 bytes a parameter for a 3B checkpoint):
+ * model_get_weights works after it; only the CPU backend needs it, and model_backend_open
+ * calls it when it picks the CPU. Either may run on another thread while others read the
+ * config, tokenizer and description, which they do not touch; each is a no-op once done.
+ * After a failure the weights are unusable and the model is only good for model_destroy. */
 rc_t model_open(const char *dir, int allow_no_tokenizer, model_t **out, char *err,
                 size_t errlen);
+rc_t model_check_weights(model_t *m, char *err, size_t errlen);
 rc_t model_load_weights(model_t *m, char *err, size_t errlen);
+/* 1 once model_load_weights succeeded (fp32 weights), else 0. */
+int model_has_f32_weights(const model_t *m);
 
 /* NULL-safe; sets *m to NULL. */
 void model_destroy(model_t **m);
 
 const model_config_t *model_get_config(const model_t *m);
+/* The fp32 weights (after model_load_weights; NULL before). */
 const model_weights_t *model_get_weights(const model_t *m);
+/* The tensors as stored (after model_check_weights or model_load_weights; NULL before). */
+const struct model_stored *model_get_stored(const model_t *m);
 /* Borrowed; lives as long as the model. NULL when loaded without a tokenizer. */
 const tokenizer_t *model_get_tokenizer(const model_t *m);
 /* One line for humans: "longllama 4 layers, hidden 64, mem layers [1,2], vocab 512 (DIR)". */

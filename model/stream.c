@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "memory/knn.h"
 #include "model/backend.h"
 #include "model/positional.h"
 
@@ -24,6 +25,8 @@ struct model_stream {
     model_stream_opts_t o;
     memory_store_t *mem;
     int owns_mem;    /* mem was created here (not model_stream_create_with's) */
+    memory_knn_t *knn; /* knn mode: the index over mem's keys, else NULL */
+    int owns_knn;      /* knn was created here */
     int local;       /* tokens in the local cache */
     uint64_t tokens; /* tokens fed since creation (or the last rewind's mark) */
 };
@@ -82,43 +85,48 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
 rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t *opts,
                             model_stream_t **out)
 {
-    return model_stream_create_with(b, opts, NULL, out);
+    char err[256] = "";
+    rc_t rc = model_stream_create_with(b, opts, NULL, NULL, out, err, sizeof err);
+    if (rc) log_warn("stream: %s", err);
+    return rc;
 }
 
 rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_t *opts,
-                              memory_store_t *mem, model_stream_t **out)
+                              memory_store_t *mem, memory_knn_t *knn, model_stream_t **out,
+                              char *err, size_t errlen)
 {
     *out = NULL;
     const model_t *m = model_backend_model(b);
-    char err[256];
+    const model_config_t *c = model_get_config(m);
     model_stream_opts_t o = *opts;
-    rc_t rc = model_stream_opts_resolve(m, &o, err, sizeof err);
-    if (rc) {
-        log_warn("stream: %s", err);
-        return rc;
-    }
+    rc_t rc = model_stream_opts_resolve(m, &o, err, errlen);
+    if (rc) return rc;
     /* CLEX and GALI run on the CPU backend only so far: refuse them here, for every other
      * backend, rather than let one run a session at the wrong positions or frequencies. */
     if ((o.positional == POSITIONAL_CLEX || o.positional == POSITIONAL_GALI) &&
-        strcmp(b->ops->name, "cpu") != 0) {
-        log_warn("stream: positional scheme %s is not supported on %s yet (use the cpu "
-                 "device)",
-                 positional_name(o.positional), b->ops->name);
-        return RC_ERR_UNSUPPORTED;
-    }
+        strcmp(b->ops->name, "cpu") != 0)
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
+                       "positional scheme %s is not supported on %s yet (use the cpu device)",
+                       positional_name(o.positional), b->ops->name);
     /* Likewise the quantized memory rows (common/quant.h): only the CPU kernels decode them;
      * a GPU kernel would read the codes and scales as bf16. */
-    if (model_get_config(m)->n_mem_layers && dtype_is_quant(o.mem_dtype) &&
-        strcmp(b->ops->name, "cpu") != 0) {
-        log_warn("stream: memory dtype %s is CPU-only in this build (use bf16 or f32 on %s, or "
-                 "the cpu device)",
-                 dtype_name(o.mem_dtype), b->ops->name);
-        return RC_ERR_UNSUPPORTED;
-    }
+    if (c->n_mem_layers && dtype_is_quant(o.mem_dtype) && strcmp(b->ops->name, "cpu") != 0)
+        return rc_errf(RC_ERR_UNSUPPORTED, err, errlen,
+                       "memory dtype %s is CPU-only in this build (use bf16 or f32 on %s, or the "
+                       "cpu device)",
+                       dtype_name(o.mem_dtype), b->ops->name);
+    const int want_knn = c->n_mem_layers && o.memory_knn;
+    if (knn && (!want_knn || !memory_knn_fits(knn, c->n_mem_layers, c->n_kv_heads, c->head_dim)))
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       want_knn ? "the kNN index given does not match the model's memory layers"
+                                : "a kNN index was given to a stream whose memory is not knn");
+    if (knn && !mem)
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       "a kNN index was given without the memory store it indexes");
     model_stream_t *s = calloc(1, sizeof *s);
-    if (!s) return RC_ERR_NOMEM;
+    if (!s) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     s->model = m;
-    s->c = model_get_config(m);
+    s->c = c;
     s->b = b;
     s->o = o;
     if (mem) {
@@ -127,18 +135,32 @@ rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_
             (s->c->n_mem_layers && memory_store_dtype(mem) != o.mem_dtype) ||
             (dtype_is_quant(memory_store_dtype(mem)) &&
              memory_store_head_dim(mem) != s->c->head_dim)) {
-            log_warn("stream: the memory store given does not match the model or mem_dtype");
-            rc = RC_ERR_INVALID;
+            rc = rc_errf(RC_ERR_INVALID, err, errlen,
+                         "the memory store given does not match the model or mem_dtype");
             goto fail;
         }
         s->mem = mem;
     } else {
         rc = memory_store_create_heads(s->c->n_mem_layers, s->c->n_kv_heads, s->c->head_dim,
                                        o.mem_dtype, &s->mem);
-        if (rc) goto fail;
+        if (rc) {
+            rc_errf(rc, err, errlen, "cannot create the memory store: %s", rc_strerror(rc));
+            goto fail;
+        }
         s->owns_mem = 1;
     }
-    rc = b->ops->stream_create(b->ctx, &s->o, s->mem, &s->bs);
+    if (knn) {
+        s->knn = knn;
+    } else if (want_knn) {
+        memory_knn_opts_t ko = {.nlist = o.knn_nlist, .nprobe = o.knn_nprobe};
+        rc = memory_knn_create(c->n_mem_layers, c->n_kv_heads, c->head_dim, &ko, &s->knn);
+        if (rc) {
+            rc_errf(rc, err, errlen, "cannot create the kNN index: %s", rc_strerror(rc));
+            goto fail;
+        }
+        s->owns_knn = 1;
+    }
+    rc = b->ops->stream_create(b->ctx, &s->o, s->mem, s->knn, &s->bs, err, errlen);
     if (rc) goto fail;
     *out = s;
     return RC_OK;
@@ -147,7 +169,7 @@ fail:
     return rc;
 }
 
-rc_t model_stream_create(const model_t *m, const model_stream_opts_t *o, model_stream_t **out)
+rc_t model_stream_create(model_t *m, const model_stream_opts_t *o, model_stream_t **out)
 {
     char err[256];
     model_backend_t *b = NULL;
@@ -167,6 +189,7 @@ void model_stream_destroy(model_stream_t **ps)
     if (!ps || !*ps) return;
     model_stream_t *s = *ps;
     if (s->bs) s->b->ops->stream_destroy(s->bs);
+    if (s->owns_knn) memory_knn_destroy(&s->knn);
     if (s->owns_mem) memory_store_destroy(&s->mem);
     model_backend_close(&s->owned_backend);
     free(s);
@@ -234,9 +257,9 @@ size_t model_stream_device_bytes(const model_stream_t *s)
     return s->b->ops->device_bytes ? s->b->ops->device_bytes(s->bs) : 0;
 }
 
-size_t model_stream_index_bytes(const model_stream_t *s)
+memory_knn_t *model_stream_index(model_stream_t *s)
 {
-    return s->b->ops->index_bytes ? s->b->ops->index_bytes(s->bs) : 0;
+    return s->knn;
 }
 
 memory_store_t *model_stream_memory(model_stream_t *s)
@@ -257,17 +280,4 @@ void model_stream_rewind(model_stream_t *s, model_stream_mark_t mark)
     s->b->ops->memory_truncated(s->bs, mark.mem_rows);
     s->local = 0;
     s->tokens = mark.tokens;
-}
-
-rc_t model_stream_index_save(model_stream_t *s, int layer, void **buf, size_t *len, size_t *rows)
-{
-    if (!s->b->ops->index_save) return RC_ERR_UNSUPPORTED;
-    return s->b->ops->index_save(s->bs, layer, buf, len, rows);
-}
-
-rc_t model_stream_index_load(model_stream_t *s, int layer, const void *buf, size_t len,
-                             size_t rows)
-{
-    if (!s->b->ops->index_load) return RC_ERR_UNSUPPORTED;
-    return s->b->ops->index_load(s->bs, layer, buf, len, rows);
 }

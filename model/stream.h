@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "common/rc.h"
+#include "memory/knn.h"
 #include "memory/store.h"
 #include "model/backend.h"
 #include "model/model.h"
@@ -90,19 +91,24 @@ rc_t model_stream_opts_resolve(const model_t *m, model_stream_opts_t *o, char *e
 
 /* Creates an empty stream on the CPU backend. The model must outlive it. The stream owns
  * its memory store (model_stream_memory). */
-rc_t model_stream_create(const model_t *m, const model_stream_opts_t *o, model_stream_t **out);
+rc_t model_stream_create(model_t *m, const model_stream_opts_t *o, model_stream_t **out);
 
 /* The same on a backend opened with model_backend_open (backend.h), which must outlive
  * the stream. */
 rc_t model_stream_create_on(const model_backend_t *b, const model_stream_opts_t *o,
                             model_stream_t **out);
 /* The same over a memory store the caller owns (a session's host tier, memory/
- * session_memory.h): the stream reads and appends to mem, never frees it, and mem must
- * outlive the stream. mem's layers, row width and dtype must match the model and
- * o->mem_dtype, and for fp8/int8 its head_dim the model's (RC_ERR_INVALID otherwise); mem
- * may already hold rows. */
+ * session_memory.h) and, in knn mode, its kNN index: the stream reads and appends to mem,
+ * searches and syncs knn, never frees either, and both must outlive the stream. mem's
+ * layers, row width and dtype must match the model and o->mem_dtype, and for fp8/int8 its
+ * head_dim the model's; mem may already hold rows. knn must be of the model's memory shape
+ * and given only in knn mode; NULL makes the stream its own (rebuilt from mem's keys as it
+ * searches). mem NULL: the stream makes its own store (and index). Every failure is
+ * RC_ERR_* with err saying why, in words for the user (a scheme or dtype this backend
+ * cannot run, a k the GPU top-k cannot take, device memory). */
 rc_t model_stream_create_with(const model_backend_t *b, const model_stream_opts_t *o,
-                              memory_store_t *mem, model_stream_t **out);
+                              memory_store_t *mem, memory_knn_t *knn, model_stream_t **out,
+                              char *err, size_t errlen);
 void model_stream_destroy(model_stream_t **s);
 
 /* Feeds n tokens. Outputs are optional:
@@ -127,23 +133,13 @@ int model_stream_window(const model_stream_t *s);
  * or under a gpu memory budget the newest part; filled on first use after a restore); 0 on
  * the CPU backend. */
 size_t model_stream_device_bytes(const model_stream_t *s);
-/* Host bytes of the stream's kNN index (knn memory; 0 otherwise): on the CPU its IVF lists
- * hold the keys again in fp32, so it is about the rows' size again once past 32k rows. */
-size_t model_stream_index_bytes(const model_stream_t *s);
-
 /* The stream's memory (borrowed: the stream's own, or the one it was created with). */
 memory_store_t *model_stream_memory(model_stream_t *s);
 
-/* The kNN index of memory layer `layer` (knn mode), for persisting it: save gives a
- * malloc'ed blob covering *rows memory rows (the caller frees it); load installs one, after
- * which rows past *rows are indexed as usual. RC_ERR_UNSUPPORTED outside knn mode or on a
- * backend without an index; RC_ERR_FORMAT when the blob does not fit (nothing changed: the
- * index is then rebuilt from the memory keys when next needed). */
-rc_t model_stream_index_save(model_stream_t *s, int layer, void **buf, size_t *len,
-                             size_t *rows);
-rc_t model_stream_index_load(model_stream_t *s, int layer, const void *buf, size_t len,
-                             size_t rows);
-
+/* The stream's kNN index (knn mode; NULL otherwise): its own or the one it was created
+ * with. Borrowed. On the CPU it indexes every memory row; on a GPU the rows spilled below
+ * the device's hot tier (the hot rows are searched exactly on the device). */
+memory_knn_t *model_stream_index(model_stream_t *s);
 /* A rewind point: the memory length and token count. model_stream_rewind truncates the
  * memory back to it and empties the local cache. Used so a question leaves the session
  * as it was. */

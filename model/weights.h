@@ -8,6 +8,9 @@
 #ifndef RECALL_MODEL_WEIGHTS_H
 #define RECALL_MODEL_WEIGHTS_H
 
+#include <stddef.h>
+
+#include "common/dtype.h"
 #include "model/config.h"
 
 typedef struct model_layer {
@@ -37,5 +40,24 @@ typedef struct model_weights {
     const float *clex_freq;     /* [M, h] row t − 1: the inverse frequencies at t = 1 … M
                                             (positional_clex_table), computed at load */
 } model_weights_t;
+
+/* The same tensors as the checkpoint stores them (model_check_weights): views into its
+ * memory map, valid until model_destroy, each of the shape model_weights_t gives. A backend
+ * that keeps its own copy in another form (the CUDA backend's bf16 on the device) reads
+ * these, so the host never holds an fp32 copy it would not use. */
+typedef struct model_tensor {
+    const void *data;
+    dtype_t dtype;
+    size_t numel;
+} model_tensor_t;
+
+typedef struct model_stored_layer {
+    model_tensor_t attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+} model_stored_layer_t;
+
+typedef struct model_stored {
+    model_tensor_t tok_emb, norm, lm_head; /* lm_head.data == tok_emb.data when tied */
+    model_stored_layer_t *layers;          /* [n_layers] */
+} model_stored_t;
 
 #endif

@@ -8,6 +8,7 @@
 if(TARGET recall_cuda)
   recall_add_test(test_cuda_model
                   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_cuda_model.c
+                          ${CMAKE_SOURCE_DIR}/bench/knn_probe.c
                   LIBS recall_model recall_cuda recall_common
                   FIXTURES tiny_models
                   LABELS gpu

@@ -16,7 +16,7 @@
  *                   and off give identical tokens); a rewind below the spill point; the
  *                   spilled tier's index saved and loaded into a fresh stream (identical
  *                   log-probs); exact mode over its budget (RC_ERR_NOMEM, stream unchanged)
- *   tiny-fot-d64 knn probe  RECALL_KNN_PROBE (model/knn_probe.h): its lines appear per
+ *   tiny-fot-d64 knn probe  bench/knn_probe.h through model/knn_observe.h: its lines appear per
  *                   threshold and memory layer with sane values (k ≥ rows: exact), a spilled
  *                   stream logs skips, an exact stream ignores it, and the log-probs are
  *                   those of the same stream without the probe
@@ -43,6 +43,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/knn_probe.h"
 #include "common/log.h"
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
@@ -398,15 +399,15 @@ static double lp_diff(const float *a, const float *b, size_t n, double *mean, si
     return mx;
 }
 
-/* Rows the spilled tier's index covers in memory layer 0 (0: nothing spilled), via the
- * persistence hook. */
+/* Rows of the stream's memory below its device tier (0: nothing spilled): all rows less
+ * those the device holds (model_stream_device_bytes; current after a feed or flush). */
 static size_t spilled_rows(model_stream_t *s)
 {
-    void *buf = NULL;
-    size_t len = 0, rows = 0;
-    rc_t rc = model_stream_index_save(s, 0, &buf, &len, &rows);
-    free(buf);
-    return rc ? (size_t)-1 : rows;
+    const memory_store_t *m = model_stream_memory(s);
+    const size_t per_row = memory_store_row_bytes(m) * 2 * (size_t)memory_store_layers(m);
+    const size_t dev = model_stream_device_bytes(s);
+    if (!per_row || dev % per_row || dev / per_row > memory_store_len(m)) return (size_t)-1;
+    return memory_store_len(m) - dev / per_row;
 }
 
 /* Greedy continuation on one GPU stream: GEN_TOKENS tokens after prompt. */
@@ -564,7 +565,9 @@ static void case_knn(const char *data)
             const size_t sp_before = spilled_rows(sg);
             model_stream_rewind(sc, mc);
             model_stream_rewind(sg, mg);
-            const size_t sp_after = spilled_rows(sg);
+            /* After a rewind below the split the device tier is empty until the next
+             * forward refills it; the spilled tier's index shows where the split went. */
+            const size_t sp_after = memory_knn_rows(model_stream_index(sg), 0);
             const int32_t *t2 = tok + 7; /* other tokens than those after the mark */
             for (size_t i = 0; i < tail; i++) a[i] = g[i] = NAN;
             /* The same chunks on both sides: the same positions go unscored. */
@@ -608,21 +611,25 @@ static void case_knn(const char *data)
                                                  memory_store_len(m1)),
                          RC_OK);
             size_t saved = 0;
-            for (int l = 0; l < memory_store_layers(m1); l++) {
+            memory_knn_t *x1 = model_stream_index(s1), *x2 = model_stream_index(s2);
+            CHECK(x1 && x2 && x1 != x2);
+            for (int l = 0; x1 && x2 && l < memory_store_layers(m1); l++) {
                 void *buf = NULL;
-                size_t len = 0, rows = 0;
-                CHECK_RC(model_stream_index_save(s1, l, &buf, &len, &rows), RC_OK);
+                size_t len = 0;
+                const size_t rows = memory_knn_rows(x1, l);
+                CHECK_RC(memory_knn_save(x1, l, &buf, &len), RC_OK);
                 saved = rows;
+                /* The GPU indexes only the spilled rows, not the device tier's. */
                 CHECK_MSG(rows > 0 && rows < memory_store_len(m1),
                           "layer %d index covers %zu of %zu rows", l, rows, memory_store_len(m1));
-                CHECK_RC(model_stream_index_load(s2, l, buf, len, memory_store_len(m1) + 1),
-                         RC_ERR_FORMAT);
-                CHECK_RC(model_stream_index_load(s2, l, buf, len, rows), RC_OK);
+                CHECK_RC(memory_knn_load(x2, l, buf, len, rows + 1), RC_ERR_FORMAT);
+                CHECK_RC(memory_knn_load(x2, l, buf, len, rows), RC_OK);
                 free(buf);
             }
-            CHECK_RC(model_stream_index_save(s1, memory_store_layers(m1), &(void *){NULL},
-                                             &(size_t){0}, &(size_t){0}),
-                     RC_ERR_INVALID);
+            if (x1)
+                CHECK_RC(memory_knn_save(x1, memory_store_layers(m1), &(void *){NULL},
+                                         &(size_t){0}),
+                         RC_ERR_INVALID);
             const int32_t *t2 = tok + head;
             for (size_t i = 0; i < tail; i++) a[i] = g[i] = NAN;
             CHECK_RC(feed_uneven(s1, t2, tail, a, NULL), RC_OK);
@@ -636,12 +643,7 @@ static void case_knn(const char *data)
         model_stream_destroy(&s2);
         /* Exact streams have no index. */
         model_stream_t *se = NULL;
-        if (!open_stream(p.gpu, &ex, &se)) {
-            void *buf = NULL;
-            size_t len = 0, rows = 0;
-            CHECK_RC(model_stream_index_save(se, 0, &buf, &len, &rows), RC_ERR_UNSUPPORTED);
-            free(buf);
-        }
+        if (!open_stream(p.gpu, &ex, &se)) CHECK(model_stream_index(se) == NULL);
         model_stream_destroy(&se);
     }
 
@@ -680,7 +682,7 @@ done:
     close_pair(&p);
 }
 
-/* ---- the knn probe (model/knn_probe.h) ------------------------------------------------ */
+/* ---- the knn probe (bench/knn_probe.h, installed as model/knn_observe.h's observer) --- */
 
 /* What one stream's probe logged (stderr captured into a file). */
 typedef struct probe_log {
@@ -690,29 +692,47 @@ typedef struct probe_log {
     int sub_heads;           /* measured lines whose IVF part covered fewer than all kv heads */
 } probe_log_t;
 
-/* Feeds tok[0..n) to a fresh stream with `spec` in RECALL_KNN_PROBE (and `heads`, if not
- * NULL, in RECALL_KNN_PROBE_HEADS) and the logs at info level captured; lp [n] gets the
- * log-probs. Parses and checks every knn-probe line. */
+static int probe_due(void *ctx, int mem_layer, size_t rows, int n)
+{
+    return n >= 2 && knn_probe_due(ctx, mem_layer, rows);
+}
+
+static void probe_observe(void *ctx, const knn_observe_in_t *in)
+{
+    (void)knn_probe_run(ctx, in);
+}
+
+/* Feeds tok[0..n) to a fresh stream with a probe of thresholds `spec` (its IVF part over
+ * `heads` kv heads, 0: all) installed as the backend's knn observer, and the logs at info
+ * level captured; lp [n] gets the log-probs. Parses and checks every knn-probe line. */
 static rc_t run_probe(model_backend_t *b, const model_stream_opts_t *o, const char *spec,
-                      const char *heads, const int32_t *tok, size_t n, float *lp, probe_log_t *pl)
+                      int heads, const int32_t *tok, size_t n, float *lp, probe_log_t *pl)
 {
     memset(pl, 0, sizeof *pl);
+    const int nm = model_get_config(model_backend_model(b))->n_mem_layers;
+    knn_probe_t *probe = NULL;
+    rc_t rc = knn_probe_create(spec, heads, nm, &probe);
+    if (rc) return rc;
     FILE *tmp = tmpfile();
-    if (!tmp) return RC_ERR_IO;
+    if (!tmp) {
+        knn_probe_destroy(&probe);
+        return RC_ERR_IO;
+    }
     fflush(stderr);
     const int saved = dup(2);
     if (saved < 0 || dup2(fileno(tmp), 2) < 0) {
         if (saved >= 0) close(saved);
         fclose(tmp);
+        knn_probe_destroy(&probe);
         return RC_ERR_IO;
     }
     const log_level_t level = log_get_level();
     log_set_level(LOG_INFO);
-    setenv("RECALL_KNN_PROBE", spec, 1);
-    if (heads) setenv("RECALL_KNN_PROBE_HEADS", heads, 1);
-    rc_t rc = run_lp(b, o, tok, n, lp, NULL);
-    unsetenv("RECALL_KNN_PROBE");
-    unsetenv("RECALL_KNN_PROBE_HEADS");
+    const knn_observer_t obs = {.due = probe_due, .observe = probe_observe, .ctx = probe};
+    backend_cuda_observe_knn(&obs);
+    rc = run_lp(b, o, tok, n, lp, NULL);
+    backend_cuda_observe_knn(NULL);
+    knn_probe_destroy(&probe);
     log_set_level(level);
     fflush(stderr);
     dup2(saved, 2);
@@ -794,7 +814,7 @@ static void case_knn_probe(const char *data)
     /* 1. Thresholds 64 and 320 on a stream reaching 384 rows: one line per threshold and
      * memory layer, and log-probs identical to the stream without the probe. */
     CHECK_RC(run_lp(p.gpu, &kn, tok, n, a, NULL), RC_OK);
-    CHECK_RC(run_probe(p.gpu, &kn, spec, NULL, tok, n, g, &pl), RC_OK);
+    CHECK_RC(run_probe(p.gpu, &kn, spec, 0, tok, n, g, &pl), RC_OK);
     const double mx = lp_diff(a, g, n, &mean, &at);
     printf("%-34s %d lines (%d at 64, %d at 320), %d bad; vs no probe: max|dlp| %.3g\n",
            "tiny-fot-d64 knn probe", pl.ok + pl.bad + pl.skipped, pl.n_at64, pl.n_at320, pl.bad,
@@ -805,15 +825,14 @@ static void case_knn_probe(const char *data)
     CHECK_MSG(mx <= 1e-6, "the probe changed the stream: max |dlogprob| %.3g (at %zu)", mx, at);
 
     /* 2. Under a budget of two windows the rows past 128 spill: 64 is measured, 320 skipped;
-     * the IVF part over one of the two kv heads (RECALL_KNN_PROBE_HEADS). */
+     * the IVF part over one of the two kv heads. */
     {
         const size_t per_row = (size_t)nm * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim *
                                sizeof(uint16_t);
         model_stream_opts_t kb = kn;
         kb.gpu_memory_budget = (size_t)window * 2 * per_row;
         CHECK_RC(run_lp(p.gpu, &kb, tok, n, a, NULL), RC_OK);
-        CHECK_RC(run_probe(p.gpu, &kb, spec, c->n_kv_heads > 1 ? "1" : NULL, tok, n, g, &pl),
-                 RC_OK);
+        CHECK_RC(run_probe(p.gpu, &kb, spec, c->n_kv_heads > 1 ? 1 : 0, tok, n, g, &pl), RC_OK);
         const double mb = lp_diff(a, g, n, &mean, &at);
         printf("%-34s budget 2 win: %d measured, %d skipped, %d bad; vs no probe: max|dlp| "
                "%.3g\n", "tiny-fot-d64 knn probe", pl.ok, pl.skipped, pl.bad, mb);
@@ -822,13 +841,13 @@ static void case_knn_probe(const char *data)
                   pl.n_at320, pl.skipped, nm, nm, pl.bad);
         CHECK_MSG(mb <= 1e-6, "the probe changed the spilled stream: max |dlogprob| %.3g", mb);
         CHECK_MSG(c->n_kv_heads == 1 || pl.sub_heads == pl.n_at64,
-                  "RECALL_KNN_PROBE_HEADS=1: %d of %d lines cover one kv head", pl.sub_heads,
+                  "IVF over 1 kv head: %d of %d lines cover one kv head", pl.sub_heads,
                   pl.n_at64);
     }
 
-    /* 3. An exact stream ignores the variable (no line, same results). */
+    /* 3. An exact stream has no knn layer to observe (no line, same results). */
     CHECK_RC(run_lp(p.gpu, &ex, tok, n, a, NULL), RC_OK);
-    CHECK_RC(run_probe(p.gpu, &ex, spec, NULL, tok, n, g, &pl), RC_OK);
+    CHECK_RC(run_probe(p.gpu, &ex, spec, 0, tok, n, g, &pl), RC_OK);
     CHECK_MSG(pl.ok + pl.bad + pl.skipped == 0, "exact stream logged %d probe lines",
               pl.ok + pl.bad + pl.skipped);
     CHECK_MSG(lp_diff(a, g, n, &mean, &at) <= 1e-6, "exact stream changed under the probe");

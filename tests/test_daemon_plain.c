@@ -61,7 +61,7 @@ static size_t ask(rpc_client_t *c, const char *name, int32_t *qt, size_t nq, int
 }
 
 /* The same in process: feed the session's tokens and the question, then greedy. */
-static void expect_answer(const model_t *m, const model_stream_opts_t *o, const int32_t *sess,
+static void expect_answer(model_t *m, const model_stream_opts_t *o, const int32_t *sess,
                           size_t ns, const int32_t *qt, size_t nq, int32_t *out, size_t n_gen)
 {
     model_stream_t *s = NULL;
@@ -78,7 +78,7 @@ static void expect_answer(const model_t *m, const model_stream_opts_t *o, const 
     free(logits);
 }
 
-static void case_session(rpc_client_t *c, const model_t *m, const char *name, uint32_t window,
+static void case_session(rpc_client_t *c, model_t *m, const char *name, uint32_t window,
                          const char *positional, uint32_t G, uint32_t Wn,
                          const model_stream_opts_t *o)
 {

@@ -102,7 +102,7 @@ static char *prompt_of(int i)
 
 /* Tokenizes the prompt (BOS first), feeds it to a fresh stream with the checkpoint's
  * defaults and continues it greedily for N_GEN tokens. b NULL: the CPU. */
-static rc_t continue_prompt(const model_t *m, model_backend_t *b, const char *prompt, int32_t **ids,
+static rc_t continue_prompt(model_t *m, model_backend_t *b, const char *prompt, int32_t **ids,
                             size_t *n_ids, int32_t gen[N_GEN], char **text)
 {
     const tokenizer_t *t = model_get_tokenizer(m);

@@ -371,7 +371,7 @@ static void test_needles(void)
 /* ---- 3. streams on tiny-fot ------------------------------------------------------------------ */
 
 /* lp[i] = log p(tok[i+1]) for a stream fed tok in 3 pieces. */
-static rc_t score(const model_t *m, const model_stream_opts_t *o, const int32_t *tok, int n,
+static rc_t score(model_t *m, const model_stream_opts_t *o, const int32_t *tok, int n,
                   float *lp)
 {
     model_stream_t *s = NULL;
@@ -382,7 +382,7 @@ static rc_t score(const model_t *m, const model_stream_opts_t *o, const int32_t 
     return rc;
 }
 
-static void test_stream(const model_t *m)
+static void test_stream(model_t *m)
 {
     const model_config_t *c = model_get_config(m);
     const int W = c->max_pos, n = 24 * W + 17;
@@ -474,7 +474,7 @@ static void check_info(rpc_client_t *c, const char *name, uint32_t k)
     if (r) recall__response__free_unpacked(r, NULL);
 }
 
-static void test_daemon(const char *model_dir, const model_t *m)
+static void test_daemon(const char *model_dir, model_t *m)
 {
     char dir[512], data[600], log[600], ep[600];
     CHECK(rpc_tempdir(dir, sizeof dir) == 0);

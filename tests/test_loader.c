@@ -271,6 +271,16 @@ static void run_bad_cases(const char *vdir, int verbose)
                   "%s: error \"%s\" lacks \"%s\" or \"%s\"", BAD[i].name, err, BAD[i].needle1,
                   BAD[i].needle2);
         if (rc == RC_OK) model_destroy(&m);
+        /* The same problem found by the check alone (what a GPU daemon runs: no fp32). */
+        char err2[1024] = "";
+        m = NULL;
+        rc_t rc2 = model_open(dir, 0, &m, err2, sizeof err2);
+        if (rc2 == RC_OK) rc2 = model_check_weights(m, err2, sizeof err2);
+        CHECK_MSG(rc2 == rc && (rc != RC_OK || model_get_stored(m)) &&
+                      (rc == RC_OK || !strcmp(err2, err)),
+                  "%s: open + check gave rc %d \"%s\", load rc %d \"%s\"", BAD[i].name, rc2, err2,
+                  rc, err);
+        model_destroy(&m);
     }
 }
 
@@ -373,6 +383,46 @@ static void test_converter(const char *vdir)
     model_destroy(&ref);
 }
 
+/* model_check_weights: the tensors as stored, no fp32 until model_load_weights, which then
+ * widens exactly those bytes. */
+static void test_stored(void)
+{
+    char dir[1024], err[1024] = "";
+    snprintf(dir, sizeof dir, "%s/tiny-fot-bf16", data_dir);
+    model_t *m = NULL;
+    CHECK_RC(model_open(dir, 0, &m, err, sizeof err), RC_OK);
+    if (!m) return;
+    CHECK(model_get_stored(m) == NULL && model_get_weights(m) == NULL);
+    CHECK_RC(model_check_weights(m, err, sizeof err), RC_OK);
+    const model_stored_t *sd = model_get_stored(m);
+    const model_config_t *c = model_get_config(m);
+    CHECK(sd && model_get_weights(m) == NULL && !model_has_f32_weights(m));
+    if (!sd) goto done;
+    CHECK(sd->tok_emb.dtype == DTYPE_BF16 &&
+          sd->tok_emb.numel == (size_t)c->vocab_size * (size_t)c->hidden);
+    CHECK(sd->layers[1].wk.numel == (size_t)c->n_kv_heads * c->head_dim * (size_t)c->hidden);
+    CHECK_RC(model_check_weights(m, err, sizeof err), RC_OK); /* once done, a no-op */
+    CHECK(model_get_stored(m) == sd);
+    CHECK_RC(model_load_weights(m, err, sizeof err), RC_OK);
+    const model_weights_t *w = model_get_weights(m);
+    CHECK(w && model_has_f32_weights(m) && model_get_stored(m) == sd);
+    if (!w) goto done;
+    const struct {
+        const model_tensor_t *t;
+        const float *f;
+    } pairs[] = {{&sd->tok_emb, w->tok_emb},           {&sd->lm_head, w->lm_head},
+                 {&sd->layers[0].wq, w->layers[0].wq}, {&sd->layers[1].w_down, w->layers[1].w_down},
+                 {&sd->norm, w->norm}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        size_t bad = 0;
+        const uint16_t *h = pairs[i].t->data;
+        for (size_t k = 0; k < pairs[i].t->numel; k++) bad += bf16_to_f32(h[k]) != pairs[i].f[k];
+        CHECK_MSG(bad == 0, "pair %zu: %zu elements differ from the stored bf16", i, bad);
+    }
+done:
+    model_destroy(&m);
+}
+
 static int tiny_main(void)
 {
     char vdir[] = "/tmp/recall_test_loader_XXXXXX", cmd[4096];
@@ -381,6 +431,7 @@ static int tiny_main(void)
         return 1;
     }
     test_tiny();
+    test_stored();
     snprintf(cmd, sizeof cmd, "'%s' '%s/tests/loader_shapes.py' variants '%s/tiny-llama' '%s/v'",
              python, src_dir, data_dir, vdir);
     if (run(cmd) == 0) {

@@ -550,7 +550,7 @@ static int32_t *random_tokens(int n, int vocab)
 
 /* Log-probs of tok[1..n) from one stream, fed in pieces of the given sizes (cycled; 0 = all
  * at once). lp[i] = log p(tok[i+1] | ..). */
-static rc_t score(const model_t *m, const model_stream_opts_t *o, const int32_t *tok, int n,
+static rc_t score(model_t *m, const model_stream_opts_t *o, const int32_t *tok, int n,
                   const int *pieces, float *lp)
 {
     model_stream_t *s = NULL;

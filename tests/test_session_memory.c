@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "memory/db.h"
+#include "memory/knn.h"
 #include "memory/session_memory.h"
 #include "memory/store.h"
 #include "memory/tiers.h"
@@ -121,7 +122,7 @@ static void test_session_memory(void)
     CHECK(mkdir(dbdir, 0755) == 0);
     memory_db_t *db = NULL;
     CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
-    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0};
+    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0, 0, {0}};
 
     /* A new session: open touches nothing, load creates its files. */
     session_memory_t *m = NULL;
@@ -324,6 +325,88 @@ static void test_tiers(void)
     memory_tiers_destroy(&t);
 }
 
+/* A knn session's index lives with its rows: made at load, saved at eviction when it
+ * changed, loaded back instead of rebuilt; a damaged copy, or one for rows that were never
+ * committed, is dropped and rebuilt with the same results. */
+static void search3(memory_knn_t *x, const memory_store_t *s, int l, int64_t *idx)
+{
+    const float q[DIM] = {1, 0.5f, 0.25f, 0, 0, 0, 0, 1};
+    CHECK_RC(memory_knn_search(x, s, l, q, 1, 1, 3, idx), RC_OK);
+}
+
+static void test_index(void)
+{
+    char dbdir[512], root[512], err[512] = "";
+    snprintf(dbdir, sizeof dbdir, "%s/dbx", g_tmp);
+    snprintf(root, sizeof root, "%s/dbx/rows", g_tmp);
+    CHECK(mkdir(dbdir, 0755) == 0);
+    memory_db_t *db = NULL;
+    CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
+    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0, 1, {0}};
+    const session_memory_shape_t ex = {LAYERS, DIM, DTYPE_F32, W, 0, 0, {0}};
+
+    session_memory_t *m = NULL, *e = NULL;
+    CHECK_RC(session_memory_open(db, root, "k", &sh, 0, &m), RC_OK);
+    CHECK(session_memory_index(m) == NULL); /* on disk */
+    CHECK_RC(session_memory_load(m, err, sizeof err), RC_OK);
+    memory_knn_t *x = session_memory_index(m);
+    CHECK(x && memory_knn_rows(x, 0) == 0 && memory_knn_fits(x, LAYERS, 1, DIM));
+    CHECK_RC(append_windows(session_memory_store(m), 0, 3), RC_OK);
+    CHECK_RC(commit_n(m, "k", 3), RC_OK);
+    int64_t want[LAYERS][3], got[3];
+    for (int l = 0; l < LAYERS; l++) {
+        CHECK_RC(memory_knn_sync(x, session_memory_store(m), l), RC_OK);
+        search3(x, session_memory_store(m), l, want[l]);
+    }
+    CHECK(memory_knn_rows(x, 1) == 3 * W && session_memory_index_bytes(m) > 0);
+
+    /* Evicted: saved, freed. */
+    CHECK_RC(session_memory_evict(m), RC_OK);
+    CHECK(session_memory_index(m) == NULL && session_memory_index_bytes(m) == 0);
+    uint64_t rows = 0;
+    void *blob = NULL;
+    size_t len = 0;
+    CHECK_RC(memory_db_get_index(db, "k", 1, &rows, &blob, &len), RC_OK);
+    CHECK(rows == 3 * W && len > 0);
+
+    /* Back in: the saved copy, no rebuild (the rows are indexed before any sync). */
+    CHECK_RC(session_memory_load(m, err, sizeof err), RC_OK);
+    x = session_memory_index(m);
+    CHECK(x && memory_knn_rows(x, 0) == 3 * W && memory_knn_rows(x, 1) == 3 * W);
+    for (int l = 0; x && l < LAYERS; l++) {
+        search3(x, session_memory_store(m), l, got);
+        CHECK(memcmp(got, want[l], sizeof got) == 0);
+    }
+
+    /* A damaged copy of layer 0 (not rewritten at eviction: the index did not change) and a
+     * copy of layer 1 that claims rows never committed: both dropped, both rebuilt. */
+    CHECK_RC(session_memory_evict(m), RC_OK);
+    CHECK_RC(memory_db_put_index(db, "k", 0, 3 * W, "junk", 4, err, sizeof err), RC_OK);
+    CHECK_RC(memory_db_put_index(db, "k", 1, 5 * W, blob, len, err, sizeof err), RC_OK);
+    CHECK_RC(session_memory_load(m, err, sizeof err), RC_OK);
+    x = session_memory_index(m);
+    CHECK(x && memory_knn_rows(x, 0) == 0 && memory_knn_rows(x, 1) == 0);
+    for (int l = 0; x && l < LAYERS; l++) {
+        search3(x, session_memory_store(m), l, got); /* syncs: rebuilt from the keys */
+        CHECK(memcmp(got, want[l], sizeof got) == 0);
+    }
+    /* Rebuilt means changed: saved again at eviction, over the bad copies. */
+    CHECK_RC(session_memory_evict(m), RC_OK);
+    free(blob);
+    blob = NULL;
+    CHECK_RC(memory_db_get_index(db, "k", 0, &rows, &blob, &len), RC_OK);
+    CHECK(rows == 3 * W && len > 4);
+    free(blob);
+    session_memory_close(&m);
+
+    /* An exact session has none. */
+    CHECK_RC(session_memory_open(db, root, "e", &ex, 0, &e), RC_OK);
+    CHECK_RC(session_memory_load(e, err, sizeof err), RC_OK);
+    CHECK(session_memory_index(e) == NULL && session_memory_index_bytes(e) == 0);
+    session_memory_close(&e);
+    memory_db_close(&db);
+}
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -335,6 +418,7 @@ int main(void)
     test_store_files();
     test_session_memory();
     test_sweep();
+    test_index();
     test_tiers();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);

@@ -123,7 +123,7 @@ static double score_diff(rpc_client_t *c, const char *name, const float *want, s
     return worst;
 }
 
-static rc_t score_local(const model_t *m, const model_stream_opts_t *o, const int32_t *tok,
+static rc_t score_local(model_t *m, const model_stream_opts_t *o, const int32_t *tok,
                         size_t n, float *lp)
 {
     model_stream_t *s = NULL;

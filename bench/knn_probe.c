@@ -7,7 +7,7 @@
  * returning, so a probe leaves no state behind but its "done" marks. */
 #ifdef RECALL_HAVE_CUDA
 
-#include "model/knn_probe.h"
+#include "bench/knn_probe.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -277,7 +277,7 @@ rc_t knn_probe_run(knn_probe_t *p, const knn_probe_in_t *in)
     for (size_t i = 0; i < outs; i++) h_q[i] = bf16_to_f32(h_q16[i]);
 
     /* The IVF tier over every row of this layer, as the spilled tier would build it: over
-     * all kv heads, or (RECALL_KNN_PROBE_HEADS) over h_sub evenly spaced ones, whose query
+     * all kv heads, or (--heads) over h_sub evenly spaced ones, whose query
      * heads alone then count in recall and in the IVF error (each head's index is separate,
      * so a head's lists do not depend on which others are built). The other heads keep their
      * exact lists in o_ivf. */

@@ -1,12 +1,13 @@
-/* knn_probe.h — a measurement probe of a GPU knn stream's approximation (issue 6): off by
- * default, enabled per process by the environment variable
+/* knn_probe.h — a measurement probe of a GPU knn stream's approximation, for the tool
+ * bench_knn_probe (bench/knn_probe_main.c), which installs it as the CUDA backend's knn
+ * observer (model/knn_observe.h) and ingests into one knn stream. Its thresholds are given
+ * as a list of memory row counts, e.g.
  *
- *     RECALL_KNN_PROBE=65536,262144,1048576      (memory rows; a k / m suffix is ×1024 / ×2^20)
+ *     --at 65536,262144,1048576      (a k / m suffix is ×1024 / ×2^20)
  *
- * read when a knn stream is created (backend_cuda.c). At the first prefill forward (≥ 2
- * queries) of a memory layer whose memory has reached a threshold, each threshold once per
- * stream and memory layer, the probe takes that forward's first KNN_PROBE_MAX_Q queries and
- * measures, all in fp32 on the host:
+ * At the first prefill forward (≥ 2 queries) of a memory layer whose memory has reached a
+ * threshold, each threshold once per memory layer, the probe takes that forward's first
+ * KNN_PROBE_MAX_Q queries and measures, all in fp32 on the host:
  *   rel_err_exact_topk  ‖o_knn − o_exact‖ / ‖o_exact‖ over all (query, head) elements: o_knn
  *                       the knn path's output (device exact top-k, cuda_knn_attention),
  *                       o_exact the exact path's attention over the same local keys plus
@@ -23,7 +24,7 @@
  * ingest time). Building the index is the probe's cost (k-means and assignment per kv head,
  * on the host): at 1M rows of LongLLaMA-3B's 32 heads it runs minutes per layer. So
  *
- *     RECALL_KNN_PROBE_HEADS=8                   (kv heads; default all)
+ *     --heads 8                      (kv heads; default all)
  *
  * indexes only that many evenly spaced kv heads: recall_at_k and rel_err_ivf then cover
  * their query heads alone (the other heads keep their exact lists in the IVF output), and
@@ -35,8 +36,8 @@
  * The probe only reads the stream's buffers: it works in its own scratch on the stream's
  * CUDA stream and waits for it, so the stream's results are unchanged. Compiled with the
  * CUDA backend only (RECALL_HAVE_CUDA). */
-#ifndef RECALL_MODEL_KNN_PROBE_H
-#define RECALL_MODEL_KNN_PROBE_H
+#ifndef RECALL_BENCH_KNN_PROBE_H
+#define RECALL_BENCH_KNN_PROBE_H
 
 #ifdef RECALL_HAVE_CUDA
 
@@ -46,9 +47,8 @@
 #include "common/rc.h"
 #include "kernels/cuda.h"
 #include "memory/store.h"
+#include "model/knn_observe.h"
 
-#define KNN_PROBE_ENV "RECALL_KNN_PROBE"
-#define KNN_PROBE_HEADS_ENV "RECALL_KNN_PROBE_HEADS"
 /* Queries per probe: the first this many of the chunk (keeps the host search cheap). */
 #define KNN_PROBE_MAX_Q 256
 /* Thresholds one spec may list. */
@@ -66,30 +66,8 @@ void knn_probe_destroy(knn_probe_t **p); /* NULL-safe; nulls *p */
  * yet (p NULL: 0). */
 int knn_probe_due(const knn_probe_t *p, int mem_layer, size_t rows);
 
-/* What one probe reads; every device pointer stays the caller's and is only read. */
-typedef struct knn_probe_in {
-    int layer, mem_layer;          /* model layer; its memory layer index */
-    int n;                         /* queries in the chunk; the first KNN_PROBE_MAX_Q are used */
-    /* The layer's attention arguments as the exact path would pass them, memory fields
-     * aside: q, k, v, local layout, q_mem and mem_scale as positional preparation set them
-     * (n_mem, mem_k, mem_v, lse, out and the workspace are replaced). */
-    const cuda_attn_args_t *attn;
-    int fast;                      /* exact path: 1 cuda_attention_fast, 0 cuda_attention */
-    size_t rows;                   /* memory rows of the layer, all in mem_k / mem_v */
-    size_t spilled;                /* rows in the host tier: non-zero skips the probe */
-    const void *mem_k, *mem_v;     /* [rows, n_kv_heads, head_dim] mem_dtype, device */
-    dtype_t mem_dtype;
-    const uint16_t *mem_q;         /* [n, n_heads, head_dim] bf16 device: the memory queries */
-    float mem_scale;               /* the knn kernel's score factor */
-    const uint16_t *o_knn;         /* [n, n_heads, head_dim] bf16 device: the knn output */
-    const int32_t *knn_idx;        /* [n, n_heads, k] device: the exact top-k rows used */
-    int k;                         /* the knn path's k (knn_k, or rows when fewer) */
-    const memory_store_t *store;   /* the host copy of the memory (rows [0, rows) per layer) */
-    int n_mem_layers;
-    int nlist, nprobe;             /* the stream's knn options (0: the index's defaults) */
-    void *stream;                  /* the stream's CUDA stream */
-    const char *describe;          /* the backend, for messages */
-} knn_probe_in_t;
+/* What one probe reads: the observation point's input (model/knn_observe.h). */
+typedef knn_observe_in_t knn_probe_in_t;
 
 /* Runs the probe of in->mem_layer at in->rows (marking every threshold <= rows done for it)
  * and logs its line. A failure is returned (and logged) but leaves the stream's state as it
