@@ -224,12 +224,13 @@ def reopen(a, res):
             t_ask = ask(dm, "r000", 1)
             t_first = now() - t0
             t_again = ask(dm, "r000", 1)
+            peak = dm.status("VmHWM")
             dm.stop()
             row = {"tokens": tokens,
                    "rows_gib": disk_bytes(os.path.join(data, "rows", "r000")) / 2**30,
                    "page_cache": "dropped" if cold else "warm", "health_s": t_health,
                    "first_ask_s": t_ask, "start_to_first_answer_s": t_first,
-                   "next_ask_s": t_again}
+                   "next_ask_s": t_again, "peak_rss_mib": mib(peak)}
             print("  " + json.dumps(row), flush=True)
             out.append(row)
         if not a.keep:
@@ -259,12 +260,12 @@ def report(a, res):
                 r["evictions"]))
     if "reopen" in res:
         lines += ["", "| tokens | rows GiB | page cache | first health s | first ask s | "
-                  "start to first answer s | next ask s |", "| --- | --- | --- | --- | --- | --- "
-                  "| --- |"]
+                  "start to first answer s | next ask s | peak RSS MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in res["reopen"]:
-            lines.append("| %d | %.2f | %s | %.3f | %.3f | %.3f | %.3f |" % (
+            lines.append("| %d | %.2f | %s | %.3f | %.3f | %.3f | %.3f | %.0f |" % (
                 r["tokens"], r["rows_gib"], r["page_cache"], r["health_s"], r["first_ask_s"],
-                r["start_to_first_answer_s"], r["next_ask_s"]))
+                r["start_to_first_answer_s"], r["next_ask_s"], r["peak_rss_mib"]))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write(text)
