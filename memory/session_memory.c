@@ -238,9 +238,11 @@ static rc_t migrate(session_memory_t *m, char *err, size_t errlen)
                         m->name, (unsigned long long)w, rc_strerror(rc));
             sums[w * L + l] = c.sum;
         }
+    if (!rc) crash_point("migrate-copied"); /* in the files, not synced */
     if (!rc) rc = memory_store_sync(mem, err, errlen);
     if (!rc) {
         sync_dir(m->dir);
+        crash_point("migrate-synced"); /* synced; the blobs are still the catalogue's rows */
         memory_db_commit_t c = {.session = m->name,
                                 .sums = sums,
                                 .sum_first = 0,

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "memory/db.h"
@@ -407,8 +409,90 @@ static void test_index(void)
     memory_db_close(&db);
 }
 
-int main(void)
+/* A kill -9 inside the move of blob rows into files (crash points migrate-copied: copied,
+ * not synced; migrate-synced: synced, not in the catalogue) leaves the blobs authoritative:
+ * the next load moves them again and gets every row. The load runs in a child started with
+ * RECALL_CRASH_AT (the variable is read once per process). */
+static int migrate_child(const char *dbdir, const char *root)
 {
+    char err[512] = "";
+    memory_db_t *db = NULL;
+    session_memory_t *m = NULL;
+    const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0, 0, {0}};
+    if (memory_db_open(dbdir, NULL, &db, err, sizeof err) ||
+        session_memory_open(db, root, "legacy", &sh, 3, &m))
+        return 2;
+    rc_t rc = session_memory_load(m, err, sizeof err);
+    fprintf(stderr, "migrate child: load returned %d (%s); it should have been killed\n", rc, err);
+    return 3;
+}
+
+static void test_migrate_kill(void)
+{
+    static const char *const points[] = {"migrate-copied", "migrate-synced"};
+    for (int pi = 0; pi < 2; pi++) {
+        char dbdir[300], root[320], err[512] = "";
+        snprintf(dbdir, sizeof dbdir, "%s/dbm%d", g_tmp, pi);
+        snprintf(root, sizeof root, "%s/rows", dbdir);
+        CHECK(mkdir(dbdir, 0755) == 0);
+        memory_db_t *db = NULL;
+        CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
+        if (!db) return;
+        float kk[3][LAYERS][W * DIM], vv[3][LAYERS][W * DIM];
+        memory_db_window_t wins[3 * LAYERS];
+        for (int w = 0; w < 3; w++)
+            for (int l = 0; l < LAYERS; l++) {
+                rows_for(l, (size_t)w * W, W, kk[w][l], vv[w][l]);
+                wins[w * LAYERS + l] = (memory_db_window_t){(uint32_t)l, (uint64_t)w, kk[w][l],
+                                                            vv[w][l], W * DIM * 4};
+            }
+        static const char rec[] = "old record";
+        memory_db_commit_t old = {.session = "legacy", .record = rec, .record_len = sizeof rec,
+                                  .windows = wins, .n_windows = 3 * LAYERS};
+        CHECK_RC(memory_db_commit(db, &old, err, sizeof err), RC_OK);
+        memory_db_close(&db);
+
+        char at[64];
+        snprintf(at, sizeof at, "%s:1", points[pi]);
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("RECALL_CRASH_AT", at, 1);
+            execl("/proc/self/exe", "test_session_memory", "--migrate-child", dbdir, root,
+                  (char *)NULL);
+            _exit(4);
+        }
+        int st = 0;
+        CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+        CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: the child was not killed "
+                  "there (status %d)", points[pi], st);
+
+        CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
+        const session_memory_shape_t sh = {LAYERS, DIM, DTYPE_F32, W, 0, 0, {0}};
+        session_memory_t *m = NULL;
+        CHECK_RC(session_memory_open(db, root, "legacy", &sh, 3, &m), RC_OK);
+        CHECK_RC(session_memory_load(m, err, sizeof err), RC_OK);
+        const memory_store_t *s = session_memory_store(m);
+        CHECK(s && memory_store_len(s) == 3 * W);
+        for (int w = 0; s && w < 3; w++)
+            for (int l = 0; l < LAYERS; l++)
+                CHECK_MSG(memcmp((const float *)memory_store_keys(s, l) + (size_t)w * W * DIM,
+                                 kk[w][l], sizeof kk[w][l]) == 0 &&
+                              memcmp((const float *)memory_store_values(s, l) +
+                                         (size_t)w * W * DIM,
+                                     vv[w][l], sizeof vv[w][l]) == 0,
+                          "%s: window %d layer %d differs after the restart", points[pi], w, l);
+        session_memory_report_t rep;
+        CHECK_RC(session_memory_verify(m, &rep, err, sizeof err), RC_OK);
+        CHECK_RC(memory_db_read_window(db, "legacy", 0, 0, never_called, NULL), RC_ERR_NOT_FOUND);
+        printf("killed at %s: the next load moved all %d windows, verify ok\n", points[pi], 3);
+        session_memory_close(&m);
+        memory_db_close(&db);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "--migrate-child")) return migrate_child(argv[2], argv[3]);
     const char *base = getenv("TMPDIR");
     snprintf(g_tmp, sizeof g_tmp, "%s/recall-sm-XXXXXX", base && base[0] ? base : "/tmp");
     if (!mkdtemp(g_tmp)) {
@@ -419,6 +503,7 @@ int main(void)
     test_session_memory();
     test_sweep();
     test_index();
+    test_migrate_kill();
     test_tiers();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
