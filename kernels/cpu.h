@@ -135,7 +135,8 @@ typedef struct attn_knn_args {
     const int64_t *idx; /* [n_q, n_heads, k] */
 } attn_knn_args_t;
 /* RC_ERR_NOMEM when the heads' local keys ([n_kv_heads, n_k, head_dim] copies) or a
- * thread's k gathered rows cannot be allocated. */
+ * thread's k gathered rows cannot be allocated; RC_ERR_INVALID when a list names a row
+ * at or past n_mem (out is then partly written). */
 rc_t cpu_attention_knn(const attn_knn_args_t *a);
 
 #endif

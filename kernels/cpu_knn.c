@@ -82,17 +82,22 @@ rc_t cpu_attention_knn(const attn_knn_args_t *p)
             const size_t qo = ((size_t)r * nh + h) * hd;
             const int64_t *ix = p->idx + ((size_t)r * nh + h) * k;
             size_t m = 0;
+            int bad_row = 0;
             for (size_t j = 0; j < k && a->n_mem; j++) {
                 if (ix[j] < 0) continue;
-                if ((uint64_t)ix[j] >= a->n_mem) {
-                    fprintf(stderr, "%s:%d: memory row %lld of %zu\n", __FILE__, __LINE__,
-                            (long long)ix[j], a->n_mem);
-                    abort();
+                if ((uint64_t)ix[j] >= a->n_mem) { /* a list from another memory */
+                    bad_row = 1;
+                    break;
                 }
                 const size_t off = (size_t)ix[j] * mrow;
                 gather_row(mk + m * hd, (const char *)a->mem_k + off, a->mem_dtype, nkv, kv, hd);
                 gather_row(mv + m * hd, (const char *)a->mem_v + off, a->mem_dtype, nkv, kv, hd);
                 m++;
+            }
+            if (bad_row) {
+#pragma omp atomic write
+                failed = 2;
+                continue;
             }
             attn_ext_args_t one = {
                 .a = {.n_q = 1,
@@ -131,5 +136,5 @@ out:
     free(kh_alt);
     free(vh);
     free(gathered);
-    return failed ? RC_ERR_NOMEM : RC_OK;
+    return failed == 2 ? RC_ERR_INVALID : failed ? RC_ERR_NOMEM : RC_OK;
 }

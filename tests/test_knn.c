@@ -99,10 +99,15 @@ static void test_kernel(cpu_attn_layout_t layout, dtype_t mdt)
     for (size_t i = 0; i < (size_t)NQ * qrow; i++) got[i] = NAN; /* poisoned */
     attn_knn_args_t ka_args = {.e = e, .k = K, .idx = idx};
     ka_args.e.a.out = got;
-    cpu_attention_knn(&ka_args);
+    CHECK_RC(cpu_attention_knn(&ka_args), RC_OK);
     double d = max_abs_diff(want, got, (size_t)NQ * qrow);
     CHECK_MSG(d <= 1e-5, "layout %d dtype %s: knn over every row vs exact: %g", layout,
               dtype_name(mdt), d);
+    /* A list naming a row past the memory (an index of another memory) is refused. */
+    const int64_t saved = idx[K / 2];
+    idx[K / 2] = NMEM;
+    CHECK_RC(cpu_attention_knn(&ka_args), RC_ERR_INVALID);
+    idx[K / 2] = saved;
 
     /* A top-4 by score (what an index returns): finite, and not the exact output. */
     const int K4 = 4;
