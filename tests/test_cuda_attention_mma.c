@@ -14,7 +14,8 @@
  * indexing or mask error shows as 1e-1 or worse. A second run of the same inputs must give
  * the same bits (a race shows as a moving result).
  *
- * With no GPU (CI) it prints "skipped: no GPU" and exits 77. */
+ * The frame (skip, seed, buffers, comparison) is tests/gpu_ops.h's. With no GPU (CI) it
+ * prints "skipped: no GPU" and exits 77. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,25 +27,7 @@
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
-#include "tests/test_rng.h"
-
-#define TOL_BF16 5e-3
-
-static float *rand_f32(size_t n)
-{
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    if (!x) abort();
-    for (size_t i = 0; i < n; i++) x[i] = rng_normal();
-    return x;
-}
-
-static void round_to(float *x, size_t n, dtype_t t)
-{
-    if (t != DTYPE_BF16) return;
-    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
-static int setup_failed;
+#include "tests/gpu_ops.h"
 
 /* n values of x as dtype t in a fresh device buffer, `shift` bytes past its start (a
  * misaligned view when shift is not a multiple of 16). *base gets what to free. */
@@ -58,7 +41,7 @@ static void *dev_from(const float *x, size_t n, dtype_t t, size_t shift, void **
     if (!rc) rc = cuda_upload((char *)d + shift, host, bytes, NULL);
     free(host);
     if (rc) {
-        setup_failed++;
+        gpu_setup_failed("a device buffer");
         fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
         cuda_free(&d);
         *base = NULL;
@@ -76,12 +59,8 @@ static void dev_release(void **base)
 /* Waits for the device and reads n bf16 values back (raw, so runs can be compared bitwise). */
 static uint16_t *host_raw(const void *d, size_t n)
 {
-    uint16_t *raw = malloc((n ? n : 1) * 2);
-    if (!raw) abort();
-    rc_t rc = cuda_stream_sync(NULL);
-    if (!rc) rc = cuda_download(raw, d, n * 2, NULL);
-    CHECK_MSG(rc == RC_OK, "device error after the op: %s", rc_strerror(rc));
-    if (rc) {
+    uint16_t *raw = gpu_xmalloc(n * 2);
+    if (gpu_fetch(raw, d, n * 2)) {
         free(raw);
         return NULL;
     }
@@ -92,28 +71,9 @@ static double worst_err;
 
 static void compare(const char *desc, const uint16_t *raw, const float *ref, size_t n)
 {
-    if (!raw) {
-        CHECK_MSG(0, "%s: no output", desc);
-        return;
-    }
-    size_t bad = 0;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float o = bf16_to_f32(raw[i]);
-        if (!isfinite(o)) {
-            bad++;
-            continue;
-        }
-        const double d = (double)o - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    const double err = den > 0 ? sqrt(num / den) : sqrt(num);
-    if (err > worst_err) worst_err = err;
-    printf("attention_mma %-64s rel_err %.2e  tol %.0e  %s\n", desc, err, TOL_BF16,
-           !bad && err <= TOL_BF16 ? "ok" : "FAIL");
-    CHECK_MSG(bad == 0, "%s: %zu of %zu outputs not finite (unwritten or NaN)", desc, bad, n);
-    CHECK_MSG(err <= TOL_BF16, "%s: rel_err %.3e over tolerance %.0e", desc, err, TOL_BF16);
+    const double err = gpu_compare_raw("attention_mma", desc, raw, DTYPE_BF16, ref, n,
+                                       GPU_TOL_BF16);
+    if (raw && err > worst_err) worst_err = err;
 }
 
 typedef struct mcase {
@@ -131,18 +91,18 @@ static void test_case(const mcase_t *c)
     const size_t nq = (size_t)c->n_q * c->n_heads * hd;
     const size_t nk = (size_t)c->n_k * c->n_kv_heads * hd;
     const size_t nm = c->n_mem * c->n_kv_heads * hd;
-    float *q = rand_f32(nq), *k = rand_f32(nk), *v = rand_f32(nk);
-    float *mk = rand_f32(nm), *mv = rand_f32(nm);
+    float *q = gpu_rand(nq, 1.0f), *k = gpu_rand(nk, 1.0f), *v = gpu_rand(nk, 1.0f);
+    float *mk = gpu_rand(nm, 1.0f), *mv = gpu_rand(nm, 1.0f);
     if (c->clamp) {
         for (size_t i = 0; i < nq; i++) q[i] = -1e6f;
         for (size_t i = 0; i < nk; i++) k[i] = fabsf(k[i]) + 0.5f;
         for (size_t i = 0; i < nm; i++) mk[i] = fabsf(mk[i]) + 0.5f;
     }
-    round_to(q, nq, DTYPE_BF16);
-    round_to(k, nk, DTYPE_BF16);
-    round_to(v, nk, DTYPE_BF16);
-    round_to(mk, nm, c->mem_t);
-    round_to(mv, nm, c->mem_t);
+    gpu_round(q, nq, DTYPE_BF16);
+    gpu_round(k, nk, DTYPE_BF16);
+    gpu_round(v, nk, DTYPE_BF16);
+    gpu_round(mk, nm, c->mem_t);
+    gpu_round(mv, nm, c->mem_t);
 
     void *h_mk = malloc((nm ? nm : 1) * dtype_size(c->mem_t));
     void *h_mv = malloc((nm ? nm : 1) * dtype_size(c->mem_t));
@@ -178,7 +138,8 @@ static void test_case(const mcase_t *c)
     uint16_t *first = NULL;
     for (int use_ws = 0; use_ws <= (ws_bytes ? 2 : 0); use_ws++) {
         void *o = NULL;
-        if (cuda_alloc(&o, nq * 2) || cuda_memset(o, 0xFF, nq * 2, NULL)) setup_failed++;
+        if (cuda_alloc(&o, nq * 2) || cuda_memset(o, 0xFF, nq * 2, NULL))
+            gpu_setup_failed("the output buffer");
         a.out = o;
         a.workspace = use_ws ? ws : NULL;
         a.workspace_bytes = use_ws == 1 ? ws_bytes : use_ws == 2 ? ws_bytes / 2 : 0;
@@ -234,19 +195,8 @@ static void test_case(const mcase_t *c)
 
 int main(void)
 {
-    int n_dev = 0;
-    if (cuda_device_count(&n_dev) != RC_OK || n_dev == 0) {
-        printf("skipped: no GPU\n");
-        return CHECK_SKIP;
-    }
-    const char *env = getenv("RECALL_SEED");
-    unsigned long long seed = env ? strtoull(env, NULL, 10) : (unsigned long long)time(NULL);
-    rng ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng) rng = 1;
-    cuda_device_info_t info;
-    CHECK_RC(cuda_device_info(0, &info), RC_OK);
-    printf("device 0: %s, sm_%d%d, %d SMs; seed %llu\n", info.name, info.cc_major,
-           info.cc_minor, info.sm_count, seed);
+    const int skip = gpu_ops_begin("test_cuda_attention_mma", 1);
+    if (skip) return skip;
 
     const dtype_t B = DTYPE_BF16, F = DTYPE_F32;
     static mcase_t cases[] = {
@@ -287,7 +237,7 @@ int main(void)
     {
         const int n = 8, hd = 64, h = 2;
         const size_t nx = (size_t)n * h * hd;
-        float *x = rand_f32(nx), *ref = malloc(nx * sizeof(float)), *out = malloc(nx * 4);
+        float *x = gpu_rand(nx, 1.0f), *ref = malloc(nx * sizeof(float)), *out = malloc(nx * 4);
         if (!ref || !out) abort();
         attn_args_t ra = {.n_q = n, .n_k = n, .n_heads = h, .n_kv_heads = h, .head_dim = hd,
                           .q = x, .k = x, .v = x, .scale = 0.125f, .out = ref};
@@ -316,6 +266,7 @@ int main(void)
     }
 
     printf("attention_mma worst rel_err %.2e\n", worst_err);
-    CHECK_MSG(setup_failed == 0, "%d device buffers could not be set up", setup_failed);
+    CHECK_MSG(gpu_setup_failures() == 0, "%d device buffers could not be set up",
+              gpu_setup_failures());
     return check_summary();
 }

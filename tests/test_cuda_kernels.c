@@ -1,7 +1,7 @@
 /* test_cuda_kernels.c — every CUDA op against its CPU reference (kernels/cpu.h).
  *
- * Inputs are fresh random numbers each run (the seed is printed; RECALL_SEED=N repeats a
- * run). bf16 operands are rounded on the host first and the reference gets the rounded
+ * The frame is tests/gpu_ops.h's. Inputs are fresh random numbers each run (the seed is
+ * printed; RECALL_SEED=N repeats a run). bf16 operands are rounded on the host first and the reference gets the rounded
  * values, so what is measured is the kernel's own error: fp32 accumulation order and, for
  * bf16 outputs, the final rounding (at most 2^-9 ≈ 2e-3 relative per element). Every output
  * buffer is filled with NaN before the op runs, so an element the kernel fails to write
@@ -19,140 +19,16 @@
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
-#include "tests/test_rng.h"
-
-/* Tolerances on the normalized error. */
-#define TOL_EXACT 0.0 /* gathers and conversions move bits; nothing may change */
-#define TOL_F32 1e-5  /* fp32 outputs: only summation order differs from the CPU */
-#define TOL_BF16 5e-3 /* bf16 outputs: rounding (≤ 1.95e-3) plus fp32 differences */
-/* fp32 outputs of sums over thousands of terms (attention, matrix products): each side's
- * fp32 running sums err by ~sqrt(n)·6e-8 relative, and the tensor cores' fp32 accumulation
- * is not IEEE-exact; a wrong index or mask shows as 1e-2 or worse. */
-#define TOL_F32_SUM 5e-5
+#include "tests/gpu_ops.h"
 
 static double tol_for(dtype_t out_t)
 {
-    return out_t == DTYPE_BF16 ? TOL_BF16 : TOL_F32;
+    return out_t == DTYPE_BF16 ? GPU_TOL_BF16 : GPU_TOL_F32;
 }
 
 static double tol_sum_for(dtype_t out_t)
 {
-    return out_t == DTYPE_BF16 ? TOL_BF16 : TOL_F32_SUM;
-}
-
-/* ---- random numbers ------------------------------------------------------------------ */
-
-static float *rand_f32(size_t n, float scale)
-{
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    if (!x) abort();
-    for (size_t i = 0; i < n; i++) x[i] = rng_normal() * scale;
-    return x;
-}
-
-/* Rounds host values to what a bf16 buffer holds, when t is bf16. */
-static void round_to(float *x, size_t n, dtype_t t)
-{
-    if (t != DTYPE_BF16) return;
-    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
-/* ---- device buffers ------------------------------------------------------------------ */
-
-static int setup_failed;
-
-/* Uploads n fp32 values as dtype t (values are assumed already rounded for bf16). */
-static void *dev_from(const float *x, size_t n, dtype_t t)
-{
-    size_t bytes = n * dtype_size(t);
-    void *host = malloc(bytes ? bytes : 1), *d = NULL;
-    if (!host) abort();
-    dtype_from_f32(host, t, x, n);
-    rc_t rc = cuda_alloc(&d, bytes);
-    if (!rc) rc = cuda_upload(d, host, bytes, NULL);
-    free(host);
-    if (rc) {
-        setup_failed++;
-        fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
-        cuda_free(&d);
-    }
-    return d;
-}
-
-static void *dev_raw(const void *host, size_t bytes)
-{
-    void *d = NULL;
-    rc_t rc = cuda_alloc(&d, bytes);
-    if (!rc) rc = cuda_upload(d, host, bytes, NULL);
-    if (rc) {
-        setup_failed++;
-        fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
-        cuda_free(&d);
-    }
-    return d;
-}
-
-/* A buffer of n elements of t, every byte 0xFF: NaN in fp32 and in bf16. */
-static void *dev_poisoned(size_t n, dtype_t t)
-{
-    void *d = NULL;
-    size_t bytes = n * dtype_size(t);
-    rc_t rc = cuda_alloc(&d, bytes);
-    if (!rc) rc = cuda_memset(d, 0xFF, bytes, NULL);
-    if (rc) {
-        setup_failed++;
-        fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
-        cuda_free(&d);
-    }
-    return d;
-}
-
-/* Waits for the device, then reads n elements of t back as fp32 (NULL on failure). */
-static float *host_from(const void *d, size_t n, dtype_t t)
-{
-    size_t bytes = n * dtype_size(t);
-    void *raw = malloc(bytes ? bytes : 1);
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    if (!raw || !x) abort();
-    rc_t rc = cuda_stream_sync(NULL);
-    if (!rc) rc = cuda_download(raw, d, bytes, NULL);
-    CHECK_MSG(rc == RC_OK, "device error after the op: %s", rc_strerror(rc));
-    if (rc) {
-        free(raw);
-        free(x);
-        return NULL;
-    }
-    dtype_to_f32(x, raw, t, n);
-    free(raw);
-    return x;
-}
-
-/* ---- comparison ---------------------------------------------------------------------- */
-
-static void compare(const char *op, const char *desc, const float *out, const float *ref,
-                    size_t n, double tol)
-{
-    if (!out) {
-        CHECK_MSG(0, "%s %s: no output", op, desc);
-        return;
-    }
-    size_t bad = 0;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(out[i])) {
-            bad++;
-            continue;
-        }
-        double d = (double)out[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    double err = den > 0 ? sqrt(num / den) : sqrt(num);
-    printf("%-13s %-58s rel_err %.2e  tol %.0e  %s\n", op, desc, err, tol,
-           !bad && err <= tol ? "ok" : "FAIL");
-    CHECK_MSG(bad == 0, "%s %s: %zu of %zu outputs not finite (unwritten or NaN)", op, desc, bad,
-              n);
-    CHECK_MSG(err <= tol, "%s %s: rel_err %.3e over tolerance %.0e", op, desc, err, tol);
+    return out_t == DTYPE_BF16 ? GPU_TOL_BF16 : GPU_TOL_F32_SUM;
 }
 
 static const char *dn(dtype_t t)
@@ -165,20 +41,20 @@ static const char *dn(dtype_t t)
 static void test_convert(void)
 {
     const size_t n = 10007;
-    float *x = rand_f32(n, 3.0f);
-    void *src = dev_from(x, n, DTYPE_F32), *dst = dev_poisoned(n, DTYPE_BF16);
+    float *x = gpu_rand(n, 3.0f);
+    void *src = gpu_upload(x, n, DTYPE_F32), *dst = gpu_poisoned(n, DTYPE_BF16);
     if (src && dst) {
         CHECK_RC(cuda_convert(dst, DTYPE_BF16, src, DTYPE_F32, n, NULL), RC_OK);
-        float *out = host_from(dst, n, DTYPE_BF16);
+        float *out = gpu_download(dst, n, DTYPE_BF16);
         float *ref = malloc(n * sizeof(float));
         memcpy(ref, x, n * sizeof(float));
-        round_to(ref, n, DTYPE_BF16);
-        compare("convert", "n 10007 f32 -> bf16 (round to nearest even)", out, ref, n, TOL_EXACT);
+        gpu_round(ref, n, DTYPE_BF16);
+        gpu_compare("convert", "n 10007 f32 -> bf16 (round to nearest even)", out, ref, n, GPU_TOL_EXACT);
         /* ...and back: bf16 -> f32 is exact. */
-        void *back = dev_poisoned(n, DTYPE_F32);
+        void *back = gpu_poisoned(n, DTYPE_F32);
         CHECK_RC(cuda_convert(back, DTYPE_F32, dst, DTYPE_BF16, n, NULL), RC_OK);
-        float *out2 = host_from(back, n, DTYPE_F32);
-        compare("convert", "n 10007 bf16 -> f32", out2, ref, n, TOL_EXACT);
+        float *out2 = gpu_download(back, n, DTYPE_F32);
+        gpu_compare("convert", "n 10007 bf16 -> f32", out2, ref, n, GPU_TOL_EXACT);
         cuda_free(&back);
         free(out);
         free(out2);
@@ -192,24 +68,24 @@ static void test_convert(void)
 
 static void test_embedding(int vocab, int dim, int n_tok, dtype_t out_t)
 {
-    float *table = rand_f32((size_t)vocab * dim, 1.0f);
-    round_to(table, (size_t)vocab * dim, DTYPE_BF16);
+    float *table = gpu_rand((size_t)vocab * dim, 1.0f);
+    gpu_round(table, (size_t)vocab * dim, DTYPE_BF16);
     int32_t *ids = malloc(n_tok * sizeof(int32_t));
     for (int t = 0; t < n_tok; t++) ids[t] = (int32_t)(rng_next() % (uint64_t)vocab);
     ids[0] = vocab - 1; /* the last row, where an off-by-one would read past the table */
-    void *d_table = dev_from(table, (size_t)vocab * dim, DTYPE_BF16);
-    void *d_ids = dev_raw(ids, n_tok * sizeof(int32_t));
-    void *d_out = dev_poisoned((size_t)n_tok * dim, out_t);
+    void *d_table = gpu_upload(table, (size_t)vocab * dim, DTYPE_BF16);
+    void *d_ids = gpu_upload_raw(ids, n_tok * sizeof(int32_t));
+    void *d_out = gpu_poisoned((size_t)n_tok * dim, out_t);
     if (d_table && d_ids && d_out) {
         CHECK_RC(cuda_embedding(d_out, out_t, d_table, d_ids, n_tok, vocab, dim, NULL), RC_OK);
-        float *out = host_from(d_out, (size_t)n_tok * dim, out_t);
+        float *out = gpu_download(d_out, (size_t)n_tok * dim, out_t);
         float *ref = malloc((size_t)n_tok * dim * sizeof(float));
         for (int t = 0; t < n_tok; t++)
             memcpy(ref + (size_t)t * dim, table + (size_t)ids[t] * dim, dim * sizeof(float));
         char desc[128];
         snprintf(desc, sizeof desc, "vocab %d dim %d n_tok %d bf16 -> %s", vocab, dim, n_tok,
                  dn(out_t));
-        compare("embedding", desc, out, ref, (size_t)n_tok * dim, TOL_EXACT);
+        gpu_compare("embedding", desc, out, ref, (size_t)n_tok * dim, GPU_TOL_EXACT);
         free(out);
         free(ref);
 
@@ -217,7 +93,7 @@ static void test_embedding(int vocab, int dim, int n_tok, dtype_t out_t)
         int32_t bad[2] = {vocab, -1};
         CHECK_RC(cuda_upload(d_ids, bad, sizeof bad, NULL), RC_OK);
         CHECK_RC(cuda_embedding(d_out, out_t, d_table, d_ids, 2, vocab, dim, NULL), RC_OK);
-        out = host_from(d_out, (size_t)2 * dim, out_t);
+        out = gpu_download(d_out, (size_t)2 * dim, out_t);
         if (out) CHECK(isnan(out[0]) && isnan(out[dim + dim - 1]));
         free(out);
     }
@@ -232,21 +108,21 @@ static void test_rmsnorm(int n_tok, int dim, dtype_t x_t, dtype_t out_t, int in_
 {
     const size_t n = (size_t)n_tok * dim;
     const float eps = 1e-6f;
-    float *x = rand_f32(n, 3.0f), *g = rand_f32(dim, 0.2f);
+    float *x = gpu_rand(n, 3.0f), *g = gpu_rand(dim, 0.2f);
     for (int i = 0; i < dim; i++) g[i] += 1.0f;
-    round_to(x, n, x_t);
-    round_to(g, dim, DTYPE_BF16);
+    gpu_round(x, n, x_t);
+    gpu_round(g, dim, DTYPE_BF16);
     float *ref = malloc(n * sizeof(float));
     cpu_rmsnorm(ref, x, g, n_tok, dim, eps);
-    void *d_x = dev_from(x, n, x_t), *d_g = dev_from(g, dim, DTYPE_BF16);
-    void *d_out = in_place ? d_x : dev_poisoned(n, out_t);
+    void *d_x = gpu_upload(x, n, x_t), *d_g = gpu_upload(g, dim, DTYPE_BF16);
+    void *d_out = in_place ? d_x : gpu_poisoned(n, out_t);
     if (d_x && d_g && d_out) {
         CHECK_RC(cuda_rmsnorm(d_out, out_t, d_x, x_t, d_g, n_tok, dim, eps, NULL), RC_OK);
-        float *out = host_from(d_out, n, out_t);
+        float *out = gpu_download(d_out, n, out_t);
         char desc[128];
         snprintf(desc, sizeof desc, "n_tok %d dim %d %s -> %s%s", n_tok, dim, dn(x_t), dn(out_t),
                  in_place ? " in place" : "");
-        compare("rmsnorm", desc, out, ref, n, tol_for(out_t));
+        gpu_compare("rmsnorm", desc, out, ref, n, tol_for(out_t));
         free(out);
     }
     if (!in_place) cuda_free(&d_out);
@@ -261,8 +137,8 @@ static void test_rope(int n_tok, int n_heads, int head_dim, float theta, float m
                       dtype_t t)
 {
     const size_t n = (size_t)n_tok * n_heads * head_dim;
-    float *x = rand_f32(n, 1.0f);
-    round_to(x, n, t);
+    float *x = gpu_rand(n, 1.0f);
+    gpu_round(x, n, t);
     int32_t *pos = malloc(n_tok * sizeof(int32_t));
     for (int i = 0; i < n_tok; i++) pos[i] = (int32_t)(rng_next() % 4096);
     pos[0] = 0;
@@ -271,18 +147,18 @@ static void test_rope(int n_tok, int n_heads, int head_dim, float theta, float m
     float *ref = malloc(n * sizeof(float));
     memcpy(ref, x, n * sizeof(float));
     cpu_rope(ref, n_tok, n_heads, head_dim, pos, inv_freq, mscale);
-    void *d_x = dev_from(x, n, t);
-    void *d_pos = dev_raw(pos, n_tok * sizeof(int32_t));
-    void *d_inv = dev_raw(inv_freq, (head_dim / 2) * sizeof(float));
+    void *d_x = gpu_upload(x, n, t);
+    void *d_pos = gpu_upload_raw(pos, n_tok * sizeof(int32_t));
+    void *d_inv = gpu_upload_raw(inv_freq, (head_dim / 2) * sizeof(float));
     if (d_x && d_pos && d_inv) {
         /* In place: the input is its own output, so poisoning cannot apply; a skipped
          * element keeps its unrotated value, which the reference does not have. */
         CHECK_RC(cuda_rope(d_x, t, n_tok, n_heads, head_dim, d_pos, d_inv, mscale, NULL), RC_OK);
-        float *out = host_from(d_x, n, t);
+        float *out = gpu_download(d_x, n, t);
         char desc[128];
         snprintf(desc, sizeof desc, "n_tok %d heads %d dim %d theta %g mscale %g %s", n_tok,
                  n_heads, head_dim, theta, mscale, dn(t));
-        compare("rope", desc, out, ref, n, tol_for(t));
+        gpu_compare("rope", desc, out, ref, n, tol_for(t));
         free(out);
     }
     CHECK_RC(cuda_rope(d_x, t, n_tok, n_heads, 99, d_pos, d_inv, mscale, NULL), RC_ERR_INVALID);
@@ -297,19 +173,19 @@ static void test_rope(int n_tok, int n_heads, int head_dim, float theta, float m
 
 static void test_swiglu(size_t n, dtype_t in_t, dtype_t out_t)
 {
-    float *gate = rand_f32(n, 3.0f), *up = rand_f32(n, 1.0f);
-    round_to(gate, n, in_t);
-    round_to(up, n, in_t);
+    float *gate = gpu_rand(n, 3.0f), *up = gpu_rand(n, 1.0f);
+    gpu_round(gate, n, in_t);
+    gpu_round(up, n, in_t);
     float *ref = malloc(n * sizeof(float));
     cpu_swiglu(ref, gate, up, n);
-    void *d_g = dev_from(gate, n, in_t), *d_u = dev_from(up, n, in_t);
-    void *d_out = dev_poisoned(n, out_t);
+    void *d_g = gpu_upload(gate, n, in_t), *d_u = gpu_upload(up, n, in_t);
+    void *d_out = gpu_poisoned(n, out_t);
     if (d_g && d_u && d_out) {
         CHECK_RC(cuda_swiglu(d_out, out_t, d_g, d_u, in_t, n, NULL), RC_OK);
-        float *out = host_from(d_out, n, out_t);
+        float *out = gpu_download(d_out, n, out_t);
         char desc[128];
         snprintf(desc, sizeof desc, "n %zu %s -> %s", n, dn(in_t), dn(out_t));
-        compare("swiglu", desc, out, ref, n, tol_for(out_t));
+        gpu_compare("swiglu", desc, out, ref, n, tol_for(out_t));
         free(out);
     }
     cuda_free(&d_g);
@@ -322,24 +198,24 @@ static void test_swiglu(size_t n, dtype_t in_t, dtype_t out_t)
 
 static void test_matmul(cuda_ctx_t *ctx, int m, int n, int k, dtype_t y_t, float beta)
 {
-    float *x = rand_f32((size_t)m * k, 1.0f), *w = rand_f32((size_t)n * k, 0.05f);
-    float *y0 = rand_f32((size_t)m * n, 1.0f);
-    round_to(x, (size_t)m * k, DTYPE_BF16);
-    round_to(w, (size_t)n * k, DTYPE_BF16);
-    round_to(y0, (size_t)m * n, y_t);
+    float *x = gpu_rand((size_t)m * k, 1.0f), *w = gpu_rand((size_t)n * k, 0.05f);
+    float *y0 = gpu_rand((size_t)m * n, 1.0f);
+    gpu_round(x, (size_t)m * k, DTYPE_BF16);
+    gpu_round(w, (size_t)n * k, DTYPE_BF16);
+    gpu_round(y0, (size_t)m * n, y_t);
     float *ref = malloc((size_t)m * n * sizeof(float));
     cpu_matmul_nt(ref, x, w, m, n, k);
     if (beta != 0.0f)
         for (size_t i = 0; i < (size_t)m * n; i++) ref[i] += beta * y0[i];
-    void *d_x = dev_from(x, (size_t)m * k, DTYPE_BF16), *d_w = dev_from(w, (size_t)n * k, DTYPE_BF16);
+    void *d_x = gpu_upload(x, (size_t)m * k, DTYPE_BF16), *d_w = gpu_upload(w, (size_t)n * k, DTYPE_BF16);
     /* beta = 0 must not read y at all: give it NaN. */
-    void *d_y = beta != 0.0f ? dev_from(y0, (size_t)m * n, y_t) : dev_poisoned((size_t)m * n, y_t);
+    void *d_y = beta != 0.0f ? gpu_upload(y0, (size_t)m * n, y_t) : gpu_poisoned((size_t)m * n, y_t);
     if (d_x && d_w && d_y) {
         CHECK_RC(cuda_matmul_nt(ctx, d_y, y_t, d_x, d_w, m, n, k, beta, NULL), RC_OK);
-        float *out = host_from(d_y, (size_t)m * n, y_t);
+        float *out = gpu_download(d_y, (size_t)m * n, y_t);
         char desc[128];
         snprintf(desc, sizeof desc, "m %d n %d k %d bf16 -> %s beta %g", m, n, k, dn(y_t), beta);
-        compare("matmul_nt", desc, out, ref, (size_t)m * n, tol_sum_for(y_t));
+        gpu_compare("matmul_nt", desc, out, ref, (size_t)m * n, tol_sum_for(y_t));
         free(out);
     }
     cuda_free(&d_x);
@@ -365,8 +241,8 @@ static void test_attention(const attn_case_t *c)
     const size_t nq = (size_t)c->n_q * c->n_heads * hd;
     const size_t nk = (size_t)c->n_k * c->n_kv_heads * hd;
     const size_t nm = c->n_mem * c->n_kv_heads * hd;
-    float *q = rand_f32(nq, 1.0f), *k = rand_f32(nk, 1.0f), *v = rand_f32(nk, 1.0f);
-    float *mk = rand_f32(nm, 1.0f), *mv = rand_f32(nm, 1.0f);
+    float *q = gpu_rand(nq, 1.0f), *k = gpu_rand(nk, 1.0f), *v = gpu_rand(nk, 1.0f);
+    float *mk = gpu_rand(nm, 1.0f), *mv = gpu_rand(nm, 1.0f);
     if (c->clamp) {
         /* q·k ≈ −1e6 · Σ|k| · scale ≪ −1e6 for every key: all scores clamp to −1e6 and the
          * softmax is uniform; without the clamp it would pick one key. */
@@ -374,11 +250,11 @@ static void test_attention(const attn_case_t *c)
         for (size_t i = 0; i < nk; i++) k[i] = fabsf(k[i]) + 0.5f;
         for (size_t i = 0; i < nm; i++) mk[i] = fabsf(mk[i]) + 0.5f;
     }
-    round_to(q, nq, c->t);
-    round_to(k, nk, c->t);
-    round_to(v, nk, c->t);
-    round_to(mk, nm, c->mem_t);
-    round_to(mv, nm, c->mem_t);
+    gpu_round(q, nq, c->t);
+    gpu_round(k, nk, c->t);
+    gpu_round(v, nk, c->t);
+    gpu_round(mk, nm, c->mem_t);
+    gpu_round(mv, nm, c->mem_t);
 
     /* The reference reads memory in its own dtype, as the model stores it. */
     void *h_mk = malloc((nm ? nm : 1) * dtype_size(c->mem_t));
@@ -396,12 +272,12 @@ static void test_attention(const attn_case_t *c)
                           .n_kv_heads = c->n_kv_heads, .head_dim = hd, .q_offset = c->q_offset,
                           .dtype = c->t, .n_mem = c->n_mem, .mem_dtype = c->mem_t,
                           .scale = ra.scale};
-    a.q = dev_from(q, nq, c->t);
-    a.k = dev_from(k, nk, c->t);
-    a.v = dev_from(v, nk, c->t);
+    a.q = gpu_upload(q, nq, c->t);
+    a.k = gpu_upload(k, nk, c->t);
+    a.v = gpu_upload(v, nk, c->t);
     if (nm) {
-        a.mem_k = dev_from(mk, nm, c->mem_t);
-        a.mem_v = dev_from(mv, nm, c->mem_t);
+        a.mem_k = gpu_upload(mk, nm, c->mem_t);
+        a.mem_v = gpu_upload(mv, nm, c->mem_t);
     }
     size_t ws_bytes = 0;
     CHECK_RC(cuda_attention_workspace(&a, &ws_bytes), RC_OK);
@@ -412,19 +288,19 @@ static void test_attention(const attn_case_t *c)
     /* Without a workspace (one pass per block), with the planned one, and with half of it
      * (fewer splits than planned). */
     for (int use_ws = 0; use_ws <= (ws_bytes ? 2 : 0); use_ws++) {
-        a.out = dev_poisoned(nq, c->t);
+        a.out = gpu_poisoned(nq, c->t);
         a.workspace = use_ws ? ws : NULL;
         a.workspace_bytes = use_ws == 1 ? ws_bytes : use_ws == 2 ? ws_bytes / 2 : 0;
         if (a.q && a.k && a.v && a.out && (!nm || (a.mem_k && a.mem_v))) {
             CHECK_RC(cuda_attention(&a, NULL), RC_OK);
-            float *out = host_from(a.out, nq, c->t);
+            float *out = gpu_download(a.out, nq, c->t);
             char desc[160];
             snprintf(desc, sizeof desc, "d%d q%d k%d off%d h%d/%d mem %zu%s%s %s%s%s", hd,
                      c->n_q, c->n_k, c->q_offset, c->n_heads, c->n_kv_heads, c->n_mem,
                      nm ? " " : "", nm ? dn(c->mem_t) : "", dn(c->t),
                      use_ws == 1 ? " split" : use_ws == 2 ? " split/2" : "",
                      c->clamp ? " clamp" : "");
-            compare("attention", desc, out, ref, nq, tol_sum_for(c->t));
+            gpu_compare("attention", desc, out, ref, nq, tol_sum_for(c->t));
             free(out);
         }
         void *o = a.out;
@@ -455,16 +331,16 @@ static void test_attention(const attn_case_t *c)
 static void test_log_softmax(int n_tok, int vocab)
 {
     const size_t n = (size_t)n_tok * vocab;
-    float *x = rand_f32(n, 4.0f);
+    float *x = gpu_rand(n, 4.0f);
     float *ref = malloc(n * sizeof(float));
     cpu_log_softmax(ref, x, n_tok, vocab);
-    void *d_x = dev_from(x, n, DTYPE_F32), *d_out = dev_poisoned(n, DTYPE_F32);
+    void *d_x = gpu_upload(x, n, DTYPE_F32), *d_out = gpu_poisoned(n, DTYPE_F32);
     if (d_x && d_out) {
         CHECK_RC(cuda_log_softmax(d_out, d_x, n_tok, vocab, NULL), RC_OK);
-        float *out = host_from(d_out, n, DTYPE_F32);
+        float *out = gpu_download(d_out, n, DTYPE_F32);
         char desc[128];
         snprintf(desc, sizeof desc, "n_tok %d vocab %d f32", n_tok, vocab);
-        compare("log_softmax", desc, out, ref, n, TOL_F32);
+        gpu_compare("log_softmax", desc, out, ref, n, GPU_TOL_F32);
         free(out);
     }
     cuda_free(&d_x);
@@ -477,15 +353,15 @@ static void test_argmax(int vocab)
 {
     enum { N_TOK = 5 };
     const size_t n = (size_t)N_TOK * vocab;
-    float *x = rand_f32(n, 4.0f);
+    float *x = gpu_rand(n, 4.0f);
     x[1 * (size_t)vocab + vocab / 4] = x[1 * (size_t)vocab + vocab - 7] = 50.0f; /* tie: first */
     x[2 * (size_t)vocab + vocab - 1] = 60.0f;                                /* last index */
     for (int i = 0; i < vocab; i++) x[3 * (size_t)vocab + i] = -5.0f;       /* all equal */
     x[4 * (size_t)vocab + 0] = 70.0f;                                        /* first index */
-    void *d_x = dev_from(x, n, DTYPE_F32), *d_out = NULL;
+    void *d_x = gpu_upload(x, n, DTYPE_F32), *d_out = NULL;
     int32_t poison[N_TOK], out[N_TOK];
     for (int t = 0; t < N_TOK; t++) poison[t] = -1;
-    d_out = dev_raw(poison, sizeof poison);
+    d_out = gpu_upload_raw(poison, sizeof poison);
     if (d_x && d_out) {
         CHECK_RC(cuda_argmax(d_out, d_x, N_TOK, vocab, NULL), RC_OK);
         CHECK_RC(cuda_stream_sync(NULL), RC_OK);
@@ -508,22 +384,8 @@ static void test_argmax(int vocab)
 
 int main(void)
 {
-    int n_dev = 0;
-    if (cuda_device_count(&n_dev) != RC_OK || n_dev == 0) {
-        printf("skipped: no GPU\n");
-        return CHECK_SKIP;
-    }
-    const char *seed_env = getenv("RECALL_SEED");
-    uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL);
-    rng ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng) rng = 1;
-
-    cuda_device_info_t info;
-    CHECK_RC(cuda_device_info(0, &info), RC_OK);
-    printf("device 0: %s, sm_%d%d, %d SMs, %.1f GiB, driver %d, runtime %d; seed %llu\n",
-           info.name, info.cc_major, info.cc_minor, info.sm_count,
-           info.mem_total / 1073741824.0, info.driver_version, info.runtime_version,
-           (unsigned long long)seed);
+    const int skip = gpu_ops_begin("test_cuda_kernels", 1);
+    if (skip) return skip;
     cuda_ctx_t *ctx = NULL;
     CHECK_RC(cuda_ctx_create(&ctx, 0), RC_OK);
     if (!ctx) return check_summary();
@@ -571,7 +433,8 @@ int main(void)
     test_argmax(32000);
     test_argmax(33);
 
-    CHECK_MSG(setup_failed == 0, "%d device buffers could not be set up", setup_failed);
+    CHECK_MSG(gpu_setup_failures() == 0, "%d device buffers could not be set up",
+              gpu_setup_failures());
     cuda_ctx_destroy(&ctx);
     CHECK(ctx == NULL);
     return check_summary();

@@ -35,7 +35,7 @@
 #include "kernels/cpu.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
-#include "tests/test_rng.h"
+#include "tests/gpu_ops.h"
 
 #define TOL_BF16 5e-3     /* ‖out − ref‖ / ‖ref‖, bf16 outputs */
 #define TOL_F32 5e-5      /* the same, fp32 activations on the FMA kernel */
@@ -47,85 +47,10 @@ static int rng_below(int n)
     return (int)(rng_next() % (uint64_t)n);
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) abort();
-    return p;
-}
-
-static float *rand_f32(size_t n)
-{
-    float *x = xmalloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = rng_normal();
-    return x;
-}
-
-static void round_to(float *x, size_t n, dtype_t t)
-{
-    if (t != DTYPE_BF16 || !x) return;
-    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
-static int setup_failed;
-
-/* A fresh device buffer holding `bytes` of host; NULL for 0 bytes. */
-static void *dev_bytes(const void *host, size_t bytes)
-{
-    void *d = NULL;
-    if (!bytes) return NULL;
-    rc_t rc = cuda_alloc(&d, bytes);
-    if (!rc && host) rc = cuda_upload(d, host, bytes, NULL);
-    if (rc) {
-        setup_failed++;
-        fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
-        cuda_free(&d);
-    }
-    return d;
-}
-
-/* n values of x as dtype t on the device; NULL for n == 0 or x == NULL. */
-static void *dev_from(const float *x, size_t n, dtype_t t)
-{
-    if (!x || !n) return NULL;
-    void *host = xmalloc(n * dtype_size(t));
-    dtype_from_f32(host, t, x, n);
-    void *d = dev_bytes(host, n * dtype_size(t));
-    free(host);
-    return d;
-}
-
-/* Waits for the device, then copies bytes back; 0 on success. */
-static int fetch(void *host, const void *dev, size_t bytes)
-{
-    rc_t rc = cuda_stream_sync(NULL);
-    if (!rc) rc = cuda_download(host, dev, bytes, NULL);
-    CHECK_MSG(rc == RC_OK, "device error after the op: %s", rc_strerror(rc));
-    return rc ? -1 : 0;
-}
-
 static void poison(void *dev, size_t bytes)
 {
-    if (dev && cuda_memset(dev, 0xFF, bytes, NULL)) setup_failed++; /* NaN in bf16 and fp32 */
-}
-
-/* Normalized error of n outputs (dtype t, raw) against ref; *bad counts non-finite ones. */
-static double norm_err(const void *raw, dtype_t t, const float *ref, size_t n, size_t *bad)
-{
-    double num = 0, den = 0;
-    *bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float o = t == DTYPE_BF16 ? bf16_to_f32(((const uint16_t *)raw)[i])
-                                        : ((const float *)raw)[i];
-        if (!isfinite(o)) {
-            (*bad)++;
-            continue;
-        }
-        const double d = (double)o - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
+    if (dev && cuda_memset(dev, 0xFF, bytes, NULL)) /* NaN in bf16 and fp32 */
+        gpu_setup_failed("poisoning an output");
 }
 
 static double dot(const float *a, const float *b, int n)
@@ -155,8 +80,8 @@ static void ref_attention(const ref_in_t *r, float *out, double *lse)
     const int hd = r->hd, H = r->n_heads, KV = r->n_kv, group = H / KV;
     const double ms = r->mem_scale != 0.0f ? r->mem_scale : r->scale;
     const size_t n_keys = r->n_mem + (size_t)r->n_k;
-    double *s = xmalloc(n_keys * sizeof(double));
-    const float **vrow = xmalloc(n_keys * sizeof(float *));
+    double *s = gpu_xmalloc(n_keys * sizeof(double));
+    const float **vrow = gpu_xmalloc(n_keys * sizeof(float *));
     for (int i = 0; i < r->n_q; i++) {
         const int il = r->q_offset + i;
         for (int h = 0; h < H; h++) {
@@ -214,10 +139,10 @@ static void lse_case(const lcase_t *c)
     const size_t nq = (size_t)c->n_q * H * hd, nk = (size_t)c->n_k * KV * hd;
     const size_t nm = c->n_mem * KV * hd, nrow = (size_t)c->n_q * H;
     const int se = c->layout == CUDA_ATTN_SELF_EXTEND, dca = c->layout == CUDA_ATTN_DCA;
-    float *q = rand_f32(nq), *k = rand_f32(nk), *v = rand_f32(nk);
-    float *qa0 = c->layout ? rand_f32(nq) : NULL, *qa1 = dca ? rand_f32(nq) : NULL;
-    float *ka = se ? rand_f32(nk) : NULL, *qm = c->own_mem_q ? rand_f32(nq) : NULL;
-    float *mk = rand_f32(nm), *mv = rand_f32(nm);
+    float *q = gpu_rand(nq, 1.0f), *k = gpu_rand(nk, 1.0f), *v = gpu_rand(nk, 1.0f);
+    float *qa0 = c->layout ? gpu_rand(nq, 1.0f) : NULL, *qa1 = dca ? gpu_rand(nq, 1.0f) : NULL;
+    float *ka = se ? gpu_rand(nk, 1.0f) : NULL, *qm = c->own_mem_q ? gpu_rand(nq, 1.0f) : NULL;
+    float *mk = gpu_rand(nm, 1.0f), *mv = gpu_rand(nm, 1.0f);
     if (c->clamp) {
         float *qs[] = {q, qa0, qa1, qm};
         for (int t = 0; t < 4; t++)
@@ -228,9 +153,9 @@ static void lse_case(const lcase_t *c)
     }
     float *rounded[] = {q, k, v, qa0, qa1, ka, qm};
     for (int t = 0; t < 7; t++) /* k, v and k_alt are [n_k, ...]; the rest [n_q, ...] */
-        round_to(rounded[t], t == 1 || t == 2 || t == 5 ? nk : nq, c->act_t);
-    round_to(mk, nm, c->mem_t);
-    round_to(mv, nm, c->mem_t);
+        gpu_round(rounded[t], t == 1 || t == 2 || t == 5 ? nk : nq, c->act_t);
+    gpu_round(mk, nm, c->mem_t);
+    gpu_round(mv, nm, c->mem_t);
 
     const float scale = 1.0f / sqrtf((float)hd), ms = c->own_mem_q ? 0.7f * scale : 0.0f;
     ref_in_t ri = {.n_q = c->n_q, .n_k = c->n_k, .q_offset = c->q_offset, .n_heads = H,
@@ -238,8 +163,8 @@ static void lse_case(const lcase_t *c)
                    .k_alt = ka, .q_mem = qm, .n_mem = c->n_mem, .mk = mk, .mv = mv,
                    .scale = scale, .mem_scale = ms, .layout = c->layout,
                    .neighbor = c->neighbor, .chunk_len = c->chunk_len};
-    float *ref = xmalloc(nq * sizeof(float));
-    double *ref_lse = xmalloc(nrow * sizeof(double));
+    float *ref = gpu_xmalloc(nq * sizeof(float));
+    double *ref_lse = gpu_xmalloc(nrow * sizeof(double));
     ref_attention(&ri, ref, ref_lse);
 
     cuda_attn_args_t a = {.n_q = c->n_q, .n_k = c->n_k, .n_heads = H, .n_kv_heads = KV,
@@ -247,11 +172,11 @@ static void lse_case(const lcase_t *c)
                           .n_mem = c->n_mem, .mem_dtype = c->mem_t, .scale = scale,
                           .layout = c->layout, .neighbor = c->neighbor,
                           .chunk_len = c->chunk_len, .mem_scale = ms};
-    void *dq = dev_from(q, nq, c->act_t), *dk = dev_from(k, nk, c->act_t);
-    void *dv = dev_from(v, nk, c->act_t), *dqa0 = dev_from(qa0, nq, c->act_t);
-    void *dqa1 = dev_from(qa1, nq, c->act_t), *dka = dev_from(ka, nk, c->act_t);
-    void *dqm = dev_from(qm, nq, c->act_t);
-    void *dmk = dev_from(mk, nm, c->mem_t), *dmv = dev_from(mv, nm, c->mem_t);
+    void *dq = gpu_upload(q, nq, c->act_t), *dk = gpu_upload(k, nk, c->act_t);
+    void *dv = gpu_upload(v, nk, c->act_t), *dqa0 = gpu_upload(qa0, nq, c->act_t);
+    void *dqa1 = gpu_upload(qa1, nq, c->act_t), *dka = gpu_upload(ka, nk, c->act_t);
+    void *dqm = gpu_upload(qm, nq, c->act_t);
+    void *dmk = gpu_upload(mk, nm, c->mem_t), *dmv = gpu_upload(mv, nm, c->mem_t);
     a.q = dq;
     a.k = dk;
     a.v = dv;
@@ -269,14 +194,14 @@ static void lse_case(const lcase_t *c)
              RC_OK);
     if (c->want_split)
         CHECK_MSG(ws_bytes > 0, "d%d q%d mem %zu: no split planned", hd, c->n_q, c->n_mem);
-    void *ws = dev_bytes(NULL, ws_bytes);
+    void *ws = gpu_upload_raw(NULL, ws_bytes);
     const size_t es = dtype_size(c->act_t), ob = nq * es;
-    void *o0 = dev_bytes(NULL, ob), *o1 = dev_bytes(NULL, ob);
-    float *dl = dev_bytes(NULL, nrow * sizeof(float));
-    void *h0 = xmalloc(ob), *h1 = xmalloc(ob);
-    float *hl = xmalloc(nrow * sizeof(float));
+    void *o0 = gpu_upload_raw(NULL, ob), *o1 = gpu_upload_raw(NULL, ob);
+    float *dl = gpu_upload_raw(NULL, nrow * sizeof(float));
+    void *h0 = gpu_xmalloc(ob), *h1 = gpu_xmalloc(ob);
+    float *hl = gpu_xmalloc(nrow * sizeof(float));
 
-    for (int use_ws = 0; use_ws <= (ws_bytes ? 2 : 0) && !setup_failed; use_ws++) {
+    for (int use_ws = 0; use_ws <= (ws_bytes ? 2 : 0) && !gpu_setup_failures(); use_ws++) {
         a.workspace = use_ws ? ws : NULL;
         a.workspace_bytes = use_ws == 1 ? ws_bytes : use_ws == 2 ? ws_bytes / 2 : 0;
         char desc[200];
@@ -291,18 +216,18 @@ static void lse_case(const lcase_t *c)
         a.out = o0;
         a.lse = NULL;
         CHECK_RC(attn(&a, NULL), RC_OK);
-        if (fetch(h0, o0, ob)) continue;
+        if (gpu_fetch(h0, o0, ob)) continue;
         poison(o1, ob);
         poison(dl, nrow * sizeof(float));
         a.out = o1;
         a.lse = dl;
         CHECK_RC(attn(&a, NULL), RC_OK);
-        if (fetch(h1, o1, ob) || fetch(hl, dl, nrow * sizeof(float))) continue;
+        if (gpu_fetch(h1, o1, ob) || gpu_fetch(hl, dl, nrow * sizeof(float))) continue;
         a.lse = NULL;
 
         CHECK_MSG(!memcmp(h0, h1, ob), "%s: asking for lse changed the output's bits", desc);
         size_t bad = 0;
-        const double err = norm_err(h1, c->act_t, ref, nq, &bad);
+        const double err = gpu_rel_err(h1, c->act_t, ref, nq, &bad);
         const double tol = c->act_t == DTYPE_F32 ? TOL_F32 : TOL_BF16;
         size_t lbad = 0, worst_at = 0;
         double worst = 0; /* the largest |Δ| / its tolerance */
@@ -362,8 +287,8 @@ static void shuffle64(int64_t *x, int n)
 /* [n_lists, k] lists of distinct rows of [0, rows), −1 padded, in random order. */
 static int64_t *make_lists(size_t n_lists, int k, int rows, int n_neg)
 {
-    int64_t *idx = xmalloc(n_lists * k * sizeof(int64_t));
-    int64_t *pool = xmalloc((size_t)rows * sizeof(int64_t));
+    int64_t *idx = gpu_xmalloc(n_lists * k * sizeof(int64_t));
+    int64_t *pool = gpu_xmalloc((size_t)rows * sizeof(int64_t));
     for (int r = 0; r < rows; r++) pool[r] = r;
     const int n_valid = k >= rows ? rows : k - n_neg;
     for (size_t l = 0; l < n_lists; l++) {
@@ -390,25 +315,25 @@ static void knn_case(const kcase_t *c)
     const size_t hot_el = (size_t)c->n_hot * KV * hd;
     const int se = c->layout == CUDA_ATTN_SELF_EXTEND, dca = c->layout == CUDA_ATTN_DCA;
     const int full = c->k >= c->rows;
-    float *q = rand_f32(nq), *k = rand_f32(nk), *v = rand_f32(nk);
-    float *qa0 = c->layout ? rand_f32(nq) : NULL, *qa1 = dca ? rand_f32(nq) : NULL;
-    float *kalt = se ? rand_f32(nk) : NULL, *qm = c->own_mem_q ? rand_f32(nq) : NULL;
-    float *mk = rand_f32(nm), *mv = rand_f32(nm);
+    float *q = gpu_rand(nq, 1.0f), *k = gpu_rand(nk, 1.0f), *v = gpu_rand(nk, 1.0f);
+    float *qa0 = c->layout ? gpu_rand(nq, 1.0f) : NULL, *qa1 = dca ? gpu_rand(nq, 1.0f) : NULL;
+    float *kalt = se ? gpu_rand(nk, 1.0f) : NULL, *qm = c->own_mem_q ? gpu_rand(nq, 1.0f) : NULL;
+    float *mk = gpu_rand(nm, 1.0f), *mv = gpu_rand(nm, 1.0f);
     float *rounded[] = {q, k, v, qa0, qa1, kalt, qm};
     for (int t = 0; t < 7; t++)
-        round_to(rounded[t], t == 1 || t == 2 || t == 5 ? nk : nq, DTYPE_BF16);
-    round_to(mk, nm, c->mem_t);
-    round_to(mv, nm, c->mem_t);
+        gpu_round(rounded[t], t == 1 || t == 2 || t == 5 ? nk : nq, DTYPE_BF16);
+    gpu_round(mk, nm, c->mem_t);
+    gpu_round(mv, nm, c->mem_t);
     int64_t *idx = make_lists(nrow, c->k, c->rows, c->n_neg);
-    int32_t *idx32 = xmalloc(nrow * c->k * sizeof(int32_t));
+    int32_t *idx32 = gpu_xmalloc(nrow * c->k * sizeof(int32_t));
     for (size_t i = 0; i < nrow * c->k; i++) idx32[i] = (int32_t)idx[i];
 
     /* The CPU's kNN attention, and with every row listed the exact one. */
     const float scale = 1.0f / sqrtf((float)hd), ms = c->own_mem_q ? 1.3f * scale : 0.0f;
-    void *h_mk = xmalloc(nm * dtype_size(c->mem_t)), *h_mv = xmalloc(nm * dtype_size(c->mem_t));
+    void *h_mk = gpu_xmalloc(nm * dtype_size(c->mem_t)), *h_mv = gpu_xmalloc(nm * dtype_size(c->mem_t));
     dtype_from_f32(h_mk, c->mem_t, mk, nm);
     dtype_from_f32(h_mv, c->mem_t, mv, nm);
-    float *ref = xmalloc(nq * sizeof(float)), *ref_exact = xmalloc(nq * sizeof(float));
+    float *ref = gpu_xmalloc(nq * sizeof(float)), *ref_exact = gpu_xmalloc(nq * sizeof(float));
     attn_knn_args_t cka = {
         .e = {.a = {.n_q = c->n_q, .n_k = c->n_k, .n_heads = H, .n_kv_heads = KV,
                     .head_dim = hd, .q_offset = c->q_offset, .q = q, .k = k, .v = v,
@@ -428,16 +353,16 @@ static void knn_case(const kcase_t *c)
 
     /* The GPU: local part with lse, then the memory part. */
     const dtype_t B = DTYPE_BF16;
-    void *dq = dev_from(q, nq, B), *dk = dev_from(k, nk, B), *dv = dev_from(v, nk, B);
-    void *dqa0 = dev_from(qa0, nq, B), *dqa1 = dev_from(qa1, nq, B);
-    void *dka = dev_from(kalt, nk, B), *dqm = dev_from(qm, nq, B);
+    void *dq = gpu_upload(q, nq, B), *dk = gpu_upload(k, nk, B), *dv = gpu_upload(v, nk, B);
+    void *dqa0 = gpu_upload(qa0, nq, B), *dqa1 = gpu_upload(qa1, nq, B);
+    void *dka = gpu_upload(kalt, nk, B), *dqm = gpu_upload(qm, nq, B);
     const size_t mes = dtype_size(c->mem_t);
-    void *dhk = dev_bytes(h_mk, hot_el * mes), *dhv = dev_bytes(h_mv, hot_el * mes);
-    void *dsk = dev_bytes((char *)h_mk + hot_el * mes, (nm - hot_el) * mes);
-    void *dsv = dev_bytes((char *)h_mv + hot_el * mes, (nm - hot_el) * mes);
-    void *didx = dev_bytes(idx32, nrow * c->k * sizeof(int32_t));
-    void *out = dev_bytes(NULL, nq * 2);
-    float *dl = dev_bytes(NULL, nrow * sizeof(float));
+    void *dhk = gpu_upload_raw(h_mk, hot_el * mes), *dhv = gpu_upload_raw(h_mv, hot_el * mes);
+    void *dsk = gpu_upload_raw((char *)h_mk + hot_el * mes, (nm - hot_el) * mes);
+    void *dsv = gpu_upload_raw((char *)h_mv + hot_el * mes, (nm - hot_el) * mes);
+    void *didx = gpu_upload_raw(idx32, nrow * c->k * sizeof(int32_t));
+    void *out = gpu_upload_raw(NULL, nq * 2);
+    float *dl = gpu_upload_raw(NULL, nrow * sizeof(float));
     cuda_attn_args_t la = {.n_q = c->n_q, .n_k = c->n_k, .n_heads = H, .n_kv_heads = KV,
                            .head_dim = hd, .q_offset = c->q_offset, .dtype = B, .q = dq,
                            .k = dk, .v = dv, .scale = scale, .out = out,
@@ -451,10 +376,10 @@ static void knn_case(const kcase_t *c)
                                .n_sp = c->rows - c->n_hot, .lse = dl, .out = out};
     size_t ws_bytes = 0;
     CHECK_RC(cuda_attention_fast_workspace(&la, &ws_bytes), RC_OK);
-    void *ws = dev_bytes(NULL, ws_bytes);
-    uint16_t *raw = xmalloc(nq * 2);
+    void *ws = gpu_upload_raw(NULL, ws_bytes);
+    uint16_t *raw = gpu_xmalloc(nq * 2);
 
-    for (int use_ws = 0; use_ws <= (ws_bytes ? 1 : 0) && !setup_failed; use_ws++) {
+    for (int use_ws = 0; use_ws <= (ws_bytes ? 1 : 0) && !gpu_setup_failures(); use_ws++) {
         la.workspace = use_ws ? ws : NULL;
         la.workspace_bytes = use_ws ? ws_bytes : 0;
         char desc[200];
@@ -466,10 +391,10 @@ static void knn_case(const kcase_t *c)
         poison(dl, nrow * sizeof(float));
         CHECK_RC(cuda_attention_fast(&la, NULL), RC_OK);
         CHECK_RC(cuda_knn_attention(&ka, NULL), RC_OK);
-        if (fetch(raw, out, nq * 2)) continue;
+        if (gpu_fetch(raw, out, nq * 2)) continue;
         size_t bad = 0, bad2 = 0;
-        const double err = norm_err(raw, B, ref, nq, &bad);
-        const double err2 = full ? norm_err(raw, B, ref_exact, nq, &bad2) : 0.0;
+        const double err = gpu_rel_err(raw, B, ref, nq, &bad);
+        const double err2 = full ? gpu_rel_err(raw, B, ref_exact, nq, &bad2) : 0.0;
         const int ok = !bad && err <= TOL_BF16 && err2 <= TOL_BF16;
         if (full)
             printf("knn %-72s vs knn %.2e  vs exact %.2e  %s\n", desc, err, err2,
@@ -482,7 +407,7 @@ static void knn_case(const kcase_t *c)
         if (err > TOL_BF16) { /* where: the first (query, head) far off */
             for (size_t r = 0; r < nrow; r++) {
                 size_t b;
-                const double e = norm_err(raw + r * hd, B, ref + r * hd, hd, &b);
+                const double e = gpu_rel_err(raw + r * hd, B, ref + r * hd, hd, &b);
                 if (e > 10 * TOL_BF16 || b) {
                     fprintf(stderr, "  first bad row: query %zu head %zu: rel_err %.3e, "
                             "out[0] %g vs %g\n", r / H, r % H, e,
@@ -510,14 +435,14 @@ static void knn_edges(void)
 {
     const int nq = 2, H = 2, hd = 64, rows = 8, k = 4;
     const size_t n = (size_t)nq * H * hd, nm = (size_t)rows * H * hd;
-    float *x = rand_f32(n), *m = rand_f32(nm), lse[4] = {0.5f, -1.0f, 2.0f, 0.0f};
+    float *x = gpu_rand(n, 1.0f), *m = gpu_rand(nm, 1.0f), lse[4] = {0.5f, -1.0f, 2.0f, 0.0f};
     int32_t idx[16];
     for (int i = 0; i < 16; i++) idx[i] = -1;
-    void *dq = dev_from(x, n, DTYPE_BF16), *out = dev_from(x, n, DTYPE_BF16);
-    void *dm = dev_from(m, nm, DTYPE_BF16), *dl = dev_bytes(lse, sizeof lse);
-    void *di = dev_bytes(idx, sizeof idx);
-    uint16_t *before = xmalloc(n * 2), *after = xmalloc(n * 2);
-    if (setup_failed || fetch(before, out, n * 2)) goto done;
+    void *dq = gpu_upload(x, n, DTYPE_BF16), *out = gpu_upload(x, n, DTYPE_BF16);
+    void *dm = gpu_upload(m, nm, DTYPE_BF16), *dl = gpu_upload_raw(lse, sizeof lse);
+    void *di = gpu_upload_raw(idx, sizeof idx);
+    uint16_t *before = gpu_xmalloc(n * 2), *after = gpu_xmalloc(n * 2);
+    if (gpu_setup_failures() || gpu_fetch(before, out, n * 2)) goto done;
 
     const cuda_knn_attn_args_t good = {.n_q = nq, .n_heads = H, .n_kv_heads = H, .head_dim = hd,
                                        .q_mem = dq, .mem_scale = 0.125f, .k = k, .idx = di,
@@ -561,14 +486,14 @@ static void knn_edges(void)
     a.k = 0;
     CHECK_RC(cuda_knn_attention(&a, NULL), RC_OK);
     CHECK_RC(cuda_knn_attention(&good, NULL), RC_OK);
-    if (!fetch(after, out, n * 2))
+    if (!gpu_fetch(after, out, n * 2))
         CHECK_MSG(!memcmp(before, after, n * 2), "k = 0 or lists of -1 changed the output");
 
     /* An index past the memory: that row NaN, every other row untouched. */
     idx[1] = rows + 5; /* query 0, head 0 */
-    if (cuda_upload(di, idx, sizeof idx, NULL)) setup_failed++;
+    if (cuda_upload(di, idx, sizeof idx, NULL)) gpu_setup_failed("uploading the lists");
     CHECK_RC(cuda_knn_attention(&good, NULL), RC_OK);
-    if (!fetch(after, out, n * 2)) {
+    if (!gpu_fetch(after, out, n * 2)) {
         int nan_row = 1;
         for (int d = 0; d < hd; d++) nan_row &= isnan(bf16_to_f32(after[d]));
         CHECK_MSG(nan_row, "a bad index did not make its row NaN");
@@ -606,7 +531,7 @@ static double time_calls(const cuda_knn_attn_args_t *ka, const cuda_attn_args_t 
 /* Uniform in [−1, 1), bf16: cheap enough for hundreds of millions. */
 static uint16_t *rand_bf16_raw(size_t n)
 {
-    uint16_t *x = xmalloc(n * 2);
+    uint16_t *x = gpu_xmalloc(n * 2);
     for (size_t i = 0; i < n; i++)
         x[i] = f32_to_bf16((float)((int32_t)(rng_next() >> 32)) * (1.0f / 2147483648.0f));
     return x;
@@ -621,14 +546,14 @@ static void knn_scale(int n_q, int rows, int bench)
     uint16_t *mk = rand_bf16_raw(nm), *mv = rand_bf16_raw(nm);
     for (size_t i = 0; i < nq; i++) /* larger queries: scores of a few units, as in a model */
         hq[i] = f32_to_bf16(bf16_to_f32(hq[i]) * 4.0f);
-    int32_t *idx = xmalloc(nrow * k * sizeof(int32_t));
+    int32_t *idx = gpu_xmalloc(nrow * k * sizeof(int32_t));
     for (size_t i = 0; i < nrow * k; i++) idx[i] = (int32_t)rng_below(rows);
-    void *dq = dev_bytes(hq, nq * 2), *dk = dev_bytes(hk, nq * 2), *dv = dev_bytes(hv, nq * 2);
-    void *dmk = dev_bytes(mk, nm * 2), *dmv = dev_bytes(mv, nm * 2);
-    void *didx = dev_bytes(idx, nrow * k * sizeof(int32_t)), *out = dev_bytes(NULL, nq * 2);
-    float *dl = dev_bytes(NULL, nrow * sizeof(float));
-    uint16_t *local = xmalloc(nq * 2), *res = xmalloc(nq * 2);
-    float *lse = xmalloc(nrow * sizeof(float));
+    void *dq = gpu_upload_raw(hq, nq * 2), *dk = gpu_upload_raw(hk, nq * 2), *dv = gpu_upload_raw(hv, nq * 2);
+    void *dmk = gpu_upload_raw(mk, nm * 2), *dmv = gpu_upload_raw(mv, nm * 2);
+    void *didx = gpu_upload_raw(idx, nrow * k * sizeof(int32_t)), *out = gpu_upload_raw(NULL, nq * 2);
+    float *dl = gpu_upload_raw(NULL, nrow * sizeof(float));
+    uint16_t *local = gpu_xmalloc(nq * 2), *res = gpu_xmalloc(nq * 2);
+    float *lse = gpu_xmalloc(nrow * sizeof(float));
     cuda_attn_args_t la = {.n_q = n_q, .n_k = n_q, .n_heads = H, .n_kv_heads = H,
                            .head_dim = hd, .dtype = DTYPE_BF16, .q = dq, .k = dk, .v = dv,
                            .scale = scale, .out = out, .lse = dl};
@@ -636,13 +561,13 @@ static void knn_scale(int n_q, int rows, int bench)
                                .q_mem = dq, .mem_scale = scale, .k = k, .idx = didx,
                                .mem_dtype = DTYPE_BF16, .hot_k = dmk, .hot_v = dmv,
                                .n_hot = rows, .lse = dl, .out = out};
-    if (setup_failed) goto done;
+    if (gpu_setup_failures()) goto done;
     poison(out, nq * 2);
     poison(dl, nrow * sizeof(float));
     CHECK_RC(cuda_attention_fast(&la, NULL), RC_OK);
-    if (fetch(local, out, nq * 2) || fetch(lse, dl, nrow * sizeof(float))) goto done;
+    if (gpu_fetch(local, out, nq * 2) || gpu_fetch(lse, dl, nrow * sizeof(float))) goto done;
     CHECK_RC(cuda_knn_attention(&ka, NULL), RC_OK);
-    if (fetch(res, out, nq * 2)) goto done;
+    if (gpu_fetch(res, out, nq * 2)) goto done;
 
     /* Sampled rows against the host merge of the GPU's own local part. */
     double num = 0, den = 0;
@@ -691,7 +616,8 @@ static void knn_scale(int n_q, int rows, int bench)
         for (size_t r = 0; r < nrow; r++)
             for (int j = 0; j < k; j++)
                 idx[r * k + j] = (int32_t)(((r / H) * 8 + (size_t)rng_below(4096)) % rows);
-        if (cuda_upload(didx, idx, nrow * k * sizeof(int32_t), NULL)) setup_failed++;
+        if (cuda_upload(didx, idx, nrow * k * sizeof(int32_t), NULL))
+            gpu_setup_failed("uploading the lists");
         const double t_loc = time_calls(&ka, NULL, iters);
         la.lse = NULL;
         const double t_attn = time_calls(NULL, &la, iters);
@@ -728,19 +654,8 @@ done:
 
 int main(void)
 {
-    int n_dev = 0;
-    if (cuda_device_count(&n_dev) != RC_OK || n_dev == 0) {
-        printf("skipped: no GPU\n");
-        return CHECK_SKIP;
-    }
-    const char *env = getenv("RECALL_SEED");
-    unsigned long long seed = env ? strtoull(env, NULL, 10) : (unsigned long long)time(NULL);
-    rng ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng) rng = 1;
-    cuda_device_info_t info;
-    CHECK_RC(cuda_device_info(0, &info), RC_OK);
-    printf("device 0: %s, sm_%d%d, %d SMs; seed %llu\n", info.name, info.cc_major,
-           info.cc_minor, info.sm_count, seed);
+    const int skip = gpu_ops_begin("test_cuda_knn_attention", 1);
+    if (skip) return skip;
 
     const dtype_t B = DTYPE_BF16, F = DTYPE_F32;
     const int P = CUDA_ATTN_PLAIN, SE = CUDA_ATTN_SELF_EXTEND, DCA = CUDA_ATTN_DCA;
@@ -787,6 +702,7 @@ int main(void)
     else
         knn_scale(256, 8192, 0);
 
-    CHECK_MSG(setup_failed == 0, "%d device buffers could not be set up", setup_failed);
+    CHECK_MSG(gpu_setup_failures() == 0, "%d device buffers could not be set up",
+              gpu_setup_failures());
     return check_summary();
 }

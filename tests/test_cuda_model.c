@@ -52,6 +52,7 @@
 #include "model/model.h"
 #include "model/stream.h"
 #include "tests/check.h"
+#include "tests/gpu_pair.h"
 
 #define TOL_LP 0.08       /* max |Δ logprob| (see the top): 3× run 1's worst, 0.026 */
 #define TOL_LP_MEAN 0.02  /* mean |Δ logprob|: 3× run 1's worst, 0.0066 */
@@ -79,37 +80,10 @@ static uint32_t rng_next(void)
 
 static double worst_max = 0, worst_mean = 0;
 
-/* Feeds tok[0..n) in chunks of 1, 7, 37, 64, 100, … (cycling), so chunks start mid-window.
- * A chunk's last log-prob needs the next chunk's first token, so it is left unwritten; those
- * positions are marked in chunk_end [n] (optional). */
-static rc_t feed_uneven(model_stream_t *s, const int32_t *tok, size_t n, float *lp,
-                        char *chunk_end)
-{
-    static const size_t sizes[] = {1, 7, 37, 64, 100, 3, 250};
-    size_t done = 0, k = 0;
-    while (done < n) {
-        size_t c = sizes[k++ % (sizeof sizes / sizeof sizes[0])];
-        if (c > n - done) c = n - done;
-        rc_t rc = model_stream_feed(s, tok + done, c, lp ? lp + done : NULL, NULL);
-        if (rc) return rc;
-        done += c;
-        if (chunk_end) chunk_end[done - 1] = 1;
-    }
-    return RC_OK;
-}
-
 typedef struct side {
     model_backend_t *b;
     model_stream_t *s;
 } side_t;
-
-static int open_stream(model_backend_t *b, const model_stream_opts_t *o, model_stream_t **s)
-{
-    rc_t rc = model_stream_create_on(b, o, s);
-    CHECK_MSG(rc == RC_OK, "model_stream_create_on(%s): %s", model_backend_describe(b),
-              rc_strerror(rc));
-    return rc == RC_OK ? 0 : -1;
-}
 
 /* Log-probs of tok on both backends; compares and records. The CPU gets the whole input in
  * one call; the GPU gets uneven chunks (so its forwards start at local > 0), and the
@@ -121,10 +95,10 @@ static void compare_logprobs_tol(const char *name, model_backend_t *cpu, model_b
     float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
     char *end = calloc(n, 1);
     model_stream_t *sc = NULL, *sg = NULL;
-    if (!a || !g || !end || open_stream(cpu, o, &sc) || open_stream(gpu, o, &sg)) goto done;
+    if (!a || !g || !end || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
     for (size_t i = 0; i < n; i++) a[i] = g[i] = NAN;
     CHECK_RC(model_stream_feed(sc, tok, n, a, NULL), RC_OK);
-    CHECK_RC(feed_uneven(sg, tok, n, g, end), RC_OK);
+    CHECK_RC(pair_feed_uneven(sg, tok, n, g, end), RC_OK);
     double mx = 0, sum = 0;
     size_t bad = 0, at = 0, cmp = 0;
     for (size_t i = 0; i + 1 < n; i++) {
@@ -174,9 +148,9 @@ static void compare_greedy(const char *name, model_backend_t *cpu, model_backend
     float *lc = malloc((size_t)vocab * sizeof *lc), *lg = malloc((size_t)vocab * sizeof *lg);
     int32_t gen_g[GEN_TOKENS], gen_c[GEN_TOKENS];
     model_stream_t *sc = NULL, *sg = NULL;
-    if (!lc || !lg || open_stream(cpu, o, &sc) || open_stream(gpu, o, &sg)) goto done;
+    if (!lc || !lg || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
     /* GPU greedy, fed in uneven chunks then one token at a time. */
-    if (feed_uneven(sg, prompt, n - 1, NULL, NULL) ||
+    if (pair_feed_uneven(sg, prompt, n - 1, NULL, NULL) ||
         model_stream_feed(sg, prompt + n - 1, 1, NULL, lg)) {
         CHECK_MSG(0, "%s: feeding the GPU stream failed", name);
         goto done;
@@ -223,8 +197,8 @@ static void compare_rewind_restore(const char *name, model_backend_t *cpu, model
     const size_t head = (size_t)window * 3, tmp = (size_t)window + 5, tail = n - head - tmp;
     float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
     model_stream_t *sc = NULL, *sg = NULL, *sr = NULL;
-    if (!a || !g || open_stream(cpu, o, &sc) || open_stream(gpu, o, &sg) ||
-        open_stream(gpu, o, &sr))
+    if (!a || !g || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg) ||
+        pair_stream(gpu, o, &sr))
         goto done;
     CHECK_RC(model_stream_feed(sc, tok, head, NULL, NULL), RC_OK);
     CHECK_RC(model_stream_feed(sg, tok, head, NULL, NULL), RC_OK);
@@ -270,37 +244,6 @@ done:
     free(g);
 }
 
-typedef struct pair {
-    model_t *m;
-    model_backend_t *cpu, *gpu;
-} pair_t;
-
-static int open_pair(const char *dir, pair_t *p)
-{
-    char err[512];
-    memset(p, 0, sizeof *p);
-    rc_t rc = model_load(dir, 1, &p->m, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "model_load(%s): %s", dir, err);
-    if (rc) return -1;
-    rc = model_backend_open(p->m, "cpu", &p->cpu, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "open cpu: %s", err);
-    if (rc) return -1;
-    rc = model_backend_open(p->m, "cuda", &p->gpu, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "open cuda: %s", err);
-    if (rc) return -1;
-    const char *d = model_backend_describe(p->gpu);
-    CHECK_MSG(!strncmp(d, "cuda:0 (", 8), "describe: %s", d);
-    printf("model %s on %s\n", model_describe(p->m), d);
-    return 0;
-}
-
-static void close_pair(pair_t *p)
-{
-    model_backend_close(&p->gpu);
-    model_backend_close(&p->cpu);
-    model_destroy(&p->m);
-}
-
 static int32_t *random_tokens(size_t n, int vocab)
 {
     int32_t *t = malloc(n * sizeof *t);
@@ -314,7 +257,7 @@ static void case_fot(const char *data)
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/tiny-fot-d64", data);
     pair_t p;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     const int window = c->max_pos; /* 64 */
     const size_t n = (size_t)window * 9 + 23;  /* 9+ windows, the last one partial */
@@ -354,7 +297,7 @@ static void case_fot(const char *data)
     model_stream_destroy(&s);
     free(tok);
 done:
-    close_pair(&p);
+    pair_close(&p);
 }
 
 /* ---- knn memory on the GPU ------------------------------------------------------------ */
@@ -369,7 +312,7 @@ static rc_t run_lp(model_backend_t *b, const model_stream_opts_t *o, const int32
     rc_t rc = model_stream_create_on(b, o, &s);
     if (rc) return rc;
     for (size_t i = 0; i < n; i++) lp[i] = NAN;
-    rc = feed_uneven(s, tok, n, lp, NULL);
+    rc = pair_feed_uneven(s, tok, n, lp, NULL);
     if (out && !rc)
         *out = s;
     else
@@ -417,8 +360,8 @@ static int greedy_gpu(model_backend_t *gpu, const model_stream_opts_t *o, const 
     const int vocab = model_get_config(model_backend_model(gpu))->vocab_size;
     float *lg = malloc((size_t)vocab * sizeof *lg);
     model_stream_t *s = NULL;
-    int ok = lg && open_stream(gpu, o, &s) == 0;
-    if (ok && (feed_uneven(s, prompt, n - 1, NULL, NULL) ||
+    int ok = lg && pair_stream(gpu, o, &s) == 0;
+    if (ok && (pair_feed_uneven(s, prompt, n - 1, NULL, NULL) ||
                model_stream_feed(s, prompt + n - 1, 1, NULL, lg)))
         ok = 0;
     for (int i = 0; ok && i < GEN_TOKENS; i++) {
@@ -437,7 +380,7 @@ static void case_knn(const char *data)
     pair_t p;
     float *a = NULL, *g = NULL, *r = NULL;
     int32_t *tok = NULL;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     const int window = c->max_pos; /* 64 */
     const size_t n = (size_t)window * 9 + 23;
@@ -553,14 +496,14 @@ static void case_knn(const char *data)
         const size_t head = (size_t)window * 2, extra = (size_t)window * 4,
                      tail = (size_t)window * 4 + 9;
         model_stream_t *sc = NULL, *sg = NULL;
-        if (!open_stream(p.cpu, &kb64, &sc) && !open_stream(p.gpu, &kb64, &sg)) {
+        if (!pair_stream(p.cpu, &kb64, &sc) && !pair_stream(p.gpu, &kb64, &sg)) {
             CHECK_RC(model_stream_feed(sc, tok, head, NULL, NULL), RC_OK);
-            CHECK_RC(feed_uneven(sg, tok, head, NULL, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(sg, tok, head, NULL, NULL), RC_OK);
             CHECK_RC(model_stream_flush(sc), RC_OK);
             CHECK_RC(model_stream_flush(sg), RC_OK);
             model_stream_mark_t mc = model_stream_get_mark(sc), mg = model_stream_get_mark(sg);
             CHECK_RC(model_stream_feed(sc, tok + head, extra, NULL, NULL), RC_OK);
-            CHECK_RC(feed_uneven(sg, tok + head, extra, NULL, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(sg, tok + head, extra, NULL, NULL), RC_OK);
             CHECK_RC(model_stream_flush(sg), RC_OK);
             const size_t sp_before = spilled_rows(sg);
             model_stream_rewind(sc, mc);
@@ -571,8 +514,8 @@ static void case_knn(const char *data)
             const int32_t *t2 = tok + 7; /* other tokens than those after the mark */
             for (size_t i = 0; i < tail; i++) a[i] = g[i] = NAN;
             /* The same chunks on both sides: the same positions go unscored. */
-            CHECK_RC(feed_uneven(sc, t2, tail, a, NULL), RC_OK);
-            CHECK_RC(feed_uneven(sg, t2, tail, g, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(sc, t2, tail, a, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(sg, t2, tail, g, NULL), RC_OK);
             const double mx = lp_diff(a, g, tail, &mean, &at);
             CHECK(memory_store_len(model_stream_memory(sg)) == head + (size_t)window * 4);
             printf("%-34s rewind from %zu spilled rows to %zu (mark %zu rows), then %zu tokens: "
@@ -601,8 +544,8 @@ static void case_knn(const char *data)
     {
         const size_t head = (size_t)window * 6, tail = (size_t)window * 2 + 17;
         model_stream_t *s1 = NULL, *s2 = NULL;
-        if (!open_stream(p.gpu, &kb, &s1) && !open_stream(p.gpu, &kb, &s2)) {
-            CHECK_RC(feed_uneven(s1, tok, head, NULL, NULL), RC_OK);
+        if (!pair_stream(p.gpu, &kb, &s1) && !pair_stream(p.gpu, &kb, &s2)) {
+            CHECK_RC(pair_feed_uneven(s1, tok, head, NULL, NULL), RC_OK);
             CHECK_RC(model_stream_flush(s1), RC_OK);
             memory_store_t *m1 = model_stream_memory(s1), *m2 = model_stream_memory(s2);
             for (int l = 0; l < memory_store_layers(m1); l++)
@@ -632,8 +575,8 @@ static void case_knn(const char *data)
                          RC_ERR_INVALID);
             const int32_t *t2 = tok + head;
             for (size_t i = 0; i < tail; i++) a[i] = g[i] = NAN;
-            CHECK_RC(feed_uneven(s1, t2, tail, a, NULL), RC_OK);
-            CHECK_RC(feed_uneven(s2, t2, tail, g, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(s1, t2, tail, a, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(s2, t2, tail, g, NULL), RC_OK);
             const double mx = lp_diff(a, g, tail, &mean, &at);
             printf("%-34s index of %zu spilled rows saved and loaded: max|dlp| %.3g vs the "
                    "original stream\n", "tiny-fot-d64 knn budget 2 win", saved, mx);
@@ -643,7 +586,7 @@ static void case_knn(const char *data)
         model_stream_destroy(&s2);
         /* Exact streams have no index. */
         model_stream_t *se = NULL;
-        if (!open_stream(p.gpu, &ex, &se)) CHECK(model_stream_index(se) == NULL);
+        if (!pair_stream(p.gpu, &ex, &se)) CHECK(model_stream_index(se) == NULL);
         model_stream_destroy(&se);
     }
 
@@ -653,9 +596,9 @@ static void case_knn(const char *data)
         model_stream_opts_t eb = ex;
         eb.gpu_memory_budget = (size_t)window * 2 * per_row;
         model_stream_t *s = NULL;
-        if (!open_stream(p.gpu, &eb, &s)) {
+        if (!pair_stream(p.gpu, &eb, &s)) {
             const size_t three = (size_t)window * 3;
-            CHECK_RC(feed_uneven(s, tok, three, NULL, NULL), RC_OK);
+            CHECK_RC(pair_feed_uneven(s, tok, three, NULL, NULL), RC_OK);
             CHECK(memory_store_len(model_stream_memory(s)) == (size_t)window * 2);
             const uint64_t before = model_stream_tokens(s);
             CHECK_RC(model_stream_feed(s, tok + three, 1, NULL, NULL), RC_ERR_NOMEM);
@@ -666,8 +609,8 @@ static void case_knn(const char *data)
             model_stream_t *k2 = NULL;
             model_stream_opts_t kk = kn;
             kk.gpu_memory_budget = eb.gpu_memory_budget;
-            if (!open_stream(p.gpu, &kk, &k2))
-                CHECK_RC(feed_uneven(k2, tok, three + 1, NULL, NULL), RC_OK);
+            if (!pair_stream(p.gpu, &kk, &k2))
+                CHECK_RC(pair_feed_uneven(k2, tok, three + 1, NULL, NULL), RC_OK);
             model_stream_destroy(&k2);
             printf("%-34s exact over its budget: RC_ERR_NOMEM, stream unchanged\n",
                    "tiny-fot-d64 exact budget 2 win");
@@ -679,7 +622,7 @@ done:
     free(a);
     free(g);
     free(r);
-    close_pair(&p);
+    pair_close(&p);
 }
 
 /* ---- the knn probe (bench/knn_probe.h, installed as model/knn_observe.h's observer) --- */
@@ -790,7 +733,7 @@ static void case_knn_probe(const char *data)
     pair_t p;
     float *a = NULL, *g = NULL;
     int32_t *tok = NULL;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     const int window = c->max_pos; /* 64 */
     const size_t n = (size_t)window * 6 + 23;
@@ -855,13 +798,13 @@ done:
     free(tok);
     free(a);
     free(g);
-    close_pair(&p);
+    pair_close(&p);
 }
 
 static void case_simple(const char *label, const char *dir, int window, size_t n)
 {
     pair_t p;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     int32_t *tok = random_tokens(n, c->vocab_size);
     if (!tok) goto done;
@@ -872,16 +815,14 @@ static void case_simple(const char *label, const char *dir, int window, size_t n
     compare_greedy(label, p.cpu, p.gpu, &o, tok, n / 2);
     free(tok);
 done:
-    close_pair(&p);
+    pair_close(&p);
 }
 
 /* The GPU attention is built for head dims 64, 100 and 128, and the shared tiny checkpoints
  * (tests/make_tiny_models.sh) have head_dim 16, so this test makes its own small ones with
  * tools/make_test_model.py (a second each, no tokenizer) in $RECALL_GPU_TEST_MODELS, default
  * $RECALL_BUILD_DIR/tests/data-gpu; an existing model is kept. */
-static const struct {
-    const char *name, *args;
-} models[] = {
+static const pair_model_t models[] = {
     /* the tiny-fot layout (memory layers 1 and 2, window 64) at head_dim 64, fp32 weights */
     {"tiny-fot-d64", "--kind longllama --layers 4 --hidden 128 --heads 2 --ffn 352 --vocab 512 "
                      "--max-pos 64 --mem-layers 1,2 --last-context 32 --mem-dtype float32 "
@@ -894,35 +835,6 @@ static const struct {
     {"tiny-llama-d64", "--kind llama --layers 2 --hidden 256 --heads 4 --kv-heads 2 --ffn 704 "
                        "--vocab 512 --max-pos 128 --dtype float32 --seed 1"},
 };
-
-static int make_models(const char *dir)
-{
-    const char *py = getenv("RECALL_PYTHON"), *src = getenv("RECALL_SOURCE_DIR");
-    if (!py || !*py) py = "python3";
-    if (!src) {
-        fprintf(stderr, "RECALL_SOURCE_DIR is not set (ctest sets it)\n");
-        return -1;
-    }
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-        char path[1200], cmd[8192];
-        snprintf(path, sizeof path, "%s/%s/config.json", dir, models[i].name);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            fclose(f);
-            continue;
-        }
-        snprintf(cmd, sizeof cmd,
-                 "rm -rf '%s/%s.tmp' && '%s' '%s/tools/make_test_model.py' --out '%s/%s.tmp' %s "
-                 "--no-tokenizer > /dev/null && mv '%s/%s.tmp' '%s/%s'",
-                 dir, models[i].name, py, src, dir, models[i].name, models[i].args, dir,
-                 models[i].name, dir, models[i].name);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "making %s failed: %s\n", models[i].name, cmd);
-            return -1;
-        }
-    }
-    return 0;
-}
 
 int main(void)
 {
@@ -943,7 +855,7 @@ int main(void)
         snprintf(data, sizeof data, "%s/tests/data-gpu", build ? build : ".");
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", data);
-    if (system(cmd) != 0 || make_models(data)) {
+    if (system(cmd) != 0 || pair_make_models(data, models, sizeof models / sizeof models[0])) {
         CHECK_MSG(0, "cannot make the test models in %s", data);
         return check_summary();
     }

@@ -35,9 +35,9 @@
 #include "model/model.h"
 #include "model/stream.h"
 #include "tests/check.h"
-#include "tests/test_rng.h"
+#include "tests/gpu_pair.h"
+#include "tests/gpu_ops.h"
 
-#define TOL_BF16 5e-3
 #define TOL_LP 0.08
 #define TOL_LP_MEAN 0.02
 #define GREEDY_MARGIN 0.3
@@ -55,66 +55,24 @@ static float *rand_t(size_t n, dtype_t t)
     return x;
 }
 
-static int setup_failed;
-
-static void *dev_from(const float *x, size_t n, dtype_t t)
-{
-    if (!x) return NULL;
-    const size_t bytes = n * dtype_size(t);
-    void *host = malloc(bytes ? bytes : 1), *d = NULL;
-    if (!host) abort();
-    dtype_from_f32(host, t, x, n);
-    rc_t rc = cuda_alloc(&d, bytes);
-    if (!rc) rc = cuda_upload(d, host, bytes, NULL);
-    free(host);
-    if (rc) {
-        setup_failed++;
-        fprintf(stderr, "FAIL: device buffer of %zu bytes: %s\n", bytes, rc_strerror(rc));
-        cuda_free(&d);
-    }
-    return d;
-}
-
-static uint16_t *host_raw(const void *d, size_t n)
-{
-    uint16_t *raw = malloc((n ? n : 1) * 2);
-    if (!raw) abort();
-    rc_t rc = cuda_stream_sync(NULL);
-    if (!rc) rc = cuda_download(raw, d, n * 2, NULL);
-    CHECK_MSG(rc == RC_OK, "device error after the op: %s", rc_strerror(rc));
-    if (rc) {
-        free(raw);
-        return NULL;
-    }
-    return raw;
-}
-
 static double worst_err;
 
 static void compare(const char *desc, const uint16_t *raw, const float *ref, size_t n)
 {
-    if (!raw) {
-        CHECK_MSG(0, "%s: no output", desc);
-        return;
+    const double err = gpu_compare_raw("attention_pos", desc, raw, DTYPE_BF16, ref, n,
+                                       GPU_TOL_BF16);
+    if (raw && err > worst_err) worst_err = err;
+}
+
+/* Waits for the device and reads n bf16 values back raw. */
+static uint16_t *host_raw(const void *d, size_t n)
+{
+    uint16_t *raw = gpu_xmalloc(n * 2);
+    if (gpu_fetch(raw, d, n * 2)) {
+        free(raw);
+        return NULL;
     }
-    size_t bad = 0;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float o = bf16_to_f32(raw[i]);
-        if (!isfinite(o)) {
-            bad++;
-            continue;
-        }
-        const double d = (double)o - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    const double err = den > 0 ? sqrt(num / den) : sqrt(num);
-    if (err > worst_err) worst_err = err;
-    printf("attention_pos %-70s rel_err %.2e  %s\n", desc, err,
-           !bad && err <= TOL_BF16 ? "ok" : "FAIL");
-    CHECK_MSG(bad == 0, "%s: %zu of %zu outputs not finite (unwritten or NaN)", desc, bad, n);
-    CHECK_MSG(err <= TOL_BF16, "%s: rel_err %.3e over tolerance %.0e", desc, err, TOL_BF16);
+    return raw;
 }
 
 typedef struct pcase {
@@ -174,16 +132,16 @@ static void kernel_case(const pcase_t *c)
                           .dtype = B, .n_mem = c->n_mem, .mem_dtype = c->mem_t, .scale = scale,
                           .layout = c->layout, .neighbor = c->param, .chunk_len = c->param,
                           .mem_scale = mem_scale};
-    a.q = dev_from(q, nq, B);
-    a.k = dev_from(k, nk, B);
-    a.v = dev_from(v, nk, B);
-    a.q_alt[0] = dev_from(qa[0], nq, B);
-    a.q_alt[1] = dev_from(qa[1], nq, B);
-    a.k_alt = dev_from(ka, nk, B);
-    a.q_mem = dev_from(qm, nq, B);
+    a.q = gpu_upload(q, nq, B);
+    a.k = gpu_upload(k, nk, B);
+    a.v = gpu_upload(v, nk, B);
+    a.q_alt[0] = gpu_upload(qa[0], nq, B);
+    a.q_alt[1] = gpu_upload(qa[1], nq, B);
+    a.k_alt = gpu_upload(ka, nk, B);
+    a.q_mem = gpu_upload(qm, nq, B);
     if (nm) {
-        a.mem_k = dev_from(mk, nm, c->mem_t);
-        a.mem_v = dev_from(mv, nm, c->mem_t);
+        a.mem_k = gpu_upload(mk, nm, c->mem_t);
+        a.mem_v = gpu_upload(mv, nm, c->mem_t);
     }
     size_t ws_bytes = 0;
     void *ws = NULL;
@@ -191,11 +149,12 @@ static void kernel_case(const pcase_t *c)
     if (ws_bytes) CHECK_RC(cuda_alloc(&ws, ws_bytes), RC_OK);
     for (int use_ws = 0; use_ws <= (ws_bytes ? 2 : 0); use_ws++) {
         void *o = NULL;
-        if (cuda_alloc(&o, nq * 2) || cuda_memset(o, 0xFF, nq * 2, NULL)) setup_failed++;
+        if (cuda_alloc(&o, nq * 2) || cuda_memset(o, 0xFF, nq * 2, NULL))
+            gpu_setup_failed("the output buffer");
         a.out = o;
         a.workspace = use_ws ? ws : NULL;
         a.workspace_bytes = use_ws == 1 ? ws_bytes : use_ws == 2 ? ws_bytes / 2 : 0;
-        if (!setup_failed) {
+        if (!gpu_setup_failures()) {
             CHECK_RC(cuda_attention_fast(&a, NULL), RC_OK);
             uint16_t *out = host_raw(a.out, nq);
             char desc[220];
@@ -279,41 +238,16 @@ static uint32_t rng_u32(void)
     return (uint32_t)(rng_next() >> 11);
 }
 
-/* Feeds tok[0..n) in chunks of 1, 7, 37, 64, 100, 3, 250 (cycling); marks chunk ends. */
-static rc_t feed_uneven(model_stream_t *s, const int32_t *tok, size_t n, float *lp,
-                        char *chunk_end)
-{
-    static const size_t sizes[] = {1, 7, 37, 64, 100, 3, 250};
-    size_t done = 0, k = 0;
-    while (done < n) {
-        size_t c = sizes[k++ % (sizeof sizes / sizeof sizes[0])];
-        if (c > n - done) c = n - done;
-        rc_t rc = model_stream_feed(s, tok + done, c, lp ? lp + done : NULL, NULL);
-        if (rc) return rc;
-        done += c;
-        if (chunk_end) chunk_end[done - 1] = 1;
-    }
-    return RC_OK;
-}
-
-static int open_stream(model_backend_t *b, const model_stream_opts_t *o, model_stream_t **s)
-{
-    rc_t rc = model_stream_create_on(b, o, s);
-    CHECK_MSG(rc == RC_OK, "model_stream_create_on(%s): %s", model_backend_describe(b),
-              rc_strerror(rc));
-    return rc == RC_OK ? 0 : -1;
-}
-
 static void compare_logprobs(const char *name, model_backend_t *cpu, model_backend_t *gpu,
                              const model_stream_opts_t *o, const int32_t *tok, size_t n)
 {
     float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
     char *end = calloc(n, 1);
     model_stream_t *sc = NULL, *sg = NULL;
-    if (!a || !g || !end || open_stream(cpu, o, &sc) || open_stream(gpu, o, &sg)) goto done;
+    if (!a || !g || !end || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
     for (size_t i = 0; i < n; i++) a[i] = g[i] = NAN;
     CHECK_RC(model_stream_feed(sc, tok, n, a, NULL), RC_OK);
-    CHECK_RC(feed_uneven(sg, tok, n, g, end), RC_OK);
+    CHECK_RC(pair_feed_uneven(sg, tok, n, g, end), RC_OK);
     double mx = 0, sum = 0;
     size_t bad = 0, at = 0, cmp = 0;
     for (size_t i = 0; i + 1 < n; i++) {
@@ -358,8 +292,8 @@ static void compare_greedy(const char *name, model_backend_t *cpu, model_backend
     float *lc = malloc((size_t)vocab * sizeof *lc), *lg = malloc((size_t)vocab * sizeof *lg);
     int32_t gen[GEN_TOKENS];
     model_stream_t *sc = NULL, *sg = NULL;
-    if (!lc || !lg || open_stream(cpu, o, &sc) || open_stream(gpu, o, &sg)) goto done;
-    if (feed_uneven(sg, prompt, n - 1, NULL, NULL) ||
+    if (!lc || !lg || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
+    if (pair_feed_uneven(sg, prompt, n - 1, NULL, NULL) ||
         model_stream_feed(sg, prompt + n - 1, 1, NULL, lg)) {
         CHECK_MSG(0, "%s: feeding the GPU stream failed", name);
         goto done;
@@ -391,35 +325,6 @@ done:
     model_stream_destroy(&sg);
     free(lc);
     free(lg);
-}
-
-typedef struct pair {
-    model_t *m;
-    model_backend_t *cpu, *gpu;
-} pair_t;
-
-static int open_pair(const char *dir, pair_t *p)
-{
-    char err[512];
-    memset(p, 0, sizeof *p);
-    rc_t rc = model_load(dir, 1, &p->m, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "model_load(%s): %s", dir, err);
-    if (rc) return -1;
-    rc = model_backend_open(p->m, "cpu", &p->cpu, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "open cpu: %s", err);
-    if (rc) return -1;
-    rc = model_backend_open(p->m, "cuda", &p->gpu, err, sizeof err);
-    CHECK_MSG(rc == RC_OK, "open cuda: %s", err);
-    if (rc) return -1;
-    printf("model %s on %s\n", model_describe(p->m), model_backend_describe(p->gpu));
-    return 0;
-}
-
-static void close_pair(pair_t *p)
-{
-    model_backend_close(&p->gpu);
-    model_backend_close(&p->cpu);
-    model_destroy(&p->m);
 }
 
 static int32_t *random_tokens(size_t n, int vocab)
@@ -463,7 +368,7 @@ static model_stream_opts_t opts_dca(int window, int S, int w, int no_scale, dtyp
 static void case_fot(const char *dir)
 {
     pair_t p;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     const int L = c->max_pos, window = 4 * L;
     const size_t n = (size_t)window * 3 + 90;
@@ -504,14 +409,14 @@ static void case_fot(const char *dir)
     compare_greedy(name, p.cpu, p.gpu, &o, tok, (size_t)window + 40);
     free(tok);
 done:
-    close_pair(&p);
+    pair_close(&p);
 }
 
 /* Plain LLaMA, grouped-query heads (4 on 2), trained length 128, windows of 512. */
 static void case_llama(const char *dir)
 {
     pair_t p;
-    if (open_pair(dir, &p)) goto done;
+    if (pair_open(dir, &p)) goto done;
     const model_config_t *c = model_get_config(p.m);
     const int L = c->max_pos, window = 4 * L;
     const size_t n = (size_t)window * 2 + 100;
@@ -528,12 +433,10 @@ static void case_llama(const char *dir)
     compare_greedy(name, p.cpu, p.gpu, &o, tok, (size_t)window / 2);
     free(tok);
 done:
-    close_pair(&p);
+    pair_close(&p);
 }
 
-static const struct {
-    const char *name, *args;
-} models[] = {
+static const pair_model_t models[] = {
     {"pos-fot-d64", "--kind longllama --layers 3 --hidden 128 --heads 2 --ffn 352 --vocab 512 "
                     "--max-pos 64 --mem-layers 1,2 --last-context 32 --mem-dtype float32 "
                     "--dtype float32 --seed 12"},
@@ -541,55 +444,16 @@ static const struct {
                       "--vocab 512 --max-pos 128 --dtype float32 --seed 13"},
 };
 
-static int make_models(const char *dir)
-{
-    const char *py = getenv("RECALL_PYTHON"), *src = getenv("RECALL_SOURCE_DIR");
-    if (!py || !*py) py = "python3";
-    if (!src) {
-        fprintf(stderr, "RECALL_SOURCE_DIR is not set (ctest sets it)\n");
-        return -1;
-    }
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-        char path[1200], cmd[8192];
-        snprintf(path, sizeof path, "%s/%s/config.json", dir, models[i].name);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            fclose(f);
-            continue;
-        }
-        snprintf(cmd, sizeof cmd,
-                 "rm -rf '%s/%s.tmp' && '%s' '%s/tools/make_test_model.py' --out '%s/%s.tmp' %s "
-                 "--no-tokenizer > /dev/null && mv '%s/%s.tmp' '%s/%s'",
-                 dir, models[i].name, py, src, dir, models[i].name, models[i].args, dir,
-                 models[i].name, dir, models[i].name);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "making %s failed: %s\n", models[i].name, cmd);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 int main(void)
 {
-    int n_dev = 0;
-    if (cuda_device_count(&n_dev) != RC_OK || n_dev == 0) {
-        printf("skipped: no GPU\n");
-        return CHECK_SKIP;
-    }
-    const char *env = getenv("RECALL_SEED");
-    unsigned long long seed = env ? strtoull(env, NULL, 10) : (unsigned long long)time(NULL);
-    rng ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng) rng = 1;
-    cuda_device_info_t info;
-    CHECK_RC(cuda_device_info(0, &info), RC_OK);
-    printf("device 0: %s, sm_%d%d, %d SMs; seed %llu\n", info.name, info.cc_major,
-           info.cc_minor, info.sm_count, seed);
+    const int skip = gpu_ops_begin("test_cuda_positional", 1);
+    if (skip) return skip;
     log_set_level(LOG_WARN);
 
     kernel_cases();
-    printf("attention_pos worst rel_err %.2e (tolerance %.0e)\n", worst_err, TOL_BF16);
-    CHECK_MSG(setup_failed == 0, "%d device buffers could not be set up", setup_failed);
+    printf("attention_pos worst rel_err %.2e (tolerance %.0e)\n", worst_err, GPU_TOL_BF16);
+    CHECK_MSG(gpu_setup_failures() == 0, "%d device buffers could not be set up",
+              gpu_setup_failures());
     const char *ko = getenv("RECALL_POS_KERNEL_ONLY");
     if (ko && atoi(ko)) return check_summary();
 
@@ -601,7 +465,7 @@ int main(void)
         snprintf(data, sizeof data, "%s/tests/data-gpu", build ? build : ".");
     char cmd[1200], dir[1200];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", data);
-    if (system(cmd) != 0 || make_models(data)) {
+    if (system(cmd) != 0 || pair_make_models(data, models, sizeof models / sizeof models[0])) {
         CHECK_MSG(0, "cannot make the test models in %s", data);
         return check_summary();
     }

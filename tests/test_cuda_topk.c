@@ -28,7 +28,7 @@
 #include "common/dtype.h"
 #include "kernels/cuda.h"
 #include "tests/check.h"
-#include "tests/test_rng.h"
+#include "tests/gpu_ops.h"
 
 enum { DATA_RANDOM, DATA_SAME, DATA_GROUPS, DATA_HUGE, DATA_NEGATIVE };
 
@@ -329,17 +329,8 @@ static void check_args(void)
 
 int main(void)
 {
-    int ndev = 0;
-    if (cuda_device_count(&ndev) != RC_OK || ndev == 0) {
-        printf("skipped: no GPU\n");
-        return CHECK_SKIP;
-    }
-    const char *seed_env = getenv("RECALL_SEED");
-    const uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL);
-    rng ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng) rng = 1;
-    printf("seed %llu (RECALL_SEED=%llu repeats this run)\n", (unsigned long long)seed,
-           (unsigned long long)seed);
+    const int skip = gpu_ops_begin("test_cuda_topk", 1);
+    if (skip) return skip;
     cuda_ctx_t *ctx = NULL;
     CHECK_RC(cuda_ctx_create(&ctx, 0), RC_OK);
 
