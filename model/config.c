@@ -171,6 +171,42 @@ static rc_t parse_mem_layers(const cJSON *root, model_config_t *c, char *err, si
 
 /* An integer-valued number >= 1 (CLEX writes max_factor and param_factor as ints; a float
  * such as 16.0 is the same value). Required. */
+/* "recall_session_defaults": the options recall's own measurements chose for this
+ * checkpoint (model_config_t). Anything else in the object is refused, so a typo does not
+ * pass silently. */
+static rc_t parse_session_defaults(const cJSON *root, model_config_t *c, char *err,
+                                   size_t errlen)
+{
+    c->default_memory[0] = '\0';
+    c->default_k = 0;
+    const cJSON *d = member(root, "recall_session_defaults");
+    if (!d) return RC_OK;
+    if (!cJSON_IsObject(d))
+        return rc_errf(RC_ERR_FORMAT, err, errlen,
+                       "config.json: \"recall_session_defaults\" must be an object");
+    for (const cJSON *it = d->child; it; it = it->next)
+        if (strcmp(it->string, "memory") && strcmp(it->string, "k"))
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
+                           "config.json: \"recall_session_defaults\" has \"%s\"; it takes "
+                           "\"memory\" (exact or knn) and \"k\"",
+                           it->string);
+    const cJSON *m = member(d, "memory");
+    if (m) {
+        if (!cJSON_IsString(m) || (strcmp(m->valuestring, "exact") && strcmp(m->valuestring, "knn")))
+            return rc_errf(RC_ERR_FORMAT, err, errlen,
+                           "config.json: \"recall_session_defaults\".memory must be \"exact\" "
+                           "or \"knn\"");
+        snprintf(c->default_memory, sizeof c->default_memory, "%s", m->valuestring);
+    }
+    rc_t rc = get_int(d, "k", 0, 0, &c->default_k, err, errlen);
+    if (rc) return rc;
+    if (c->default_k < 0 || c->default_k > 4096)
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       "config.json: \"recall_session_defaults\".k is %d; it must be 1 .. 4096",
+                       c->default_k);
+    return RC_OK;
+}
+
 static rc_t get_clex_count(const cJSON *rs, const char *name, int *out, char *err, size_t errlen)
 {
     const cJSON *v = member(rs, name);
@@ -347,6 +383,8 @@ static rc_t parse_root(const cJSON *root, model_config_t *c, char *err, size_t e
                     c->bos_id, c->eos_id, c->vocab_size);
     if ((rc = parse_rope_scaling(root, c, err, errlen))) return rc;
     if ((rc = get_bool(root, "log_scale", 1, &c->log_scale, err, errlen))) return rc;
+
+    if ((rc = parse_session_defaults(root, c, err, errlen))) return rc;
 
     /* FoT fields. A plain LLaMA config has none and gets no memory layers. */
     c->is_longllama = is_longllama_config(root);

@@ -65,6 +65,13 @@ typedef struct model_config {
     float clex_time_dt;    /* rope_scaling.time_dt: RK4 step, > 0 (0.01 when absent) */
     int log_scale;         /* top-level log_scale (true when absent: the config class's
                               default); read for every config, used by CLEX only */
+
+    /* The session options this checkpoint measures best with, from an optional
+     * "recall_session_defaults" object ({"memory": "knn", "k": 128}); recalld uses them for
+     * new sessions where neither the client nor its own flags say otherwise. Transformers
+     * ignores the key. "" / 0: not given. */
+    char default_memory[8]; /* "exact" or "knn" */
+    int default_k;          /* knn k, 1 .. 4096 */
 } model_config_t;
 
 /* Parses config.json text. On failure returns RC_ERR_FORMAT or RC_ERR_INVALID and writes a

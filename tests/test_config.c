@@ -280,11 +280,39 @@ static void test_load_file(void)
     rmdir(dir);
 }
 
+/* "recall_session_defaults": memory and k read; absent means none; anything else refused. */
+static void test_session_defaults(void)
+{
+    model_config_t c;
+    char err[512];
+    CHECK_RC(parse(TINY, &c, err, sizeof err), RC_OK);
+    CHECK(c.default_memory[0] == '\0' && c.default_k == 0);
+    char *s = mutate(TINY, "recall_session_defaults", "{\"memory\": \"knn\", \"k\": 128}");
+    CHECK_RC(parse(s, &c, err, sizeof err), RC_OK);
+    CHECK(!strcmp(c.default_memory, "knn") && c.default_k == 128);
+    free(s);
+    const struct {
+        const char *value, *needle;
+    } bad[] = {{"{\"memory\": \"fast\"}", "memory"},
+               {"{\"k\": 0.5}", "\"k\""},
+               {"{\"k\": 5000}", "4096"},
+               {"{\"window\": 64}", "window"},
+               {"[1]", "object"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s = mutate(TINY, "recall_session_defaults", bad[i].value);
+        err[0] = '\0';
+        CHECK_MSG(parse(s, &c, err, sizeof err) != RC_OK && strstr(err, bad[i].needle),
+                  "recall_session_defaults %s: \"%s\"", bad[i].value, err);
+        free(s);
+    }
+}
+
 int main(void)
 {
     test_real_configs();
     test_defaults();
     test_bad();
+    test_session_defaults();
     test_load_file();
     return check_summary();
 }
