@@ -162,8 +162,15 @@ typedef struct cuda_attn_args {
     float mem_scale;            /* factor of memory scores; 0: scale */
     /* Optional [n_q, n_heads] fp32 output: each row's log-sum-exp (natural log) of its
      * scaled scores, memory included, as the softmax normalized them (for merging further
-     * keys later: cuda_knn_attention). NULL: not written. */
+     * keys later: cuda_knn_attention, cuda_attn_merge). NULL: not written. */
     float *lse;
+    /* 1: the memory rows alone, no local keys: every query's softmax over its n_mem memory
+     * scores (q_mem · K_m · mem_scale), as one part of a larger attention that
+     * cuda_attn_merge puts together (memory streamed through the device in chunks). n_k,
+     * q_offset, k, v and the layout's alternates are ignored (n_mem >= 1). Tensor-core path
+     * only: cuda_attention_fast on an sm_80+ GPU with bf16 activations; cuda_attention
+     * refuses it (RC_ERR_UNSUPPORTED). */
+    int mem_only;
 } cuda_attn_args_t;
 
 typedef enum cuda_attn_layout {
@@ -320,6 +327,15 @@ rc_t cuda_topk(const cuda_topk_args_t *a, void *workspace, size_t workspace_byte
  * aligned, q_mem and out 8-byte (whole-row views of cudaMalloc'd buffers are); otherwise
  * RC_ERR_UNSUPPORTED. An index outside both buffers makes that (query, head)'s output NaN,
  * so a bad list shows downstream instead of reading out of bounds. */
+/* Two attentions of the same rows over disjoint sets of keys, each normalized, with its
+ * log-sum-exp, into the attention over both sets:
+ *     out = (e^la · a + e^lb · b) / (e^la + e^lb),   lse = log(e^la + e^lb)
+ * per (query, head) row, in fp32; a and lse_a are updated in place (a row of −inf lse had
+ * no keys and weighs nothing). rows = n_q · n_heads; a, b: [rows, head_dim] bf16 (dtype
+ * must be BF16); lse_a, lse_b: [rows] fp32 natural log. */
+rc_t cuda_attn_merge(void *a, float *lse_a, const void *b, const float *lse_b, size_t rows,
+                     int head_dim, dtype_t dtype, void *stream);
+
 typedef struct cuda_knn_attn_args {
     int n_q, n_heads, n_kv_heads, head_dim;
     const void *q_mem;          /* [n_q, n_heads, head_dim] bf16 */

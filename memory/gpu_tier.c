@@ -112,21 +112,10 @@ rc_t gpu_tier_reserve(gpu_tier_t *t, size_t rows)
     if (rc == RC_ERR_NOMEM)
         log_warn("%s: the device cannot hold %zu memory rows (%.1f GiB of keys and values, "
                  "plus a copy while growing): give the session (or recalld) a smaller gpu "
-                 "memory budget (knn memory then spills its oldest windows to host memory) "
-                 "or use a GPU with more memory",
+                 "memory budget (its oldest windows then stay in host memory) or use a GPU "
+                 "with more memory",
                  t->who, rows, (double)rows * t->row_bytes * 2 * t->n_layers / (1u << 30));
     return rc;
-}
-
-rc_t gpu_tier_exact_fits(const gpu_tier_t *t, size_t rows)
-{
-    if (rows <= t->hot_cap) return RC_OK;
-    const size_t per_row = (size_t)t->n_layers * 2 * t->row_bytes;
-    log_warn("%s: exact memory of %zu rows needs %.1f MiB of device memory, over the stream's "
-             "gpu memory budget of %.1f MiB (%zu rows); knn memory mode can spill older rows "
-             "to host memory",
-             t->who, rows, mib(rows * per_row), mib(t->hot_cap * per_row), t->hot_cap);
-    return RC_ERR_NOMEM;
 }
 
 /* Moves the split up to `spill` (> t->spill): the device rows below it leave (the host
@@ -147,7 +136,7 @@ static rc_t spill_to(gpu_tier_t *t, size_t spill)
             RC_TRY(cuda_copy((char *)t->v[i] + p * rb, (char *)t->v[i] + (p + d) * rb, cnt * rb,
                              t->stream));
         }
-    log_info("%s: knn memory rows [%zu, %zu) spilled to the host tier (%zu stay on the device)",
+    log_info("%s: memory rows [%zu, %zu) spilled to the host tier (%zu stay on the device)",
              t->who, t->spill, spill, keep);
     t->spill = spill;
     t->rows = keep;
@@ -206,14 +195,11 @@ static rc_t upload(gpu_tier_t *t, stage_t *st, char *dst, const char *src, size_
     return cuda_stream_sync(t->stream);
 }
 
-rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store, int knn)
+rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store)
 {
     if (!t->n_layers) return RC_OK;
     const size_t host = memory_store_len(store);
-    if (knn)
-        RC_TRY(gpu_tier_place(t, host, host));
-    else
-        RC_TRY(gpu_tier_exact_fits(t, host));
+    RC_TRY(gpu_tier_place(t, host, host));
     const size_t have = t->spill + t->rows;
     if (host <= have) {
         t->rows = host - t->spill; /* spill <= host: gpu_tier_place */

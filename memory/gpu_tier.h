@@ -4,9 +4,9 @@
  *
  * Layout: device row p of memory layer i (k[i], v[i], each [cap, row] in the store's dtype,
  * the arrays the kernels read) is host row spill + p, for p in [0, rows). spill is 0 while
- * everything fits; only a knn stream spills (its oldest rows are then searched in host
- * memory, memory/knn.h); an exact stream needs every row on the device and is refused a
- * window past its budget (gpu_tier_exact_fits).
+ * everything fits; past the stream's budget the oldest rows stay in host memory: a knn
+ * stream searches them there (memory/knn.h), an exact stream streams them through the
+ * device in chunks (model/backend_cuda_forward.c).
  *
  * Where the split goes is a function of the row count alone (memory_tiers_spill_rows), so a
  * stream made again over the same host rows (a session brought back) splits where the old
@@ -63,26 +63,23 @@ size_t gpu_tier_bytes(const gpu_tier_t *t);
  * cannot hold them; the tier is then unchanged. */
 rc_t gpu_tier_reserve(gpu_tier_t *t, size_t rows);
 
-/* Exact memory: RC_OK when `rows` rows fit the budget, else RC_ERR_NOMEM (logged). */
-rc_t gpu_tier_exact_fits(const gpu_tier_t *t, size_t rows);
-
-/* knn memory: puts the split where memory_tiers_spill_rows wants it for `rows` host rows, never
+/* Puts the split where memory_tiers_spill_rows wants it for `rows` host rows, never
  * above `limit` (rows of a flush not written yet). Moving it up drops the oldest device
  * rows and moves the rest to the front; moving it down (after a rewind below it) drops the
  * device rows, which the next gpu_tier_sync uploads again. */
 rc_t gpu_tier_place(gpu_tier_t *t, size_t rows, size_t limit);
 
-/* Makes the tier hold the store's rows: places the split (knn) or checks the budget
- * (exact), drops device rows the store no longer has and uploads the ones it has beyond
- * them (a session brought in, a rewind below the split, a flush whose copy was skipped). */
-rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store, int knn);
+/* Makes the tier hold the store's rows: places the split, drops device rows the store no
+ * longer has and uploads the ones it has beyond them (a session brought in, a rewind below
+ * the split, a flush whose copy was skipped). */
+rc_t gpu_tier_sync(gpu_tier_t *t, const memory_store_t *store);
 
 /* The caller wrote device rows itself (into room gpu_tier_reserve made, at device row
  * host row − spill): the tier now holds host rows [spill, host_rows). */
 void gpu_tier_written(gpu_tier_t *t, size_t host_rows);
 
-/* The host store was cut back to `rows` (a rewind): drop device rows past it, and for a
- * knn tier a split above it (the device rows then go; gpu_tier_sync brings them back). */
+/* The host store was cut back to `rows` (a rewind): drop device rows past it, and a split
+ * above it (the device rows then go; gpu_tier_sync brings them back). */
 void gpu_tier_truncated(gpu_tier_t *t, size_t rows);
 
 #endif

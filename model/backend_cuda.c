@@ -31,8 +31,11 @@
  * store's first `spill` rows; per layer and chunk the queries come down, both lists are
  * merged per (query, head) (model/knn_tiers.c), and the spilled rows used are gathered from
  * the host store into a small device buffer for the kernel. A rewind below the split
- * re-mirrors from the host store. Exact mode needs every row on the device: past the budget
- * its flush fails with RC_ERR_NOMEM and changes nothing. The index is the session's
+ * re-mirrors from the host store. Exact mode spills the same way: a memory layer then
+ * attends over the device rows with the local keys (keeping the log-sum-exp), and the
+ * spilled rows go through the device SPILL_CHUNK_ROWS at a time, each chunk attended alone
+ * by the tensor-core kernel (mem_only) and folded in by cuda_attn_merge: the same softmax,
+ * at the cost of uploading the spilled rows every forward. The index is the session's
  * (memory/session_memory.h), borrowed through the stream. A measurement tool may watch each
  * knn layer through model/knn_observe.h (bench/knn_probe.c does).
  *
@@ -351,8 +354,10 @@ static void gpu_stream_destroy(backend_stream_t *s)
     cuda_host_free((void **)&s->lp_host);
     cuda_host_free(&s->flush_k);
     cuda_host_free(&s->flush_v);
-    void **kdev[] = {(void **)&s->k_lse, (void **)&s->k_sc, (void **)&s->k_idx, &s->tws,
-                     (void **)&s->k_hidx, &s->d_gk, &s->d_gv};
+    void **kdev[] = {(void **)&s->k_lse, (void **)&s->k_sc,   (void **)&s->k_idx,
+                     &s->tws,            (void **)&s->k_hidx, &s->d_gk,
+                     &s->d_gv,           (void **)&s->x_lse,  (void **)&s->x_clse,
+                     (void **)&s->x_cout, &s->x_ck,           &s->x_cv};
     for (size_t i = 0; i < sizeof kdev / sizeof kdev[0]; i++) cuda_free(kdev[i]);
     void **kpin[] = {(void **)&s->h_q16, (void **)&s->h_hsc, (void **)&s->h_hidx,
                      (void **)&s->h_enc, &s->h_gk, &s->h_gv};
@@ -535,15 +540,11 @@ static rc_t gpu_flush(backend_stream_t *s, int local)
     if (!c->n_mem_layers || local <= 0) return RC_OK;
     if (local > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
-    TRY(gpu_tier_sync(&s->mt, s->mem, s->knn != NULL));
+    TRY(gpu_tier_sync(&s->mt, s->mem));
     const size_t before = memory_store_len(s->mem), n = (size_t)local;
-    /* Exact: the budget must hold the new rows too (else nothing changes). knn: spill first
-     * where the budget asks, but not the new rows themselves (not written yet): the next
-     * sync moves the split to its place if that was short of it. */
-    if (s->knn)
-        TRY(gpu_tier_place(&s->mt, before + n, before));
-    else
-        TRY(gpu_tier_exact_fits(&s->mt, before + n));
+    /* Spill first where the budget asks, but not the new rows themselves (not written yet):
+     * the next sync moves the split to its place if that was short of it. */
+    TRY(gpu_tier_place(&s->mt, before + n, before));
     TRY(gpu_tier_reserve(&s->mt, before + n - s->mt.spill));
     /* The rows go into the mirror in mem_dtype first; the host store then gets those exact
      * bytes, so the two copies agree bit for bit. Device row of host row `before`: after the

@@ -83,6 +83,46 @@ static rc_t positional_prepare(backend_stream_t *s, int l, int n, int local, int
     return RC_OK;
 }
 
+/* The scratch of exact_spilled, made once. */
+static rc_t exact_spill_alloc(backend_stream_t *s)
+{
+    if (s->x_ck) return RC_OK;
+    const size_t rows = (size_t)s->W * (size_t)s->c->n_heads;
+    TRY(cuda_alloc((void **)&s->x_lse, rows * sizeof(float)));
+    TRY(cuda_alloc((void **)&s->x_clse, rows * sizeof(float)));
+    TRY(cuda_alloc((void **)&s->x_cout, (size_t)s->W * s->q_dim * sizeof(uint16_t)));
+    TRY(cuda_alloc(&s->x_cv, SPILL_CHUNK_ROWS * s->mt.row_bytes));
+    return cuda_alloc(&s->x_ck, SPILL_CHUNK_ROWS * s->mt.row_bytes);
+}
+
+/* Exact memory below the device tier: `a` has run over the local keys and the device rows
+ * with its log-sum-exp in x_lse; memory layer mi's host rows [0, mt.spill) are attended
+ * now, a chunk at a time (memory alone, the same queries and score factor), and merged in.
+ * One buffer pair: each chunk's upload is ordered on the stream after the previous chunk's
+ * attention and merge. */
+static rc_t exact_spilled(backend_stream_t *s, int mi, const cuda_attn_args_t *a)
+{
+    const size_t rb = s->mt.row_bytes, spill = s->mt.spill;
+    const char *hk = memory_store_keys(s->mem, mi), *hv = memory_store_values(s->mem, mi);
+    cuda_attn_args_t c = *a;
+    c.mem_only = 1;
+    c.mem_k = s->x_ck;
+    c.mem_v = s->x_cv;
+    c.out = s->x_cout;
+    c.lse = s->x_clse;
+    for (size_t r0 = 0; r0 < spill; r0 += SPILL_CHUNK_ROWS) {
+        const size_t n = spill - r0 < SPILL_CHUNK_ROWS ? spill - r0 : SPILL_CHUNK_ROWS;
+        TRY(cuda_upload(s->x_ck, hk + r0 * rb, n * rb, s->st));
+        TRY(cuda_upload(s->x_cv, hv + r0 * rb, n * rb, s->st));
+        c.n_mem = n;
+        TRY(attention(s, &c));
+        TRY(cuda_attn_merge(s->att, s->x_lse, s->x_cout, s->x_clse,
+                            (size_t)a->n_q * (size_t)s->c->n_heads, s->c->head_dim, DTYPE_BF16,
+                            s->st));
+    }
+    return RC_OK;
+}
+
 /* One layer over a chunk of n tokens already in s->x; the cache holds `local` before them. */
 static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
 {
@@ -131,10 +171,15 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
     const int mem = L->mem_layer >= 0 && !s->o.disable_memory &&
                     s->mt.spill + s->mt.rows > 0;
     const int knn = mem && s->knn;
+    const int spilled = mem && !knn && s->mt.spill > 0;
     if (mem && !knn) {
         a.n_mem = s->mt.rows;
         a.mem_k = s->mt.k[L->mem_layer];
         a.mem_v = s->mt.v[L->mem_layer];
+    }
+    if (spilled) {
+        TRY(exact_spill_alloc(s));
+        a.lse = s->x_lse;
     }
     if (s->ext) TRY(positional_prepare(s, l, n, local, mem, &a));
     /* knn: the local part alone, with its log-sum-exp; the memory rows join it after. The
@@ -148,6 +193,7 @@ static rc_t layer_forward(backend_stream_t *s, int l, int n, int local)
         a.lse = s->k_lse;
     }
     TRY(attention(s, &a));
+    if (spilled) TRY(exact_spilled(s, L->mem_layer, &a));
     if (knn) TRY(cuda_stream_knn_memory(s, L->mem_layer, n, mem_q, mem_scale));
     if (knn) cuda_stream_knn_observe(s, l, L->mem_layer, n, &exact_a, mem_q, mem_scale);
     if (one) {
@@ -277,7 +323,7 @@ rc_t cuda_stream_forward(backend_stream_t *s, const int32_t *tok, int n, int loc
     if (n <= 0) return n == 0 ? RC_OK : RC_ERR_INVALID;
     if (local < 0 || local + n > s->W) return RC_ERR_INVALID;
     TRY(cuda_set_device(s->b->device));
-    TRY(gpu_tier_sync(&s->mt, s->mem, s->knn != NULL));
+    TRY(gpu_tier_sync(&s->mt, s->mem));
     /* A spilled tier is searched on the host inside the step: not capturable. */
     if (n == 1 && s->graphs && !s->mt.spill && last_logits && !(logprobs && targets)) {
         rc_t rc = step_graph(s, tok[0], local, last_logits);

@@ -51,6 +51,10 @@
  * n_heads · knn_k rows: more distinct rows than fit split a block into several kernels. */
 #define KNN_GATHER_BYTES ((size_t)32 << 20)
 
+/* Rows of exact memory below the device tier uploaded per attention call (keys and values:
+ * 2 · 8192 · kv_dim · 2 bytes, 200 MiB at the 3B shape's kv_dim 3200 in bf16). */
+#define SPILL_CHUNK_ROWS ((size_t)8192)
+
 /* fp32 elements per staging step when uploading weights (64 MB). */
 #define UPLOAD_CHUNK ((size_t)16 << 20)
 
@@ -118,6 +122,14 @@ struct backend_stream {
     /* Bumped whenever a buffer a captured step points to is replaced (workspace growth);
      * with mt.gen (growth, spills, re-mirrors) part of the graph key. */
     uint64_t gen;
+
+    /* Exact memory below the device tier (mt.spill > 0), made at the first such forward
+     * (backend_cuda_forward.c, exact_spilled): each layer's rows [0, spill) go through the
+     * device SPILL_CHUNK_ROWS at a time. */
+    float *x_lse;              /* [window, n_heads] device: the running log-sum-exp */
+    float *x_clse;             /* [window, n_heads] device: a chunk's */
+    uint16_t *x_cout;          /* [window, q_dim] bf16 device: a chunk's attention output */
+    void *x_ck, *x_cv;         /* [SPILL_CHUNK_ROWS, kv_dim] mt.dtype device: a chunk's rows */
 
     /* knn mode (memory layers present), else NULL. */
     memory_knn_t *knn;         /* the spilled tier's index (borrowed): host rows [0, mt.spill) */

@@ -79,9 +79,9 @@ typedef struct model_stream_opts {
     /* GPU backends: bytes of device memory the memory layers' keys and values may use (the
      * hot tier); 0: no limit. In knn mode, when memory outgrows it the oldest windows spill
      * to a Faiss index per layer and kv head (memory/knn.h) with their values in host
-     * memory, and each query's top-k merges both tiers. Exact mode needs all memory on the
-     * device, so an exact stream past its budget fails the window (RC_ERR_NOMEM, nothing
-     * changed). A budget below one window's rows is refused by model_stream_opts_resolve. */
+     * memory, and each query's top-k merges both tiers. In exact mode the spilled windows
+     * stream through the device in chunks on every forward (the same softmax, slower). A
+     * budget below one window's rows is refused by model_stream_opts_resolve. */
     size_t gpu_memory_budget;
 } model_stream_opts_t;
 

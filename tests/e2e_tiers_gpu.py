@@ -9,6 +9,7 @@
    session is on the GPU at a time, and stats count the evictions.
 3. A knn session larger than the budget is served, not refused: its stream keeps at most the
    budget on the device (the rest spills to host memory).
+4. So is an exact one: the rows past the budget stream through the device each forward.
 
 Without a GPU it prints "skipped: no GPU" and exits 77. Environment as e2e_cli.py."""
 import os
@@ -108,6 +109,17 @@ def run(tmp):
               "its rows pass the budget; the device holds at most the budget", i)
         rc, a, err = ask(ep, "big")
         check(rc == 0 and a and a.get("tokens"), "and it answers", err)
+
+        # --- 4. an exact session larger than the budget --------------------------------
+        rc, j, err = recall(ep, "ingest", "bigx", big, "--chunk-bytes", "8K")
+        check(rc == 0, "an exact session larger than the GPU budget ingests (not refused)", err)
+        i = info(ep, "bigx")
+        check(i.get("memory_bytes_disk", 0) > GPU_BUDGET and
+              0 < i.get("memory_bytes_device", 0) <= GPU_BUDGET,
+              "its rows pass the budget; the device holds at most the budget", i)
+        rc, a, err = ask(ep, "bigx")
+        check(rc == 0 and a and a.get("tokens"), "and it answers (the rest streamed through)",
+              err)
     finally:
         if e.failed:
             print("--- recalld.log (tail) ---\n" + d.log())

@@ -652,6 +652,114 @@ done:
     free(lse);
 }
 
+/* ---- 1b. memory streamed in chunks (mem_only + cuda_attn_merge) ---------------------- */
+
+/* What the CUDA backend does with exact memory past its device tier: the local keys and
+ * the newest n_mem - split memory rows in one call with its lse, then memory rows [0, split)
+ * alone in chunks of `chunk`, each folded in by cuda_attn_merge. Against the one softmax
+ * over everything (the CPU reference), and a memory-only call against its own reference. */
+typedef struct scase {
+    int head_dim, n_q, n_k, q_offset, n_heads, n_kv_heads;
+    size_t n_mem, split, chunk;
+    dtype_t mem_t;
+    int layout, neighbor, chunk_len, own_mem_q;
+} scase_t;
+
+static void spill_case(const scase_t *c)
+{
+    const int hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads;
+    const dtype_t B = DTYPE_BF16;
+    const size_t nq = (size_t)c->n_q * H * hd, nk = (size_t)c->n_k * KV * hd;
+    const size_t row = (size_t)KV * hd, nm = c->n_mem * row, nrow = (size_t)c->n_q * H;
+    const int se = c->layout == CUDA_ATTN_SELF_EXTEND, dca = c->layout == CUDA_ATTN_DCA;
+    float *q = gpu_rand(nq, 1.0f), *k = gpu_rand(nk, 1.0f), *v = gpu_rand(nk, 1.0f);
+    float *qa0 = c->layout ? gpu_rand(nq, 1.0f) : NULL, *qa1 = dca ? gpu_rand(nq, 1.0f) : NULL;
+    float *ka = se ? gpu_rand(nk, 1.0f) : NULL, *qm = c->own_mem_q ? gpu_rand(nq, 1.0f) : NULL;
+    float *mk = gpu_rand(nm, 1.0f), *mv = gpu_rand(nm, 1.0f);
+    float *rounded[] = {q, k, v, qa0, qa1, ka, qm};
+    for (int t = 0; t < 7; t++)
+        gpu_round(rounded[t], t == 1 || t == 2 || t == 5 ? nk : nq, B);
+    gpu_round(mk, nm, c->mem_t);
+    gpu_round(mv, nm, c->mem_t);
+    const float scale = 1.0f / sqrtf((float)hd), ms = c->own_mem_q ? 0.7f * scale : 0.0f;
+    ref_in_t ri = {.n_q = c->n_q, .n_k = c->n_k, .q_offset = c->q_offset, .n_heads = H,
+                   .n_kv = KV, .hd = hd, .q = q, .k = k, .v = v, .q_alt = {qa0, qa1},
+                   .k_alt = ka, .q_mem = qm, .n_mem = c->n_mem, .mk = mk, .mv = mv,
+                   .scale = scale, .mem_scale = ms, .layout = c->layout,
+                   .neighbor = c->neighbor, .chunk_len = c->chunk_len};
+    float *ref = gpu_xmalloc(nq * sizeof(float)), *ref_m = gpu_xmalloc(nq * sizeof(float));
+    double *ref_lse = gpu_xmalloc(nrow * sizeof(double)), *ref_lm = gpu_xmalloc(nrow * sizeof(double));
+    ref_attention(&ri, ref, ref_lse);
+    ref_in_t rm = ri; /* memory rows [0, split) alone: no query index reaches a local key */
+    rm.q_offset = -c->n_q - 1;
+    rm.n_mem = c->split;
+    ref_attention(&rm, ref_m, ref_lm);
+
+    void *dq = gpu_upload(q, nq, B), *dk = gpu_upload(k, nk, B), *dv = gpu_upload(v, nk, B);
+    void *dqa0 = gpu_upload(qa0, nq, B), *dqa1 = gpu_upload(qa1, nq, B);
+    void *dka = gpu_upload(ka, nk, B), *dqm = gpu_upload(qm, nq, B);
+    char *dmk = gpu_upload(mk, nm, c->mem_t), *dmv = gpu_upload(mv, nm, c->mem_t);
+    const size_t rb = row * dtype_size(c->mem_t);
+    void *o = gpu_poisoned(nq, B), *oc = gpu_poisoned(nq, B);
+    float *dl = gpu_poisoned(nrow, DTYPE_F32), *dlc = gpu_poisoned(nrow, DTYPE_F32);
+    char desc[200];
+    snprintf(desc, sizeof desc, "d%d q%d k%d off%d h%d/%d mem %zu (split %zu, chunk %zu) %s%s%s",
+             hd, c->n_q, c->n_k, c->q_offset, H, KV, c->n_mem, c->split, c->chunk,
+             dtype_name(c->mem_t), se ? " self-extend" : dca ? " dca" : "",
+             c->own_mem_q ? " q_mem" : "");
+    if (gpu_setup_failures()) goto done;
+
+    cuda_attn_args_t a = {.n_q = c->n_q, .n_k = c->n_k, .n_heads = H, .n_kv_heads = KV,
+                          .head_dim = hd, .q_offset = c->q_offset, .dtype = B,
+                          .n_mem = c->n_mem - c->split, .mem_dtype = c->mem_t,
+                          .mem_k = dmk + c->split * rb, .mem_v = dmv + c->split * rb,
+                          .scale = scale, .out = o, .layout = c->layout,
+                          .neighbor = c->neighbor, .chunk_len = c->chunk_len, .mem_scale = ms,
+                          .q = dq, .k = dk, .v = dv, .q_alt = {dqa0, dqa1}, .k_alt = dka,
+                          .q_mem = dqm, .lse = dl};
+    CHECK_RC(cuda_attention_fast(&a, NULL), RC_OK);
+    /* Memory alone, first as one call against its own reference, then chunk by chunk. */
+    cuda_attn_args_t m = a;
+    m.mem_only = 1;
+    m.k = m.v = NULL; /* not read */
+    m.n_k = 0;
+    m.mem_k = dmk;
+    m.mem_v = dmv;
+    m.n_mem = c->split;
+    m.out = oc;
+    m.lse = dlc;
+    CHECK_RC(cuda_attention(&m, NULL), RC_ERR_UNSUPPORTED); /* the FMA kernel refuses it */
+    CHECK_RC(cuda_attention_fast(&m, NULL), RC_OK);
+    float *hm = gpu_download(oc, nq, B), *hml = gpu_download(dlc, nrow, DTYPE_F32);
+    gpu_compare("mem_only", desc, hm, ref_m, nq, GPU_TOL_BF16);
+    double lw = 0;
+    for (size_t r = 0; hml && r < nrow; r++)
+        lw = fmax(lw, fabs(hml[r] - ref_lm[r]) / (TOL_LSE + TOL_LSE_REL * fabs(ref_lm[r])));
+    CHECK_MSG(hml && lw <= 1.0, "%s: mem_only lse off by %.2f of its tolerance", desc, lw);
+    for (size_t r0 = 0; r0 < c->split; r0 += c->chunk) {
+        m.n_mem = c->split - r0 < c->chunk ? c->split - r0 : c->chunk;
+        m.mem_k = dmk + r0 * rb;
+        m.mem_v = dmv + r0 * rb;
+        CHECK_RC(cuda_attention_fast(&m, NULL), RC_OK);
+        CHECK_RC(cuda_attn_merge(o, dl, oc, dlc, nrow, hd, B, NULL), RC_OK);
+    }
+    float *ho = gpu_download(o, nq, B), *hl = gpu_download(dl, nrow, DTYPE_F32);
+    gpu_compare("spill_merge", desc, ho, ref, nq, GPU_TOL_BF16);
+    lw = 0;
+    for (size_t r = 0; hl && r < nrow; r++)
+        lw = fmax(lw, fabs(hl[r] - ref_lse[r]) / (TOL_LSE + TOL_LSE_REL * fabs(ref_lse[r])));
+    CHECK_MSG(hl && lw <= 1.0, "%s: merged lse off by %.2f of its tolerance", desc, lw);
+    CHECK_RC(cuda_attn_merge(o, dl, oc, dlc, nrow, hd, DTYPE_F32, NULL), RC_ERR_UNSUPPORTED);
+    free(hm), free(hml), free(ho), free(hl);
+done:;
+    void *dev[] = {dq, dk, dv, dqa0, dqa1, dka, dqm, dmk, dmv, o, oc, dl, dlc};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cuda_free(&dev[i]);
+    float *host[] = {q, k, v, qa0, qa1, ka, qm, mk, mv, ref, ref_m};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    free(ref_lse);
+    free(ref_lm);
+}
+
 int main(void)
 {
     const int skip = gpu_ops_begin("test_cuda_knn_attention", 1);
@@ -678,6 +786,18 @@ int main(void)
         {0, B, 100, 96, 96, 0, 4, 4, 200, B, P, 0, 0, 0, 1, 0},        /* clamp */
     };
     for (size_t i = 0; i < sizeof lcases / sizeof lcases[0]; i++) lse_case(&lcases[i]);
+
+    static const scase_t scases[] = {
+        /* dim n_q  n_k  off  h kv  mem  split chunk mem_t layout W c qm */
+        {64, 70, 70, 0, 4, 4, 300, 200, 64, B, P, 0, 0, 0},
+        {100, 33, 60, 27, 8, 2, 1000, 700, 256, F, P, 0, 0, 0},          /* GQA, fp32 rows */
+        {128, 1, 513, 512, 8, 8, 600, 600, 200, B, P, 0, 0, 0},          /* decode, all spilled */
+        {100, 256, 256, 0, 4, 4, 5000, 4000, 1500, B, P, 0, 0, 0},       /* prefill, splits */
+        {64, 90, 200, 110, 4, 2, 400, 150, 100, F, P, 0, 0, 1},          /* q_mem, mem_scale */
+        {128, 150, 400, 250, 4, 2, 300, 200, 128, B, SE, 64, 0, 1},      /* Self-Extend */
+        {100, 130, 500, 370, 4, 4, 250, 100, 100, B, DCA, 0, 128, 1},    /* DCA */
+    };
+    for (size_t i = 0; i < sizeof scases / sizeof scases[0]; i++) spill_case(&scases[i]);
 
     static const kcase_t kcases[] = {
         /* dim n_q n_k off  h kv rows hot  k  neg mem_t qm layout W c */

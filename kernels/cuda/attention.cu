@@ -247,6 +247,11 @@ rc_t attn_dispatch(const attn_params &p, dtype_t t, dtype_t mt, int n_split, cud
 rc_t attn_check(const cuda_attn_args_t *a)
 {
     if (!a) return RC_ERR_INVALID;
+    if (a->mem_only) {
+        log_error("cuda: attention over memory alone is the tensor-core kernel's "
+                  "(cuda_attention_fast on sm_80+)");
+        return RC_ERR_UNSUPPORTED;
+    }
     if (a->n_q < 0 || a->n_k < 1 || a->n_heads <= 0 || a->n_kv_heads <= 0 ||
         a->n_heads % a->n_kv_heads || a->n_heads > 65535 || a->q_offset < 0 ||
         (long long)a->q_offset + a->n_q > a->n_k || !(a->scale == a->scale))

@@ -806,9 +806,11 @@ rc_t mma_dispatch(const mma_params &p, dtype_t mt, int n_split, bool ext, cudaSt
 rc_t mma_check(const cuda_attn_args_t *a)
 {
     if (!a) return RC_ERR_INVALID;
-    if (a->n_q < 0 || a->n_k < 1 || a->n_heads <= 0 || a->n_kv_heads <= 0 ||
-        a->n_heads % a->n_kv_heads || a->n_heads > 65535 || a->q_offset < 0 ||
-        (long long)a->q_offset + a->n_q > a->n_k || !(a->scale == a->scale))
+    if (a->n_q < 0 || a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads ||
+        a->n_heads > 65535 || !(a->scale == a->scale))
+        return RC_ERR_INVALID;
+    if (a->mem_only ? a->n_mem < 1
+                    : a->n_k < 1 || a->q_offset < 0 || (long long)a->q_offset + a->n_q > a->n_k)
         return RC_ERR_INVALID;
     if (a->head_dim != 64 && a->head_dim != 100 && a->head_dim != 128) {
         log_error("cuda: attention for head_dim %d is not built (64, 100, 128 are)", a->head_dim);
@@ -819,6 +821,7 @@ rc_t mma_check(const cuda_attn_args_t *a)
     /* The positional tail (cuda.h). */
     if (a->layout < CUDA_ATTN_PLAIN || a->layout > CUDA_ATTN_DCA || !std::isfinite(a->mem_scale))
         return RC_ERR_INVALID;
+    if (a->mem_only) return RC_OK; /* no local keys: the layout does not apply */
     if (a->layout == CUDA_ATTN_SELF_EXTEND && a->neighbor < 1) return RC_ERR_INVALID;
     if (a->layout == CUDA_ATTN_DCA && a->chunk_len < 1) return RC_ERR_INVALID;
     return RC_OK;
@@ -828,7 +831,7 @@ rc_t mma_check(const cuda_attn_args_t *a)
  * tensor-core path computes it (cuda_attention ignores those fields). */
 bool wants_ext(const cuda_attn_args_t *a)
 {
-    return a->layout != CUDA_ATTN_PLAIN || (a->q_mem && a->q_mem != a->q) ||
+    return a->mem_only || a->layout != CUDA_ATTN_PLAIN || (a->q_mem && a->q_mem != a->q) ||
            (a->mem_scale != 0.0f && a->mem_scale != a->scale);
 }
 
@@ -858,6 +861,12 @@ bool mma_aligned(const cuda_attn_args_t *a)
     return ok;
 }
 
+/* The local keys a call attends to (none for memory alone). */
+int local_keys(const cuda_attn_args_t *a)
+{
+    return a->mem_only ? 0 : a->n_k;
+}
+
 size_t mma_split_bytes(const cuda_attn_args_t *a, int n_split)
 {
     return (size_t)n_split * a->n_q * a->n_heads * (a->head_dim + 1) * sizeof(float);
@@ -871,7 +880,7 @@ rc_t mma_plan(const cuda_attn_args_t *a, int *n_split)
     CU_TRY(cudaGetDevice(&dev));
     CU_TRY(cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, dev));
     const long long base = (long long)((a->n_q + MBQ - 1) / MBQ) * a->n_heads;
-    const long long tiles = ((long long)a->n_mem + a->n_k + MBK - 1) / MBK;
+    const long long tiles = ((long long)a->n_mem + local_keys(a) + MBK - 1) / MBK;
     long long want = (4LL * sm + base - 1) / base;
     want = min(want, tiles / M_MIN_TILES_PER_SPLIT);
     want = min(want, (long long)M_MAX_SPLITS);
@@ -890,8 +899,8 @@ extern "C" rc_t cuda_attention_fast_workspace(const cuda_attn_args_t *a, size_t 
     bool fast = false;
     if ((rc = mma_eligible(a, &fast))) return rc;
     if (!fast && wants_ext(a)) {
-        log_error("cuda: Self-Extend, DCA and memory queries of their own need bf16 "
-                  "activations on an sm_80 or later GPU");
+        log_error("cuda: Self-Extend, DCA, memory queries of their own and attention over "
+                  "memory alone need bf16 activations on an sm_80 or later GPU");
         return RC_ERR_UNSUPPORTED;
     }
     if (!fast) return cuda_attention_workspace(a, bytes);
@@ -911,13 +920,15 @@ extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
     const bool ext = wants_ext(a);
     if (!fast || !mma_aligned(a)) {
         if (!ext) return cuda_attention(a, stream);
-        log_error("cuda: Self-Extend, DCA and memory queries of their own need bf16 "
-                  "activations on an sm_80 or later GPU, in aligned buffers");
+        log_error("cuda: Self-Extend, DCA, memory queries of their own and attention over "
+                  "memory alone need bf16 activations on an sm_80 or later GPU, in aligned "
+                  "buffers");
         return RC_ERR_UNSUPPORTED;
     }
-    if (!a->q || !a->k || !a->v || !a->out || (a->n_mem && (!a->mem_k || !a->mem_v)))
+    if (!a->q || (!a->mem_only && (!a->k || !a->v)) || !a->out ||
+        (a->n_mem && (!a->mem_k || !a->mem_v)))
         return a->n_q ? RC_ERR_INVALID : RC_OK;
-    if (a->n_q && ((a->layout != CUDA_ATTN_PLAIN && !a->q_alt[0]) ||
+    if (a->n_q && !a->mem_only && ((a->layout != CUDA_ATTN_PLAIN && !a->q_alt[0]) ||
                    (a->layout == CUDA_ATTN_SELF_EXTEND && !a->k_alt) ||
                    (a->layout == CUDA_ATTN_DCA && !a->q_alt[1])))
         return RC_ERR_INVALID;
@@ -929,15 +940,17 @@ extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
         const size_t fit = a->workspace ? a->workspace_bytes / per : 0;
         if ((size_t)n_split > fit) n_split = fit < 2 ? 1 : (int)fit;
     }
-    const long long total = (long long)a->n_mem + a->n_k;
+    /* Memory alone: no local keys, and the causal limit (n_mem + q_offset + i + 1) then
+     * never cuts a memory row. */
+    const long long total = (long long)a->n_mem + local_keys(a);
     const long long tiles = (total + MBK - 1) / MBK;
     mma_params p;
     p.n_q = a->n_q;
-    p.n_k = a->n_k;
+    p.n_k = local_keys(a);
     p.n_heads = a->n_heads;
     p.group = a->n_heads / a->n_kv_heads;
     p.n_kv = a->n_kv_heads;
-    p.q_offset = a->q_offset;
+    p.q_offset = a->mem_only ? 0 : a->q_offset;
     p.n_mem = (long long)a->n_mem;
     p.keys_per_split = (tiles + n_split - 1) / n_split * MBK;
     n_split = (int)((total + p.keys_per_split - 1) / p.keys_per_split);
@@ -956,7 +969,7 @@ extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
     p.lse = a->lse;
     p.scale_log2 = a->scale * LOG2E;
     p.mem_scale_log2 = (a->mem_scale != 0.0f ? a->mem_scale : a->scale) * LOG2E;
-    p.layout = a->layout;
+    p.layout = a->mem_only ? CUDA_ATTN_PLAIN : a->layout;
     p.neighbor = a->neighbor;
     p.chunk_len = a->chunk_len;
     p.qv[0] = p.q;
@@ -965,7 +978,7 @@ extern "C" rc_t cuda_attention_fast(const cuda_attn_args_t *a, void *stream)
     p.qv[3] = a->q_mem ? (const bf16_t *)a->q_mem : p.q;
     p.kg = (const bf16_t *)a->k_alt;
     /* Plain RoPE with only a memory factor of its own stays on mma_attn_kernel. */
-    const bool ext_kernel = a->layout != CUDA_ATTN_PLAIN || (a->n_mem && p.qv[3] != p.q);
+    const bool ext_kernel = p.layout != CUDA_ATTN_PLAIN || (a->n_mem && p.qv[3] != p.q);
     const dtype_t mt = a->n_mem ? a->mem_dtype : DTYPE_BF16;
     cudaStream_t s = CU_STREAM(stream);
     switch (a->head_dim) {
