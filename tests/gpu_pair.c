@@ -1,6 +1,7 @@
 /* gpu_pair.c — see gpu_pair.h. */
 #include "tests/gpu_pair.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,54 @@ rc_t pair_feed_uneven(model_stream_t *s, const int32_t *tok, size_t n, float *lp
         if (chunk_end) chunk_end[done - 1] = 1;
     }
     return RC_OK;
+}
+
+void pair_compare_logprobs(const char *name, model_backend_t *cpu, model_backend_t *gpu,
+                           const model_stream_opts_t *o, const int32_t *tok, size_t n,
+                           double tol, double tol_mean, double *max, double *mean_out)
+{
+    float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
+    char *end = calloc(n, 1);
+    model_stream_t *sc = NULL, *sg = NULL;
+    if (max) *max = 0;
+    if (mean_out) *mean_out = 0;
+    if (!a || !g || !end || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
+    for (size_t i = 0; i < n; i++) a[i] = g[i] = NAN;
+    CHECK_RC(model_stream_feed(sc, tok, n, a, NULL), RC_OK);
+    CHECK_RC(pair_feed_uneven(sg, tok, n, g, end), RC_OK);
+    double mx = 0, sum = 0;
+    size_t bad = 0, at = 0, cmp = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (end[i]) continue;
+        cmp++;
+        if (!isfinite(g[i]) || !isfinite(a[i]) || g[i] > 0) {
+            bad++;
+            continue;
+        }
+        const double d = fabs((double)a[i] - g[i]);
+        sum += d;
+        if (d > mx) {
+            mx = d;
+            at = i;
+        }
+    }
+    const double mean = cmp ? sum / (double)cmp : 0;
+    printf("%-44s %5zu scored  max|dlp| %.5f (at %zu)  mean|dlp| %.6f  mem rows %zu/%zu\n",
+           name, cmp, mx, at, mean, memory_store_len(model_stream_memory(sc)),
+           memory_store_len(model_stream_memory(sg)));
+    CHECK_MSG(bad == 0, "%s: %zu log-probs not finite or positive", name, bad);
+    CHECK_MSG(cmp > 0, "%s: nothing compared", name);
+    CHECK_MSG(mx <= tol, "%s: max |dlogprob| %.4f > %.3f", name, mx, tol);
+    CHECK_MSG(mean <= tol_mean, "%s: mean |dlogprob| %.5f > %.3f", name, mean, tol_mean);
+    CHECK(memory_store_len(model_stream_memory(sc)) == memory_store_len(model_stream_memory(sg)));
+    if (max) *max = mx;
+    if (mean_out) *mean_out = mean;
+done:
+    model_stream_destroy(&sc);
+    model_stream_destroy(&sg);
+    free(a);
+    free(g);
+    free(end);
 }
 
 int pair_make_models(const char *dir, const pair_model_t *models, size_t n)

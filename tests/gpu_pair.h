@@ -31,6 +31,15 @@ int pair_stream(model_backend_t *b, const model_stream_opts_t *o, model_stream_t
 rc_t pair_feed_uneven(model_stream_t *s, const int32_t *tok, size_t n, float *lp,
                       char *chunk_end);
 
+/* Log-probs of tok on both backends with options o: the CPU takes the whole input in one
+ * call, the GPU uneven chunks (so its forwards start at local > 0), and the positions a
+ * chunked feed cannot score are skipped. Prints one line; CHECKs every log-prob finite and
+ * not positive, the largest and the mean |difference| within tol and tol_mean, and both
+ * memories of the same length. *max, *mean (optional) get the two figures. */
+void pair_compare_logprobs(const char *name, model_backend_t *cpu, model_backend_t *gpu,
+                           const model_stream_opts_t *o, const int32_t *tok, size_t n,
+                           double tol, double tol_mean, double *max, double *mean);
+
 /* Makes each tiny checkpoint (tools/make_test_model.py NAME ARGS, no tokenizer) under dir
  * that is not there yet. 0 on success. */
 typedef struct pair_model {

@@ -85,52 +85,16 @@ typedef struct side {
     model_stream_t *s;
 } side_t;
 
-/* Log-probs of tok on both backends; compares and records. The CPU gets the whole input in
- * one call; the GPU gets uneven chunks (so its forwards start at local > 0), and the
- * positions a chunked feed cannot score are skipped. */
+/* Log-probs on both backends (pair_compare_logprobs), the worst figures at the default
+ * tolerances recorded. */
 static void compare_logprobs_tol(const char *name, model_backend_t *cpu, model_backend_t *gpu,
                                  const model_stream_opts_t *o, const int32_t *tok, size_t n,
                                  double tol, double tol_mean)
 {
-    float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
-    char *end = calloc(n, 1);
-    model_stream_t *sc = NULL, *sg = NULL;
-    if (!a || !g || !end || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
-    for (size_t i = 0; i < n; i++) a[i] = g[i] = NAN;
-    CHECK_RC(model_stream_feed(sc, tok, n, a, NULL), RC_OK);
-    CHECK_RC(pair_feed_uneven(sg, tok, n, g, end), RC_OK);
-    double mx = 0, sum = 0;
-    size_t bad = 0, at = 0, cmp = 0;
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (end[i]) continue;
-        cmp++;
-        if (!isfinite(g[i]) || !isfinite(a[i]) || g[i] > 0) {
-            bad++;
-            continue;
-        }
-        double d = fabs((double)a[i] - g[i]);
-        sum += d;
-        if (d > mx) {
-            mx = d;
-            at = i;
-        }
-    }
-    const double mean = cmp ? sum / (double)cmp : 0;
-    printf("%-34s %5zu scored  max|dlp| %.5f (at %zu)  mean|dlp| %.6f  mem rows %zu/%zu\n",
-           name, cmp, mx, at, mean, memory_store_len(model_stream_memory(sc)),
-           memory_store_len(model_stream_memory(sg)));
-    CHECK_MSG(bad == 0, "%s: %zu log-probs not finite or positive", name, bad);
-    CHECK_MSG(mx <= tol, "%s: max |dlogprob| %.4f > %.3f", name, mx, tol);
-    CHECK_MSG(mean <= tol_mean, "%s: mean |dlogprob| %.5f > %.3f", name, mean, tol_mean);
-    CHECK(memory_store_len(model_stream_memory(sc)) == memory_store_len(model_stream_memory(sg)));
+    double mx = 0, mean = 0;
+    pair_compare_logprobs(name, cpu, gpu, o, tok, n, tol, tol_mean, &mx, &mean);
     if (tol == TOL_LP && mx > worst_max) worst_max = mx;
     if (tol == TOL_LP && mean > worst_mean) worst_mean = mean;
-done:
-    model_stream_destroy(&sc);
-    model_stream_destroy(&sg);
-    free(a);
-    free(g);
-    free(end);
 }
 
 static void compare_logprobs(const char *name, model_backend_t *cpu, model_backend_t *gpu,

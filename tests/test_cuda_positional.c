@@ -241,46 +241,10 @@ static uint32_t rng_u32(void)
 static void compare_logprobs(const char *name, model_backend_t *cpu, model_backend_t *gpu,
                              const model_stream_opts_t *o, const int32_t *tok, size_t n)
 {
-    float *a = malloc(n * sizeof *a), *g = malloc(n * sizeof *g);
-    char *end = calloc(n, 1);
-    model_stream_t *sc = NULL, *sg = NULL;
-    if (!a || !g || !end || pair_stream(cpu, o, &sc) || pair_stream(gpu, o, &sg)) goto done;
-    for (size_t i = 0; i < n; i++) a[i] = g[i] = NAN;
-    CHECK_RC(model_stream_feed(sc, tok, n, a, NULL), RC_OK);
-    CHECK_RC(pair_feed_uneven(sg, tok, n, g, end), RC_OK);
-    double mx = 0, sum = 0;
-    size_t bad = 0, at = 0, cmp = 0;
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (end[i]) continue;
-        cmp++;
-        if (!isfinite(g[i]) || !isfinite(a[i]) || g[i] > 0) {
-            bad++;
-            continue;
-        }
-        double d = fabs((double)a[i] - g[i]);
-        sum += d;
-        if (d > mx) {
-            mx = d;
-            at = i;
-        }
-    }
-    const double mean = cmp ? sum / (double)cmp : 0;
-    printf("%-44s %5zu scored  max|dlp| %.5f (at %zu)  mean|dlp| %.6f  mem rows %zu/%zu\n",
-           name, cmp, mx, at, mean, memory_store_len(model_stream_memory(sc)),
-           memory_store_len(model_stream_memory(sg)));
-    CHECK_MSG(bad == 0, "%s: %zu log-probs not finite or positive", name, bad);
-    CHECK_MSG(cmp > 0, "%s: nothing compared", name);
-    CHECK_MSG(mx <= TOL_LP, "%s: max |dlogprob| %.4f > %.3f", name, mx, TOL_LP);
-    CHECK_MSG(mean <= TOL_LP_MEAN, "%s: mean |dlogprob| %.5f > %.3f", name, mean, TOL_LP_MEAN);
-    CHECK(memory_store_len(model_stream_memory(sc)) == memory_store_len(model_stream_memory(sg)));
+    double mx = 0, mean = 0;
+    pair_compare_logprobs(name, cpu, gpu, o, tok, n, TOL_LP, TOL_LP_MEAN, &mx, &mean);
     if (mx > worst_max) worst_max = mx;
     if (mean > worst_mean) worst_mean = mean;
-done:
-    model_stream_destroy(&sc);
-    model_stream_destroy(&sg);
-    free(a);
-    free(g);
-    free(end);
 }
 
 /* Greedy continuation on the GPU one token at a time (decode); the CPU replays it and must
