@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "common/rc.h"
+#include "daemon/chat.h"
 #include "daemon/http_metrics.h"
 #include "memory/db.h"
 #include "memory/session_memory.h"
@@ -79,6 +80,8 @@ typedef struct daemon_config {
     const char *http;
     size_t http_max_body;
     const char *http_token;
+    /* --chat-template: plain, llama2, longllama-instruct; NULL: the checkpoint's. */
+    const char *chat_template;
 } daemon_config_t;
 
 typedef struct session {
@@ -147,6 +150,7 @@ typedef struct daemon {
     size_t gpu_budget_flag;   /* --gpu-memory-budget as given (0 default, SIZE_MAX none) */
     const model_config_t *mc;
     const tokenizer_t *tok;
+    chat_template_t chat; /* how chat Asks are formatted (set before listening; read-only) */
     char fingerprint[256];
     int row_dim;
     memory_db_t *db;

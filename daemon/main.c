@@ -109,6 +109,13 @@ static void usage(FILE *f)
 "  --http-token FILE      require \"Authorization: Bearer TOKEN\" on every HTTP request,\n"
 "                         TOKEN being the first line of FILE (401 otherwise)\n"
 "\n"
+"chat (/v1/chat/completions and recall ask --chat):\n"
+"  --chat-template NAME   plain, llama2 or longllama-instruct: how a chat's messages become\n"
+"                         the prompt. Default: the checkpoint's tokenizer_config.json\n"
+"                         chat_template when it is Llama-2-chat's or LongLLaMA-Instruct's,\n"
+"                         else plain (\"User: ...\\nAssistant:\"; a template recall does not\n"
+"                         know is logged as a warning)\n"
+"\n"
 "config file and checks:\n"
 "  --config FILE          read flags from FILE: `key = value` lines, key being a long flag\n"
 "                         without --, `#` comments; switches take true or false. Flags on\n"
@@ -313,6 +320,7 @@ static const struct {
     {"http-token", NULL, "none: no authentication"},
     {"db-map-size", "256M", NULL},
     {"log-level", "info", NULL},
+    {"chat-template", NULL, "the checkpoint's (see the last line)"},
     {"no-chunk-scale", "false", NULL},
 };
 
@@ -399,7 +407,7 @@ int main(int argc, char **argv)
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
            O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET, O_GALI_MODE,
            O_GALI_NOISE, O_SEED, O_HTTP, O_HTTP_MAX_BODY, O_HTTP_TOKEN, O_CONFIG, O_NO_CONFIG,
-           O_CHECK_CONFIG };
+           O_CHECK_CONFIG, O_CHAT_TEMPLATE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -435,6 +443,7 @@ int main(int argc, char **argv)
         {"http", required_argument, 0, O_HTTP},
         {"http-max-body", required_argument, 0, O_HTTP_MAX_BODY},
         {"http-token", required_argument, 0, O_HTTP_TOKEN},
+        {"chat-template", required_argument, 0, O_CHAT_TEMPLATE},
         {"config", required_argument, 0, O_CONFIG},
         {"no-config", no_argument, 0, O_NO_CONFIG},
         {"check-config", no_argument, 0, O_CHECK_CONFIG},
@@ -518,6 +527,12 @@ int main(int argc, char **argv)
             break;
         case O_HTTP: cfg.http = optarg; break;
         case O_HTTP_TOKEN: cfg.http_token = optarg; break;
+        case O_CHAT_TEMPLATE: {
+            chat_template_kind_t k;
+            bad = chat_template_from_name(optarg, &k) != RC_OK;
+            cfg.chat_template = optarg;
+            break;
+        }
         case O_HTTP_MAX_BODY:
             bad = parse_size(optarg, &cfg.http_max_body) || cfg.http_max_body < 1024;
             break;
@@ -739,9 +754,21 @@ int main(int argc, char **argv)
         if (!check_only) goto out;
         problems++;
     }
+    if (d->model) {
+        /* How chat Asks are formatted: the flag, else the checkpoint's template if recall
+         * knows it, else plain (with a warning when the checkpoint has one it does not). */
+        char warn[1024];
+        chat_template_load(cfg.model_dir, cfg.chat_template, &d->chat, warn, sizeof warn, err,
+                           sizeof err); /* the name was checked with the flags */
+        if (warn[0]) log_warn("%s", warn);
+        log_info("chat template: %s (%s)", chat_template_name(d->chat.kind), d->chat.source);
+    }
     if (check_only) {
         print_settings(longopts, N_OPTS, given, given_from, &cfg, conf_path, model_from,
                        host_budget);
+        if (d->model)
+            printf("# chat template in effect: %s (%s)\n", chat_template_name(d->chat.kind),
+                   d->chat.source);
         if (problems)
             fprintf(stderr, "recalld: %d problem%s with this configuration\n", problems,
                     problems == 1 ? "" : "s");

@@ -137,8 +137,6 @@ def main():
                     "llama2 conversation %d: text parts only between special tokens" % n, pieces)
         want_text, want_pieces = longllama_ref(conv)
         got, pieces = render_c("longllama-instruct", conv)
-        if want_text is None or conv[0][0] == "assistant" and False:
-            pass
         check(got == want_text, "longllama-instruct conversation %d" % n,
               "\n got %r\nwant %r" % (got, want_text))
         check(pieces == want_pieces, "longllama-instruct conversation %d pieces" % n,
