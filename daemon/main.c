@@ -21,6 +21,7 @@
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/http.h"
+#include "daemon/notify.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGTERM / SIGINT */
 
@@ -875,7 +876,22 @@ int main(int argc, char **argv)
                  http_gateway_port(d->http), local, http_token ? "; bearer token required" : "");
     }
 
+    /* Serving from here on: systemd may count the service as started (notify.h). Under mu,
+     * so this status and the worker's "serving" one (weights.c) arrive in order. */
+    pthread_mutex_lock(&d->mu);
+    {
+        char note[700];
+        if (daemon_ready(d))
+            snprintf(note, sizeof note, "READY=1\nSTATUS=serving %zu sessions on %s", d->n_sessions,
+                     daemon_device_describe(d));
+        else
+            snprintf(note, sizeof note, "READY=1\nSTATUS=listening on %s; loading the weights",
+                     cfg.listen);
+        if (daemon_notify(note) < 0) log_warn("cannot notify systemd: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&d->mu);
     rc = server_run(d, router, &g_stop);
+    daemon_notify("STOPPING=1\nSTATUS=stopping");
     pthread_mutex_lock(&d->mu);
     exit_code = rc == RC_OK && !d->load_failed ? 0 : 1;
     pthread_mutex_unlock(&d->mu);
