@@ -175,6 +175,12 @@ typedef struct daemon {
      * LMDB) and in the whole append (forward passes included); logged at shutdown. */
     uint64_t commits;
     double commit_seconds, append_seconds;
+    /* For /metrics (metrics.c): the last durable append's tokens per second (under mu), and
+     * the GPU's memory as the worker last read it, after loading the weights and after each
+     * job (atomic; 0 on the CPU backend): the scrape runs on an HTTP thread, which must not
+     * call into the device. */
+    double ingest_last_tps;
+    uint64_t gpu_mem_total, gpu_mem_free;
 
     /* Worker queue (under mu). cv also signals the end of a session's commit to a Drop
      * waiting for it; the two waiters never wait at once (the worker waits only when
@@ -357,6 +363,12 @@ void serve_drop(request_t *q);
 void serve_stats(request_t *q);
 void serve_health(request_t *q);
 void serve_tokenize(request_t *q);
+
+/* ---- metrics.c ---- */
+/* The daemon's own /metrics families (the gateway's extra_metrics; arg is the daemon_t):
+ * readiness, the queue, ingest and commit time, the last ingest's speed, the worker's prefill
+ * and append histograms, and the GPU's memory. Any thread; takes mu briefly. */
+void daemon_metrics_write(http_buf_t *b, void *arg);
 
 /* ---- work.c (worker thread) ---- */
 void *worker_main(void *arg);

@@ -55,6 +55,8 @@ struct http_gateway {
     size_t max_body;
     int connect_timeout_ms;
     http_metrics_t *daemon_metrics;
+    void (*extra_metrics)(http_buf_t *b, void *arg); /* http_gateway_opts_t's */
+    void *extra_metrics_arg;
     volatile sig_atomic_t stopping; /* set by http_gateway_stop */
 
     pthread_mutex_t mu; /* the client pool */

@@ -866,7 +866,9 @@ int main(int argc, char **argv)
                                   .endpoint = local,
                                   .max_body = cfg.http_max_body,
                                   .token = http_token,
-                                  .daemon_metrics = &d->metrics};
+                                  .daemon_metrics = &d->metrics,
+                                  .extra_metrics = daemon_metrics_write,
+                                  .extra_metrics_arg = d};
         if (http_endpoint_local(bound[0] ? bound : cfg.listen, local, sizeof local) ||
             http_gateway_start(&ho, &d->http, err, sizeof err)) {
             fprintf(stderr, "recalld: %s\n", err[0] ? err : "cannot start the HTTP gateway");

@@ -170,8 +170,11 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
     d->tokens_ingested += nn;
     d->commits++;
     d->commit_seconds += t_commit;
-    d->append_seconds += clock_now_s() - t_start;
+    const double t_append = clock_now_s() - t_start;
+    d->append_seconds += t_append;
+    if (t_append > 0) d->ingest_last_tps = (double)nn / t_append;
     pthread_mutex_unlock(&d->mu);
+    http_histogram_observe(&d->metrics.ingest_append, t_append);
     res->tokens = n_new;
     res->windows = win_new;
     free(rec);
@@ -496,6 +499,7 @@ void work_ask(request_t *q)
     double t0 = clock_now_s();
     rc = model_stream_feed(s->stream, prompt, np, NULL, logits);
     double t1 = clock_now_s();
+    if (!rc) http_histogram_observe(&d->metrics.ask_prefill, t1 - t0);
     if (rc) {
         model_stream_rewind(s->stream, mark);
         request_error(q, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
@@ -854,6 +858,17 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
     pthread_mutex_unlock(&d->mu);
 }
 
+/* The GPU's memory for /metrics (daemon.h: gpu_mem_*), read here because the worker is the
+ * thread that uses the device. Nothing on the CPU backend. */
+static void sample_gpu_memory(daemon_t *d)
+{
+    size_t free_b = 0, total = 0;
+    if (!daemon_memory_on_device(d) || model_backend_device_memory(d->backend, &free_b, &total))
+        return;
+    __atomic_store_n(&d->gpu_mem_total, (uint64_t)total, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->gpu_mem_free, (uint64_t)free_b, __ATOMIC_RELAXED);
+}
+
 void *worker_main(void *arg)
 {
     daemon_t *d = arg;
@@ -867,6 +882,7 @@ void *worker_main(void *arg)
     /* The weights first: jobs that arrive meanwhile wait in the queue; if the weights cannot
      * be loaded, recalld is stopping and every job is refused. */
     const int failed = daemon_load_weights(d) != RC_OK;
+    if (!failed) sample_gpu_memory(d);
 
     for (;;) {
         pthread_mutex_lock(&d->mu);
@@ -883,6 +899,7 @@ void *worker_main(void *arg)
         if (!j) break; /* stopping and nothing left */
         run_job(d, j, stopping || failed);
         job_free(d, j);
+        sample_gpu_memory(d);
     }
     zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */
     return NULL;
