@@ -31,7 +31,7 @@ const cli_command cli_cmd_ask = {
     "  recall ask books \"Who is Pierre Bezukhov?\"\n"
     "  recall ask notes \"Summarise the last meeting.\" --max-tokens 200 "
     "--temperature 0.7 --seed 1\n"
-    "  recall ask notes \"List the decisions.\" --stop \"\\n\\n\" --stop END\n"
+    "  recall ask notes \"List the decisions.\" --stop $'\\n\\n' --stop END\n"
     "  recall ask notes \"Who came?\" --chat --system \"Answer in one line.\"\n",
     cmd_ask};
 
