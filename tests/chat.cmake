@@ -11,7 +11,7 @@ add_test(NAME chat_ref COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/chat_
                                $<TARGET_FILE:test_chat>)
 set_tests_properties(chat_ref PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 60)
 #   e2e_chat       recalld with a tokenizer_config.json the test writes: /v1/chat/completions
-#                  (http.client) and `recall ask --chat` agree on prompt tokens
+#                  (curl) and `recall ask --chat` agree on prompt tokens
 #                  and answer for llama2 and longllama-instruct, an unknown template falls
 #                  back with a warning; stop strings end generation in the daemon (CLI
 #                  --stop, HTTP stop, streamed, --append)

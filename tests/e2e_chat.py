@@ -39,6 +39,7 @@ RECALL = os.environ.get("RECALL_BIN", os.path.join(BUILD, "clients", "recall"))
 RECALLD = os.environ.get("RECALLD_BIN", os.path.join(BUILD, "daemon", "recalld"))
 DATA = os.environ.get("RECALL_TEST_DATA", os.path.join(BUILD, "tests", "data"))
 MODEL = os.path.join(DATA, "tiny-fot")
+CURL = shutil.which("curl")
 
 LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
           "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = "
@@ -116,6 +117,16 @@ class Daemon:
         return json.loads(out)
 
     def post(self, path, body):
+        """(status, body bytes): with curl, the client a user pastes from the README, when
+        it is installed (scripts/deps.sh installs it); else http.client."""
+        if CURL:
+            p = subprocess.run([CURL, "-sS", "-o", "-", "-w", "\n%{http_code}",
+                                "http://127.0.0.1:%d%s" % (self.port, path),
+                                "-H", "Content-Type: application/json",
+                                "--data-binary", json.dumps(body)],
+                               capture_output=True, timeout=300)
+            out, _, code = p.stdout.rpartition(b"\n")
+            return int(code or 0), out
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         r = c.getresponse()
