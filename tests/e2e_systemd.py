@@ -75,12 +75,16 @@ def notify_run(tmp, address, label):
     log.close()
     messages = []
     try:
-        msg = sock.recv(4096).decode()
-        messages.append(msg)
+        # STATUS lines may come first (the weights can be in before recalld reaches its
+        # loop, and the worker says so); READY=1 is the one that matters.
+        msg = ""
+        while "READY=1" not in msg.split("\n"):
+            msg = sock.recv(4096).decode()
+            messages.append(msg)
         lines = msg.split("\n")
-        check("READY=1" in lines, "%s: the first notification is READY=1" % label, msg)
         check(any(l.startswith("STATUS=") for l in lines), "%s: READY=1 comes with a STATUS" % label,
               msg)
+        check(all("READY=1" not in m for m in messages[:-1]), "%s: READY=1 once" % label, messages)
         # Health is answered by now: one try, no retries.
         h = subprocess.run([RECALL, "--connect", endpoint, "health"], capture_output=True,
                            text=True, timeout=30)
