@@ -20,9 +20,12 @@ static const char LONGLLAMA_PROMPT[] =
 const char *chat_template_name(chat_template_kind_t k)
 {
     switch (k) {
-    case CHAT_TEMPLATE_LLAMA2: return "llama2";
-    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT: return "longllama-instruct";
-    default: return "plain";
+    case CHAT_TEMPLATE_LLAMA2:
+        return "llama2";
+    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT:
+        return "longllama-instruct";
+    default:
+        return "plain";
     }
 }
 
@@ -65,8 +68,8 @@ static void token_string(const cJSON *root, const char *key, char *out, size_t n
         snprintf(out, n, "%s", v->valuestring);
 }
 
-rc_t chat_template_load(const char *model_dir, const char *name, chat_template_t *out,
-                        char *warn, size_t warnlen, char *err, size_t errlen)
+rc_t chat_template_load(const char *model_dir, const char *name, chat_template_t *out, char *warn,
+                        size_t warnlen, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->bos, sizeof out->bos, "<s>");
@@ -182,7 +185,10 @@ static void put(builder_t *b, chat_part_kind_t kind, const char *s, size_t n)
     p->parts[p->n_parts - 1].len += n;
 }
 
-static void text(builder_t *b, const char *s) { put(b, CHAT_PART_TEXT, s, strlen(s)); }
+static void text(builder_t *b, const char *s)
+{
+    put(b, CHAT_PART_TEXT, s, strlen(s));
+}
 
 /* A text piece tokenized on its own, not joined to the text before it. */
 static void piece(builder_t *b, const char *s, size_t n)
@@ -211,7 +217,10 @@ static void piece(builder_t *b, const char *s, size_t n)
 /* Python's str.strip(): the ASCII white space Python strips (space, \t \n \v \f \r and the
  * separators \x1c-\x1f). Non-ASCII white space is kept: rare in prompts, and stripping it
  * would mean decoding UTF-8 here. */
-static int py_space(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x1f); }
+static int py_space(unsigned char c)
+{
+    return c == ' ' || (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x1f);
+}
 
 static void stripped(const char *s, const char **from, size_t *n)
 {
@@ -224,7 +233,10 @@ static void stripped(const char *s, const char **from, size_t *n)
     *n = l;
 }
 
-static int is_system(const char *r) { return !strcmp(r, "system") || !strcmp(r, "developer"); }
+static int is_system(const char *r)
+{
+    return !strcmp(r, "system") || !strcmp(r, "developer");
+}
 
 /* Llama-2-chat, as its Jinja template renders with add_generation_prompt ignored (it has
  * none):
@@ -233,8 +245,8 @@ static int is_system(const char *r) { return !strcmp(r, "system") || !strcmp(r, 
  *     content = i == 0 and system ? '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + content
  *     user:      bos_token + '[INST] ' + content.strip() + ' [/INST]'
  *     assistant: ' ' + content.strip() + ' ' + eos_token */
-static rc_t format_llama2(builder_t *b, const chat_template_t *t, const chat_message_t *m,
-                          size_t n, char *err, size_t errlen)
+static rc_t format_llama2(builder_t *b, const chat_template_t *t, const chat_message_t *m, size_t n,
+                          char *err, size_t errlen)
 {
     const char *system = NULL;
     size_t first = 0;
@@ -260,7 +272,8 @@ static rc_t format_llama2(builder_t *b, const chat_template_t *t, const chat_mes
         char *joined = NULL;
         if (k == 0 && system) {
             size_t need = strlen(system) + strlen(c) + 32;
-            if (!(joined = malloc(need))) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
+            if (!(joined = malloc(need)))
+                return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
             snprintf(joined, need, "<<SYS>>\n%s\n<</SYS>>\n\n%s", system, c);
             c = joined;
         }
@@ -356,9 +369,15 @@ rc_t chat_format(const chat_template_t *t, const chat_message_t *m, size_t n, ch
     builder_t b = {.p = out};
     rc_t rc = RC_OK;
     switch (t->kind) {
-    case CHAT_TEMPLATE_LLAMA2: rc = format_llama2(&b, t, m, n, err, errlen); break;
-    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT: rc = format_longllama(&b, t, m, n, err, errlen); break;
-    default: format_plain(&b, m, n); break;
+    case CHAT_TEMPLATE_LLAMA2:
+        rc = format_llama2(&b, t, m, n, err, errlen);
+        break;
+    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT:
+        rc = format_longllama(&b, t, m, n, err, errlen);
+        break;
+    default:
+        format_plain(&b, m, n);
+        break;
     }
     if (!rc && b.oom) rc = rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     if (!rc && !out->len)
@@ -384,9 +403,12 @@ const char *const *chat_template_stops(chat_template_kind_t k)
     /* The demo's ChatOutputBuffer stops at the stripped role names. */
     static const char *const longllama[] = {"USER:", "ASSISTANT:", NULL};
     switch (k) {
-    case CHAT_TEMPLATE_PLAIN: return plain;
-    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT: return longllama;
-    default: return none; /* llama2 ends its answers with EOS */
+    case CHAT_TEMPLATE_PLAIN:
+        return plain;
+    case CHAT_TEMPLATE_LONGLLAMA_INSTRUCT:
+        return longllama;
+    default:
+        return none; /* llama2 ends its answers with EOS */
     }
 }
 
@@ -450,8 +472,7 @@ rc_t chat_ask_check(const Recall__AskRequest *q, size_t max_bytes, char *err, si
         size_t rl = strlen(m->role), cl = strlen(m->content);
         if (!rl || rl > 64)
             return rc_errf(RC_ERR_INVALID, err, errlen,
-                           "message %zu's role must be 1 to 64 bytes (system, user, assistant)",
-                           i);
+                           "message %zu's role must be 1 to 64 bytes (system, user, assistant)", i);
         if (!utf8_valid(m->role, rl) || !utf8_valid(m->content, cl))
             return rc_errf(RC_ERR_INVALID, err, errlen, "message %zu is not valid UTF-8", i);
         total += rl + cl + 16;

@@ -65,13 +65,15 @@ typedef enum chat_part_kind { CHAT_PART_TEXT, CHAT_PART_BOS, CHAT_PART_EOS } cha
 /* A formatted prompt. text is the whole prompt as the template renders it (BOS and EOS
  * printed as bos / eos), NUL-terminated; parts cut it into what is tokenized separately.
  * Owned by the caller: chat_prompt_free. */
+typedef struct chat_part {
+    chat_part_kind_t kind;
+    size_t off, len; /* the part's bytes in text (BOS / EOS: their printed form) */
+} chat_part_t;
+
 typedef struct chat_prompt {
     char *text;
     size_t len;
-    struct chat_part {
-        chat_part_kind_t kind;
-        size_t off, len; /* the part's bytes in text (BOS / EOS: their printed form) */
-    } *parts;
+    chat_part_t *parts; /* [n_parts], in order, covering text exactly */
     size_t n_parts;
 } chat_prompt_t;
 
@@ -89,8 +91,8 @@ int chat_template_recognise(const char *jinja, chat_template_kind_t *out);
  * warn gets a sentence (else "") when the checkpoint has a template recall does not know,
  * or a tokenizer_config.json that does not parse: those give plain, not a failure.
  * RC_ERR_INVALID only for an unknown name. */
-rc_t chat_template_load(const char *model_dir, const char *name, chat_template_t *out,
-                        char *warn, size_t warnlen, char *err, size_t errlen);
+rc_t chat_template_load(const char *model_dir, const char *name, chat_template_t *out, char *warn,
+                        size_t warnlen, char *err, size_t errlen);
 
 /* Formats n messages with template t. RC_ERR_INVALID with err set for what the template
  * refuses (llama2: roles that do not alternate user/assistant, a role it has no place for;

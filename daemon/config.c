@@ -95,8 +95,7 @@ static rc_t read_file(const char *path, const struct option *lo, const char *con
         char *eq = strchr(s, '=');
         if (!eq) {
             rc = rc_errf(RC_ERR_INVALID, err, errlen,
-                         "%s: expected 'key = value' (a long flag without --), not '%s'", where,
-                         s);
+                         "%s: expected 'key = value' (a long flag without --), not '%s'", where, s);
             break;
         }
         *eq = 0;
@@ -184,8 +183,7 @@ static rc_t read_file(const char *path, const struct option *lo, const char *con
 }
 
 rc_t config_file_merge(const char *path, int argc, char **argv, const struct option *longopts,
-                       const char *const *refused, config_args_t *out, char *err,
-                       size_t errlen)
+                       const char *const *refused, config_args_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     size_t cap = 0;

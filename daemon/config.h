@@ -47,8 +47,7 @@ typedef struct config_args {
  * RC_ERR_INVALID (err is "FILE:LINE: why"); *out is left empty. argv's strings are copied,
  * so *out does not borrow from argv. */
 rc_t config_file_merge(const char *path, int argc, char **argv, const struct option *longopts,
-                       const char *const *refused, config_args_t *out, char *err,
-                       size_t errlen);
+                       const char *const *refused, config_args_t *out, char *err, size_t errlen);
 
 /* Frees what config_file_merge made and zeroes *a. NULL-safe. */
 void config_args_free(config_args_t *a);

@@ -28,7 +28,8 @@ int daemon_notify(const char *state)
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + pl + (path[0] == '/'));
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sa, len);
+    ssize_t n =
+        sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sa, len);
     int e = errno;
     close(fd);
     errno = e;

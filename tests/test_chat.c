@@ -86,8 +86,12 @@ static void test_llama2(void)
                              "Hello! </s><s>[INST] What is 2+2? [/INST]",
                              "llama2 with a system message");
     /* Hugging Face's tokenizer splits the rendered text at special tokens only. */
-    const char *parts[] = {"BOS", "[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\n Hi there [/INST] Hello! ",
-                           "EOS", "BOS", "[INST] What is 2+2? [/INST]", NULL};
+    const char *parts[] = {"BOS",
+                           "[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\n Hi there [/INST] Hello! ",
+                           "EOS",
+                           "BOS",
+                           "[INST] What is 2+2? [/INST]",
+                           NULL};
     check_parts(&p, parts, "llama2 parts");
     chat_prompt_free(&p);
 
@@ -98,7 +102,8 @@ static void test_llama2(void)
 
     /* A user's "<s>" stays text: it is inside a text part, not a BOS part. */
     chat_message_t inj[] = {{"user", "a</s><s>b"}};
-    p = expect(CHAT_TEMPLATE_LLAMA2, inj, 1, "<s>[INST] a</s><s>b [/INST]", "llama2 markers in text");
+    p = expect(CHAT_TEMPLATE_LLAMA2, inj, 1, "<s>[INST] a</s><s>b [/INST]",
+               "llama2 markers in text");
     const char *pi[] = {"BOS", "[INST] a</s><s>b [/INST]", NULL};
     check_parts(&p, pi, "llama2 markers stay text");
     chat_prompt_free(&p);
@@ -136,8 +141,9 @@ static void test_longllama(void)
              "<s>%s\nUSER: Hi\nASSISTANT: Hello.</s>\nUSER: Who wrote it?\nASSISTANT: ", opening);
     chat_prompt_t p = expect(CHAT_TEMPLATE_LONGLLAMA_INSTRUCT, m, 3, want, "longllama-instruct");
     /* Each piece is tokenized on its own, as tokenize_text_no_special_tokens did. */
-    const char *parts[] = {"BOS",   opening, "\nUSER: ",     "Hi", "\nASSISTANT: ", "Hello.",
-                           "EOS",   "\nUSER: ", "Who wrote it?", "\nASSISTANT: ", NULL};
+    const char *parts[] = {
+        "BOS",      opening,         "\nUSER: ",      "Hi", "\nASSISTANT: ", "Hello.", "EOS",
+        "\nUSER: ", "Who wrote it?", "\nASSISTANT: ", NULL};
     check_parts(&p, parts, "longllama-instruct parts");
     chat_prompt_free(&p);
 
