@@ -884,8 +884,8 @@ int main(int argc, char **argv)
     {
         char note[700];
         if (daemon_ready(d))
-            snprintf(note, sizeof note, "READY=1\nSTATUS=serving %zu sessions on %s", d->n_sessions,
-                     daemon_device_describe(d));
+            snprintf(note, sizeof note, "READY=1\nSTATUS=serving %zu session%s on %s",
+                     d->n_sessions, d->n_sessions == 1 ? "" : "s", daemon_device_describe(d));
         else
             snprintf(note, sizeof note, "READY=1\nSTATUS=listening on %s; loading the weights",
                      cfg.listen);

@@ -6,7 +6,8 @@
  *
  *   READY=1, STATUS=listening on ...; loading the weights   when it serves requests
  *                                                           (main.c, just before its loop)
- *   STATUS=serving N sessions on DEVICE                     once the weights are in
+ *   STATUS=serving N sessions on DEVICE                     once the weights are in, and
+ *                                                           after a job when N changed
  *   STATUS=cannot load the weights: ...                     when that failed (it then exits 1)
  *   STOPPING=1, STATUS=stopping                             on SIGTERM / SIGINT
  *

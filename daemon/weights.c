@@ -60,7 +60,8 @@ rc_t daemon_load_weights(daemon_t *d)
     pthread_mutex_unlock(&d->mu);
     __atomic_store_n(&d->ready, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&d->mu); /* ordered with main.c's READY=1 (notify.h) */
-    daemon_notify_status("serving %zu sessions on %s", d->n_sessions, model_backend_describe(be));
+    daemon_notify_status("serving %zu session%s on %s", d->n_sessions,
+                         d->n_sessions == 1 ? "" : "s", model_backend_describe(be));
     pthread_mutex_unlock(&d->mu);
     log_info("model ready in %.2f s on %s; GPU memory budget %s%.1f MiB", clock_now_s() - t0,
              model_backend_describe(be), gpu_budget || !on_device ? "" : "none, ",

@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "daemon/notify.h"
 #include "model/sample.h"
 #include <zmq.h>
 
@@ -883,6 +884,9 @@ void *worker_main(void *arg)
      * be loaded, recalld is stopping and every job is refused. */
     const int failed = daemon_load_weights(d) != RC_OK;
     if (!failed) sample_gpu_memory(d);
+    pthread_mutex_lock(&d->mu);
+    size_t status_sessions = d->n_sessions; /* the count weights.c's STATUS gave */
+    pthread_mutex_unlock(&d->mu);
 
     for (;;) {
         pthread_mutex_lock(&d->mu);
@@ -900,6 +904,16 @@ void *worker_main(void *arg)
         run_job(d, j, stopping || failed);
         job_free(d, j);
         sample_gpu_memory(d);
+        /* systemd's STATUS line follows the session count (notify.h): sessions are created
+         * and dropped on the main thread, and the next job after that says so. */
+        pthread_mutex_lock(&d->mu);
+        if (!failed && d->n_sessions != status_sessions) {
+            status_sessions = d->n_sessions;
+            daemon_notify_status("serving %zu session%s on %s", status_sessions,
+                                 status_sessions == 1 ? "" : "s",
+                                 daemon_device_describe(d));
+        }
+        pthread_mutex_unlock(&d->mu);
     }
     zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */
     return NULL;

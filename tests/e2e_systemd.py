@@ -5,7 +5,7 @@ sd_notify (daemon/notify.h): recalld started with $NOTIFY_SOCKET pointing at a u
 datagram socket this test owns (a path, then Linux's abstract namespace '@...') sends
 READY=1 with a STATUS; by the time READY=1 arrives a Health request is answered (one try,
 no retry loop); a later STATUS says "serving N sessions" with the real count; SIGTERM brings
-STOPPING=1 and a clean exit. --check-config sends nothing.
+STOPPING=1 and a clean exit; the count follows new sessions. --check-config sends nothing.
 
 The unit (packaging/systemd/recalld.service): has Type=notify, DynamicUser, StateDirectory,
 ProtectSystem=strict, ProtectHome, PrivateTmp, NoNewPrivileges, and starts recalld with
@@ -107,6 +107,15 @@ def notify_run(tmp, address, label):
             pass
         check(serving and "serving 0 sessions" in serving[0],
               "%s: STATUS says serving 0 sessions (at start)" % label, messages)
+        # The count follows the sessions: the ingests' jobs report 1, then 2.
+        sock.settimeout(10)
+        try:
+            while not any("STATUS=serving 2 sessions" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+        except socket.timeout:
+            pass
+        check(any("STATUS=serving 2 sessions" in m for m in messages),
+              "%s: STATUS follows the session count (2 after two ingests)" % label, messages)
         proc.send_signal(signal.SIGTERM)
         sock.settimeout(60)
         stopping = False
