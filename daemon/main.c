@@ -254,7 +254,7 @@ static int check_defaults(daemon_t *d, size_t gpu_budget)
     return 0;
 }
 
-/* HOST:PORT with a port from 0 to 65535 (or * where wild is set) and a host that is not
+/* HOST:PORT with a port from 0 to 65535 (or *, ZeroMQ's any port) and a host that is not
  * empty ([...] for IPv6). For --check-config: the real start resolves names as it binds. */
 static int check_host_port(const char *a, char *err, size_t n)
 {
@@ -284,7 +284,11 @@ static int check_endpoint(const char *e, char *err, size_t n)
     if (!strncmp(e, "tcp://", 6)) return check_host_port(e + 6, err, n);
     if (!strncmp(e, "ipc://", 6)) {
         const char *path = e + 6;
-        if (!path[0] || path[0] == '@') return path[0] ? 0 : (snprintf(err, n, "no path"), -1);
+        if (!path[0]) {
+            snprintf(err, n, "no path");
+            return -1;
+        }
+        if (path[0] == '@') return 0; /* Linux's abstract namespace: no file to check */
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
