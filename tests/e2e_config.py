@@ -205,6 +205,13 @@ def main():
     check("--http" in err, "it names the bad --http", err)
     check(("%d problem" % expect) in err, "it counts every problem (%d)" % expect, err)
     check(not os.path.exists(os.path.join(ro, "sub")), "nothing was created")
+    rc, out, err = run(["--no-config", "--check-config", "--model", MODEL,
+                        "--listen", "ipc://%s/no-such-dir/d.sock" % tmp])
+    check(rc == 1 and "--listen" in err and "no-such-dir" in err,
+          "an ipc:// endpoint in a directory that is not there is a problem", (rc, err))
+    rc, out, err = run(["--no-config", "--check-config", "--model", MODEL,
+                        "--listen", "ipc://@recall-abstract"])
+    check(rc == 0, "an abstract ipc:// endpoint needs no directory", (rc, err))
     rc, out, err = run(["--no-config", "--check-config", "--model", MODEL, "--window", "100000"])
     check(rc == 1 and "session defaults" in err, "session defaults are checked against the model",
           (rc, err))
