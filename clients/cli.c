@@ -145,6 +145,9 @@ const opt_spec cli_opt_specs[O_COUNT] = {
     [O_SEED] = {"seed", 0, 1, B(CMD_ASK) | SESSION_OPT_CMDS}, /* sessions: gali's noise */
     [O_APPEND] = {"append", 0, 0, B(CMD_ASK)},
     [O_IGNORE_EOS] = {"ignore-eos", 0, 0, B(CMD_ASK)},
+    [O_STOP] = {"stop", 0, 1, B(CMD_ASK)},
+    [O_CHAT] = {"chat", 0, 0, B(CMD_ASK)},
+    [O_SYSTEM] = {"system", 0, 1, B(CMD_ASK)},
     [O_TEXT] = {"text", 0, 1, B(CMD_PPL)},
     [O_TOKENS] = {"tokens", 0, 1, B(CMD_PASSKEY) | B(CMD_BENCH)},
     [O_DEPTHS] = {"depths", 0, 1, B(CMD_PASSKEY)},
@@ -215,6 +218,12 @@ int cli_parse_args(int argc, char **argv, cli_args *a)
         }
         a->vals[id] = cli_opt_specs[id].has_arg ? val : "1";
         opt_at[id] = i;
+        if (id == O_STOP) { /* the one option that repeats */
+            if (a->n_stops == (int)(sizeof a->stops / sizeof a->stops[0]))
+                return cli_usage_error(a->cmd, "at most %d --stop strings",
+                                       (int)(sizeof a->stops / sizeof a->stops[0]));
+            a->stops[a->n_stops++] = val;
+        }
     }
     if (a->vals[O_JSON]) cli_json = 1;
     if (a->vals[O_QUIET]) cli_quiet = 1;

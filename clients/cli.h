@@ -83,6 +83,9 @@ typedef enum opt_id {
     O_SEED,
     O_APPEND,
     O_IGNORE_EOS,
+    O_STOP,
+    O_CHAT,
+    O_SYSTEM,
     O_TEXT,
     O_TOKENS,
     O_DEPTHS,
@@ -108,6 +111,8 @@ typedef struct cli_args {
     const char *vals[O_COUNT]; /* value, or "1" for flags; NULL when absent */
     const char *pos[64];       /* positional arguments after the command */
     int n_pos;
+    const char *stops[16];     /* every --stop, in order (the option repeats) */
+    int n_stops;
 } cli_args;
 
 /* One command. run is called with a connected client (owned by main) and returns the exit

@@ -20,11 +20,19 @@ const cli_command cli_cmd_ask = {
     "  --seed N          sampling seed\n"
     "  --append          append the question and the answer to the session\n"
     "  --ignore-eos      keep generating past the end-of-sequence token\n"
+    "  --stop STR        end the answer where STR first appears (not included); the\n"
+    "                    daemon stops generating there. Repeat for several (up to 16)\n"
+    "  --chat            send QUESTION as a user's chat message: the daemon formats it with\n"
+    "                    the checkpoint's chat template (recalld --chat-template), as\n"
+    "                    /v1/chat/completions does, and adds the template's stop strings\n"
+    "  --system TEXT     with --chat: a system message before it\n"
     "\n"
     "Examples:\n"
     "  recall ask books \"Who is Pierre Bezukhov?\"\n"
     "  recall ask notes \"Summarise the last meeting.\" --max-tokens 200 "
-    "--temperature 0.7 --seed 1\n",
+    "--temperature 0.7 --seed 1\n"
+    "  recall ask notes \"List the decisions.\" --stop $'\\n\\n' --stop END\n"
+    "  recall ask notes \"Who came?\" --chat --system \"Answer in one line.\"\n",
     cmd_ask};
 
 typedef struct ask_state {
@@ -33,6 +41,7 @@ typedef struct ask_state {
     size_t len, cap;
     Recall__AskResponse final;
     char stop_reason[32];
+    char chat_template[32];
     int got_final;
 } ask_state;
 
@@ -60,6 +69,8 @@ static rc_t ask_cb(const Recall__Response *r, void *arg)
     if (a->done) {
         s->final = *a;
         snprintf(s->stop_reason, sizeof s->stop_reason, "%s", cli_str_or(a->stop_reason, ""));
+        snprintf(s->chat_template, sizeof s->chat_template, "%s",
+                 cli_str_or(a->chat_template, ""));
         s->got_final = 1;
     } else {
         cJSON_AddItemToArray(s->tokens, cJSON_CreateNumber(a->token));
@@ -125,6 +136,38 @@ static int cmd_ask(recall_client *c, const cli_args *a)
     }
     ar.append = a->vals[O_APPEND] != NULL;
     ar.ignore_eos = a->vals[O_IGNORE_EOS] != NULL;
+    for (int i = 0; i < a->n_stops; i++) {
+        if (!a->stops[i][0]) return cli_usage_error(CMD_ASK, "--stop needs a non-empty string");
+        if (!recall_utf8_valid(a->stops[i], strlen(a->stops[i]), &bad))
+            return cli_usage_error(CMD_ASK, "--stop strings must be UTF-8 text");
+    }
+    ar.n_stop = (size_t)a->n_stops;
+    ar.stop = (char **)a->stops;
+    /* --chat: the question is a user's message (after --system's), formatted by the daemon
+     * with the checkpoint's chat template. */
+    Recall__ChatMessage msgs[2], *mp[2];
+    if (a->vals[O_SYSTEM] && !a->vals[O_CHAT])
+        return cli_usage_error(CMD_ASK, "--system goes with --chat");
+    if (a->vals[O_CHAT]) {
+        size_t n = 0;
+        if (a->vals[O_SYSTEM]) {
+            if (!recall_utf8_valid(a->vals[O_SYSTEM], strlen(a->vals[O_SYSTEM]), &bad))
+                return cli_usage_error(CMD_ASK, "the system message is not UTF-8 text");
+            recall__chat_message__init(&msgs[n]);
+            msgs[n].role = (char *)"system";
+            msgs[n].content = (char *)a->vals[O_SYSTEM];
+            n++;
+        }
+        recall__chat_message__init(&msgs[n]);
+        msgs[n].role = (char *)"user";
+        msgs[n].content = ar.question;
+        n++;
+        for (size_t i = 0; i < n; i++)
+            mp[i] = &msgs[i];
+        ar.messages = mp;
+        ar.n_messages = n;
+        ar.question = (char *)"";
+    }
 
     Recall__Request req = cli_request(RECALL__REQUEST__BODY_ASK, &ar);
     ask_state s = {.tokens = cJSON_CreateArray()};
@@ -138,7 +181,9 @@ static int cmd_ask(recall_client *c, const cli_args *a)
     } else if (cli_json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "session", ar.session);
-        cJSON_AddStringToObject(o, "question", ar.question);
+        cJSON_AddStringToObject(o, "question", a->pos[1]);
+        if (a->vals[O_CHAT])
+            cJSON_AddStringToObject(o, "chat_template", s.chat_template);
         char *clean = utf8_sanitize(s.answer ? s.answer : "");
         cJSON_AddStringToObject(o, "answer", clean ? clean : "");
         free(clean);

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "common/rc.h"
+#include "daemon/chat.h"
 #include "daemon/http_metrics.h"
 #include "memory/db.h"
 #include "memory/session_memory.h"
@@ -79,6 +80,8 @@ typedef struct daemon_config {
     const char *http;
     size_t http_max_body;
     const char *http_token;
+    /* --chat-template: plain, llama2, longllama-instruct; NULL: the checkpoint's. */
+    const char *chat_template;
 } daemon_config_t;
 
 typedef struct session {
@@ -147,6 +150,7 @@ typedef struct daemon {
     size_t gpu_budget_flag;   /* --gpu-memory-budget as given (0 default, SIZE_MAX none) */
     const model_config_t *mc;
     const tokenizer_t *tok;
+    chat_template_t chat; /* how chat Asks are formatted (set before listening; read-only) */
     char fingerprint[256];
     int row_dim;
     memory_db_t *db;
@@ -171,6 +175,12 @@ typedef struct daemon {
      * LMDB) and in the whole append (forward passes included); logged at shutdown. */
     uint64_t commits;
     double commit_seconds, append_seconds;
+    /* For /metrics (metrics.c): the last durable append's tokens per second (under mu), and
+     * the GPU's memory as the worker last read it, after loading the weights and after each
+     * job (atomic; 0 on the CPU backend): the scrape runs on an HTTP thread, which must not
+     * call into the device. */
+    double ingest_last_tps;
+    uint64_t gpu_mem_total, gpu_mem_free;
 
     /* Worker queue (under mu). cv also signals the end of a session's commit to a Drop
      * waiting for it; the two waiters never wait at once (the worker waits only when
@@ -347,6 +357,12 @@ void serve_drop(request_t *q);
 void serve_stats(request_t *q);
 void serve_health(request_t *q);
 void serve_tokenize(request_t *q);
+
+/* ---- metrics.c ---- */
+/* The daemon's own /metrics families (the gateway's extra_metrics; arg is the daemon_t):
+ * readiness, the queue, ingest and commit time, the last ingest's speed, the worker's prefill
+ * and append histograms, and the GPU's memory. Any thread; takes mu briefly. */
+void daemon_metrics_write(http_buf_t *b, void *arg);
 
 /* ---- work.c (worker thread) ---- */
 void *worker_main(void *arg);

@@ -585,6 +585,8 @@ rc_t http_gateway_start(const http_gateway_opts_t *o, http_gateway_t **out, char
     g->max_body = o->max_body ? o->max_body : HTTP_MAX_BODY_DEFAULT;
     g->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 3000;
     g->daemon_metrics = o->daemon_metrics;
+    g->extra_metrics = o->extra_metrics;
+    g->extra_metrics_arg = o->extra_metrics_arg;
     if (!(g->endpoint = strdup(o->endpoint))) goto fail;
     if (o->token) {
         if (!(g->token = strdup(o->token))) goto fail;

@@ -35,6 +35,11 @@ typedef struct http_gateway_opts {
     const char *token;    /* NULL: no authentication; else every request needs
                              "Authorization: Bearer <token>" (copied) */
     http_metrics_t *daemon_metrics; /* the daemon's request counters for /metrics; may be NULL */
+    /* More families for /metrics, written by the daemon at each scrape (NULL: none): figures
+     * only the daemon's state has (the queue, the device, the worker's timings). Called on a
+     * connection thread; it does its own locking. */
+    void (*extra_metrics)(http_buf_t *b, void *arg);
+    void *extra_metrics_arg;
     int connect_timeout_ms;         /* how long a request waits for the daemon (0: 3 s) */
 } http_gateway_opts_t;
 

@@ -55,6 +55,8 @@ struct http_gateway {
     size_t max_body;
     int connect_timeout_ms;
     http_metrics_t *daemon_metrics;
+    void (*extra_metrics)(http_buf_t *b, void *arg); /* http_gateway_opts_t's */
+    void *extra_metrics_arg;
     volatile sig_atomic_t stopping; /* set by http_gateway_stop */
 
     pthread_mutex_t mu; /* the client pool */
@@ -148,7 +150,11 @@ void http_recall_ingest_free(http_req_t *r, int cut);
 /* A completion request as the gateway understands it. */
 typedef struct http_ask {
     char *session; /* the "session" field, else "model" */
-    char *prompt;  /* completions: the prompt; chat: the messages through the template */
+    char *prompt;  /* completions: the prompt (chat: NULL) */
+    /* chat: the messages, each content's text parts joined; the daemon formats them with
+     * the checkpoint's chat template (daemon/chat.h) */
+    char **roles, **contents;
+    int n_messages;
     uint32_t max_tokens;
     float temperature, top_p;
     uint64_t seed;
@@ -165,14 +171,13 @@ rc_t http_ask_parse(const char *json, size_t len, int chat, http_ask_t *a, const
                     char *err, size_t errlen);
 void http_ask_free(http_ask_t *a);
 
-/* The chat template: each message as "Role: content\n" (System, User, Assistant, or the
- * role name capitalized), then "Assistant:" for the model to continue. Content is a string
- * or an array of {"type": "text", "text": ...} parts. RC_ERR_INVALID with err set. */
-rc_t http_chat_prompt(const cJSON *messages, http_buf_t *out, char *err, size_t errlen);
+/* A chat's messages into a->roles / a->contents: each needs a role string; content is a
+ * string, null, or an array of {"type": "text", "text": ...} parts (joined). The template
+ * is applied by the daemon. RC_ERR_INVALID (or RC_ERR_NOMEM) with err set. */
+rc_t http_chat_messages(const cJSON *messages, http_ask_t *a, char *err, size_t errlen);
 
-/* Looks for stop strings in text[0..len). Returns 1 when one occurs, with *cut the offset
- * of the earliest match (the text to keep); else 0 with *cut the bytes that may be sent
- * now: len minus the longest tail that could still grow into a stop string. */
+/* chat_stop_scan (daemon/chat.h). The daemon ends the answer at a stop string itself; the
+ * gateway scans too, so a daemon that predates stop strings in Ask still gets them applied. */
 int http_stop_scan(const char *text, size_t len, char *const *stops, int n_stops, size_t *cut);
 
 /* One server-sent event: "data: <data>\n\n" (data must hold no newline: JSON from cJSON's

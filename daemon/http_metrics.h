@@ -41,6 +41,10 @@ typedef struct http_histogram {
 typedef struct http_metrics {
     uint64_t replies[HTTP_METRICS_KINDS][HTTP_METRICS_OUTCOMES];
     http_histogram_t latency[HTTP_METRICS_KINDS];
+    /* The worker's own timings (work.c): an Ask's prefill (the prompt's forward pass, the
+     * wait for its first token), and each durable append (an Ingest chunk's windows and
+     * commit). */
+    http_histogram_t ask_prefill, ingest_append;
 } http_metrics_t;
 
 /* The two observers are inline so the daemon's reply path (and whatever links request.c,

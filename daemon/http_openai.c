@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "daemon/chat.h"
 #include "daemon/http_internal.h"
 
 #define ASK_TIMEOUT_MS (600 * 1000) /* per token: a long prefill is normal */
@@ -28,6 +29,12 @@ void http_ask_free(http_ask_t *a)
 {
     free(a->session);
     free(a->prompt);
+    for (int i = 0; i < a->n_messages; i++) {
+        free(a->roles[i]);
+        free(a->contents[i]);
+    }
+    free(a->roles);
+    free(a->contents);
     for (int i = 0; i < a->n_stop; i++)
         free(a->stop[i]);
     memset(a, 0, sizeof *a);
@@ -39,11 +46,15 @@ static rc_t bad(const char **field, const char *name, char *err, size_t errlen, 
     return rc_errf(RC_ERR_INVALID, err, errlen, "'%s' %s", name, why);
 }
 
-rc_t http_chat_prompt(const cJSON *messages, http_buf_t *out, char *err, size_t errlen)
+rc_t http_chat_messages(const cJSON *messages, http_ask_t *a, char *err, size_t errlen)
 {
     if (!cJSON_IsArray(messages) || !cJSON_GetArraySize(messages))
         return rc_errf(RC_ERR_INVALID, err, errlen,
                        "'messages' must be a non-empty array of {role, content}");
+    int n = cJSON_GetArraySize(messages);
+    if (!(a->roles = calloc((size_t)n, sizeof *a->roles)) ||
+        !(a->contents = calloc((size_t)n, sizeof *a->contents)))
+        return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     int i = 0;
     const cJSON *m;
     cJSON_ArrayForEach(m, messages)
@@ -52,22 +63,9 @@ rc_t http_chat_prompt(const cJSON *messages, http_buf_t *out, char *err, size_t 
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (!cJSON_IsString(role) || !role->valuestring[0])
             return rc_errf(RC_ERR_INVALID, err, errlen, "messages[%d] has no 'role' string", i);
-        const char *r = role->valuestring;
-        char cap[64];
-        if (!strcmp(r, "system") || !strcmp(r, "developer"))
-            r = "System";
-        else if (!strcmp(r, "user"))
-            r = "User";
-        else if (!strcmp(r, "assistant"))
-            r = "Assistant";
-        else {
-            snprintf(cap, sizeof cap, "%s", r);
-            if (cap[0] >= 'a' && cap[0] <= 'z') cap[0] = (char)(cap[0] - 'a' + 'A');
-            r = cap;
-        }
-        http_buf_printf(out, "%s: ", r);
+        http_buf_t out = {0};
         if (cJSON_IsString(content)) {
-            http_buf_printf(out, "%s", content->valuestring);
+            http_buf_printf(&out, "%s", content->valuestring);
         } else if (cJSON_IsArray(content)) {
             const cJSON *part;
             cJSON_ArrayForEach(part, content)
@@ -75,22 +73,28 @@ rc_t http_chat_prompt(const cJSON *messages, http_buf_t *out, char *err, size_t 
                 const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
                 const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
                 if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") ||
-                    !cJSON_IsString(text))
+                    !cJSON_IsString(text)) {
+                    http_buf_free(&out);
                     return rc_errf(RC_ERR_INVALID, err, errlen,
                                    "messages[%d].content: only text parts ({\"type\": \"text\", "
                                    "\"text\": ...}) are supported",
                                    i);
-                http_buf_printf(out, "%s", text->valuestring);
+                }
+                http_buf_printf(&out, "%s", text->valuestring);
             }
         } else if (!cJSON_IsNull(content)) {
             return rc_errf(RC_ERR_INVALID, err, errlen,
                            "messages[%d].content must be a string or an array of text parts", i);
         }
-        http_buf_printf(out, "\n");
-        i++;
+        if (out.oom || !(a->roles[i] = strdup(role->valuestring))) {
+            http_buf_free(&out);
+            return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
+        }
+        a->contents[i] = out.p ? out.p : strdup("");
+        a->n_messages = ++i;
+        if (!a->contents[i - 1]) return rc_errf(RC_ERR_NOMEM, err, errlen, "out of memory");
     }
-    http_buf_printf(out, "Assistant:");
-    return out->oom ? RC_ERR_NOMEM : RC_OK;
+    return RC_OK;
 }
 
 /* A number field that must be absent, null, or in [lo, hi] (and whole when integer). */
@@ -137,14 +141,12 @@ rc_t http_ask_parse(const char *json, size_t len, int chat, http_ask_t *a, const
     if (!(a->session = strdup(name->valuestring))) goto oom;
 
     if (chat) {
-        http_buf_t p = {0};
-        rc = http_chat_prompt(cJSON_GetObjectItemCaseSensitive(root, "messages"), &p, err, errlen);
+        rc = http_chat_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), a, err,
+                                errlen);
         if (rc) {
             *field = "messages";
-            http_buf_free(&p);
             goto out;
         }
-        a->prompt = p.p;
         rc = RC_ERR_INVALID;
     } else {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
@@ -156,7 +158,7 @@ rc_t http_ask_parse(const char *json, size_t len, int chat, http_ask_t *a, const
         }
         if (!(a->prompt = strdup(p->valuestring))) goto oom;
     }
-    if (!a->prompt && !(a->prompt = strdup(""))) goto oom;
+    if (!chat && !a->prompt && !(a->prompt = strdup(""))) goto oom;
 
     double v;
     int set;
@@ -223,30 +225,8 @@ out:
 
 int http_stop_scan(const char *text, size_t len, char *const *stops, int n_stops, size_t *cut)
 {
-    size_t best = len;
-    int found = 0;
-    for (int i = 0; i < n_stops; i++) {
-        const char *m = memmem(text, len, stops[i], strlen(stops[i]));
-        if (m && (size_t)(m - text) < best) {
-            best = (size_t)(m - text);
-            found = 1;
-        }
-    }
-    if (found) {
-        *cut = best;
-        return 1;
-    }
-    size_t hold = 0; /* the longest tail of text that is a proper prefix of a stop string */
-    for (int i = 0; i < n_stops; i++) {
-        size_t sl = strlen(stops[i]);
-        for (size_t k = sl ? sl - 1 : 0; k > hold; k--)
-            if (k <= len && !memcmp(text + len - k, stops[i], k)) {
-                hold = k;
-                break;
-            }
-    }
-    *cut = len - hold;
-    return 0;
+    return chat_stop_scan(text, len, (const char *const *)stops, n_stops > 0 ? (size_t)n_stops : 0,
+                          cut);
 }
 
 void http_sse_event(http_buf_t *b, const char *data)
@@ -470,9 +450,37 @@ void http_openai_completions(http_req_t *r, int chat)
     ar.temperature = s->ask.temperature;
     ar.top_p = s->ask.top_p;
     ar.seed = s->ask.seed;
+    /* The daemon ends the answer at a stop string (and stops generating there). */
+    ar.n_stop = (size_t)s->ask.n_stop;
+    ar.stop = s->ask.stop;
+    /* A chat: the daemon applies the checkpoint's chat template to the messages. */
+    Recall__ChatMessage *msgs = NULL, **mp = NULL;
+    if (chat) {
+        size_t n = (size_t)s->ask.n_messages;
+        msgs = calloc(n, sizeof *msgs);
+        mp = calloc(n, sizeof *mp);
+        if (!msgs || !mp) {
+            free(msgs);
+            free(mp);
+            completion_free(s);
+            http_reply_error(r, 500, "internal", "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            recall__chat_message__init(&msgs[i]);
+            msgs[i].role = s->ask.roles[i];
+            msgs[i].content = s->ask.contents[i];
+            mp[i] = &msgs[i];
+        }
+        ar.question = (char *)"";
+        ar.n_messages = n;
+        ar.messages = mp;
+    }
     req.body_case = RECALL__REQUEST__BODY_ASK;
     req.ask = &ar;
     rc = recall_client_send(s->c, &req, &s->id);
+    free(msgs);
+    free(mp);
     snprintf(s->cid, sizeof s->cid, "%s-%llx", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)s->id);
     /* The first answer decides the status: an unknown session is a 404, not a stream. */

@@ -173,6 +173,9 @@ static void stats_families(http_buf_t *b, const Recall__StatsResponse *s)
     http_metrics_head(b, "recall_evictions_total", "counter",
                       "Times a session's rows moved down a tier to make room.");
     http_metrics_sample(b, "recall_evictions_total", "", (double)s->evictions);
+    http_metrics_head(b, "recall_replies_dropped_total", "counter",
+                      "Replies discarded because their client was not reading or was gone.");
+    http_metrics_sample(b, "recall_replies_dropped_total", "", (double)s->replies_dropped);
 }
 
 static void gateway_families(http_buf_t *b, const http_gateway_t *g)
@@ -222,6 +225,7 @@ void http_recall_metrics(http_req_t *r)
     if (up) stats_families(&b, resp->stats);
     if (resp) recall__response__free_unpacked(resp, NULL);
     if (g->daemon_metrics) http_metrics_write_requests(&b, g->daemon_metrics);
+    if (g->extra_metrics) g->extra_metrics(&b, g->extra_metrics_arg);
     gateway_families(&b, g);
     if (b.oom) {
         http_buf_free(&b);

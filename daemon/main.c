@@ -18,8 +18,10 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/size.h"
+#include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/http.h"
+#include "daemon/notify.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGTERM / SIGINT */
 
@@ -108,11 +110,34 @@ static void usage(FILE *f)
 "  --http-token FILE      require \"Authorization: Bearer TOKEN\" on every HTTP request,\n"
 "                         TOKEN being the first line of FILE (401 otherwise)\n"
 "\n"
+"chat (/v1/chat/completions and recall ask --chat):\n"
+"  --chat-template NAME   plain, llama2 or longllama-instruct: how a chat's messages become\n"
+"                         the prompt. Default: the checkpoint's tokenizer_config.json\n"
+"                         chat_template when it is Llama-2-chat's or LongLLaMA-Instruct's,\n"
+"                         else plain (\"User: ...\\nAssistant:\"; a template recall does not\n"
+"                         know is logged as a warning)\n"
+"\n"
+"config file and checks:\n"
+"  --config FILE          read flags from FILE: `key = value` lines, key being a long flag\n"
+"                         without --, `#` comments; switches take true or false. Flags on\n"
+"                         the command line win over the file. Without --config, recalld\n"
+"                         reads " CONFIG_FILE_DEFAULT " when it exists ($RECALLD_CONFIG\n"
+"                         names another default file; empty: none).\n"
+"  --no-config            read no config file\n"
+"  --check-config         check the flags, the file, the model directory (config.json and\n"
+"                         tokenizer, not the weights), the data directory and the\n"
+"                         addresses without binding or writing anything; print the\n"
+"                         effective settings (each with where it came from: flag, file or\n"
+"                         default) and exit 0 when they are good, 1 when not (a flag or\n"
+"                         file line that does not parse stops it with exit 2, as always)\n"
+"\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
 "  --help                 this text\n"
 "\n"
 "%s.\n"
+"Exit status: 0 after a clean stop, 1 when start-up or the daemon failed, 2 for bad flags\n"
+"or a bad config file (the message names FILE:LINE).\n"
 "SIGTERM or SIGINT stop the daemon: it stops accepting requests, finishes or rolls back the\n"
 "running job (unacknowledged work is never half-written) and exits 0.\n"
 "\n"
@@ -197,6 +222,167 @@ static int check_data_dir(const char *dir, int *exists)
     return 0;
 }
 
+/* Session defaults are checked at start-up, against this model's config, not at the first
+ * create. Returns 0 when they work; else says why on stderr. */
+static int check_defaults(daemon_t *d, size_t gpu_budget)
+{
+    char err[1024];
+    Recall__SessionOptions w = session_opts_with_defaults(d, NULL);
+    model_stream_opts_t o;
+    if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
+        fprintf(stderr, "recalld: the session defaults do not work with this model: %s\n", err);
+        return -1;
+    }
+    /* --nlist / --nprobe are for knn sessions, which may be asked for later: check them as a
+     * knn session would get them. */
+    Recall__SessionOptions knn = d->cfg.defaults;
+    knn.memory = (char *)"knn";
+    knn = session_opts_with_defaults(d, &knn);
+    if (session_opts_resolve(d, &knn, &o, err, sizeof err)) {
+        fprintf(stderr, "recalld: the knn session defaults do not work with this model: %s\n",
+                err);
+        return -1;
+    }
+    /* A GPU budget must hold one window of rows of a session with the defaults. */
+    if (gpu_budget && gpu_budget != SIZE_MAX) {
+        w.gpu_memory_budget = gpu_budget;
+        if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
+            fprintf(stderr, "recalld: --gpu-memory-budget does not work with this model: %s\n",
+                    err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* HOST:PORT with a port from 0 to 65535 (or *, ZeroMQ's any port) and a host that is not
+ * empty ([...] for IPv6). For --check-config: the real start resolves names as it binds. */
+static int check_host_port(const char *a, char *err, size_t n)
+{
+    const char *colon = strrchr(a, ':');
+    if (!colon || colon == a) {
+        snprintf(err, n, "expected HOST:PORT");
+        return -1;
+    }
+    if (a[0] == '[' && colon[-1] != ']') {
+        snprintf(err, n, "an IPv6 host goes in brackets: [::1]:PORT");
+        return -1;
+    }
+    const char *p = colon + 1;
+    if (!strcmp(p, "*")) return 0;
+    int port;
+    if (parse_int(p, 0, 65535, &port)) {
+        snprintf(err, n, "the port must be a number from 0 to 65535 (or *), not '%s'", p);
+        return -1;
+    }
+    return 0;
+}
+
+/* A ZeroMQ endpoint recalld can bind: tcp://HOST:PORT or ipc://PATH (whose directory must
+ * exist). For --check-config, which binds nothing. */
+static int check_endpoint(const char *e, char *err, size_t n)
+{
+    if (!strncmp(e, "tcp://", 6)) return check_host_port(e + 6, err, n);
+    if (!strncmp(e, "ipc://", 6)) {
+        const char *path = e + 6;
+        if (!path[0]) {
+            snprintf(err, n, "no path");
+            return -1;
+        }
+        if (path[0] == '@') return 0; /* Linux's abstract namespace: no file to check */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            dir[1] = 0;
+        else if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof dir, ".");
+        if (access(dir, W_OK | X_OK) != 0) {
+            snprintf(err, n, "cannot create a socket in %.900s: %s", dir, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    snprintf(err, n, "expected tcp://HOST:PORT or ipc://PATH");
+    return -1;
+}
+
+/* The defaults --check-config prints for flags that were not given: a value, or NULL with
+ * a note saying what decides it. */
+static const struct {
+    const char *key, *value, *note;
+} defaults_shown[] = {
+    {"data", "./recall-data", NULL},
+    {"listen", "tcp://127.0.0.1:5555", NULL},
+    {"max-chunk-bytes", "1M", NULL},
+    {"max-sessions", "1024", NULL},
+    {"device", NULL, "cuda when built with it and a GPU is present, else cpu"},
+    {"threads", NULL, "all cores"},
+    {"gpu-memory-budget", NULL, "80% of the GPU memory the weights leave free"},
+    {"http", NULL, "off"},
+    {"http-max-body", "8M", NULL},
+    {"http-token", NULL, "none: no authentication"},
+    {"db-map-size", "256M", NULL},
+    {"log-level", "info", NULL},
+    {"chat-template", NULL, "the checkpoint's (see the last line)"},
+    {"no-chunk-scale", "false", NULL},
+};
+
+/* --check-config's report: every setting as a `key = value` line with where it came from
+ * in a comment, so the output is itself a config file. Unset settings whose default depends
+ * on the model or the machine are printed commented out. */
+static void print_settings(const struct option *lo, int n_opts, const char *const *given,
+                           const char *const *from, const daemon_config_t *cfg,
+                           const char *conf_path, const char *model_from, size_t host_budget)
+{
+    printf("# recalld --check-config: the effective settings\n");
+    printf("# config file: %s\n", conf_path ? conf_path : "none");
+    for (int i = 0; i < n_opts; i++) {
+        const char *k = lo[i].name;
+        int alias = 0;
+        for (int j = 0; j < i; j++)
+            if (lo[j].val == lo[i].val) alias = 1;
+        if (alias || !strcmp(k, "config") || !strcmp(k, "no-config") ||
+            !strcmp(k, "check-config") || !strcmp(k, "help"))
+            continue;
+        if (given[i]) {
+            printf("%s = %s    # %s%s\n", k, given[i], strcmp(from[i], "flag") ? "file " : "",
+                   from[i]);
+            continue;
+        }
+        if (!strcmp(k, "model")) {
+            if (cfg->model_dir)
+                printf("model = %s    # %s\n", cfg->model_dir, model_from);
+            else
+                printf("# model =    # not set\n");
+            continue;
+        }
+        if (!strcmp(k, "max-frame-bytes")) {
+            printf("max-frame-bytes = %zu    # default: max(8M, 4 x max-chunk-bytes + 64K)\n",
+                   cfg->max_frame_bytes);
+            continue;
+        }
+        if (!strcmp(k, "host-memory-budget")) {
+            if (host_budget == SIZE_MAX)
+                printf("host-memory-budget = none    # default (the RAM size is unknown)\n");
+            else
+                printf("host-memory-budget = %zu    # default: half the RAM\n", host_budget);
+            continue;
+        }
+        size_t d = 0, nd = sizeof defaults_shown / sizeof defaults_shown[0];
+        while (d < nd && strcmp(defaults_shown[d].key, k))
+            d++;
+        if (d < nd && defaults_shown[d].value)
+            printf("%s = %s    # default\n", k, defaults_shown[d].value);
+        else if (d < nd)
+            printf("# %s =    # default: %s\n", k, defaults_shown[d].note);
+        else
+            printf("# %s =    # default: the checkpoint's or the session's\n", k);
+    }
+}
+
 static void fingerprint(const model_config_t *c, char *buf, size_t n)
 {
     int off =
@@ -226,7 +412,8 @@ int main(int argc, char **argv)
            O_WINDOW, O_POSITIONAL, O_GROUP, O_NEIGHBOR, O_CHUNK_SIZE, O_LOCAL_WINDOW,
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
            O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET, O_GALI_MODE,
-           O_GALI_NOISE, O_SEED, O_HTTP, O_HTTP_MAX_BODY, O_HTTP_TOKEN };
+           O_GALI_NOISE, O_SEED, O_HTTP, O_HTTP_MAX_BODY, O_HTTP_TOKEN, O_CONFIG, O_NO_CONFIG,
+           O_CHECK_CONFIG, O_CHAT_TEMPLATE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -246,8 +433,8 @@ int main(int argc, char **argv)
         {"rope-factor", required_argument, 0, O_ROPE_FACTOR},
         {"memory", required_argument, 0, O_MEMORY},
         {"k", required_argument, 0, O_K},
-        {"mem-dtype", required_argument, 0, O_MEM_DTYPE},
         {"memory-dtype", required_argument, 0, O_MEM_DTYPE},
+        {"mem-dtype", required_argument, 0, O_MEM_DTYPE},
         {"last-context", required_argument, 0, O_LAST_CONTEXT},
         {"nlist", required_argument, 0, O_NLIST},
         {"nprobe", required_argument, 0, O_NPROBE},
@@ -262,16 +449,76 @@ int main(int argc, char **argv)
         {"http", required_argument, 0, O_HTTP},
         {"http-max-body", required_argument, 0, O_HTTP_MAX_BODY},
         {"http-token", required_argument, 0, O_HTTP_TOKEN},
+        {"chat-template", required_argument, 0, O_CHAT_TEMPLATE},
+        {"config", required_argument, 0, O_CONFIG},
+        {"no-config", no_argument, 0, O_NO_CONFIG},
+        {"check-config", no_argument, 0, O_CHECK_CONFIG},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    enum { N_OPTS = sizeof longopts / sizeof longopts[0] - 1 };
+    /* The config file's arguments go before the command line's (config.h), so the file is
+     * found first, by a look at the command line alone. */
+    const char *conf_path = NULL;
+    int no_conf = 0, check_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--")) break;
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            conf_path = argv[++i];
+        else if (!strncmp(argv[i], "--config=", 9))
+            conf_path = argv[i] + 9;
+        else if (!strcmp(argv[i], "--no-config"))
+            no_conf = 1;
+        else if (!strcmp(argv[i], "--check-config"))
+            check_only = 1;
+    }
+    if (no_conf) {
+        conf_path = NULL;
+    } else if (!conf_path) {
+        const char *def = getenv("RECALLD_CONFIG");
+        if (!def) def = CONFIG_FILE_DEFAULT;
+        if (def[0] && access(def, F_OK) == 0) conf_path = def;
+    }
+    static const char *const cli_only[] = {"config", "no-config", "check-config", "help", NULL};
+    static config_args_t args; /* cfg points into it until exit */
+    {
+        char cerr[1024];
+        if (config_file_merge(conf_path, argc, argv, longopts, cli_only, &args, cerr,
+                              sizeof cerr)) {
+            fprintf(stderr, "recalld: %s\n", cerr);
+            return 2;
+        }
+    }
+    /* What each flag was set to and where (--check-config prints them): by the index of the
+     * first longopts entry with that flag's val, so aliases are one setting. */
+    const char *given[N_OPTS] = {0}, *given_from[N_OPTS] = {0};
     size_t host_budget = 0; /* 0: the default, half the RAM; SIZE_MAX: none */
     size_t gpu_budget = 0;  /* 0: the default, a share of the free GPU memory; SIZE_MAX: none */
-    int opt;
+    int opt, li = -1, at = 1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    /* argv from here on is the merged vector: the file's arguments, then the command line. */
+    argc = args.argc;
+    argv = args.argv;
+    for (; (opt = getopt_long(argc, argv, "h", longopts, &li)) != -1; at = optind, li = -1) {
         int bad = 0;
+        /* "FILE:LINE: " when this argument came from the config file. */
+        char from[4200] = "";
+        if (at < argc && args.origin[at]) snprintf(from, sizeof from, "%s: ", args.origin[at]);
+        if (li >= 0) {
+            int c = li;
+            for (int j = 0; j < li; j++)
+                if (longopts[j].val == longopts[li].val) {
+                    c = j;
+                    break;
+                }
+            given[c] = optarg ? optarg : "true";
+            given_from[c] = args.origin[at] ? args.origin[at] : "flag";
+        }
         switch (opt) {
+        case O_CONFIG:
+        case O_NO_CONFIG:
+        case O_CHECK_CONFIG:
+            break; /* taken before the loop */
         case O_MODEL:
             cfg.model_dir = optarg;
             break;
@@ -286,6 +533,12 @@ int main(int argc, char **argv)
             break;
         case O_HTTP: cfg.http = optarg; break;
         case O_HTTP_TOKEN: cfg.http_token = optarg; break;
+        case O_CHAT_TEMPLATE: {
+            chat_template_kind_t k;
+            bad = chat_template_from_name(optarg, &k) != RC_OK;
+            cfg.chat_template = optarg;
+            break;
+        }
         case O_HTTP_MAX_BODY:
             bad = parse_size(optarg, &cfg.http_max_body) || cfg.http_max_body < 1024;
             break;
@@ -325,9 +578,10 @@ int main(int argc, char **argv)
             bad = parse_int(optarg, 1, SESSION_KNN_LISTS_MAX, &v);
             if (bad) {
                 fprintf(stderr,
-                        "recalld: --%s must be a whole number of lists from 1 to %d, not '%s' "
+                        "recalld: %s--%s must be a whole number of lists from 1 to %d, not '%s' "
                         "(see recalld --help)\n",
-                        opt == O_NLIST ? "nlist" : "nprobe", SESSION_KNN_LISTS_MAX, optarg);
+                        from, opt == O_NLIST ? "nlist" : "nprobe", SESSION_KNN_LISTS_MAX, optarg);
+                config_args_free(&args);
                 return 2;
             }
             *(opt == O_NLIST ? &cfg.defaults.knn_nlist : &cfg.defaults.knn_nprobe) = (uint32_t)v;
@@ -340,15 +594,16 @@ int main(int argc, char **argv)
             if (size_parse(optarg, SESSION_BUDGET_MAX, &b)) {
                 if (gpu)
                     fprintf(stderr,
-                            "recalld: --gpu-memory-budget must be a size such as 512M, 8G, 1.5G "
-                            "or a number of bytes (at most 1P), or 0 / none for no limit; not "
-                            "'%s'\n",
-                            optarg);
+                            "recalld: %s--gpu-memory-budget must be a size such as 512M, 8G, "
+                            "1.5G or a number of bytes (at most 1P), or 0 / none for no limit; "
+                            "not '%s'\n",
+                            from, optarg);
                 else
                     fprintf(stderr,
-                            "recalld: --host-memory-budget must be a size such as 512M, 16G, "
+                            "recalld: %s--host-memory-budget must be a size such as 512M, 16G, "
                             "1.5G or a number of bytes, or none for no limit; not '%s'\n",
-                            optarg);
+                            from, optarg);
+                config_args_free(&args);
                 return 2;
             }
             *(gpu ? &gpu_budget : &host_budget) = b ? (size_t)b : SIZE_MAX; /* none: no limit */
@@ -394,28 +649,36 @@ int main(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
+            config_args_free(&args);
             return 0;
         default:
-            fprintf(stderr, "recalld: unknown option or missing value: %s\n", argv[optind - 1]);
+            fprintf(stderr, "recalld: %sunknown option or missing value: %s\n", from,
+                    argv[optind - 1]);
             fprintf(stderr, "run 'recalld --help' for the options\n");
+            config_args_free(&args);
             return 2;
         }
         if (bad) {
-            fprintf(stderr, "recalld: bad value '%s' for %s (see recalld --help)\n", optarg,
-                    argv[optind - 2 >= 0 ? optind - 2 : 0]);
+            fprintf(stderr, "recalld: %sbad value '%s' for --%s (see recalld --help)\n", from,
+                    optarg, li >= 0 ? longopts[li].name : "?");
+            config_args_free(&args);
             return 2;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "recalld: unexpected argument '%s' (see recalld --help)\n", argv[optind]);
+        config_args_free(&args);
         return 2;
     }
+    const char *model_from = cfg.model_dir ? NULL : "env RECALL_MODEL";
     if (!cfg.model_dir) cfg.model_dir = getenv("RECALL_MODEL");
 #ifdef RECALL_DEFAULT_MODEL_DIR
     /* The embedded default model (models/default of the source tree this was built from). */
     struct stat dst;
-    if (!cfg.model_dir && stat(RECALL_DEFAULT_MODEL_DIR "/config.json", &dst) == 0)
+    if (!cfg.model_dir && stat(RECALL_DEFAULT_MODEL_DIR "/config.json", &dst) == 0) {
         cfg.model_dir = RECALL_DEFAULT_MODEL_DIR;
+        model_from = "default: the embedded model";
+    }
 #endif
     if (!cfg.model_dir) {
         fprintf(stderr, "recalld: no model: give --model DIR (a checkpoint directory with "
@@ -435,6 +698,20 @@ int main(int argc, char **argv)
     }
     cfg.host_budget = host_budget == SIZE_MAX ? 0 : host_budget;
 
+    /* --check-config counts what is wrong instead of stopping at the first problem. */
+    int problems = 0;
+    char err[1024] = "";
+    if (check_only) {
+        if (check_endpoint(cfg.listen, err, sizeof err)) {
+            fprintf(stderr, "recalld: --listen %s: %s\n", cfg.listen, err);
+            problems++;
+        }
+        if (cfg.http && check_host_port(cfg.http, err, sizeof err)) {
+            fprintf(stderr, "recalld: --http %s: %s\n", cfg.http, err);
+            problems++;
+        }
+    }
+
     /* The token file is read now: a missing or empty one stops start-up, not a request. */
     char *http_token = NULL;
     if (cfg.http_token) {
@@ -445,14 +722,18 @@ int main(int argc, char **argv)
         }
         if (http_token_read(cfg.http_token, &http_token, terr, sizeof terr)) {
             fprintf(stderr, "recalld: %s\n", terr);
-            return 2;
+            if (!check_only) return 2;
+            problems++;
         }
     }
 
-    int existed;
+    int existed = 0;
     if (check_data_dir(cfg.data_dir, &existed)) {
-        free(http_token);
-        return 1;
+        if (!check_only) {
+            free(http_token);
+            return 1;
+        }
+        problems++;
     }
 
     static daemon_t dd;
@@ -464,47 +745,43 @@ int main(int argc, char **argv)
     int exit_code = 1;
     void *router = NULL;
     int worker_started = 0;
-    char err[1024] = "";
 
     /* The config and tokenizer now; the weights on the worker once recalld listens, so
      * health, sessions and info answer while a large checkpoint is still loading. */
     rc_t rc = model_open(cfg.model_dir, 0, &d->model, err, sizeof err);
     if (rc) {
         fprintf(stderr, "recalld: cannot load the model in %s: %s\n", cfg.model_dir, err);
-        goto out;
+        if (!check_only) goto out;
+        problems++;
     }
-    d->mc = model_get_config(d->model);
+    d->mc = d->model ? model_get_config(d->model) : NULL;
     d->gpu_budget_flag = gpu_budget;
-    {
-        /* Session defaults are checked now, against this model's config, not at the first
-         * create. */
-        Recall__SessionOptions w = session_opts_with_defaults(d, NULL);
-        model_stream_opts_t o;
-        if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
-            fprintf(stderr, "recalld: the session defaults do not work with this model: %s\n",
-                    err);
-            goto out;
-        }
-        /* --nlist / --nprobe are for knn sessions, which may be asked for later: check them
-         * as a knn session would get them. */
-        Recall__SessionOptions knn = cfg.defaults;
-        knn.memory = (char *)"knn";
-        knn = session_opts_with_defaults(d, &knn);
-        if (session_opts_resolve(d, &knn, &o, err, sizeof err)) {
-            fprintf(stderr, "recalld: the knn session defaults do not work with this model: %s\n",
-                    err);
-            goto out;
-        }
-        /* A GPU budget must hold one window of rows of a session with the defaults. */
-        if (gpu_budget && gpu_budget != SIZE_MAX) {
-            w.gpu_memory_budget = gpu_budget;
-            if (session_opts_resolve(d, &w, &o, err, sizeof err)) {
-                fprintf(stderr, "recalld: --gpu-memory-budget does not work with this model: "
-                                "%s\n",
-                        err);
-                goto out;
-            }
-        }
+    if (d->model && check_defaults(d, gpu_budget)) {
+        if (!check_only) goto out;
+        problems++;
+    }
+    if (d->model) {
+        /* How chat Asks are formatted: the flag, else the checkpoint's template if recall
+         * knows it, else plain (with a warning when the checkpoint has one it does not). */
+        char warn[1024];
+        chat_template_load(cfg.model_dir, cfg.chat_template, &d->chat, warn, sizeof warn, err,
+                           sizeof err); /* the name was checked with the flags */
+        if (warn[0]) log_warn("%s", warn);
+        log_info("chat template: %s (%s)", chat_template_name(d->chat.kind), d->chat.source);
+    }
+    if (check_only) {
+        print_settings(longopts, N_OPTS, given, given_from, &cfg, conf_path, model_from,
+                       host_budget);
+        if (d->model)
+            printf("# chat template in effect: %s (%s)\n", chat_template_name(d->chat.kind),
+                   d->chat.source);
+        if (problems)
+            fprintf(stderr, "recalld: %d problem%s with this configuration\n", problems,
+                    problems == 1 ? "" : "s");
+        else
+            fprintf(stderr, "recalld: the configuration is good\n");
+        exit_code = problems ? 1 : 0;
+        goto out;
     }
     d->tok = model_get_tokenizer(d->model);
     d->row_dim = d->mc->n_kv_heads * d->mc->head_dim;
@@ -594,7 +871,9 @@ int main(int argc, char **argv)
                                   .endpoint = local,
                                   .max_body = cfg.http_max_body,
                                   .token = http_token,
-                                  .daemon_metrics = &d->metrics};
+                                  .daemon_metrics = &d->metrics,
+                                  .extra_metrics = daemon_metrics_write,
+                                  .extra_metrics_arg = d};
         if (http_endpoint_local(bound[0] ? bound : cfg.listen, local, sizeof local) ||
             http_gateway_start(&ho, &d->http, err, sizeof err)) {
             fprintf(stderr, "recalld: %s\n", err[0] ? err : "cannot start the HTTP gateway");
@@ -604,7 +883,22 @@ int main(int argc, char **argv)
                  http_gateway_port(d->http), local, http_token ? "; bearer token required" : "");
     }
 
+    /* Serving from here on: systemd may count the service as started (notify.h). Under mu,
+     * so this status and the worker's "serving" one (weights.c) arrive in order. */
+    pthread_mutex_lock(&d->mu);
+    {
+        char note[700];
+        if (daemon_ready(d))
+            snprintf(note, sizeof note, "READY=1\nSTATUS=serving %zu session%s on %s",
+                     d->n_sessions, d->n_sessions == 1 ? "" : "s", daemon_device_describe(d));
+        else
+            snprintf(note, sizeof note, "READY=1\nSTATUS=listening on %s; loading the weights",
+                     cfg.listen);
+        if (daemon_notify(note) < 0) log_warn("cannot notify systemd: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&d->mu);
     rc = server_run(d, router, &g_stop);
+    daemon_notify("STOPPING=1\nSTATUS=stopping");
     pthread_mutex_lock(&d->mu);
     exit_code = rc == RC_OK && !d->load_failed ? 0 : 1;
     pthread_mutex_unlock(&d->mu);
@@ -637,5 +931,6 @@ out:
     memory_db_close(&d->db); /* after every commit has returned */
     model_backend_close(&d->backend); /* after every stream on it is gone */
     model_destroy(&d->model);
+    config_args_free(&args);
     return exit_code;
 }

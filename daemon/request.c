@@ -186,6 +186,7 @@ static rc_t decode_ask(daemon_t *d, const Recall__Request *req, const char **ses
         return rc_errf(RC_ERR_INVALID, err, errlen, "the question is not valid UTF-8");
     if (!(q->temperature >= 0) || !(q->top_p >= 0))
         return rc_errf(RC_ERR_INVALID, err, errlen, "temperature and top_p must be >= 0");
+    RC_TRY(chat_ask_check(q, d->cfg.max_chunk_bytes, err, errlen)); /* stop strings, chat */
     return tokens_ok(d, q->question_tokens, q->n_question_tokens, err, errlen);
 }
 

@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "daemon/notify.h"
 
 /* The share of the GPU memory left free by the weights that sessions' rows may use by
  * default; the rest is for the streams' local caches and scratch. */
@@ -58,11 +59,16 @@ rc_t daemon_load_weights(daemon_t *d)
     memory_tiers_set_gpu_budget(d->tiers, gpu_budget);
     pthread_mutex_unlock(&d->mu);
     __atomic_store_n(&d->ready, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&d->mu); /* ordered with main.c's READY=1 (notify.h) */
+    daemon_notify_status("serving %zu session%s on %s", d->n_sessions,
+                         d->n_sessions == 1 ? "" : "s", model_backend_describe(be));
+    pthread_mutex_unlock(&d->mu);
     log_info("model ready in %.2f s on %s; GPU memory budget %s%.1f MiB", clock_now_s() - t0,
              model_backend_describe(be), gpu_budget || !on_device ? "" : "none, ",
              (double)gpu_budget / 1048576.0);
     return RC_OK;
 fail:
+    daemon_notify_status("cannot load the weights: %s", err);
     pthread_mutex_lock(&d->mu);
     d->load_failed = 1;
     pthread_mutex_unlock(&d->mu);

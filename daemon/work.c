@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "daemon/notify.h"
 #include "model/sample.h"
 #include <zmq.h>
 
@@ -170,8 +171,11 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
     d->tokens_ingested += nn;
     d->commits++;
     d->commit_seconds += t_commit;
-    d->append_seconds += clock_now_s() - t_start;
+    const double t_append = clock_now_s() - t_start;
+    d->append_seconds += t_append;
+    if (t_append > 0) d->ingest_last_tps = (double)nn / t_append;
     pthread_mutex_unlock(&d->mu);
+    http_histogram_observe(&d->metrics.ingest_append, t_append);
     res->tokens = n_new;
     res->windows = win_new;
     free(rec);
@@ -313,6 +317,96 @@ static char *text_delta(daemon_t *d, text_stream_t *ts, const int32_t *gen, size
     return out;
 }
 
+/* Tokenizes a formatted chat prompt part by part (chat.h: each text part on its own, BOS and
+ * EOS as their ids). *ids is malloc'ed. */
+static rc_t chat_encode(daemon_t *d, const chat_prompt_t *cp, int add_bos, int32_t **ids,
+                        size_t *n)
+{
+    size_t cap = 64, len = 0;
+    int32_t *out = malloc(cap * sizeof *out);
+    rc_t rc = RC_OK;
+    int bos = tokenizer_bos_id(d->tok), eos = tokenizer_eos_id(d->tok);
+    if (bos < 0) bos = d->mc->bos_id;
+    if (eos < 0) eos = d->mc->eos_id;
+    if (!out) return RC_ERR_NOMEM;
+    if (add_bos && bos >= 0) out[len++] = bos;
+    for (size_t i = 0; i < cp->n_parts && !rc; i++) {
+        const struct chat_part *p = &cp->parts[i];
+        int32_t one, *t = &one;
+        size_t nt = 1;
+        if (p->kind == CHAT_PART_TEXT) {
+            if ((rc = tokenizer_encode(d->tok, cp->text + p->off, p->len, 0, &t, &nt))) break;
+        } else {
+            one = p->kind == CHAT_PART_BOS ? bos : eos;
+            if (one < 0) nt = 0; /* a tokenizer without it: the template's marker is dropped */
+        }
+        if (len + nt > cap) {
+            while (len + nt > cap)
+                cap *= 2;
+            int32_t *g = realloc(out, cap * sizeof *g);
+            if (!g) rc = RC_ERR_NOMEM;
+            else out = g;
+        }
+        if (!rc && nt) memcpy(out + len, t, nt * sizeof *t);
+        if (!rc) len += nt;
+        if (t != &one) free(t);
+    }
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    *ids = out;
+    *n = len;
+    return RC_OK;
+}
+
+/* The answer's text so far, for stop strings: what text_delta produced, and how much of it
+ * has been released to the client. */
+typedef struct stop_text {
+    char *p;
+    size_t len, cap, released;
+} stop_text_t;
+
+/* Adds delta and returns the text that may be sent now (malloc'ed): up to the earliest stop
+ * string (*hit = 1) or up to a tail that could still become one. */
+static char *stop_take(stop_text_t *st, const char *delta, const char *const *stops,
+                       size_t n_stops, int *hit)
+{
+    size_t dl = strlen(delta);
+    if (st->len + dl + 1 > st->cap) {
+        size_t c = st->cap ? st->cap : 256;
+        while (c < st->len + dl + 1)
+            c *= 2;
+        char *g = realloc(st->p, c);
+        if (!g) return NULL;
+        st->p = g;
+        st->cap = c;
+    }
+    memcpy(st->p + st->len, delta, dl);
+    st->len += dl;
+    st->p[st->len] = 0;
+    size_t cut;
+    *hit = chat_stop_scan(st->p, st->len, stops, n_stops, &cut);
+    if (cut < st->released) cut = st->released; /* cannot happen (chat_stop_scan); be safe */
+    char *out = strndup(st->p + st->released, cut - st->released);
+    st->released = cut;
+    return out;
+}
+
+/* How many of the ng generated tokens lie wholly before byte `cut` of their text: the
+ * answer kept when a stop string ended it (for --append). */
+static size_t tokens_before(daemon_t *d, const int32_t *gen, size_t ng, size_t cut)
+{
+    for (size_t k = ng; k > 0; k--) {
+        char *t = NULL;
+        size_t l = 0;
+        int ok = tokenizer_decode(d->tok, gen, k, &t, &l) == RC_OK;
+        free(t);
+        if (ok && l <= cut) return k;
+    }
+    return 0;
+}
+
 void work_ask(request_t *q)
 {
     daemon_t *d = q->d;
@@ -333,7 +427,38 @@ void work_ask(request_t *q)
     size_t nq = 0;
     rc_t rc = RC_OK;
     size_t ql = strlen(a->question);
-    if (ql) {
+    /* The stop strings: the request's, and a chat template's own. */
+    const char *stops[CHAT_STOP_MAX * 2];
+    size_t n_stops = 0;
+    for (size_t i = 0; i < a->n_stop && n_stops < CHAT_STOP_MAX; i++)
+        stops[n_stops++] = a->stop[i];
+    stop_text_t st = {0};
+    if (a->n_messages) {
+        chat_message_t *msgs = malloc(a->n_messages * sizeof *msgs);
+        chat_prompt_t cp;
+        if (!msgs) {
+            request_error(q, RC_ERR_NOMEM, "out of memory for the chat");
+            return;
+        }
+        for (size_t i = 0; i < a->n_messages; i++)
+            msgs[i] = (chat_message_t){a->messages[i]->role, a->messages[i]->content};
+        rc = chat_format(&d->chat, msgs, a->n_messages, &cp, err, sizeof err);
+        free(msgs);
+        if (rc) {
+            request_error(q, rc, "%s", err);
+            return;
+        }
+        /* The templates that know BOS put it themselves; plain text starts a session with it
+         * as a question does. */
+        rc = chat_encode(d, &cp, d->chat.kind == CHAT_TEMPLATE_PLAIN && n_tok == 0, &qt, &nq);
+        chat_prompt_free(&cp);
+        if (rc) {
+            request_error(q, rc, "cannot tokenize the chat: %s", rc_strerror(rc));
+            return;
+        }
+        for (const char *const *t = chat_template_stops(d->chat.kind); *t; t++)
+            stops[n_stops++] = *t;
+    } else if (ql) {
         /* An empty session: the question is its first token, so BOS comes first. */
         int bos = n_tok == 0 && tokenizer_bos_id(d->tok) >= 0;
         rc = tokenizer_encode(d->tok, a->question, ql, bos, &qt, &nq);
@@ -375,6 +500,7 @@ void work_ask(request_t *q)
     double t0 = clock_now_s();
     rc = model_stream_feed(s->stream, prompt, np, NULL, logits);
     double t1 = clock_now_s();
+    if (!rc) http_histogram_observe(&d->metrics.ask_prefill, t1 - t0);
     if (rc) {
         model_stream_rewind(s->stream, mark);
         request_error(q, rc, "the forward pass over the prompt failed: %s", rc_strerror(rc));
@@ -405,10 +531,21 @@ void work_ask(request_t *q)
         gen[ng++] = tok;
         Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
         char *delta = text_delta(d, &ts, gen, ng, 0);
+        int hit = 0;
+        if (n_stops && delta) {
+            /* Text that may be the start of a stop string waits for the next token. */
+            char *now = stop_take(&st, delta, stops, n_stops, &hit);
+            free(delta);
+            delta = now;
+        }
         ar.token = tok;
         ar.text = delta ? delta : (char *)"";
         request_reply(q, &ar, 1);
         free(delta);
+        if (hit) {
+            reason = "stop";
+            break;
+        }
         if (ng == max_tokens) break;
         int32_t t32 = tok;
         rc = model_stream_feed(s->stream, &t32, 1, NULL, logits);
@@ -424,25 +561,50 @@ void work_ask(request_t *q)
     pthread_mutex_lock(&d->mu);
     d->tokens_generated += ng;
     pthread_mutex_unlock(&d->mu);
+    /* The text not sent yet: everything left, up to a stop string found in it now. */
+    char *rest = NULL;
+    if (!strcmp(reason, "stop")) {
+        rest = strdup(""); /* what followed the stop string is not part of the answer */
+    } else {
+        rest = text_delta(d, &ts, gen, ng, 1);
+        if (n_stops && rest) {
+            int hit = 0;
+            /* Released whole unless a stop string completes in it. */
+            char *now = stop_take(&st, rest, (const char *const *)stops, n_stops, &hit);
+            free(rest);
+            rest = now;
+            if (hit) reason = "stop";
+            else if (rest && st.released < st.len) {
+                char *all = malloc(strlen(rest) + st.len - st.released + 1);
+                if (all) sprintf(all, "%s%s", rest, st.p + st.released);
+                free(rest);
+                rest = all;
+                st.released = st.len;
+            }
+        }
+    }
+    /* A stop string ends the kept answer before it: the tokens wholly before it. */
+    size_t ng_keep = !strcmp(reason, "stop") ? tokens_before(d, gen, ng, st.released) : ng;
     /* ...unless the client asked to keep it: question and answer become a durable chunk. */
-    if (a->append && nq + ng > 0) {
-        app = malloc((nq + ng) * sizeof *app);
+    if (a->append && nq + ng_keep > 0) {
+        app = malloc((nq + ng_keep) * sizeof *app);
         if (!app) {
+            free(rest);
             request_error(q, RC_ERR_NOMEM, "out of memory appending the answer");
             goto out;
         }
         if (nq) memcpy(app, qt, nq * sizeof *app);
-        if (ng) memcpy(app + nq, gen, ng * sizeof *app);
+        if (ng_keep) memcpy(app + nq, gen, ng_keep * sizeof *app);
         append_result_t res;
-        rc = append_durable(q, s, app, nq + ng, 0, &res, err, sizeof err);
+        rc = append_durable(q, s, app, nq + ng_keep, 0, &res, err, sizeof err);
         if (rc) {
+            free(rest);
             request_error(q, rc, "the answer was generated but appending it to '%s' failed: %s",
                           s->name, err);
             goto out;
         }
     }
     Recall__AskResponse ar = RECALL__ASK_RESPONSE__INIT;
-    char *rest = text_delta(d, &ts, gen, ng, 1);
     ar.token = -1;
     ar.text = rest ? rest : (char *)"";
     ar.done = 1;
@@ -451,9 +613,11 @@ void work_ask(request_t *q)
     ar.prefill_ms = (t1 - t0) * 1e3;
     ar.decode_ms = (t2 - t1) * 1e3;
     ar.stop_reason = (char *)reason;
+    if (a->n_messages) ar.chat_template = (char *)chat_template_name(d->chat.kind);
     request_reply(q, &ar, 0);
     free(rest);
 out:
+    free(st.p);
     free(qt);
     free(prompt);
     free(gen);
@@ -696,6 +860,17 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
     pthread_mutex_unlock(&d->mu);
 }
 
+/* The GPU's memory for /metrics (daemon.h: gpu_mem_*), read here because the worker is the
+ * thread that uses the device. Nothing on the CPU backend. */
+static void sample_gpu_memory(daemon_t *d)
+{
+    size_t free_b = 0, total = 0;
+    if (!daemon_memory_on_device(d) || model_backend_device_memory(d->backend, &free_b, &total))
+        return;
+    __atomic_store_n(&d->gpu_mem_total, (uint64_t)total, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->gpu_mem_free, (uint64_t)free_b, __ATOMIC_RELAXED);
+}
+
 void *worker_main(void *arg)
 {
     daemon_t *d = arg;
@@ -709,6 +884,10 @@ void *worker_main(void *arg)
     /* The weights first: jobs that arrive meanwhile wait in the queue; if the weights cannot
      * be loaded, recalld is stopping and every job is refused. */
     const int failed = daemon_load_weights(d) != RC_OK;
+    if (!failed) sample_gpu_memory(d);
+    pthread_mutex_lock(&d->mu);
+    size_t status_sessions = d->n_sessions; /* the count weights.c's STATUS gave */
+    pthread_mutex_unlock(&d->mu);
 
     for (;;) {
         pthread_mutex_lock(&d->mu);
@@ -725,6 +904,17 @@ void *worker_main(void *arg)
         if (!j) break; /* stopping and nothing left */
         run_job(d, j, stopping || failed);
         job_free(d, j);
+        sample_gpu_memory(d);
+        /* systemd's STATUS line follows the session count (notify.h): sessions are created
+         * and dropped on the main thread, and the next job after that says so. */
+        pthread_mutex_lock(&d->mu);
+        if (!failed && d->n_sessions != status_sessions) {
+            status_sessions = d->n_sessions;
+            daemon_notify_status("serving %zu session%s on %s", status_sessions,
+                                 status_sessions == 1 ? "" : "s",
+                                 daemon_device_describe(d));
+        }
+        pthread_mutex_unlock(&d->mu);
     }
     zmq_send(d->pair_worker, "", 0, 0); /* goodbye: the main loop may finish */
     return NULL;

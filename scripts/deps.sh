@@ -9,7 +9,10 @@ pkgs=(cmake make gcc g++ pkg-config
       python3 python3-numpy python3-torch python3-sentencepiece
       # the Python client (clients/python): its build backend, runtime and generated messages
       python3-setuptools python3-wheel python3-pip python3-venv python3-zmq python3-protobuf
-      protobuf-compiler)
+      protobuf-compiler
+      # tests only: the reference renderer of the checkpoints' Jinja chat templates
+      # (tests/chat_ref.py), against which daemon/chat.c's formatters are checked
+      python3-jinja2)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

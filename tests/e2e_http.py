@@ -7,7 +7,8 @@ info; completions plain and streamed (the SSE events' joined text equals the pla
 and `recall ask`'s answer for the same session, prompt and seed, greedy and sampled); chat
 completions through the documented template; stop strings; /metrics parsed line by line
 (every line valid, every name recall_*, HELP and TYPE for each family, counters grow after
-requests); every error status with OpenAI's error shape (400, 401, 404, 405, 413); start-up
+requests; the daemon's own families too: readiness, queue, ingest time and speed, prefill
+and append histograms, GPU memory); every error status with OpenAI's error shape (400, 401, 404, 405, 413); start-up
 refusals (bad address, port in use); drop.
 
 Environment (set by ctest): RECALL_BIN, RECALLD_BIN, RECALL_TEST_DATA, RECALL_SOURCE_DIR.
@@ -307,8 +308,36 @@ def run_all(d, tmp):
                    ("recall_gpu_memory_budget_bytes", "gauge"),
                    ("recall_request_duration_seconds", "histogram"),
                    ("recall_http_requests_total", "counter"),
-                   ("recall_http_request_duration_seconds", "histogram")):
+                   ("recall_http_request_duration_seconds", "histogram"),
+                   # issue 18 point 4: ingest speed, readiness, queue, worker latency, GPU
+                   ("recall_ingest_seconds_total", "counter"),
+                   ("recall_ingest_tokens_per_second", "gauge"),
+                   ("recall_ingest_append_seconds", "histogram"),
+                   ("recall_ask_prefill_seconds", "histogram"),
+                   ("recall_commits_total", "counter"),
+                   ("recall_commit_seconds_total", "counter"),
+                   ("recall_ready", "gauge"), ("recall_queue_jobs", "gauge"),
+                   ("recall_worker_busy", "gauge"),
+                   ("recall_replies_dropped_total", "counter"),
+                   ("recall_gpu_device_memory_bytes", "gauge")):
         check(types.get(fam) == t, "metric family %s is a %s" % (fam, t), types.get(fam))
+    # The book was ingested twice before this scrape: its time, speed and appends are there.
+    check(before.get(("recall_ingest_seconds_total", ""), 0) > 0, "ingest seconds counted",
+          before.get(("recall_ingest_seconds_total", "")))
+    check(before.get(("recall_ingest_tokens_per_second", ""), 0) > 0, "ingest speed reported",
+          before.get(("recall_ingest_tokens_per_second", "")))
+    check(before.get(("recall_ingest_append_seconds_count", ""), 0) >= 2 and
+          before.get(("recall_commits_total", ""), 0) >= 2, "appends observed",
+          (before.get(("recall_ingest_append_seconds_count", "")),
+           before.get(("recall_commits_total", ""))))
+    check(before.get(("recall_ready", "")) == 1, "recall_ready 1 once the weights are in")
+    check(before.get(("recall_queue_jobs", "")) == 0, "nothing queued at rest")
+    gpu = {st: before.get(("recall_gpu_device_memory_bytes", 'state="%s"' % st))
+           for st in ("total", "free", "used")}
+    if h.get("device", "").startswith("cpu"):
+        check(gpu == {"total": 0, "free": 0, "used": 0}, "no GPU memory on the CPU backend", gpu)
+    else:
+        check(gpu["total"] > 0 and gpu["used"] == gpu["total"] - gpu["free"], "GPU memory", gpu)
     check(before.get(("recall_ingest_tokens_total", "")) >= ref["tokens"] * 2,
           "ingest tokens counted", before.get(("recall_ingest_tokens_total", "")))
     for tier in ("device", "host", "disk"):
@@ -471,6 +500,11 @@ def run_all(d, tmp):
     check(after.get(inf) == after.get(cnt), "+Inf bucket == count")
     check(after.get(("recall_generated_tokens_total", ""), 0) >
           before.get(("recall_generated_tokens_total", ""), 0), "generated tokens grew")
+    pre = ("recall_ask_prefill_seconds_count", "")
+    check(after.get(pre, 0) >= before.get(pre, 0) + 8, "ask prefills observed",
+          (before.get(pre), after.get(pre)))
+    check(after.get(("recall_ask_prefill_seconds_bucket", 'le="+Inf"')) == after.get(pre),
+          "prefill +Inf bucket == count")
 
     # --- drop -------------------------------------------------------------------------------
     st, dj = d.json("DELETE", "/v1/sessions/ref")

@@ -313,6 +313,25 @@ def run_e2e(d, ep, work):
               (sa, stop, a.text))
         st = c.ask("pybook", q, max_tokens=12, stop=[stop, "\x01"], stream=True)
         check("".join(st) == cut, "a streamed answer stops there too")
+        # The daemon stopped generating (issue 18): fewer tokens than the whole answer's,
+        # and the same answer and count as recall ask --stop.
+        check(sa.generated < a.generated, "stop=: the daemon generated fewer tokens",
+              (sa.generated, a.generated))
+        rc, cj, err = e.recall(ep, "ask", "pybook", q, "--max-tokens", "12", "--stop", stop)
+        check(rc == 0 and cj.get("answer") == sa.text and cj.get("generated") == sa.generated,
+              "stop=: the same as recall ask --stop", (sa, cj, err))
+    # --- chat: the daemon's chat template, as recall ask --chat ---------------------------
+    ch = c.chat("pybook", [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": q}], max_tokens=8)
+    rc, cj, err = e.recall(ep, "ask", "pybook", q, "--chat", "--system", "Be brief.",
+                           "--max-tokens", "8")
+    check(rc == 0 and cj.get("answer") == ch.text and cj.get("prompt_tokens") == ch.prompt_tokens
+          and cj.get("chat_template") == ch.chat_template != "",
+          "chat() equals recall ask --chat", (ch, cj, err))
+    check(ch.prompt_tokens != a.prompt_tokens, "chat() formats the messages (not the bare question)",
+          (ch.prompt_tokens, a.prompt_tokens))
+    expect_error(recall.InvalidArgument, "chat() with no messages is refused",
+                 lambda: c.chat("pybook", []), "message", remote=False)
     # An abandoned stream: its late tokens do not leak into the next request.
     s = c.ask("pybook", q, max_tokens=12, stream=True)
     next(s)
@@ -359,6 +378,11 @@ def run_e2e(d, ep, work):
         return r.returncode, r.stdout, r.stderr
     rc, out, err = pyrecall("--json", "info", "pybook")
     check(rc == 0 and json.loads(out) == c.info("pybook"), "python3 -m recall info", (out, err))
+    rc, out, err = pyrecall("--json", "ask", "pybook", q, "--chat", "--system", "Be brief.",
+                            "--max-tokens", "8")
+    pj = json.loads(out) if rc == 0 else {}
+    check(pj.get("answer") == ch.text and pj.get("chat_template") == ch.chat_template,
+          "python3 -m recall ask --chat", (rc, out, err))
     rc, out, err = pyrecall("ask", "pybook", q, "--max-tokens", "12")
     check(rc == 0 and out == a.text + "\n", "python3 -m recall ask streams the answer",
           (out, a.text, err))

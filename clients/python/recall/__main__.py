@@ -4,7 +4,7 @@
 
 Commands: health, stats, sessions, info NAME, drop NAME, verify NAME,
 ingest NAME FILE... [--chunk-bytes N] [session options], ask NAME QUESTION [--max-tokens N]
-[--temperature T] [--top-p P] [--seed N] [--stop S]... [--append],
+[--temperature T] [--top-p P] [--seed N] [--stop S]... [--append] [--chat [--system TEXT]],
 ppl NAME | ppl --text FILE [session options].
 
 Session options are flags named as SessionOptions' fields in proto/recall.proto
@@ -21,7 +21,7 @@ import sys
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from . import Client, ProtocolError, RecallError, Timeout
+from . import Client, InvalidArgument, ProtocolError, RecallError, Timeout
 from .messages import OPTION_ALIASES, pb
 
 
@@ -69,6 +69,8 @@ def _parser():
     s.add_argument("--seed", type=int)
     s.add_argument("--stop", action="append")
     s.add_argument("--append", action="store_true")
+    s.add_argument("--chat", action="store_true")
+    s.add_argument("--system")
     s = sub.add_parser("ppl")
     s.add_argument("session", nargs="?")
     s.add_argument("--text", type=pathlib.Path)
@@ -105,10 +107,18 @@ def _run(c, a):
     if a.cmd == "ask":
         kw = dict(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p,
                   seed=a.seed, stop=a.stop, append=a.append)
+        if a.system is not None and not a.chat:
+            raise InvalidArgument(-1, "--system goes with --chat", False)
+        if a.chat:  # the question as a user's message, as the C CLI's --chat
+            msgs = ([{"role": "system", "content": a.system}] if a.system is not None else []) + \
+                [{"role": "user", "content": a.question}]
+            ask = lambda **k: c.chat(a.session, msgs, **k)  # noqa: E731
+        else:
+            ask = lambda **k: c.ask(a.session, a.question, **k)  # noqa: E731
         if a.json:
-            ans = c.ask(a.session, a.question, **kw)
+            ans = ask(**kw)
         else:  # text: show the answer as it streams
-            s = c.ask(a.session, a.question, stream=True, **kw)
+            s = ask(stream=True, **kw)
             for piece in s:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -116,7 +126,8 @@ def _run(c, a):
             return None, None
         return ({"session": a.session, "question": a.question, "answer": ans.text,
                  "tokens": ans.tokens, "generated": ans.generated,
-                 "stop_reason": ans.stop_reason, "prompt_tokens": ans.prompt_tokens}, None)
+                 "stop_reason": ans.stop_reason, "prompt_tokens": ans.prompt_tokens,
+                 **({"chat_template": ans.chat_template} if a.chat else {})}, None)
     # ppl
     r = c.ppl(a.session, text=a.text, **_options(a))
     return r, "ppl %.2f over %d tokens" % (r["ppl"], r["tokens"])

@@ -39,9 +39,10 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 @dataclass
 class Answer:
     """What ask() returns. ``text``: the answer; ``tokens``: the generated token ids, in
-    order; ``generated``: how many; ``stop_reason``: "eos" or "length";
+    order; ``generated``: how many; ``stop_reason``: "eos", "length" or "stop";
     ``prompt_tokens``: the session's pending tail plus the question, as processed;
-    ``prefill_ms`` / ``decode_ms``: the daemon's time for the prompt and for generating.
+    ``prefill_ms`` / ``decode_ms``: the daemon's time for the prompt and for generating;
+    ``chat_template``: for chat(), the template the daemon formatted the messages with.
     str(answer) is the text."""
     text: str = ""
     tokens: List[int] = field(default_factory=list)
@@ -50,6 +51,7 @@ class Answer:
     prompt_tokens: int = 0
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    chat_template: str = ""
 
     def __str__(self):
         return self.text
@@ -95,6 +97,7 @@ class AskStream:
                     self._acc.prompt_tokens = a.prompt_tokens
                     self._acc.prefill_ms = a.prefill_ms
                     self._acc.decode_ms = a.decode_ms
+                    self._acc.chat_template = a.chat_template
                     if a.text:
                         self._pending.append(a.text)
                 else:
@@ -437,12 +440,11 @@ class Client:
 
         max_tokens: stop after that many generated tokens (None: the daemon's default);
         temperature: 0 or None is greedy and deterministic; top_p: nucleus sampling (None,
-        0 or 1: off); seed: the sampling seed; stop: a string or list of strings that end
-        the answer early (checked here: the answer is cut before the first one found and
-        the rest of the daemon's stream is dropped; stop_reason is then "stop"); append:
-        add the question and the answer to the session (the daemon's whole answer: a stop
-        string cuts only what is returned here); ignore_eos: generate past the
-        end-of-sequence token.
+        0 or 1: off); seed: the sampling seed; stop: a string or list of strings (up to 16)
+        that end the answer early: the daemon stops generating at the first one and the
+        answer ends before it (stop_reason "stop"; checked here too, for a daemon that
+        predates them); append: add the question and the answer (up to a stop string) to
+        the session; ignore_eos: generate past the end-of-sequence token.
 
         Returns an Answer (str() of it is the text), or with stream=True an AskStream that
         yields the text of each token as it arrives. Raises NotFound for an unknown
@@ -459,11 +461,54 @@ class Client:
                       seed=_check_int("seed", seed, 0, (1 << 64) - 1),
                       append=bool(append), ignore_eos=bool(ignore_eos))
         stops = _stop_list(stop)
+        fields["stop"] = stops
         try:
             prompt.encode("utf-8")
             req = request("ask", **fields)
         except (TypeError, ValueError) as e:
             raise InvalidArgument(-1, "bad argument for ask: %s" % e, False) from None
+        s = AskStream(self, self._send(req))
+        self._stream = s
+        if stops:
+            s = _StopStream(s, stops)
+        if stream:
+            return s
+        for _ in s:
+            pass
+        return s.answer
+
+    def chat(self, name, messages, stream=False, max_tokens=None, temperature=None, top_p=None,
+             seed=None, stop=None, append=False, ignore_eos=False):
+        """A chat about session `name`, as `recall ask --chat` and /v1/chat/completions:
+        messages is a list of {"role": ..., "content": ...} dicts (or (role, content) pairs),
+        roles "system", "user", "assistant"; the daemon formats them with the checkpoint's
+        chat template (recalld --chat-template) and adds the template's stop strings.
+        The other arguments and the result are ask()'s; Answer.chat_template names the
+        template used. Raises InvalidArgument for messages the template refuses (llama2:
+        roles that do not alternate user/assistant)."""
+        _check_name(name)
+        msgs = []
+        try:
+            for m in messages:
+                role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+                if not isinstance(role, str) or not role or not isinstance(content, str):
+                    raise TypeError("role and content must be strings")
+                msgs.append(pb.ChatMessage(role=role, content=content))
+        except (TypeError, KeyError, ValueError) as e:
+            raise InvalidArgument(-1, "messages must be a list of {role, content}: %s" % e,
+                                  False) from None
+        if not msgs:
+            raise InvalidArgument(-1, "a chat needs at least one message", False)
+        stops = _stop_list(stop)
+        try:
+            req = request("ask", session=name, messages=msgs, stop=stops,
+                          max_tokens=_check_int("max_tokens", max_tokens, 1, (1 << 32) - 1),
+                          temperature=_check_float("temperature", temperature, 0, 100),
+                          top_p=_check_float("top_p", top_p, 0, 1),
+                          seed=_check_int("seed", seed, 0, (1 << 64) - 1),
+                          append=bool(append), ignore_eos=bool(ignore_eos))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(-1, "bad argument for chat: %s" % e, False) from None
         s = AskStream(self, self._send(req))
         self._stream = s
         if stops:
