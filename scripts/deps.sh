@@ -10,6 +10,9 @@ pkgs=(cmake make gcc g++ pkg-config
       # the Python client (clients/python): its build backend, runtime and generated messages
       python3-setuptools python3-wheel python3-pip python3-venv python3-zmq python3-protobuf
       protobuf-compiler)
+# `deps.sh fuzz` adds clang and its runtime libraries (libFuzzer is in libclang-rt): only
+# the fuzzing step (.ci/run, scripts/fuzz_long.sh) needs them.
+[ "${1:-}" = fuzz ] && pkgs+=(clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
