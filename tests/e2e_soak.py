@@ -25,7 +25,8 @@ the same order from seq 1, so one clean reference ingest per name (a second daem
 kills, chunk by chunk) gives the token count after every chunk and the rows.
 
   e2e_soak.py [--kills N] [--seed S] [--max-seconds T] [--keep]
-Defaults: 20 kills (8 under AddressSanitizer: its daemon is several times slower), seed 1;
+Defaults: 20 kills, every other one at a crash point (8 under AddressSanitizer, whose daemon
+is several times slower: one at each crash point, then a random one), seed 1;
 RECALL_SOAK_KILLS / RECALL_SOAK_SEED override them. Prints the seed first, so a failing run
 can be replayed (the kill moments are random in time, so a replay is close, not exact).
 Prints "N passed, N failed" and a figures line; exits 1 on any failure."""
@@ -242,7 +243,9 @@ class Soak:
     # ---- one round ---------------------------------------------------------------------
     def round(self, k, d, point):
         rng = random.Random(self.rng.random())
-        crash_at = "%s:%d" % (point, rng.randint(1, 3)) if point else None
+        # The N-th pass: creates and drops come seldom, so early ones.
+        nth = rng.randint(1, 2 if point and point.startswith(("create", "drop")) else 3)
+        crash_at = "%s:%d" % (point, nth) if point else None
         t0 = time.time()
         d.start(crash_at)
         t1 = time.time()
@@ -369,7 +372,11 @@ class Soak:
                     print("soak: stopping at the time limit of %d s" % self.max_seconds)
                     break
                 # Every other kill at a named point, cycling through them; the rest random.
-                point = POINTS[(k // 2) % len(POINTS)] if k % 2 else None
+                # A short run (under ASan) goes through every point first instead.
+                if self.kills_wanted < 2 * len(POINTS):
+                    point = POINTS[k] if k < len(POINTS) else None
+                else:
+                    point = POINTS[(k // 2) % len(POINTS)] if k % 2 else None
                 f0 = e.failed
                 self.round(k, d, point)
                 if e.failed > f0:
