@@ -107,8 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc_t rc = model_open(g_dir, 1, &m, err, sizeof err);
     if (rc == RC_OK) {
         const model_config_t *c = model_get_config(m);
-        if (!c || c->hidden <= 0 || c->n_layers <= 0 || c->vocab_size <= 0 ||
-            !model_describe(m)) {
+        if (!c || c->hidden <= 0 || c->n_layers <= 0 || c->vocab_size <= 0 || !model_describe(m)) {
             fprintf(stderr, "fuzz_loader: model_open accepted a config without sizes\n");
             abort();
         }

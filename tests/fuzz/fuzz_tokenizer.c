@@ -93,8 +93,10 @@ static void decode_check(const int32_t *ids, size_t n, int want_ok)
     }
     if (rc == RC_OK) {
         if (!text || text[len] != '\0' || !ref_utf8_valid((const uint8_t *)text, len)) {
-            fprintf(stderr, "fuzz_tokenizer: decode of %zu ids gave %zu bytes that are not "
-                            "valid, terminated UTF-8\n", n, len);
+            fprintf(stderr,
+                    "fuzz_tokenizer: decode of %zu ids gave %zu bytes that are not "
+                    "valid, terminated UTF-8\n",
+                    n, len);
             abort();
         }
     } else if (text) {
