@@ -16,6 +16,7 @@
 #include <zmq.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 
@@ -104,6 +105,7 @@ void serve_create(request_t *q)
     rc = session_record_pack(d, s, 0, 0, 0, 0, 0, &rec, &rec_len);
     memory_db_commit_t commit = {.session = s->name, .record = rec, .record_len = rec_len};
     if (!rc) rc = memory_db_commit(d->db, &commit, err, sizeof err);
+    if (!rc) crash_point("create-committed"); /* durable, not yet listed nor acknowledged */
     pthread_mutex_lock(&d->mu);
     if (!rc) rc = session_table_add(d, s);
     if (rc) {
@@ -230,6 +232,7 @@ void serve_drop(request_t *q)
     pthread_mutex_unlock(&d->mu);
     /* The catalogue's synced delete, without mu. */
     rc_t rc = memory_db_drop(d->db, s->name, err, sizeof err);
+    if (!rc) crash_point("drop-committed"); /* gone from the catalogue, rows still in place */
     pthread_mutex_lock(&d->mu);
     if (rc && rc != RC_ERR_NOT_FOUND) {
         /* Still whole in the catalogue: it stays (jobs refused meanwhile said "dropped"). */

@@ -590,6 +590,7 @@ rc_t session_memory_detach_files(const char *rows_root, const char *name, char *
         to = NULL;
     } else {
         sync_dir(rows_root); /* the old name is gone for good once the drop returns */
+        crash_point("drop-renamed"); /* moved aside, not yet deleted: the next start sweeps */
     }
     free(dir);
     *detached = to;

@@ -13,6 +13,9 @@ pkgs=(cmake make gcc g++ pkg-config
       # tests only: the reference renderer of the checkpoints' Jinja chat templates
       # (tests/chat_ref.py), against which daemon/chat.c's formatters are checked
       python3-jinja2)
+# `deps.sh fuzz` adds clang and its runtime libraries (libFuzzer is in libclang-rt): only
+# the fuzzing step (.ci/run, scripts/fuzz_long.sh) needs them.
+[ "${1:-}" = fuzz ] && pkgs+=(clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
