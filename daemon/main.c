@@ -222,6 +222,33 @@ static int check_data_dir(const char *dir, int *exists)
     return 0;
 }
 
+/* The checkpoint's own session defaults (config.json "recall_session_defaults", model/
+ * config.h) for what no flag or config-file key set: the configuration the model's card
+ * says measures best. Logged, so nobody wonders where a knn session came from. */
+static void apply_model_defaults(daemon_t *d)
+{
+    Recall__SessionOptions *df = &d->cfg.defaults;
+    const model_config_t *mc = d->mc;
+    int took_memory = 0, took_k = 0;
+    if (mc->default_memory[0] && (!df->memory || !df->memory[0])) {
+        df->memory = (char *)mc->default_memory;
+        took_memory = 1;
+    }
+    if (mc->default_k && !df->k) {
+        df->k = (uint32_t)mc->default_k;
+        took_k = 1;
+    }
+    if (!took_memory && !took_k) return;
+    char what[64] = "";
+    if (took_memory) snprintf(what, sizeof what, "memory %s", df->memory);
+    if (took_k)
+        snprintf(what + strlen(what), sizeof what - strlen(what), "%sk %u",
+                 took_memory ? ", " : "", (unsigned)df->k);
+    log_info("session defaults from the checkpoint's config.json: %s (--memory and --k "
+             "override them)",
+             what);
+}
+
 /* Session defaults are checked at start-up, against this model's config, not at the first
  * create. Returns 0 when they work; else says why on stderr. */
 static int check_defaults(daemon_t *d, size_t gpu_budget)
@@ -755,6 +782,7 @@ int main(int argc, char **argv)
         problems++;
     }
     d->mc = d->model ? model_get_config(d->model) : NULL;
+    if (d->mc) apply_model_defaults(d);
     d->gpu_budget_flag = gpu_budget;
     if (d->model && check_defaults(d, gpu_budget)) {
         if (!check_only) goto out;

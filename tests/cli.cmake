@@ -31,6 +31,12 @@ if(TARGET recalld)
   set_tests_properties(e2e_tiers PROPERTIES
     ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
     FIXTURES_REQUIRED tiny_models TIMEOUT 600 LABELS "daemon")
+  # A checkpoint's own session defaults (config.json recall_session_defaults).
+  add_test(NAME e2e_model_defaults
+           COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/e2e_model_defaults.py)
+  set_tests_properties(e2e_model_defaults PROPERTIES
+    ENVIRONMENT "${cli_test_env};RECALLD_BIN=$<TARGET_FILE:recalld>"
+    FIXTURES_REQUIRED tiny_models TIMEOUT 300 LABELS "daemon")
   # The daemon-wide GPU budget on a GPU (e2e_tiers_gpu.py); without one: skipped (77).
   add_test(NAME e2e_tiers_gpu COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/e2e_tiers_gpu.py)
   set_tests_properties(e2e_tiers_gpu PROPERTIES
