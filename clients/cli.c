@@ -152,6 +152,9 @@ const opt_spec cli_opt_specs[O_COUNT] = {
     [O_PNG] = {"png", 0, 1, B(CMD_PASSKEY)},
     [O_SESSION_PREFIX] = {"session-prefix", 0, 1, B(CMD_PASSKEY)},
     [O_KEEP] = {"keep", 0, 0, B(CMD_PASSKEY) | B(CMD_BENCH)},
+    [O_CURVE_KEYS] = {"curve-keys", 0, 1, ALL_CMDS},
+    [O_SERVER_KEY] = {"server-key", 0, 1, ALL_CMDS},
+    [O_NAME] = {"name", 0, 1, B(CMD_KEYGEN)},
 };
 
 cli_cmd_id cli_find_cmd(const char *s)
