@@ -54,6 +54,8 @@ struct http_gateway {
     size_t token_len;
     size_t max_body;
     int connect_timeout_ms;
+    recall_client_curve curve; /* the gateway's CURVE keys (have_curve) */
+    int have_curve;
     http_metrics_t *daemon_metrics;
     volatile sig_atomic_t stopping; /* set by http_gateway_stop */
 
