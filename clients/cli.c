@@ -518,6 +518,7 @@ cJSON *cli_info_json(const Recall__SessionInfo *i)
     cJSON_AddNumberToObject(j, "created_unix", (double)i->created_unix);
     cJSON_AddNumberToObject(j, "ingest_chunks", (double)i->ingest_chunks);
     cJSON_AddStringToObject(j, "tier", cli_str_or(i->tier, ""));
+    if (i->owner && i->owner[0]) cJSON_AddStringToObject(j, "owner", i->owner);
     if (i->problem && i->problem[0]) cJSON_AddStringToObject(j, "problem", i->problem);
     return j;
 }

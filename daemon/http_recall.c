@@ -173,6 +173,13 @@ static void stats_families(http_buf_t *b, const Recall__StatsResponse *s)
     http_metrics_head(b, "recall_evictions_total", "counter",
                       "Times a session's rows moved down a tier to make room.");
     http_metrics_sample(b, "recall_evictions_total", "", (double)s->evictions);
+    http_metrics_head(b, "recall_auth_refused_total", "counter",
+                      "Connections refused by CURVE authentication (a key not allowed, or no "
+                      "CURVE).");
+    http_metrics_sample(b, "recall_auth_refused_total", "", (double)s->auth_refused);
+    http_metrics_head(b, "recall_limit_refused_total", "counter",
+                      "Requests refused by a per-client quota or a request size limit.");
+    http_metrics_sample(b, "recall_limit_refused_total", "", (double)s->limit_refused);
 }
 
 static void gateway_families(http_buf_t *b, const http_gateway_t *g)

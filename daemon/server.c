@@ -461,6 +461,18 @@ static int recv_message(daemon_t *d, void *router, inmsg_t *m)
     return 0;
 }
 
+/* Request.id from the start of an encoded Request (field 1, varint: tag 0x08), or 0. */
+static uint64_t peek_id(const uint8_t *p, size_t n)
+{
+    if (n < 2 || p[0] != 0x08) return 0;
+    uint64_t v = 0;
+    for (size_t i = 1; i < n && i <= 10; i++) {
+        v |= (uint64_t)(p[i] & 0x7f) << (7 * (i - 1));
+        if (!(p[i] & 0x80)) return v;
+    }
+    return 0;
+}
+
 /* Checks the frame, decodes the request, runs its kind's decoder, then answers it here or
  * queues it for the worker, as its row of the request table says. */
 static void handle_message(daemon_t *d, void *router, inmsg_t *m)
@@ -487,6 +499,10 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
     }
     size_t n = zmq_msg_size(payload);
     if (n > d->cfg.max_frame_bytes) {
+        /* Not decoded (that is the point of the limit), but the answer carries the request's
+         * id when it is where every protobuf encoder puts it, first: clients wait for
+         * answers by id, and would otherwise wait out their timeout. */
+        q.id = peek_id((const uint8_t *)zmq_msg_data(payload), n);
         __atomic_add_fetch(&d->limit_refused, 1, __ATOMIC_RELAXED);
         request_error(&q, RC_ERR_LIMIT,
                       "the request is %zu bytes, over the limit of %zu bytes "
