@@ -209,7 +209,7 @@ static void fmt_seconds(char *buf, size_t n, int ms)
  * what it means and returns 1; else 0 (nobody answered at all). */
 static int handshake_error(recall_client *c)
 {
-    int event = 0;
+    int event = 0, best = 0;
     uint32_t value = 0;
     while (c->monitor) {
         zmq_msg_t m;
@@ -218,12 +218,24 @@ static int handshake_error(recall_client *c)
             zmq_msg_close(&m);
             break;
         }
-        /* Frame 1: uint16 event, uint32 value; frame 2: the endpoint. The last one counts. */
+        /* Frame 1: uint16 event, uint32 value; frame 2: the endpoint. The one that says
+         * most counts: a refused key, then a mechanism mismatch, then any other (a refused
+         * peer's retries also end in resets that say nothing). */
         if (zmq_msg_size(&m) == 6) {
             uint16_t ev;
+            uint32_t v;
             memcpy(&ev, zmq_msg_data(&m), 2);
-            memcpy(&value, (uint8_t *)zmq_msg_data(&m) + 2, 4);
-            event = ev;
+            memcpy(&v, (uint8_t *)zmq_msg_data(&m) + 2, 4);
+            int rank = ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? 3
+                       : ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                               v == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                           ? 2
+                           : 1;
+            if (rank >= best) {
+                best = rank;
+                event = ev;
+                value = v;
+            }
         }
         zmq_msg_close(&m);
     }

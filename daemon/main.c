@@ -697,9 +697,9 @@ int main(int argc, char **argv)
         log_info("CURVE on: %zu client keys allowed (%s); the daemon's public key, for clients' "
                  "--server-key: %s",
                  auth_n_allowed(d->auth), cfg.allow, auth_server_public(d->auth));
-    log_info("limits per client: %u sessions, %.1f GiB on disk, %u requests in flight; %llu "
+    log_info("limits per client: %u sessions, %.1f MiB on disk, %u requests in flight; %llu "
              "tokens per session; %u ask tokens; %zu bytes a message (0: none)",
-             d->cfg.max_sessions_per_client, (double)d->cfg.max_disk_per_client / (1u << 30),
+             d->cfg.max_sessions_per_client, (double)d->cfg.max_disk_per_client / 1048576.0,
              d->cfg.max_requests_per_client, (unsigned long long)d->cfg.max_tokens_per_session,
              d->cfg.max_ask_tokens, d->cfg.max_frame_bytes);
 

@@ -186,6 +186,17 @@ def load_proto(tmp):
     pb = recall_pb2
 
 
+def python_client(tmp):
+    """clients/python's package, importable from tmp with its generated messages."""
+    dst = os.path.join(tmp, "py", "recall")
+    if not os.path.exists(dst):
+        shutil.copytree(os.path.join(SRC, "clients", "python", "recall"), dst)
+        shutil.copy(os.path.join(tmp, "pb", "recall_pb2.py"), dst)
+        sys.path.insert(0, os.path.join(tmp, "py"))
+    import recall as py
+    return py
+
+
 class Raw:
     """A DEALER with optional CURVE keys (Z85 strings) that sends Requests and reads
     Responses by id."""
@@ -418,6 +429,19 @@ def part_curve(tmp, k, allow):
         check(resp is not None and resp.status.code == 0 and resp.health.ok,
               "a raw peer with a listed key is answered", resp)
         good.close()
+        # The Python client (clients/python) with the same key files.
+        py = python_client(tmp)
+        with py.Client(d.endpoint, curve_keys=k["bob"]["key"], server_key=spub) as c:
+            h = c.health()
+            check(h.get("ok") if isinstance(h, dict) else getattr(h, "ok", False),
+                  "the Python client connects with CURVE keys", h)
+        try:
+            with py.Client(d.endpoint, connect_timeout=1, curve_keys=k["mallory"]["key"],
+                           server_key=spub) as c:
+                c.health()
+            check(False, "the Python client with an unlisted key is refused")
+        except py.RecallError:
+            check(True, "the Python client with an unlisted key is refused")
         time.sleep(0.3)
         s1 = stats(d, alice)
         check(s1.get("auth_refused", 0) >= 4, "refusals are counted in Stats.auth_refused", s1)
