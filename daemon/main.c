@@ -116,7 +116,9 @@ static void usage(FILE *f)
 "  --allow FILE           the client keys let in: one a line, a Z85 public key and a name\n"
 "                         (the client's identity in logs and quotas); # starts a comment\n"
 "  --insecure             allow a --listen address other than loopback or ipc:// without\n"
-"                         CURVE (anyone who can reach it can use and drop every session)\n"
+"                         CURVE, and an --http address other than loopback without\n"
+"                         --http-token (anyone who can reach it can use and drop every\n"
+"                         session)\n"
 "\n"
 "limits per client identity (a CURVE key's name; 'local' for every client without a key;\n"
 "'http' for the HTTP gateway under CURVE). Over a limit a request fails and nothing is\n"
@@ -544,6 +546,23 @@ int main(int argc, char **argv)
         log_warn("listening on %s without authentication (--insecure): anyone who can reach "
                  "it can use every session",
                  cfg.listen);
+    }
+
+    /* The gateway is a door of its own: CURVE guards only the ZeroMQ socket. A malformed
+     * address (no ':') is left to the gateway's own message. */
+    if (cfg.http && strchr(cfg.http, ':') && !http_token && !cfg.insecure) {
+        char ep[300];
+        snprintf(ep, sizeof ep, "tcp://%s", cfg.http);
+        if (!auth_endpoint_is_local(ep)) {
+            fprintf(stderr,
+                    "recalld: refusing to serve HTTP on %s without --http-token: every client "
+                    "that can reach it could read, change and drop every session (CURVE "
+                    "guards only --listen). Give --http-token FILE, or --http "
+                    "127.0.0.1:PORT, or --insecure if the network is trusted\n",
+                    cfg.http);
+            auth_destroy(&auth);
+            return 2;
+        }
     }
 
     int existed;

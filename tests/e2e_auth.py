@@ -336,6 +336,10 @@ def part_listen(tmp):
         check(r.returncode == 2 and "--insecure" in r.stderr and "--curve-secret" in r.stderr
               and "127.0.0.1" in r.stderr, "listen on %s without CURVE is refused" % ep,
               r.stderr)
+    r = run([RECALLD, "--model", MODEL, "--data", data, "--listen",
+             "tcp://127.0.0.1:%d" % free_port(), "--http", "0.0.0.0:%d" % free_port()])
+    check(r.returncode == 2 and "--http-token" in r.stderr,
+          "HTTP on a non-loopback address without a token is refused", r.stderr)
     check(not os.path.exists(data), "nothing created by the refused starts")
     # --insecure runs; and without keys every client is the one identity "local".
     d = Daemon(tmp, "insecure", ["--insecure", "--max-sessions-per-client", "1"])
