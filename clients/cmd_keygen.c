@@ -36,8 +36,7 @@ int cli_keygen(const cli_args *a)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '-' || *p == '_' || *p == '.'))
             return cli_usage_error(CMD_KEYGEN,
-                                   "--name '%s': use letters, digits, '-', '_' and '.' only",
-                                   name);
+                                   "--name '%s': use letters, digits, '-', '_' and '.' only", name);
     if (!name[0] || name[0] == '.') return cli_usage_error(CMD_KEYGEN, "--name needs a name");
     recall_keypair kp;
     char err[1024];

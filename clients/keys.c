@@ -68,8 +68,9 @@ rc_t recall_keys_read(const char *path, int want_secret, recall_keypair *out, ch
                        "only (chmod 600 %s)",
                        file, (unsigned)(st.st_mode & 07777), file);
     FILE *f = fopen(file, "r");
-    if (!f) return rc_errf(RC_ERR_IO, err, errlen, "cannot read key file %s: %s", file,
-                           strerror(errno));
+    if (!f)
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot read key file %s: %s", file,
+                       strerror(errno));
     char line[1024], val[128];
     rc_t rc = RC_OK;
     int lineno = 0;
@@ -137,8 +138,7 @@ static rc_t write_new(const char *path, mode_t mode, const char *text, char *err
     if (fd < 0)
         return rc_errf(errno == EEXIST ? RC_ERR_EXISTS : RC_ERR_IO, err, errlen,
                        "cannot create %s: %s%s", path, strerror(errno),
-                       errno == EEXIST ? " (keys are never overwritten: move it away first)"
-                                       : "");
+                       errno == EEXIST ? " (keys are never overwritten: move it away first)" : "");
     size_t n = strlen(text);
     /* The umask may have taken bits away, never added them; make the mode exact. */
     int ok = fchmod(fd, mode) == 0 && write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;

@@ -29,11 +29,11 @@ typedef struct allowed {
 } allowed_t;
 
 struct auth {
-    recall_keypair server;      /* the daemon's keys */
+    recall_keypair server;       /* the daemon's keys */
     recall_client_curve gateway; /* the HTTP gateway's pair, and the server's public key */
-    allowed_t *allowed;         /* [n_allowed] sorted by key; the gateway's among them */
-    size_t n_allowed, n_listed; /* n_listed: from the file (n_allowed less the gateway) */
-    void *zap, *monitor;        /* REP on ZAP_ENDPOINT; PAIR on the ROUTER's monitor */
+    allowed_t *allowed;          /* [n_allowed] sorted by key; the gateway's among them */
+    size_t n_allowed, n_listed;  /* n_listed: from the file (n_allowed less the gateway) */
+    void *zap, *monitor;         /* REP on ZAP_ENDPOINT; PAIR on the ROUTER's monitor */
     pthread_t thread;
     int started;
     int stop;          /* atomic */
@@ -61,8 +61,9 @@ static int name_ok(const char *s)
 static rc_t read_allow(auth_t *a, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
-    if (!f) return rc_errf(RC_ERR_IO, err, errlen, "cannot read the --allow file %s: %s", path,
-                           strerror(errno));
+    if (!f)
+        return rc_errf(RC_ERR_IO, err, errlen, "cannot read the --allow file %s: %s", path,
+                       strerror(errno));
     char line[1024];
     int lineno = 0;
     size_t cap = 0;
@@ -233,8 +234,7 @@ static void zap_answer(auth_t *a)
     }
     /* The reply echoes the version and request id; an empty metadata frame ends it. */
     zmq_send(a->zap, "1.0", 3, ZMQ_SNDMORE);
-    zmq_send(a->zap, n >= 2 ? f[1] : "", n >= 2 ? (lens[1] < 255 ? lens[1] : 255) : 0,
-             ZMQ_SNDMORE);
+    zmq_send(a->zap, n >= 2 ? f[1] : "", n >= 2 ? (lens[1] < 255 ? lens[1] : 255) : 0, ZMQ_SNDMORE);
     zmq_send(a->zap, status, 3, ZMQ_SNDMORE);
     zmq_send(a->zap, text, strlen(text), ZMQ_SNDMORE);
     zmq_send(a->zap, user, strlen(user), ZMQ_SNDMORE);
@@ -262,7 +262,8 @@ static void monitor_event(auth_t *a)
     if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
         value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
         refused(a, "a client without CURVE (recalld requires CURVE keys)");
-    else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+             ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         refused(a, "a client whose handshake failed (a wrong --server-key, or not ZeroMQ)");
 }
 
@@ -377,6 +378,6 @@ int auth_endpoint_is_local(const char *ep)
     /* 127.0.0.0/8: four dotted numbers, the first 127. */
     unsigned b[4];
     char tail;
-    return sscanf(host, "%u.%u.%u.%u%c", &b[0], &b[1], &b[2], &b[3], &tail) == 4 &&
-           b[0] == 127 && b[1] < 256 && b[2] < 256 && b[3] < 256;
+    return sscanf(host, "%u.%u.%u.%u%c", &b[0], &b[1], &b[2], &b[3], &tail) == 4 && b[0] == 127 &&
+           b[1] < 256 && b[2] < 256 && b[3] < 256;
 }

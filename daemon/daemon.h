@@ -190,8 +190,8 @@ typedef struct daemon {
     uint64_t replies_dropped;
     /* Requests refused by a quota or limit (limits.h); atomic, no lock. */
     uint64_t limit_refused;
-    auth_t *auth;       /* CURVE (auth.h), or NULL */
-    limits_t *limits;   /* the client identities (main thread; in_flight under mu) */
+    auth_t *auth;     /* CURVE (auth.h), or NULL */
+    limits_t *limits; /* the client identities (main thread; in_flight under mu) */
     /* Durable appends (under mu): how many, the seconds spent in their commits (fsync and
      * LMDB) and in the whole append (forward passes included); logged at shutdown. */
     uint64_t commits;

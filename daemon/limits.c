@@ -159,8 +159,8 @@ rc_t limits_check_ask(daemon_t *d, const Recall__AskRequest *a, char *err, size_
         int32_t *ids = NULL;
         rc_t rc = tokenizer_encode(d->tok, a->question, ql, 0, &ids, &nq);
         free(ids);
-        if (rc) return rc_errf(rc, err, errlen, "cannot tokenize the question: %s",
-                               rc_strerror(rc));
+        if (rc)
+            return rc_errf(rc, err, errlen, "cannot tokenize the question: %s", rc_strerror(rc));
     }
     if (nq > max) {
         count_refusal(d);
@@ -182,8 +182,7 @@ rc_t limits_check_append(daemon_t *d, const session_t *s, uint64_t n_old, size_t
                        "the session would hold %llu tokens, over the limit of %llu "
                        "(--max-tokens-per-session); it has %llu",
                        (unsigned long long)(n_old + nn),
-                       (unsigned long long)cfg->max_tokens_per_session,
-                       (unsigned long long)n_old);
+                       (unsigned long long)cfg->max_tokens_per_session, (unsigned long long)n_old);
     }
     if (!cfg->max_disk_per_client) return RC_OK;
     /* What the commit would add: the rows of every window it completes (keys and values

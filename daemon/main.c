@@ -661,9 +661,8 @@ int main(int argc, char **argv)
     if (d->cfg.max_disk_per_client == UINT64_MAX) {
         /* The default: no one client may fill more than half of the disk the data is on. */
         struct statvfs fs;
-        d->cfg.max_disk_per_client = statvfs(cfg.data_dir, &fs) == 0
-                                         ? (uint64_t)fs.f_blocks * fs.f_frsize / 2
-                                         : 0;
+        d->cfg.max_disk_per_client =
+            statvfs(cfg.data_dir, &fs) == 0 ? (uint64_t)fs.f_blocks * fs.f_frsize / 2 : 0;
     }
     memory_db_opts_t dbo = {.map_size = cfg.map_size};
     rc = memory_db_open(cfg.data_dir, &dbo, &d->db, err, sizeof err);

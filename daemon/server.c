@@ -106,7 +106,8 @@ void serve_create(request_t *q)
         return;
     }
     /* Its owner goes into its record, so the quotas still hold after a restart. */
-    snprintf(s->owner, sizeof s->owner, "%s", q->route.client ? q->route.client->name : CLIENT_LOCAL);
+    snprintf(s->owner, sizeof s->owner, "%s",
+             q->route.client ? q->route.client->name : CLIENT_LOCAL);
     /* The record's synced commit runs without mu (the worker publishes its chunks
      * meanwhile). Only this thread creates and drops sessions, so the name stays free
      * between the check above and the table insert below. */
