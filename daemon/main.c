@@ -122,7 +122,7 @@ static void usage(FILE *f)
 "\n"
 "limits per client identity (a CURVE key's name; 'local' for every client without a key;\n"
 "'http' for the HTTP gateway under CURVE). Over a limit a request fails and nothing is\n"
-"written; 0 or none: no limit:\n"
+"written. For the first four, 0 or none means no limit:\n"
 "  --max-sessions-per-client N    sessions a client has created (default %d)\n"
 "  --max-disk-per-client SIZE     bytes on disk of its sessions (default: half the file\n"
 "                                 system holding --data)\n"
