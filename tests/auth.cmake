@@ -11,3 +11,7 @@ if(TARGET recalld AND TARGET recall)
     ENVIRONMENT "RECALL_TEST_DATA=${RECALL_TEST_DATA};RECALL_SOURCE_DIR=${CMAKE_SOURCE_DIR};RECALL_BUILD_DIR=${CMAKE_BINARY_DIR};RECALL_BIN=$<TARGET_FILE:recall>;RECALLD_BIN=$<TARGET_FILE:recalld>"
     FIXTURES_REQUIRED tiny_models TIMEOUT 300 LABELS "daemon;auth" SKIP_RETURN_CODE 77)
 endif()
+
+# Key files without a daemon: keygen round trip, the forms a file may take, refusals.
+recall_add_test(test_keys SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_keys.c
+                LIBS recall_client LABELS auth TIMEOUT 60)
