@@ -264,7 +264,14 @@ static int handshake_error(recall_client *c)
                                 "daemon's public key?)",
                                 c->endpoint);
     } else if (event) {
-        recall_client_set_error(c, "the connection to %s failed in its handshake", c->endpoint);
+        /* The daemon's side of a mismatch may close before this side has read its greeting:
+         * then all that is seen here is a reset. Without keys, CURVE is the likely cause. */
+        recall_client_set_error(c,
+                                "recalld at %s dropped the connection in its handshake: it "
+                                "likely requires CURVE authentication (give --curve-keys FILE "
+                                "and --server-key FILE, or set RECALL_CURVE_KEYS and "
+                                "RECALL_SERVER_KEY)",
+                                c->endpoint);
     } else {
         return 0;
     }
