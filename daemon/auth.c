@@ -352,6 +352,50 @@ void auth_destroy(auth_t **ap)
     *ap = NULL;
 }
 
+/* ---- start-up policy ----------------------------------------------------------------- */
+
+rc_t auth_configure(const daemon_config_t *cfg, int have_http_token, auth_t **out, char *err,
+                    size_t errlen)
+{
+    *out = NULL;
+    if (cfg->curve_secret || cfg->allow) {
+        if (!cfg->curve_secret || !cfg->allow)
+            return rc_errf(RC_ERR_INVALID, err, errlen, "%s",
+                           cfg->allow ? "--allow needs --curve-secret FILE (the daemon's key pair)"
+                                      : "--curve-secret needs --allow FILE (the client keys let "
+                                        "in)");
+        RC_TRY(auth_create(cfg->curve_secret, cfg->allow, out, err, errlen));
+    } else if (!auth_endpoint_is_local(cfg->listen)) {
+        if (!cfg->insecure)
+            return rc_errf(RC_ERR_INVALID, err, errlen,
+                           "refusing to listen on %s without authentication: every client that "
+                           "can reach it could read, change and drop every session. Use CURVE "
+                           "(recall keygen DIR --name server; --curve-secret DIR/server.key "
+                           "--allow FILE), or listen on tcp://127.0.0.1:PORT or ipc://PATH, or "
+                           "give --insecure if the network is trusted",
+                           cfg->listen);
+        log_warn("listening on %s without authentication (--insecure): anyone who can reach "
+                 "it can use every session",
+                 cfg->listen);
+    }
+    /* The gateway is a door of its own, and a client of the socket with a key that is
+     * always let in. */
+    if (cfg->http && strchr(cfg->http, ':') && !have_http_token && !cfg->insecure) {
+        char ep[300];
+        snprintf(ep, sizeof ep, "tcp://%s", cfg->http);
+        if (!auth_endpoint_is_local(ep)) {
+            auth_destroy(out);
+            return rc_errf(RC_ERR_INVALID, err, errlen,
+                           "refusing to serve HTTP on %s without --http-token: every client "
+                           "that can reach it could read, change and drop every session (CURVE "
+                           "guards only --listen). Give --http-token FILE, or --http "
+                           "127.0.0.1:PORT, or --insecure if the network is trusted",
+                           cfg->http);
+        }
+    }
+    return RC_OK;
+}
+
 /* ---- endpoints ----------------------------------------------------------------------- */
 
 int auth_endpoint_is_local(const char *ep)

@@ -33,6 +33,16 @@
 #include "common/rc.h"
 
 typedef struct auth auth_t;
+struct daemon_config;
+
+/* recalld's start-up policy, from its flags: with --curve-secret and --allow, *out gets
+ * the keys (auth_create); without them *out is NULL, and a --listen that is not local
+ * (auth_endpoint_is_local) is refused unless cfg->insecure. An --http address that is not
+ * local is refused without an HTTP token (have_http_token) unless cfg->insecure: CURVE
+ * guards the ZeroMQ socket only. A malformed --http address (no ':') is left to the
+ * gateway's own message. err says why and what to do. */
+rc_t auth_configure(const struct daemon_config *cfg, int have_http_token, auth_t **out, char *err,
+                    size_t errlen);
 
 /* Reads the daemon's secret key (a key file, keys.h, with no group or other permissions)
  * and the allow-list; starts nothing. Fails with err naming the file (and line) when

@@ -516,53 +516,13 @@ int main(int argc, char **argv)
         }
     }
 
-    /* Who may connect: refused now, before anything is written, with what to do. */
+    /* Who may connect (auth.h): refused now, before anything is written, with what to do. */
     auth_t *auth = NULL;
-    if (cfg.curve_secret || cfg.allow) {
-        char aerr[1024];
-        if (!cfg.curve_secret || !cfg.allow) {
-            fprintf(stderr, "recalld: %s\n",
-                    cfg.allow ? "--allow needs --curve-secret FILE (the daemon's key pair)"
-                              : "--curve-secret needs --allow FILE (the client keys let in)");
-            free(http_token);
-            return 2;
-        }
-        if (auth_create(cfg.curve_secret, cfg.allow, &auth, aerr, sizeof aerr)) {
-            fprintf(stderr, "recalld: %s\n", aerr);
-            free(http_token);
-            return 2;
-        }
-    } else if (!auth_endpoint_is_local(cfg.listen) && !cfg.insecure) {
-        fprintf(stderr,
-                "recalld: refusing to listen on %s without authentication: every client that "
-                "can reach it could read, change and drop every session. Use CURVE "
-                "(recall keygen DIR --name server; --curve-secret DIR/server.key --allow "
-                "FILE), or listen on tcp://127.0.0.1:PORT or ipc://PATH, or give --insecure "
-                "if the network is trusted\n",
-                cfg.listen);
+    char aerr[1024];
+    if (auth_configure(&cfg, http_token != NULL, &auth, aerr, sizeof aerr)) {
+        fprintf(stderr, "recalld: %s\n", aerr);
         free(http_token);
         return 2;
-    } else if (cfg.insecure && !auth_endpoint_is_local(cfg.listen)) {
-        log_warn("listening on %s without authentication (--insecure): anyone who can reach "
-                 "it can use every session",
-                 cfg.listen);
-    }
-
-    /* The gateway is a door of its own: CURVE guards only the ZeroMQ socket. A malformed
-     * address (no ':') is left to the gateway's own message. */
-    if (cfg.http && strchr(cfg.http, ':') && !http_token && !cfg.insecure) {
-        char ep[300];
-        snprintf(ep, sizeof ep, "tcp://%s", cfg.http);
-        if (!auth_endpoint_is_local(ep)) {
-            fprintf(stderr,
-                    "recalld: refusing to serve HTTP on %s without --http-token: every client "
-                    "that can reach it could read, change and drop every session (CURVE "
-                    "guards only --listen). Give --http-token FILE, or --http "
-                    "127.0.0.1:PORT, or --insecure if the network is trusted\n",
-                    cfg.http);
-            auth_destroy(&auth);
-            return 2;
-        }
     }
 
     int existed;
