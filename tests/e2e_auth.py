@@ -20,7 +20,9 @@ limits     each limit's refusal names the limit and its flag and changes nothing
            client is not affected), tokens per session, disk per client, requests in
            flight (pipelined Scores; the count comes back to 0), ask tokens (question and
            max_tokens), message bytes; "local" is one identity for clients without keys.
-restart    the quotas hold after a restart: owners are in the session records.
+restart    the quotas hold after a restart: owners are in the session records; a record
+           written before owners were kept (rewritten with mdb_dump / mdb_load) reads as
+           "local" and does not count against the key's quota.
 
 Environment (set by ctest): RECALL_BIN, RECALLD_BIN, RECALL_TEST_DATA, RECALL_SOURCE_DIR.
 Prints "N passed, N failed"; exits 1 on any failure."""
@@ -608,6 +610,66 @@ def part_limits(tmp, k, allow):
         check(d.stop() == 0, "restarted recalld exits 0", d.log())
 
 
+def strip_owners(data_dir):
+    """Rewrites every session record in data_dir's catalogue without its owner, as recalld
+    wrote them before owners were kept (mdb_dump / mdb_load from lmdb-utils). Returns the
+    number of records rewritten."""
+    r = run(["mdb_dump", "-s", "sessions", data_dir])
+    if r.returncode != 0:
+        raise RuntimeError("mdb_dump: " + r.stderr)
+    lines = r.stdout.splitlines()
+    end = lines.index("HEADER=END")
+    out, n = lines[:end + 1], 0
+    body = lines[end + 1:]
+    i = 0
+    while i < len(body):
+        if body[i] == "DATA=END":
+            out.append(body[i])
+            break
+        key, val = body[i], body[i + 1]
+        rec = pb.SessionRecord.FromString(bytes.fromhex(val.strip()))
+        rec.info.ClearField("owner")
+        out += [key, " " + rec.SerializeToString().hex()]
+        n += 1
+        i += 2
+    path = os.path.join(data_dir, "..", "sessions.dump")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    r = run(["mdb_load", "-s", "sessions", "-f", path, data_dir])
+    if r.returncode != 0:
+        raise RuntimeError("mdb_load: " + r.stderr)
+    return n
+
+
+def part_old_records(tmp, k, allow):
+    if not (shutil.which("mdb_dump") and shutil.which("mdb_load")):
+        print("skip: old records (no mdb_dump / mdb_load)")
+        return
+    spub = k["server"]["public"]
+    d = Daemon(tmp, "old", ["--curve-secret", k["server"]["key"], "--allow", allow,
+                            "--max-sessions-per-client", "1"],
+               keys=(k["alice"]["key"], k["server"]["pub"]))
+    d.start()
+    alice = Raw(d.endpoint, k["alice"]["public"], k["alice"]["secret"], spub)
+    r = alice.call("create_session", session="old")
+    check(r and r.status.code == 0 and r.create_session.info.owner == "alice",
+          "alice's session before the rewrite", r)
+    alice.close()
+    check(d.stop() == 0, "recalld exits 0 before the rewrite")
+    check(strip_owners(d.data) == 1, "one record rewritten without its owner")
+    d.start()
+    alice = Raw(d.endpoint, k["alice"]["public"], k["alice"]["secret"], spub)
+    try:
+        i = info_of(alice, "old")
+        check(i is not None and i.owner == "local" and i.tier != "unavailable",
+              "a record without an owner reads as 'local' and stays available", i)
+        r = alice.call("create_session", session="new")
+        check(r and r.status.code == 0, "it does not count against alice's quota", r)
+    finally:
+        alice.close()
+        check(d.stop() == 0, "recalld exits 0 after the rewrite", d.log())
+
+
 def main():
     for p in (RECALL, RECALLD):
         if not os.path.exists(p):
@@ -624,6 +686,7 @@ def main():
         k, allow = make_keys(tmp)
         part_curve(tmp, k, allow)
         part_limits(tmp, k, allow)
+        part_old_records(tmp, k, allow)
     except Exception as e:  # a harness failure is a failure, with its reason
         import traceback
         traceback.print_exc()
