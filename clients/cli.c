@@ -155,6 +155,9 @@ const opt_spec cli_opt_specs[O_COUNT] = {
     [O_PNG] = {"png", 0, 1, B(CMD_PASSKEY)},
     [O_SESSION_PREFIX] = {"session-prefix", 0, 1, B(CMD_PASSKEY)},
     [O_KEEP] = {"keep", 0, 0, B(CMD_PASSKEY) | B(CMD_BENCH)},
+    [O_CURVE_KEYS] = {"curve-keys", 0, 1, ALL_CMDS},
+    [O_SERVER_KEY] = {"server-key", 0, 1, ALL_CMDS},
+    [O_NAME] = {"name", 0, 1, B(CMD_KEYGEN)},
 };
 
 cli_cmd_id cli_find_cmd(const char *s)
@@ -524,6 +527,7 @@ cJSON *cli_info_json(const Recall__SessionInfo *i)
     cJSON_AddNumberToObject(j, "created_unix", (double)i->created_unix);
     cJSON_AddNumberToObject(j, "ingest_chunks", (double)i->ingest_chunks);
     cJSON_AddStringToObject(j, "tier", cli_str_or(i->tier, ""));
+    if (i->owner && i->owner[0]) cJSON_AddStringToObject(j, "owner", i->owner);
     if (i->problem && i->problem[0]) cJSON_AddStringToObject(j, "problem", i->problem);
     return j;
 }

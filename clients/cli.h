@@ -44,6 +44,7 @@ typedef enum cli_cmd_id {
     CMD_HELP,
     CMD_PASSKEY,
     CMD_BENCH,
+    CMD_KEYGEN,
     CMD_COUNT
 } cli_cmd_id;
 
@@ -93,6 +94,9 @@ typedef enum opt_id {
     O_PNG,
     O_SESSION_PREFIX,
     O_KEEP,
+    O_CURVE_KEYS,
+    O_SERVER_KEY,
+    O_NAME,
     O_COUNT
 } opt_id;
 
@@ -137,6 +141,9 @@ extern const cli_command cli_cmd_sessions, cli_cmd_info, cli_cmd_drop,
 extern const cli_command cli_cmd_health, cli_cmd_stats; /* cmd_daemon.c */
 extern const cli_command cli_cmd_passkey;               /* cmd_passkey.c */
 extern const cli_command cli_cmd_bench;                 /* cmd_bench.c */
+/* cmd_keygen.c: needs no daemon, so main runs it before connecting (its run is NULL). */
+extern const cli_command cli_cmd_keygen;
+int cli_keygen(const cli_args *a);
 
 /* The command named s, or CMD_NONE. */
 cli_cmd_id cli_find_cmd(const char *s);

@@ -16,6 +16,8 @@
 struct recall_client {
     void *ctx;
     void *sock;
+    void *monitor; /* handshake failures of sock, read when a send times out (PAIR) */
+    int curve;     /* connecting with CURVE keys */
     char *endpoint;
     uint64_t next_id;
     int timeout_ms;
@@ -52,6 +54,34 @@ static uint64_t first_id(void)
 
 rc_t recall_client_create(const char *endpoint, recall_client **out, const char **err_out)
 {
+    return recall_client_create_curve(endpoint, NULL, out, err_out);
+}
+
+rc_t recall_client_curve_load(const char *keys_path, const char *server_key_path,
+                              recall_client_curve *out, int *have, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    *have = 0;
+    if (!keys_path || !*keys_path) keys_path = getenv("RECALL_CURVE_KEYS");
+    if (!server_key_path || !*server_key_path) server_key_path = getenv("RECALL_SERVER_KEY");
+    if (keys_path && !*keys_path) keys_path = NULL;
+    if (server_key_path && !*server_key_path) server_key_path = NULL;
+    if (!keys_path && !server_key_path) return RC_OK;
+    if (!keys_path || !server_key_path)
+        return rc_errf(RC_ERR_INVALID, err, errlen,
+                       "CURVE needs both this client's keys (--curve-keys or RECALL_CURVE_KEYS) "
+                       "and the daemon's public key (--server-key or RECALL_SERVER_KEY)");
+    recall_keypair server;
+    RC_TRY(recall_keys_read(keys_path, 1, &out->client, err, errlen));
+    RC_TRY(recall_keys_read(server_key_path, 0, &server, err, errlen));
+    memcpy(out->server_public, server.public_key, sizeof out->server_public);
+    *have = 1;
+    return RC_OK;
+}
+
+rc_t recall_client_create_curve(const char *endpoint, const recall_client_curve *curve,
+                                recall_client **out, const char **err_out)
+{
     *out = NULL;
     create_err[0] = 0;
     if (err_out) *err_out = create_err;
@@ -60,6 +90,11 @@ rc_t recall_client_create(const char *endpoint, recall_client **out, const char 
                  "bad endpoint '%s': expected tcp://HOST:PORT or ipc://PATH",
                  endpoint ? endpoint : "(null)");
         return RC_ERR_INVALID;
+    }
+    if (curve && !zmq_has("curve")) {
+        snprintf(create_err, sizeof create_err,
+                 "CURVE keys were given but this libzmq was built without CURVE");
+        return RC_ERR_UNSUPPORTED;
     }
     recall_client *c = calloc(1, sizeof *c);
     if (!c) return RC_ERR_NOMEM;
@@ -84,6 +119,33 @@ rc_t recall_client_create(const char *endpoint, recall_client **out, const char 
     zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &one, sizeof one);
     int max_ivl = 1000;
     zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL_MAX, &max_ivl, sizeof max_ivl);
+    if (curve) {
+        /* Z85 keys are set as 41 bytes (40 characters and the NUL). */
+        c->curve = 1;
+        if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, curve->server_public, 41) ||
+            zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, curve->client.public_key, 41) ||
+            zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, curve->client.secret_key, 41)) {
+            snprintf(create_err, sizeof create_err, "cannot set the CURVE keys: %s",
+                     zmq_strerror(zmq_errno()));
+            rc = RC_ERR_INVALID;
+            goto fail;
+        }
+    }
+    /* A refused handshake looks like a dead endpoint to a send (nothing connects); the
+     * monitor says which it was. Its PAIR is connected before the socket connects, so no
+     * event is lost. */
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://recall-client-monitor-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, mon,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) == 0 &&
+        (c->monitor = zmq_socket(c->ctx, ZMQ_PAIR)) != NULL) {
+        zmq_setsockopt(c->monitor, ZMQ_LINGER, &zero, sizeof zero);
+        if (zmq_connect(c->monitor, mon) != 0) {
+            zmq_close(c->monitor);
+            c->monitor = NULL;
+        }
+    }
     if (zmq_connect(c->sock, endpoint) != 0) {
         snprintf(create_err, sizeof create_err, "cannot connect to '%s': %s", endpoint,
                  zmq_strerror(zmq_errno()));
@@ -104,6 +166,7 @@ void recall_client_destroy(recall_client **cp)
 {
     if (!cp || !*cp) return;
     recall_client *c = *cp;
+    if (c->monitor) zmq_close(c->monitor);
     if (c->sock) zmq_close(c->sock);
     if (c->ctx) zmq_ctx_term(c->ctx);
     free(c->endpoint);
@@ -142,6 +205,79 @@ static void fmt_seconds(char *buf, size_t n, int ms)
         snprintf(buf, n, "%.1f s", ms / 1000.0);
 }
 
+/* After a send timed out: if the monitor saw a handshake fail, sets the client error to
+ * what it means and returns 1; else 0 (nobody answered at all). */
+static int handshake_error(recall_client *c)
+{
+    int event = 0, best = 0;
+    uint32_t value = 0;
+    while (c->monitor) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            break;
+        }
+        /* Frame 1: uint16 event, uint32 value; frame 2: the endpoint. The one that says
+         * most counts: a refused key, then a mechanism mismatch, then any other (a refused
+         * peer's retries also end in resets that say nothing). */
+        if (zmq_msg_size(&m) == 6) {
+            uint16_t ev;
+            uint32_t v;
+            memcpy(&ev, zmq_msg_data(&m), 2);
+            memcpy(&v, (uint8_t *)zmq_msg_data(&m) + 2, 4);
+            int rank = ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? 3
+                       : ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                               v == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                           ? 2
+                           : 1;
+            if (rank >= best) {
+                best = rank;
+                event = ev;
+                value = v;
+            }
+        }
+        zmq_msg_close(&m);
+    }
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        recall_client_set_error(c,
+                                "recalld at %s refused this client's CURVE key (code %u): its "
+                                "public key is not in the daemon's --allow file",
+                                c->endpoint, value);
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+               value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+        if (c->curve)
+            recall_client_set_error(c,
+                                    "recalld at %s does not use CURVE authentication: connect "
+                                    "without --curve-keys / --server-key",
+                                    c->endpoint);
+        else
+            recall_client_set_error(c,
+                                    "recalld at %s requires CURVE authentication: give "
+                                    "--curve-keys FILE and --server-key FILE (or set "
+                                    "RECALL_CURVE_KEYS and RECALL_SERVER_KEY); recall keygen "
+                                    "DIR makes a key pair",
+                                    c->endpoint);
+    } else if (event && c->curve) {
+        recall_client_set_error(c,
+                                "the CURVE handshake with %s failed (is --server-key the "
+                                "daemon's public key?)",
+                                c->endpoint);
+    } else if (event) {
+        /* The daemon's side of a mismatch may close before this side has read its greeting:
+         * then all that is seen here is a reset. Without keys, CURVE is the likely cause. */
+        recall_client_set_error(c,
+                                "recalld at %s dropped the connection in its handshake: it "
+                                "likely requires CURVE authentication (give --curve-keys FILE "
+                                "and --server-key FILE, or set RECALL_CURVE_KEYS and "
+                                "RECALL_SERVER_KEY)",
+                                c->endpoint);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 rc_t recall_client_send(recall_client *c, Recall__Request *req, uint64_t *id_out)
 {
     c->err[0] = 0;
@@ -161,8 +297,9 @@ rc_t recall_client_send(recall_client *c, Recall__Request *req, uint64_t *id_out
         if (e == EAGAIN) {
             char t[32];
             fmt_seconds(t, sizeof t, c->connect_timeout_ms);
-            recall_client_set_error(c, "cannot connect to %s within %s (is recalld running?)",
-                                    c->endpoint, t);
+            if (!handshake_error(c))
+                recall_client_set_error(c, "cannot connect to %s within %s (is recalld running?)",
+                                        c->endpoint, t);
         } else {
             recall_client_set_error(c, "cannot send to %s: %s", c->endpoint, zmq_strerror(e));
         }

@@ -24,6 +24,7 @@
 
 #include <stdint.h>
 
+#include "clients/keys.h"
 #include "common/rc.h"
 #include "proto/recall.pb-c.h"
 
@@ -37,6 +38,26 @@ typedef struct recall_client recall_client;
  * RC_ERR_INVALID for a malformed endpoint (message in *err_out if err_out is not NULL:
  * a static or thread-local string valid until the next call), RC_ERR_NOMEM, RC_ERR_IO. */
 rc_t recall_client_create(const char *endpoint, recall_client **out, const char **err_out);
+
+/* CURVE for a client: its own key pair and the daemon's public key (recalld prints it at
+ * start-up; recall keygen wrote it next to the daemon's secret key). */
+typedef struct recall_client_curve {
+    recall_keypair client;
+    char server_public[RECALL_KEY_Z85_LEN + 1];
+} recall_client_curve;
+
+/* As recall_client_create, with CURVE when curve is not NULL (copied). A daemon that
+ * refuses the key, or wants CURVE from a client without it, makes the first send fail
+ * after the connect timeout with a message saying which (recall_client_error). */
+rc_t recall_client_create_curve(const char *endpoint, const recall_client_curve *curve,
+                                recall_client **out, const char **err_out);
+
+/* The keys for a client: keys_path (a key file with a secret key, or a directory holding
+ * client.key; NULL: $RECALL_CURVE_KEYS) and server_key_path (a file with the daemon's
+ * public key; NULL: $RECALL_SERVER_KEY). Neither given: *have = 0 and RC_OK (no CURVE).
+ * One without the other, or a file that cannot be read, is an error in err. */
+rc_t recall_client_curve_load(const char *keys_path, const char *server_key_path,
+                              recall_client_curve *out, int *have, char *err, size_t errlen);
 
 /* Closes the socket (pending messages are dropped) and frees the handle; NULL-safe, sets
  * *c to NULL. */

@@ -80,6 +80,8 @@ static int cmd_stats(recall_client *c, const cli_args *a)
         cJSON_AddNumberToObject(o, "loads", (double)s->loads);
         cJSON_AddNumberToObject(o, "evictions", (double)s->evictions);
         cJSON_AddNumberToObject(o, "replies_dropped", (double)s->replies_dropped);
+        cJSON_AddNumberToObject(o, "auth_refused", (double)s->auth_refused);
+        cJSON_AddNumberToObject(o, "limit_refused", (double)s->limit_refused);
         cli_json_print(o);
     } else {
         char up[32], bd[32], bh[32], bk[32], hb[32] = "none";
@@ -104,6 +106,8 @@ static int cmd_stats(recall_client *c, const cli_args *a)
                (unsigned long long)s->sessions_disk, (unsigned long long)s->sessions_unavailable);
         printf("rows moved       %llu loads from disk, %llu evictions\n",
                (unsigned long long)s->loads, (unsigned long long)s->evictions);
+        printf("refused          %llu connections (CURVE), %llu requests over a limit\n",
+               (unsigned long long)s->auth_refused, (unsigned long long)s->limit_refused);
         if (s->replies_dropped)
             printf("replies dropped  %llu (clients that stopped reading)\n",
                    (unsigned long long)s->replies_dropped);

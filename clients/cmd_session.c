@@ -128,6 +128,7 @@ static int cmd_info(recall_client *c, const cli_args *a)
         printf("session        %s\n", cli_str_or(s->name, ""));
         if (s->problem && s->problem[0]) printf("UNAVAILABLE    %s\n", s->problem);
         printf("tier           %s\n", cli_str_or(s->tier, "-"));
+        if (s->owner && s->owner[0]) printf("owner          %s\n", s->owner);
         printf("created        %s\n", t);
         printf("tokens         %llu\n", (unsigned long long)s->tokens);
         printf("windows        %llu\n", (unsigned long long)s->windows);

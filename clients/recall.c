@@ -7,6 +7,7 @@
 #include "clients/cli.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
 
@@ -22,6 +23,7 @@ const cli_command *const cli_commands[CMD_COUNT] = {
     [CMD_HEALTH] = &cli_cmd_health,   [CMD_STATS] = &cli_cmd_stats,
     [CMD_VERIFY] = &cli_cmd_verify,   [CMD_HELP] = &cmd_help,
     [CMD_PASSKEY] = &cli_cmd_passkey, [CMD_BENCH] = &cli_cmd_bench,
+    [CMD_KEYGEN] = &cli_cmd_keygen,
 };
 
 static const char session_opts_help[] =
@@ -73,6 +75,9 @@ static const char global_opts_help[] =
     "  --json              print exactly one JSON object on stdout\n"
     "  --timeout S         seconds to wait for each answer (default 600); a daemon that\n"
     "                      cannot be reached at all fails after 3 s (or S, if shorter)\n"
+    "  --curve-keys PATH   CURVE: this client's key file (or the directory recall keygen\n"
+    "                      wrote); default $RECALL_CURVE_KEYS. Needs --server-key\n"
+    "  --server-key FILE   CURVE: the daemon's public key file (default $RECALL_SERVER_KEY)\n"
     "  --quiet, -q         no progress bar or summary\n"
     "  --help, -h          help (also: recall help COMMAND)\n";
 
@@ -136,6 +141,8 @@ int main(int argc, char **argv)
         return cli_usage_error(CMD_NONE, "no command given");
     }
 
+    if (a.cmd == CMD_KEYGEN) return cli_keygen(&a);
+
     const char *endpoint = a.vals[O_CONNECT];
     if (!endpoint) endpoint = getenv("RECALL_CONNECT");
     if (!endpoint || !*endpoint) endpoint = DEFAULT_ENDPOINT;
@@ -147,9 +154,16 @@ int main(int argc, char **argv)
         timeout_ms = (int)(t * 1000 + 0.5);
         if (timeout_ms < 1) timeout_ms = 1;
     }
+    recall_client_curve curve;
+    int have_curve = 0;
+    char kerr[1024];
+    if (recall_client_curve_load(a.vals[O_CURVE_KEYS], a.vals[O_SERVER_KEY], &curve, &have_curve,
+                                 kerr, sizeof kerr))
+        return cli_usage_error(a.cmd, "%s", kerr);
     recall_client *c;
     const char *err;
-    rc_t rc = recall_client_create(endpoint, &c, &err);
+    rc_t rc = recall_client_create_curve(endpoint, have_curve ? &curve : NULL, &c, &err);
+    memset(&curve, 0, sizeof curve); /* the client has its copy */
     if (rc)
         return rc == RC_ERR_INVALID ? cli_usage_error(a.cmd, "%s", err)
                                     : cli_report(EXIT_CONNECT, rc, "%s", err);

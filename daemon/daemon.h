@@ -34,7 +34,9 @@
 
 #include "common/rc.h"
 #include "daemon/chat.h"
+#include "daemon/auth.h"
 #include "daemon/http_metrics.h"
+#include "daemon/limits.h"
 #include "memory/db.h"
 #include "memory/session_memory.h"
 #include "memory/tiers.h"
@@ -45,6 +47,10 @@
 #include "recall.pb-c.h"
 
 #define SESSION_NAME_MAX 128
+/* A client identity's name (limits.h): a CURVE key's name in --allow, or the key itself. */
+#define CLIENT_NAME_MAX 64
+#define CLIENT_LOCAL "local" /* every client without a CURVE key */
+#define CLIENT_HTTP "http"   /* the HTTP gateway, when recalld runs with CURVE */
 #define DAEMON_CREDIT 8      /* Ingest chunks a client may have unacknowledged per session */
 #define DAEMON_QUEUE_MAX 256 /* jobs waiting for the worker */
 #define ASK_DEFAULT_TOKENS 64
@@ -82,10 +88,24 @@ typedef struct daemon_config {
     const char *http_token;
     /* --chat-template: plain, llama2, longllama-instruct; NULL: the checkpoint's. */
     const char *chat_template;
+    /* Authentication (auth.h): the daemon's secret key file and the allow-list (NULL: no
+     * CURVE); insecure lets a non-loopback --listen run without CURVE. */
+    const char *curve_secret;
+    const char *allow;
+    int insecure;
+    /* Per-client quotas and request limits (limits.h); 0: no limit, except max_ask_tokens. */
+    unsigned max_sessions_per_client;
+    unsigned max_requests_per_client;
+    uint64_t max_tokens_per_session;
+    uint64_t max_disk_per_client; /* resolved (the default is half the data file system) */
+    uint32_t max_ask_tokens;
 } daemon_config_t;
 
 typedef struct session {
     char name[SESSION_NAME_MAX + 1];
+    /* The client identity that created it, whose quotas it counts against (limits.h);
+     * fixed at creation, kept in its record. */
+    char owner[CLIENT_NAME_MAX + 1];
     int refs;    /* the table's one, plus one per queued or running job (under mu) */
     int dropped; /* being or been dropped; a job must not start a commit (under mu) */
     /* The worker is committing a chunk of it to disk, outside mu (set and cleared under mu;
@@ -129,6 +149,7 @@ typedef struct route {
     uint8_t ident[256];
     size_t ident_len;
     int delim;
+    limits_client_t *client; /* who sent it (limits.h); NULL: not known (not counted) */
     double t0; /* when the request arrived (clock_now_s; 0: unknown), for its latency */
 } route_t;
 
@@ -171,6 +192,10 @@ typedef struct daemon {
      * reading) or it was gone. Atomic (__atomic builtins), no lock: replies may be sent
      * under mu. */
     uint64_t replies_dropped;
+    /* Requests refused by a quota or limit (limits.h); atomic, no lock. */
+    uint64_t limit_refused;
+    auth_t *auth;     /* CURVE (auth.h), or NULL */
+    limits_t *limits; /* the client identities (main thread; in_flight under mu) */
     /* Durable appends (under mu): how many, the seconds spent in their commits (fsync and
      * LMDB) and in the whole append (forward passes included); logged at shutdown. */
     uint64_t commits;
@@ -319,6 +344,7 @@ struct request {
     const Recall__Request *req; /* borrowed: the job's or the main loop's */
     session_t *sess;            /* the job's reference, or NULL (main thread, Score of text) */
     int credit;                 /* holds an Ingest credit of sess until the final reply */
+    int in_flight;              /* counts in route.client's in_flight until the final reply */
 };
 
 /* The row for a Request's body_case, or NULL for none / an unknown one. */

@@ -185,7 +185,7 @@ recall_client *http_client_get(http_gateway_t *g, char *err, size_t errlen)
         return c;
     }
     const char *e = "";
-    if (recall_client_create(g->endpoint, &c, &e)) {
+    if (recall_client_create_curve(g->endpoint, g->have_curve ? &g->curve : NULL, &c, &e)) {
         snprintf(err, errlen, "cannot reach recalld at %s: %s", g->endpoint, e);
         return NULL;
     }
@@ -587,6 +587,10 @@ rc_t http_gateway_start(const http_gateway_opts_t *o, http_gateway_t **out, char
     g->daemon_metrics = o->daemon_metrics;
     g->extra_metrics = o->extra_metrics;
     g->extra_metrics_arg = o->extra_metrics_arg;
+    if (o->curve) {
+        g->curve = *o->curve;
+        g->have_curve = 1;
+    }
     if (!(g->endpoint = strdup(o->endpoint))) goto fail;
     if (o->token) {
         if (!(g->token = strdup(o->token))) goto fail;

@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 
+#include "clients/client.h"
 #include "common/rc.h"
 #include "daemon/http_metrics.h"
 
@@ -41,6 +42,8 @@ typedef struct http_gateway_opts {
     void (*extra_metrics)(http_buf_t *b, void *arg);
     void *extra_metrics_arg;
     int connect_timeout_ms;         /* how long a request waits for the daemon (0: 3 s) */
+    /* The keys to connect with when the daemon runs with CURVE (auth.h; copied), or NULL. */
+    const recall_client_curve *curve;
 } http_gateway_opts_t;
 
 /* Binds opts->address and starts serving on libmicrohttpd's threads; returns at once.

@@ -54,6 +54,8 @@ struct http_gateway {
     size_t token_len;
     size_t max_body;
     int connect_timeout_ms;
+    recall_client_curve curve; /* the gateway's CURVE keys (have_curve) */
+    int have_curve;
     http_metrics_t *daemon_metrics;
     void (*extra_metrics)(http_buf_t *b, void *arg); /* http_gateway_opts_t's */
     void *extra_metrics_arg;

@@ -176,6 +176,13 @@ static void stats_families(http_buf_t *b, const Recall__StatsResponse *s)
     http_metrics_head(b, "recall_replies_dropped_total", "counter",
                       "Replies discarded because their client was not reading or was gone.");
     http_metrics_sample(b, "recall_replies_dropped_total", "", (double)s->replies_dropped);
+    http_metrics_head(b, "recall_auth_refused_total", "counter",
+                      "Connections refused by CURVE authentication (a key not allowed, or no "
+                      "CURVE).");
+    http_metrics_sample(b, "recall_auth_refused_total", "", (double)s->auth_refused);
+    http_metrics_head(b, "recall_limit_refused_total", "counter",
+                      "Requests refused by a per-client quota or a request size limit.");
+    http_metrics_sample(b, "recall_limit_refused_total", "", (double)s->limit_refused);
 }
 
 static void gateway_families(http_buf_t *b, const http_gateway_t *g)

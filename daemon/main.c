@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -130,6 +131,29 @@ static void usage(FILE *f)
 "                         effective settings (each with where it came from: flag, file or\n"
 "                         default) and exit 0 when they are good, 1 when not (a flag or\n"
 "                         file line that does not parse stops it with exit 2, as always)\n"
+"security (see README, \"Securing recalld\"):\n"
+"  --curve-secret FILE    CURVE authentication and encryption with the daemon's key file\n"
+"                         (recall keygen DIR --name server writes one; mode 0600). Needs\n"
+"                         --allow. Clients connect with recall --curve-keys --server-key.\n"
+"  --allow FILE           the client keys let in: one a line, a Z85 public key and a name\n"
+"                         (the client's identity in logs and quotas); # starts a comment\n"
+"  --insecure             allow a --listen address other than loopback or ipc:// without\n"
+"                         CURVE, and an --http address other than loopback without\n"
+"                         --http-token (anyone who can reach it can use and drop every\n"
+"                         session)\n"
+"\n"
+"limits per client identity (a CURVE key's name; 'local' for every client without a key;\n"
+"'http' for the HTTP gateway under CURVE). Over a limit a request fails and nothing is\n"
+"written. For the first four, 0 or none means no limit:\n"
+"  --max-sessions-per-client N    sessions a client has created (default %d)\n"
+"  --max-disk-per-client SIZE     bytes on disk of its sessions (default: half the file\n"
+"                                 system holding --data)\n"
+"  --max-requests-per-client N    Ingest/Ask/Score/Verify requests queued or running at\n"
+"                                 once (default %d; over it: busy, retry later)\n"
+"  --max-tokens-per-session N     tokens in one session (default 16M = 16777216)\n"
+"  --max-ask-tokens N             an Ask's question tokens and its max_tokens, 1..%d\n"
+"                                 (default %d)\n"
+"  --max-message-bytes N          the largest request (the same as --max-frame-bytes)\n"
 "\n"
 "  --db-map-size N        initial LMDB map size (default 256M; it grows when full)\n"
 "  --log-level LEVEL      debug, info, warn or error (default info; also RECALL_LOG)\n"
@@ -146,7 +170,9 @@ static void usage(FILE *f)
 "  recall ingest notes ~/notes/*.txt && recall ask notes \"What did I decide about X?\"\n"
 "  recalld --memory knn --nprobe 64 --gpu-memory-budget 8G\n"
 "      (knn sessions by default; 8 GiB of GPU memory for all sessions' rows)\n",
-            SESSION_KNN_LISTS_MAX, SESSION_NAME_RULE);
+            SESSION_KNN_LISTS_MAX, LIMITS_DEFAULT_SESSIONS_PER_CLIENT,
+            LIMITS_DEFAULT_REQUESTS_PER_CLIENT, LIMITS_ASK_TOKENS_MAX, LIMITS_DEFAULT_ASK_TOKENS,
+            SESSION_NAME_RULE);
 }
 /* clang-format on */
 
@@ -433,6 +459,11 @@ int main(int argc, char **argv)
         .listen = "tcp://127.0.0.1:5555",
         .max_chunk_bytes = 1u << 20,
         .max_sessions = 1024,
+        .max_sessions_per_client = LIMITS_DEFAULT_SESSIONS_PER_CLIENT,
+        .max_requests_per_client = LIMITS_DEFAULT_REQUESTS_PER_CLIENT,
+        .max_tokens_per_session = LIMITS_DEFAULT_TOKENS_PER_SESSION,
+        .max_disk_per_client = UINT64_MAX, /* the default: resolved once --data exists */
+        .max_ask_tokens = LIMITS_DEFAULT_ASK_TOKENS,
         .defaults = RECALL__SESSION_OPTIONS__INIT,
     };
     enum { O_MODEL = 256, O_DATA, O_LISTEN, O_CHUNK, O_FRAME, O_SESS, O_THREADS, O_LOG, O_MAP, O_DEVICE,
@@ -440,7 +471,10 @@ int main(int argc, char **argv)
            O_NO_CHUNK_SCALE, O_ROPE_SCALING, O_ROPE_FACTOR, O_MEMORY, O_K, O_MEM_DTYPE,
            O_LAST_CONTEXT, O_NLIST, O_NPROBE, O_GPU_BUDGET, O_HOST_BUDGET, O_GALI_MODE,
            O_GALI_NOISE, O_SEED, O_HTTP, O_HTTP_MAX_BODY, O_HTTP_TOKEN, O_CONFIG, O_NO_CONFIG,
-           O_CHECK_CONFIG, O_CHAT_TEMPLATE };
+           O_CHECK_CONFIG, O_CHAT_TEMPLATE,
+           /* auth.h and limits.h */
+           O_CURVE_SECRET, O_ALLOW, O_INSECURE, O_MAX_SESS_CLIENT, O_MAX_DISK_CLIENT,
+           O_MAX_REQ_CLIENT, O_MAX_TOK_SESSION, O_MAX_ASK_TOKENS };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"data", required_argument, 0, O_DATA},
@@ -480,6 +514,15 @@ int main(int argc, char **argv)
         {"config", required_argument, 0, O_CONFIG},
         {"no-config", no_argument, 0, O_NO_CONFIG},
         {"check-config", no_argument, 0, O_CHECK_CONFIG},
+        {"curve-secret", required_argument, 0, O_CURVE_SECRET},
+        {"allow", required_argument, 0, O_ALLOW},
+        {"insecure", no_argument, 0, O_INSECURE},
+        {"max-sessions-per-client", required_argument, 0, O_MAX_SESS_CLIENT},
+        {"max-disk-per-client", required_argument, 0, O_MAX_DISK_CLIENT},
+        {"max-requests-per-client", required_argument, 0, O_MAX_REQ_CLIENT},
+        {"max-tokens-per-session", required_argument, 0, O_MAX_TOK_SESSION},
+        {"max-ask-tokens", required_argument, 0, O_MAX_ASK_TOKENS},
+        {"max-message-bytes", required_argument, 0, O_FRAME},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -564,6 +607,29 @@ int main(int argc, char **argv)
             chat_template_kind_t k;
             bad = chat_template_from_name(optarg, &k) != RC_OK;
             cfg.chat_template = optarg;
+            break;
+        }
+        case O_CURVE_SECRET: cfg.curve_secret = optarg; break;
+        case O_ALLOW: cfg.allow = optarg; break;
+        case O_INSECURE: cfg.insecure = 1; break;
+        case O_MAX_SESS_CLIENT:
+        case O_MAX_REQ_CLIENT: {
+            int v;
+            bad = !strcmp(optarg, "none") ? (v = 0, 0) : parse_int(optarg, 0, 1 << 24, &v);
+            *(opt == O_MAX_SESS_CLIENT ? &cfg.max_sessions_per_client
+                                       : &cfg.max_requests_per_client) = (unsigned)v;
+            break;
+        }
+        case O_MAX_DISK_CLIENT:
+        case O_MAX_TOK_SESSION:
+            bad = size_parse(optarg, SESSION_BUDGET_MAX,
+                             opt == O_MAX_DISK_CLIENT ? &cfg.max_disk_per_client
+                                                      : &cfg.max_tokens_per_session) != RC_OK;
+            break;
+        case O_MAX_ASK_TOKENS: {
+            int v;
+            bad = parse_int(optarg, 1, LIMITS_ASK_TOKENS_MAX, &v);
+            cfg.max_ask_tokens = (uint32_t)v;
             break;
         }
         case O_HTTP_MAX_BODY:
@@ -754,10 +820,23 @@ int main(int argc, char **argv)
         }
     }
 
+    /* Who may connect (auth.h): refused now, before anything is written, with what to do. */
+    auth_t *auth = NULL;
+    char aerr[1024];
+    if (auth_configure(&cfg, http_token != NULL, &auth, aerr, sizeof aerr)) {
+        fprintf(stderr, "recalld: %s\n", aerr);
+        if (!check_only) {
+            free(http_token);
+            return 2;
+        }
+        problems++;
+    }
+
     int existed = 0;
     if (check_data_dir(cfg.data_dir, &existed)) {
         if (!check_only) {
             free(http_token);
+            auth_destroy(&auth);
             return 1;
         }
         problems++;
@@ -766,6 +845,7 @@ int main(int argc, char **argv)
     static daemon_t dd;
     daemon_t *d = &dd;
     d->cfg = cfg;
+    d->auth = auth;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
     d->start_time = clock_now_s();
@@ -823,6 +903,11 @@ int main(int argc, char **argv)
     /* Before bind: connections take it when made (server.c: slow clients). */
     zmq_setsockopt(router, ZMQ_SNDHWM, &client_queue, sizeof client_queue);
     zmq_setsockopt(router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (limits_create(&d->limits)) goto out;
+    if (d->auth && auth_start(d->auth, d->zctx, router, err, sizeof err)) {
+        fprintf(stderr, "recalld: %s\n", err);
+        goto out;
+    }
     if (zmq_bind(router, cfg.listen) != 0) {
         int e = errno;
         if (e == EADDRINUSE)
@@ -839,6 +924,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "recalld: cannot create data directory %s: %s\n", cfg.data_dir,
                 strerror(errno));
         goto out;
+    }
+    if (d->cfg.max_disk_per_client == UINT64_MAX) {
+        /* The default: no one client may fill more than half of the disk the data is on. */
+        struct statvfs fs;
+        d->cfg.max_disk_per_client =
+            statvfs(cfg.data_dir, &fs) == 0 ? (uint64_t)fs.f_blocks * fs.f_frsize / 2 : 0;
     }
     memory_db_opts_t dbo = {.map_size = cfg.map_size};
     rc = memory_db_open(cfg.data_dir, &dbo, &d->db, err, sizeof err);
@@ -887,6 +978,15 @@ int main(int argc, char **argv)
              cfg.listen, model_describe(d->model), cfg.data_dir, d->n_sessions,
              cfg.host_budget ? "" : "none, ", (double)cfg.host_budget / 1048576.0,
              cfg.device ? cfg.device : "auto");
+    if (d->auth)
+        log_info("CURVE on: %zu client keys allowed (%s); the daemon's public key, for clients' "
+                 "--server-key: %s",
+                 auth_n_allowed(d->auth), cfg.allow, auth_server_public(d->auth));
+    log_info("limits per client: %u sessions, %.1f MiB on disk, %u requests in flight; %llu "
+             "tokens per session; %u ask tokens; %zu bytes a message (0: none)",
+             d->cfg.max_sessions_per_client, (double)d->cfg.max_disk_per_client / 1048576.0,
+             d->cfg.max_requests_per_client, (unsigned long long)d->cfg.max_tokens_per_session,
+             d->cfg.max_ask_tokens, d->cfg.max_frame_bytes);
 
     if (cfg.http) {
         /* The gateway connects to the endpoint the ROUTER actually bound (a wildcard port
@@ -901,7 +1001,8 @@ int main(int argc, char **argv)
                                   .token = http_token,
                                   .daemon_metrics = &d->metrics,
                                   .extra_metrics = daemon_metrics_write,
-                                  .extra_metrics_arg = d};
+                                  .extra_metrics_arg = d,
+                                  .curve = d->auth ? auth_gateway_curve(d->auth) : NULL};
         if (http_endpoint_local(bound[0] ? bound : cfg.listen, local, sizeof local) ||
             http_gateway_start(&ho, &d->http, err, sizeof err)) {
             fprintf(stderr, "recalld: %s\n", err[0] ? err : "cannot start the HTTP gateway");
@@ -950,7 +1051,9 @@ out:
     if (router) zmq_close(router);
     if (d->pair_main) zmq_close(d->pair_main);
     if (d->pair_worker) zmq_close(d->pair_worker);
+    auth_destroy(&d->auth); /* its sockets too, before the context goes */
     if (d->zctx) zmq_ctx_term(d->zctx);
+    limits_destroy(&d->limits); /* nothing points at its clients now */
     for (size_t i = 0; i < d->n_sessions; i++)
         session_free(d->sessions[i]);
     free(d->sessions);

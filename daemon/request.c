@@ -55,12 +55,18 @@ static void reply_send(request_t *q, rc_t code, const char *msg, Recall__Respons
         resp->body_case = RECALL__RESPONSE__BODY__NOT_SET;
         resp->more = 0;
     }
-    if (code || (q->credit && !resp->more)) {
+    if (code || ((q->credit || q->in_flight) && !resp->more)) {
         pthread_mutex_lock(&d->mu);
         if (code) d->errors++;
         if (q->credit && !resp->more) {
             q->sess->queued_ingest--;
             q->credit = 0;
+        }
+        /* The same for the client's requests in flight (limits.h): counted out before the
+         * client can see the answer and send its next request. */
+        if (q->in_flight && !resp->more) {
+            limits_job_end(q->route.client);
+            q->in_flight = 0;
         }
         pthread_mutex_unlock(&d->mu);
     }
@@ -187,7 +193,8 @@ static rc_t decode_ask(daemon_t *d, const Recall__Request *req, const char **ses
     if (!(q->temperature >= 0) || !(q->top_p >= 0))
         return rc_errf(RC_ERR_INVALID, err, errlen, "temperature and top_p must be >= 0");
     RC_TRY(chat_ask_check(q, d->cfg.max_chunk_bytes, err, errlen)); /* stop strings, chat */
-    return tokens_ok(d, q->question_tokens, q->n_question_tokens, err, errlen);
+    RC_TRY(tokens_ok(d, q->question_tokens, q->n_question_tokens, err, errlen));
+    return limits_check_ask(d, q, err, errlen);
 }
 
 /* Score takes a session (its stored tokens) or a text or tokens with options. */

@@ -93,12 +93,22 @@ void serve_create(request_t *q)
                       d->cfg.max_sessions);
         return;
     }
+    /* The creator's quotas (limits.h); only this thread creates sessions, so the count
+     * cannot change before the insert below. */
+    if (q->route.client && (rc = limits_check_create(d, q->route.client, err, sizeof err))) {
+        pthread_mutex_unlock(&d->mu);
+        request_error(q, rc, "cannot create session '%s': %s", c->session, err);
+        return;
+    }
     pthread_mutex_unlock(&d->mu);
     rc = session_new(d, c->session, &o, 0, &s);
     if (rc) {
         request_error(q, rc, "cannot create the session: %s", rc_strerror(rc));
         return;
     }
+    /* Its owner goes into its record, so the quotas still hold after a restart. */
+    snprintf(s->owner, sizeof s->owner, "%s",
+             q->route.client ? q->route.client->name : CLIENT_LOCAL);
     /* The record's synced commit runs without mu (the worker publishes its chunks
      * meanwhile). Only this thread creates and drops sessions, so the name stays free
      * between the check above and the table insert below. */
@@ -120,7 +130,7 @@ void serve_create(request_t *q)
     cr.created = 1;
     request_reply(q, &cr, 0);
     pthread_mutex_unlock(&d->mu);
-    log_info("created session '%s' (window %d)", s->name, s->window);
+    log_info("created session '%s' (window %d) for client '%s'", s->name, s->window, s->owner);
     free(rec);
     return;
 fail:
@@ -265,6 +275,8 @@ void serve_stats(request_t *q)
     daemon_t *d = q->d;
     Recall__StatsResponse sr = RECALL__STATS_RESPONSE__INIT;
     sr.replies_dropped = __atomic_load_n(&d->replies_dropped, __ATOMIC_RELAXED);
+    sr.auth_refused = auth_refused(d->auth);
+    sr.limit_refused = __atomic_load_n(&d->limit_refused, __ATOMIC_RELAXED);
     pthread_mutex_lock(&d->mu);
     sr.uptime_s = clock_now_s() - d->start_time;
     sr.sessions = (uint32_t)d->n_sessions;
@@ -354,8 +366,9 @@ static rc_t enqueue(daemon_t *d, request_t *q, Recall__Request *req, const char 
                      DAEMON_QUEUE_MAX);
         goto refuse;
     }
+    session_t *s = NULL;
     if (session) {
-        session_t *s = session_find(d, session);
+        s = session_find(d, session);
         if (!s) {
             rc = rc_errf(RC_ERR_NOT_FOUND, err, errlen, "no session named '%s'", session);
             goto refuse;
@@ -374,6 +387,11 @@ static rc_t enqueue(daemon_t *d, request_t *q, Recall__Request *req, const char 
                          session, DAEMON_CREDIT);
             goto refuse;
         }
+    }
+    /* Last, so that nothing after it can refuse: the client's requests in flight (counted
+     * out by its final reply, request.c). */
+    if (q->route.client && (rc = limits_job_begin(d, q->route.client, err, errlen))) goto refuse;
+    if (s) {
         s->refs++;
         if (k->credit) s->queued_ingest++;
         j->sess = s;
@@ -410,7 +428,7 @@ static void inmsg_close(inmsg_t *m)
         zmq_msg_close(&m->parts[i]);
 }
 
-static int recv_message(void *router, inmsg_t *m)
+static int recv_message(daemon_t *d, void *router, inmsg_t *m)
 {
     memset(m, 0, sizeof *m);
     zmq_msg_t f;
@@ -434,12 +452,27 @@ static int recv_message(void *router, inmsg_t *m)
             break;
         }
         more = zmq_msg_more(&p);
+        /* Who sent it: the name the ZAP handler gave the connection's CURVE key (auth.h),
+         * carried on every frame; none without CURVE ("local"). */
+        if (m->nparts == 0) m->route.client = limits_client(d->limits, zmq_msg_gets(&p, "User-Id"));
         m->total_bytes += zmq_msg_size(&p);
         if (m->nparts < 3)
             m->parts[m->nparts] = p;
         else
             zmq_msg_close(&p);
         m->nparts++;
+    }
+    return 0;
+}
+
+/* Request.id from the start of an encoded Request (field 1, varint: tag 0x08), or 0. */
+static uint64_t peek_id(const uint8_t *p, size_t n)
+{
+    if (n < 2 || p[0] != 0x08) return 0;
+    uint64_t v = 0;
+    for (size_t i = 1; i < n && i <= 10; i++) {
+        v |= (uint64_t)(p[i] & 0x7f) << (7 * (i - 1));
+        if (!(p[i] & 0x80)) return v;
     }
     return 0;
 }
@@ -470,8 +503,14 @@ static void handle_message(daemon_t *d, void *router, inmsg_t *m)
     }
     size_t n = zmq_msg_size(payload);
     if (n > d->cfg.max_frame_bytes) {
+        /* Not decoded (that is the point of the limit), but the answer carries the request's
+         * id when it is where every protobuf encoder puts it, first: clients wait for
+         * answers by id, and would otherwise wait out their timeout. */
+        q.id = peek_id((const uint8_t *)zmq_msg_data(payload), n);
+        __atomic_add_fetch(&d->limit_refused, 1, __ATOMIC_RELAXED);
         request_error(&q, RC_ERR_LIMIT,
-                      "the request is %zu bytes, over the limit of %zu bytes (--max-frame-bytes)",
+                      "the request is %zu bytes, over the limit of %zu bytes "
+                      "(--max-message-bytes)",
                       n, d->cfg.max_frame_bytes);
         return;
     }
@@ -621,7 +660,7 @@ rc_t server_run(daemon_t *d, void *router, volatile sig_atomic_t *stop_flag)
         if (!stopping && (items[1].revents & ZMQ_POLLIN)) {
             for (int k = 0; k < 64; k++) {
                 inmsg_t m;
-                if (recv_message(router, &m) < 0) break;
+                if (recv_message(d, router, &m) < 0) break;
                 handle_message(d, router, &m);
                 inmsg_close(&m);
             }

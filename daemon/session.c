@@ -271,6 +271,7 @@ void session_info_fill(const session_t *s, Recall__SessionInfo *info,
     info->ingest_chunks = s->ingest_chunks;
     info->tier = (char *)session_tier(s);
     info->problem = (char *)s->problem;
+    info->owner = (char *)(s->owner[0] ? s->owner : CLIENT_LOCAL);
 }
 
 const char *session_tier(const session_t *s)
@@ -301,6 +302,7 @@ rc_t session_new(daemon_t *d, const char *name, const model_stream_opts_t *o, ui
     s->window = o->window;
     s->refs = 1;
     s->created_unix = (int64_t)time(NULL);
+    snprintf(s->owner, sizeof s->owner, "%s", CLIENT_LOCAL); /* the creator sets its own */
     s->tier = "disk";
     session_memory_shape_t shape = {.n_layers = d->mc->n_mem_layers,
                                     .row_dim = d->row_dim,
@@ -464,6 +466,8 @@ static rc_t open_one(daemon_t *d, const memory_db_record_t *rec)
         s->ingest_chunks = r->info->ingest_chunks;
         s->next_chunk = r->next_chunk;
         s->created_unix = r->info->created_unix;
+        /* Records from before owners were kept have none: they were made by local clients. */
+        if (r->info->owner[0]) snprintf(s->owner, sizeof s->owner, "%s", r->info->owner);
         s->mem_tokens = s->windows * (uint64_t)s->window;
         s->record_bytes = rec->len;
         s->disk_bytes = session_memory_disk_bytes(s->mem) + s->n_tokens * 4 + rec->len;

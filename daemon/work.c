@@ -51,6 +51,10 @@ static rc_t append_durable(request_t *q, session_t *s, const int32_t *newt, size
     uint64_t chunks = s->ingest_chunks, next_chunk = s->next_chunk;
     pthread_mutex_unlock(&d->mu);
 
+    /* Quotas (limits.h) before anything is computed or written. */
+    rc_t lrc = limits_check_append(d, s, n_old, nn, err, errlen);
+    if (lrc) return lrc;
+
     const uint64_t W = (uint64_t)s->window;
     /* Without memory layers a finished window would leave nothing behind: the session is
      * its local context, at most one window (the scheme's extended length), kept whole. */
@@ -475,7 +479,7 @@ void work_ask(request_t *q)
     size_t ntail = (size_t)(n_tok - tail_start);
     size_t np = ntail + nq;
     uint32_t max_tokens = a->max_tokens ? a->max_tokens : ASK_DEFAULT_TOKENS;
-    if (max_tokens > ASK_MAX_TOKENS) max_tokens = ASK_MAX_TOKENS;
+    if (max_tokens > d->cfg.max_ask_tokens) max_tokens = d->cfg.max_ask_tokens; /* limits.h */
     prompt = malloc((np ? np : 1) * sizeof *prompt);
     gen = malloc(max_tokens * sizeof *gen);
     logits = malloc((size_t)vocab * sizeof *logits);
@@ -829,7 +833,8 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
                    .id = j->req->id,
                    .req = j->req,
                    .sess = j->sess,
-                   .credit = k && k->credit && j->sess};
+                   .credit = k && k->credit && j->sess,
+                   .in_flight = j->route.client != NULL}; /* every queued job was counted */
     pthread_mutex_lock(&d->mu);
     d->job_route = j->route;
     d->job_running = 1;
@@ -856,6 +861,7 @@ static void run_job(daemon_t *d, job_t *j, int stopping)
     }
     pthread_mutex_lock(&d->mu);
     if (q.credit) q.sess->queued_ingest--; /* a handler sent no final reply: no leak */
+    if (q.in_flight) limits_job_end(q.route.client);
     d->job_running = 0;
     pthread_mutex_unlock(&d->mu);
 }

@@ -48,6 +48,10 @@ run help_ingest 0 --out '--chunk-bytes' -- help ingest
 grep -q 'recall ingest books' "$tmp/out" && pass=$((pass + 1)) || { echo "FAIL help ingest has no example"; fail=$((fail + 1)); }
 run ingest_help 0 --out '--positional' -- ingest --help
 run ask_help 0 --out '--temperature' -- ask -h
+run keygen_help 0 --out 'recall keygen DIR' --out '--allow' -- help keygen
+run keygen_no_dir 2 --err 'keygen takes one DIR' -- keygen
+run keygen_bad_name 2 --err 'letters, digits' -- keygen "$tmp/k" --name 'a/b'
+run curve_half 2 --err 'server-key' -- --curve-keys "$tmp" health
 run ppl_help_after_global 0 --out '--text' -- --json ppl --help
 run help_unknown 2 --err "no command 'frob'" -- help frob
 run passkey_bad_tokens 2 --err "'12q' is not a length" -- passkey --tokens 12q

@@ -142,6 +142,7 @@ int rh_open(rh_t **out, const char *model_dir, char *err, size_t errlen)
     d->cfg.max_chunk_bytes = 4096;
     d->cfg.max_frame_bytes = 65536;
     d->cfg.max_sessions = 8;
+    d->cfg.max_ask_tokens = LIMITS_DEFAULT_ASK_TOKENS; /* per-client quotas: off (no client) */
     d->cfg.threads = 1;
     d->cfg.device = "cpu";
     omp_set_num_threads(1);

@@ -165,6 +165,36 @@ def _print_score_progress(done, total):
     sys.stderr.flush()
 
 
+def read_key_file(path, secret):
+    """(public, secret) Z85 keys from a key file in ZeroMQ's certificate form, as written
+    by `recall keygen` (clients/keys.h); a directory means its client.key (secret) or
+    client.pub. A file holding a secret key must not be readable by group or others."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "client.key" if secret else "client.pub")
+    mode = os.stat(path).st_mode & 0o777
+    if secret and mode & 0o077:
+        raise ValueError("secret key file %s has mode %04o: it must be readable by its owner "
+                         "only (chmod 600 %s)" % (path, mode, path))
+    keys = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            for name in ("public-key", "secret-key"):
+                if line.startswith(name) and line.count('"') == 2:
+                    keys[name] = line.split('"')[1]
+            if len(line) == 40 and "public-key" not in keys:
+                keys["public-key"] = line
+    if secret and "secret-key" not in keys:
+        raise ValueError("key file %s holds no secret-key line" % path)
+    if secret:
+        keys["public-key"] = zmq.curve_public(keys["secret-key"].encode()).decode()
+    if "public-key" not in keys:
+        raise ValueError("key file %s holds no public key" % path)
+    return keys["public-key"], keys.get("secret-key")
+
+
 class Client:
     """A connection to recalld.
 
@@ -173,12 +203,17 @@ class Client:
     answer (None: forever; a long ingest chunk or answer is normal, and streams send
     progress meanwhile). connect_timeout: seconds a send waits for the connection.
 
+    curve_keys, server_key: CURVE authentication, as the CLI's --curve-keys and
+    --server-key: this client's key file (or the directory `recall keygen` wrote) and the
+    daemon's public key file; None means $RECALL_CURVE_KEYS and $RECALL_SERVER_KEY. A daemon
+    that refuses the key looks like one that does not answer (recall.Timeout).
+
     ZeroMQ connects in the background: an unreachable daemon is noticed by the first
     request (recall.Timeout), not here. Use it as a context manager, or call close().
     """
 
     def __init__(self, endpoint=None, timeout=DEFAULT_TIMEOUT,
-                 connect_timeout=DEFAULT_CONNECT_TIMEOUT):
+                 connect_timeout=DEFAULT_CONNECT_TIMEOUT, curve_keys=None, server_key=None):
         if endpoint is None:
             endpoint = os.environ.get("RECALL_CONNECT") or DEFAULT_ENDPOINT
         if not isinstance(endpoint, str) or not endpoint.startswith(("tcp://", "ipc://")):
@@ -202,6 +237,23 @@ class Client:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        curve_keys = curve_keys or os.environ.get("RECALL_CURVE_KEYS") or None
+        server_key = server_key or os.environ.get("RECALL_SERVER_KEY") or None
+        if curve_keys or server_key:
+            if not (curve_keys and server_key):
+                self.close()
+                raise InvalidArgument(-1, "CURVE needs both curve_keys (this client's key "
+                                      "file) and server_key (the daemon's public key file)",
+                                      False)
+            try:
+                public, secret = read_key_file(curve_keys, secret=True)
+                server, _ = read_key_file(server_key, secret=False)
+            except (OSError, ValueError, zmq.ZMQError) as e:
+                self.close()
+                raise InvalidArgument(-1, str(e), False) from None
+            self._sock.curve_publickey = public.encode()
+            self._sock.curve_secretkey = secret.encode()
+            self._sock.curve_serverkey = server.encode()
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as e:
