@@ -34,11 +34,9 @@ import sys
 import tempfile
 import time
 
-BUILD = os.environ.get("RECALL_BUILD_DIR", "build")
-RECALL = os.environ.get("RECALL_BIN", os.path.join(BUILD, "clients", "recall"))
-RECALLD = os.environ.get("RECALLD_BIN", os.path.join(BUILD, "daemon", "recalld"))
-DATA = os.environ.get("RECALL_TEST_DATA", os.path.join(BUILD, "tests", "data"))
-MODEL = os.path.join(DATA, "tiny-fot")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_env import DATA, MODEL, RECALL, RECALLD, SRC, BUILD, check, free_port, summary  # noqa: E402,F401
+
 CURL = shutil.which("curl")
 
 LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
@@ -57,26 +55,6 @@ OPENING = ("A chat between a user (denoted as USER:) and an artificial intellige
 SYSTEM = "Answer briefly."
 QUESTION = "What is the pass key?"
 
-passed = failed = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s%s" % (what, (": " + str(detail)[:3000]) if detail != "" else ""),
-              flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Daemon:
@@ -288,8 +266,7 @@ def main():
     finally:
         check(d.stop() == 0, "recalld stops cleanly (unknown template)")
     shutil.rmtree(tmp, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -25,25 +25,10 @@ import sys
 import tempfile
 import time
 
-BUILD = os.environ.get("RECALL_BUILD_DIR", "build")
-RECALL = os.environ.get("RECALL_BIN", os.path.join(BUILD, "clients", "recall"))
-RECALLD = os.environ.get("RECALLD_BIN", os.path.join(BUILD, "daemon", "recalld"))
-DATA = os.environ.get("RECALL_TEST_DATA", os.path.join(BUILD, "tests", "data"))
-MODEL = os.path.join(DATA, "tiny-fot")
-
-passed = 0
-failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_env import DATA, MODEL, RECALL, RECALLD, SRC, BUILD, check, free_port, summary  # noqa: E402,F401
 
 
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s%s" % (what, (": " + str(detail)[:3000]) if detail != "" else ""),
-              flush=True)
-    return cond
 
 
 def run(args, env_extra=None, timeout=120):
@@ -66,14 +51,6 @@ def settings(out):
         k, _, v = kv.partition(" = ")
         r[k.strip()] = (v.strip(), src.strip())
     return r
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def write(path, text):
@@ -217,8 +194,7 @@ def main():
           (rc, err))
     os.chmod(ro, 0o700)
 
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

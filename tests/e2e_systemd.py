@@ -25,27 +25,12 @@ import sys
 import tempfile
 import time
 
-SRC = os.environ.get("RECALL_SOURCE_DIR", os.path.join(os.path.dirname(__file__), ".."))
-BUILD = os.environ.get("RECALL_BUILD_DIR", os.path.join(SRC, "build"))
-RECALL = os.environ.get("RECALL_BIN", os.path.join(BUILD, "clients", "recall"))
-RECALLD = os.environ.get("RECALLD_BIN", os.path.join(BUILD, "daemon", "recalld"))
-DATA = os.environ.get("RECALL_TEST_DATA", os.path.join(BUILD, "tests", "data"))
-MODEL = os.path.join(DATA, "tiny-fot")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_env import DATA, MODEL, RECALL, RECALLD, SRC, BUILD, check, free_port, summary  # noqa: E402,F401
+
 UNIT = os.path.join(SRC, "packaging", "systemd", "recalld.service")
 CONF = os.path.join(SRC, "packaging", "recalld.conf")
 
-passed = failed = skipped = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s%s" % (what, (": " + str(detail)[:3000]) if detail != "" else ""),
-              flush=True)
-    return cond
 
 
 def env_without(*names, **extra):
@@ -233,8 +218,7 @@ def main():
           "its listen = line is read", p.stdout[:2000])
 
     shutil.rmtree(tmp, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
