@@ -329,9 +329,9 @@ static void index_save(session_memory_t *m)
 
 /* ---- load / commit / evict ----------------------------------------------------------- */
 
-rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
+/* The rows of session_memory_load: mapped and checked, or moved out of LMDB blobs. */
+static rc_t load_rows(session_memory_t *m, char *err, size_t errlen)
 {
-    if (m->mem) return RC_OK;
     const int L = m->shape.n_layers;
     const size_t rows = (size_t)(m->windows * (uint64_t)m->shape.window);
     struct stat st;
@@ -352,12 +352,7 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
         rc_t prc = memory_db_get_sums(m->db, m->name, 0, 1, (uint32_t)L, probe);
         free(probe);
         /* The sums are computed from the blobs as they are copied: nothing to check after. */
-        if (prc == RC_ERR_NOT_FOUND) {
-            rc_t mrc = migrate(m, err, errlen);
-            if (!mrc && m->shape.knn) mrc = index_open(m);
-            if (mrc) memory_store_destroy(&m->mem);
-            return mrc;
-        }
+        if (prc == RC_ERR_NOT_FOUND) return migrate(m, err, errlen);
         if (!have_dir)
             return rc_errf(RC_ERR_UNAVAILABLE, err, errlen,
                            "session '%s': its row files are missing (%s does not exist) though "
@@ -377,9 +372,15 @@ rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
     if (!have_dir || rows == 0) sync_dir(m->dir);
     crash_point("reopen"); /* mapped, not yet checked */
     memory_store_prefetch(m->mem, 0, rows);
-    rc = check_sums(m, err, errlen);
-    if (!rc && m->shape.knn && L) rc = index_open(m);
-    if (rc) memory_store_destroy(&m->mem);
+    return check_sums(m, err, errlen);
+}
+
+rc_t session_memory_load(session_memory_t *m, char *err, size_t errlen)
+{
+    if (m->mem) return RC_OK;
+    rc_t rc = load_rows(m, err, errlen);
+    if (!rc && m->shape.knn && m->shape.n_layers) rc = index_open(m);
+    if (rc) memory_store_destroy(&m->mem); /* nothing loaded on failure */
     return rc;
 }
 
