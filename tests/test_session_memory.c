@@ -110,6 +110,26 @@ static rc_t commit_n(session_memory_t *m, const char *name, uint64_t n)
     return session_memory_commit(m, &c, n, err, sizeof err);
 }
 
+/* A session committed the old way, its rows as LMDB blobs: nw windows of rows_for's rows,
+ * kept in kk / vv ([nw][LAYERS][W * DIM]) for the comparisons. */
+static rc_t commit_blobs(memory_db_t *db, const char *name, int nw,
+                         float (*kk)[LAYERS][W * DIM], float (*vv)[LAYERS][W * DIM])
+{
+    memory_db_window_t wins[3 * LAYERS];
+    if (nw > 3) return RC_ERR_INVALID;
+    for (int w = 0; w < nw; w++)
+        for (int l = 0; l < LAYERS; l++) {
+            rows_for(l, (size_t)w * W, W, kk[w][l], vv[w][l]);
+            wins[w * LAYERS + l] = (memory_db_window_t){(uint32_t)l, (uint64_t)w, kk[w][l],
+                                                        vv[w][l], W * DIM * 4};
+        }
+    static const char rec[] = "old record";
+    char err[512];
+    memory_db_commit_t old = {.session = name, .record = rec, .record_len = sizeof rec,
+                              .windows = wins, .n_windows = (size_t)nw * LAYERS};
+    return memory_db_commit(db, &old, err, sizeof err);
+}
+
 static rc_t never_called(void *ctx, const void *k, const void *v, size_t bytes)
 {
     (void)ctx, (void)k, (void)v, (void)bytes;
@@ -202,18 +222,8 @@ static void test_session_memory(void)
     /* A session stored before row files (rows as LMDB blobs) moves into files on its first
      * load, with checksums; the blobs are gone afterwards. */
     float k[W * DIM], v[W * DIM];
-    memory_db_window_t wins[2 * LAYERS];
     float kk[2][LAYERS][W * DIM], vv[2][LAYERS][W * DIM];
-    for (int w = 0; w < 2; w++)
-        for (int l = 0; l < LAYERS; l++) {
-            rows_for(l, (size_t)w * W, W, kk[w][l], vv[w][l]);
-            wins[w * LAYERS + l] = (memory_db_window_t){(uint32_t)l, (uint64_t)w, kk[w][l],
-                                                        vv[w][l], W * DIM * 4};
-        }
-    static const char rec[] = "old record";
-    memory_db_commit_t old = {.session = "legacy", .record = rec, .record_len = sizeof rec,
-                              .windows = wins, .n_windows = 2 * LAYERS};
-    CHECK_RC(memory_db_commit(db, &old, err, sizeof err), RC_OK);
+    CHECK_RC(commit_blobs(db, "legacy", 2, kk, vv), RC_OK);
     CHECK_RC(session_memory_open(db, root, "legacy", &sh, 2, &m), RC_OK);
     CHECK_RC(session_memory_load(m, err, sizeof err), RC_OK);
     s = session_memory_store(m);
@@ -439,17 +449,7 @@ static void test_migrate_kill(void)
         CHECK_RC(memory_db_open(dbdir, NULL, &db, err, sizeof err), RC_OK);
         if (!db) return;
         float kk[3][LAYERS][W * DIM], vv[3][LAYERS][W * DIM];
-        memory_db_window_t wins[3 * LAYERS];
-        for (int w = 0; w < 3; w++)
-            for (int l = 0; l < LAYERS; l++) {
-                rows_for(l, (size_t)w * W, W, kk[w][l], vv[w][l]);
-                wins[w * LAYERS + l] = (memory_db_window_t){(uint32_t)l, (uint64_t)w, kk[w][l],
-                                                            vv[w][l], W * DIM * 4};
-            }
-        static const char rec[] = "old record";
-        memory_db_commit_t old = {.session = "legacy", .record = rec, .record_len = sizeof rec,
-                                  .windows = wins, .n_windows = 3 * LAYERS};
-        CHECK_RC(memory_db_commit(db, &old, err, sizeof err), RC_OK);
+        CHECK_RC(commit_blobs(db, "legacy", 3, kk, vv), RC_OK);
         memory_db_close(&db);
 
         char at[64];
