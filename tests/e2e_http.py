@@ -26,37 +26,10 @@ import tempfile
 import threading
 import time
 
-SRC = os.environ.get("RECALL_SOURCE_DIR", os.path.join(os.path.dirname(__file__), ".."))
-BUILD = os.environ.get("RECALL_BUILD_DIR", os.path.join(SRC, "build"))
-RECALL = os.environ.get("RECALL_BIN", os.path.join(BUILD, "clients", "recall"))
-RECALLD = os.environ.get("RECALLD_BIN", os.path.join(BUILD, "daemon", "recalld"))
-DATA = os.environ.get("RECALL_TEST_DATA", os.path.join(BUILD, "tests", "data"))
-MODEL = os.path.join(DATA, "tiny-fot")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_env import DATA, MODEL, RECALL, RECALLD, SRC, BUILD, check, free_port, summary  # noqa: E402,F401
 CURL = shutil.which("curl")
 MAX_BODY = 65536
-
-passed = 0
-failed = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL %s%s" % (what, (": " + str(detail)[:2000]) if detail != "" else ""),
-              flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 class Daemon:
     def __init__(self, tmp, name, extra=()):
@@ -253,8 +226,7 @@ def main():
     startup_refusals(tmp, d)
     token_checks(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return summary()
 
 
 def run_all(d, tmp):
